@@ -1,0 +1,49 @@
+"""Any image dataset laid out as ``<folder>/<domain>/<class>/<image>``: bring your own domains."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar
+
+from tlbench import ClassFolderDataset, UserError, hookimpl
+
+
+class ImageFolder(ClassFolderDataset):
+    """Domains are the subfolders of ``path``; classes are their subfolders, the same in each."""
+
+    name = "image_folder"
+    option_help: ClassVar[dict[str, str]] = {
+        **ClassFolderDataset.option_help,
+        "path": "folder holding <domain>/<class>/<image>, relative to the data root or absolute (required)",
+    }
+
+    def __init__(self, root: Path | None = None, **options: Any):
+        super().__init__(root, **options)
+        if not options.get("path"):
+            raise UserError("dataset 'image_folder' needs dataset option path: a folder holding "
+                            "<domain>/<class>/<image> files, relative to the data root or absolute")
+        path = Path(str(options["path"])).expanduser()
+        if not path.is_absolute():
+            if self.root is None:
+                raise UserError(f"dataset 'image_folder': path {path} is relative but no data root is set; "
+                                f"give an absolute path or set the data root")
+            path = self.root / path
+        self.folder = path
+
+    def domains(self) -> list[str]:
+        if not self.folder.is_dir():
+            raise UserError(f"dataset 'image_folder': folder {self.folder} does not exist; expected "
+                            f"{self.folder}/<domain>/<class>/<image>")
+        names = sorted(p.name for p in self.folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+        if not names:
+            raise UserError(f"dataset 'image_folder': {self.folder} has no domain folders; expected "
+                            f"{self.folder}/<domain>/<class>/<image>")
+        return names
+
+    def domain_folder(self, domain: str) -> Path:
+        return self.folder / domain
+
+
+@hookimpl
+def register_datasets(register):
+    register(ImageFolder)

@@ -1,0 +1,53 @@
+"""``csv`` reporter: the leaderboard's tables as numbers, for pandas, spreadsheets and plots.
+
+* ``leaderboard.csv`` — one row per backbone × strategy in rank order (wide): ``rank``,
+  ``backbone``, ``strategy``, then per pair and ``Avg`` the columns ``<pair> mean``, ``<pair> std``,
+  ``<pair> n``, ``<pair> best``, ``<pair> status``, ``<pair> notes`` (footnote numbers, space
+  separated), and ``missing`` (pairs without a value, ``;`` separated);
+* ``costs.csv`` — throughput, memory, wall time and parameters per row;
+* ``references.csv`` — published numbers (never mixed into the leaderboard);
+* ``failures.csv`` — every failed or diverged cell with its error text and footnote number.
+
+Every file is written even when it has no rows, so a later report never leaves a stale one.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from tlbench import Leaderboard, Reporter, atomic_write_text, hookimpl
+
+
+def leaderboard_frame(board: Leaderboard) -> pd.DataFrame:
+    df = board.accuracy.copy()
+    for c in board.columns:
+        df[board.col(c, "notes")] = [" ".join(map(str, notes)) for notes in df[board.col(c, "notes")]]
+    df["missing"] = [";".join(m) for m in df["missing"]]
+    return df
+
+
+class CsvReporter(Reporter):
+    name = "csv"
+    description = "leaderboard.csv, costs.csv, references.csv, failures.csv: numbers for pandas"
+
+    def write(self, board: Leaderboard, out_dir: Path) -> list[Path]:
+        out_dir = Path(out_dir)
+        tables = {
+            "leaderboard.csv": leaderboard_frame(board),
+            "costs.csv": board.costs,
+            "references.csv": board.references,
+            "failures.csv": board.failures,
+        }
+        paths = []
+        for name, df in tables.items():
+            path = out_dir / name
+            atomic_write_text(path, df.to_csv(index=False, lineterminator="\n"))
+            paths.append(path)
+        return paths
+
+
+@hookimpl
+def register_reporters(register):
+    register(CsvReporter)

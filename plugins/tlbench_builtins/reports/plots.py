@@ -1,0 +1,165 @@
+"""``plots`` reporter: ``accuracy_vs_throughput.png`` and ``pair_accuracy.png``.
+
+Figures are drawn on :class:`matplotlib.figure.Figure` objects rendered by the Agg canvas
+directly: headless, and without ``pyplot`` there is no process-wide backend to switch, so loading
+this plugin never changes the backend of a notebook or application that imports tlbench.
+Runs before the other reporters (``order = -10``) so the HTML page can embed the PNGs.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from pathlib import Path
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch
+
+from tlbench import Leaderboard, Reporter, atomic_write_bytes, hookimpl
+
+COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+          "#bcbd22", "#17becf"]
+MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*", "<", ">"]
+
+
+def _finite(x) -> bool:
+    try:
+        return math.isfinite(float(x))
+    except (TypeError, ValueError):
+        return False
+
+
+def _label(column: str) -> str:
+    return column.replace("->", "→")
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of the points no other point beats on both axes (higher x and higher y), by x."""
+    order = sorted(range(len(points)), key=lambda i: (-points[i][0], -points[i][1]))
+    front, best_y = [], -math.inf
+    for i in order:
+        if points[i][1] > best_y:
+            front.append(i)
+            best_y = points[i][1]
+    return sorted(front, key=lambda i: points[i][0])
+
+
+def _png(fig: Figure) -> bytes:
+    FigureCanvasAgg(fig)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight", metadata={"Software": None})
+    return buf.getvalue()
+
+
+def _no_data(fig: Figure, ax, text: str) -> None:
+    ax.set_axis_off()
+    ax.text(0.5, 0.5, text, ha="center", va="center", fontsize=12, color="#555", transform=ax.transAxes)
+
+
+def accuracy_vs_throughput(board: Leaderboard) -> bytes:
+    merged = board.accuracy.merge(board.costs, on=["backbone", "strategy"], how="left")
+    rows = [r for _, r in merged.iterrows() if _finite(r["Avg mean"]) and _finite(r["train_img_per_s"])]
+    fig = Figure(figsize=(8.0, 5.5))
+    ax = fig.add_subplot()
+    if not rows:
+        _no_data(fig, ax, "no row has both an Avg accuracy and a training throughput yet")
+        return _png(fig)
+    strategies = list(dict.fromkeys(r["strategy"] for r in rows))
+    backbones = list(dict.fromkeys(r["backbone"] for r in rows))
+    points = [(float(r["train_img_per_s"]), float(r["Avg mean"])) for r in rows]
+    front = pareto_front(points)
+    fx, fy = [points[i][0] for i in front], [points[i][1] for i in front]
+    ax.plot(fx, fy, "-", color="#444", lw=1.2, zorder=1, drawstyle="steps-pre" if len(front) > 1 else "default")
+    ax.scatter(fx, fy, s=190, facecolors="none", edgecolors="#444", linewidths=1.3, zorder=2,
+               label="Pareto front (no row is both faster and more accurate)")
+    for (x, y), r in zip(points, rows):
+        color = COLORS[strategies.index(r["strategy"]) % len(COLORS)]
+        marker = MARKERS[backbones.index(r["backbone"]) % len(MARKERS)]
+        ax.scatter([x], [y], s=60, color=color, marker=marker, zorder=3)
+        ax.annotate(f"{r['backbone']} / {r['strategy']}", (x, y), xytext=(6, 5), textcoords="offset points",
+                    fontsize=8, color="#333")
+    handles, _ = ax.get_legend_handles_labels()
+    handles += [Patch(color=COLORS[i % len(COLORS)], label=f"strategy: {name}") for i, name in enumerate(strategies)]
+    handles += [ax.scatter([], [], color="#888", marker=MARKERS[i % len(MARKERS)], label=f"backbone: {name}")
+                for i, name in enumerate(backbones)]
+    xs = [p[0] for p in points]
+    if min(xs) > 0 and max(xs) / min(xs) > 20:
+        ax.set_xscale("log")
+    ax.margins(x=0.15, y=0.12)
+    ax.set_xlabel("training throughput (images / s)")
+    ax.set_ylabel("Avg target accuracy (%)")
+    ax.set_title(f"{board.title}: accuracy vs training throughput")
+    ax.grid(True, alpha=0.3)
+    ax.legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    return _png(fig)
+
+
+def pair_accuracy(board: Leaderboard) -> bytes:
+    acc = board.accuracy
+    backbones = list(dict.fromkeys(acc["backbone"]))
+    pairs = board.pairs
+    strategies = list(dict.fromkeys(acc["strategy"]))
+    width = max(6.0, 1.0 + 0.45 * max(1, len(strategies)) * (len(pairs) + 1))
+    fig = Figure(figsize=(min(width, 24.0), 3.2 * max(1, len(backbones)) + 0.6))
+    if acc.empty or not pairs:
+        _no_data(fig, fig.add_subplot(), "no finished cells yet")
+        return _png(fig)
+    axes = fig.subplots(len(backbones), 1, squeeze=False, sharey=True)[:, 0]
+    bar = 0.8 / len(pairs)
+    for ax, backbone in zip(axes, backbones):
+        sub = acc[acc["backbone"] == backbone].set_index("strategy")
+        for j, pair in enumerate(pairs):
+            xs, heights, errs, missing = [], [], [], []
+            for k, strategy in enumerate(strategies):
+                x = k - 0.4 + bar * (j + 0.5)
+                mean = sub[f"{pair} mean"].get(strategy) if strategy in sub.index else None
+                if _finite(mean):
+                    std = sub[f"{pair} std"].get(strategy)
+                    xs.append(x)
+                    heights.append(float(mean))
+                    errs.append(float(std) if _finite(std) else 0.0)
+                elif strategy in sub.index:
+                    missing.append((x, str(sub[f"{pair} status"].get(strategy))))
+            ax.bar(xs, heights, bar * 0.95, yerr=errs, capsize=3, color=COLORS[j % len(COLORS)],
+                   label=_label(pair), error_kw={"elinewidth": 1, "ecolor": "#333"})
+            for x, status in missing:
+                ax.text(x, 1, status, rotation=90, ha="center", va="bottom", fontsize=7,
+                        color="#777" if status == "missing" else "#b00")
+        for k, strategy in enumerate(strategies):
+            if strategy not in sub.index:
+                ax.text(k, 1, "not run", ha="center", va="bottom", fontsize=8, color="#777")
+        ax.set_xticks(range(len(strategies)), strategies)
+        ax.set_xlim(-0.6, len(strategies) - 0.4)
+        ax.set_ylabel("target accuracy (%)")
+        ax.set_title(str(backbone), fontsize=10, loc="left")
+        ax.grid(True, axis="y", alpha=0.3)
+        ax.set_ylim(0, 100 if acc[[f"{p} mean" for p in pairs]].max().max() <= 100 else None)
+    axes[0].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, title="pair")
+    fig.suptitle(f"{board.title}: target accuracy per pair (mean ± std over seeds)", fontsize=11)
+    return _png(fig)
+
+
+FIGURES = {
+    "accuracy_vs_throughput.png": accuracy_vs_throughput,
+    "pair_accuracy.png": pair_accuracy,
+}
+
+
+class PlotsReporter(Reporter):
+    name = "plots"
+    description = "accuracy_vs_throughput.png (with Pareto front) and pair_accuracy.png"
+    order = -10  # the HTML page embeds these
+
+    def write(self, board: Leaderboard, out_dir: Path) -> list[Path]:
+        paths = []
+        for name, draw in FIGURES.items():
+            path = Path(out_dir) / name
+            atomic_write_bytes(path, draw(board))
+            paths.append(path)
+        return paths
+
+
+@hookimpl
+def register_reporters(register):
+    register(PlotsReporter)

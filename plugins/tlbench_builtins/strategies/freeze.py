@@ -1,0 +1,44 @@
+"""``freeze``: linear probing on a frozen backbone (only the bottleneck and classifier train)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch.nn.functional as F
+
+from tlbench import Batch, ParamGroup, StepContext, StepOutput, Strategy, TransferModel, hookimpl
+
+
+class Freeze(Strategy):
+    """Frozen backbone ("fixed feature extractor"; Donahue et al. 2014, DeCAF; Yosinski et al. 2014).
+
+    Only the head (bottleneck + classifier) trains, with cross-entropy on labelled source images.
+    The backbone gets no gradient and, because its parameters are in no group, the engine keeps its
+    BatchNorm statistics fixed. ``trains_backbone = False`` lets the engine serve cached pooled
+    features (N×D) instead of images; the step goes through ``ctx.model`` so it accepts either.
+
+    Parameters:
+        label_smoothing (0.0): label smoothing of the source cross-entropy.
+    """
+
+    @dataclass
+    class Params:
+        label_smoothing: float = 0.0
+
+    name = "freeze"
+    target_views = ()
+    trains_backbone = False
+
+    def param_groups(self, model: TransferModel) -> list[ParamGroup]:
+        return [ParamGroup("head", list(model.head_parameters()))]
+
+    def training_step(self, batch: Batch, ctx: StepContext) -> StepOutput:
+        logits = ctx.model(batch.source)
+        loss = F.cross_entropy(logits, batch.source_labels, label_smoothing=self.params.label_smoothing)
+        acc = (logits.detach().argmax(1) == batch.source_labels).float().mean()
+        return StepOutput(loss, {"source_ce": loss.detach(), "source_acc": acc})
+
+
+@hookimpl
+def register_strategies(register):
+    register(Freeze)

@@ -1,0 +1,62 @@
+"""Shared fixtures: where the real data is, a private cache, tiny suites."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("TLBENCH_TEST_DATA") or ROOT.parent / "shared" / "datasets")
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache(tmp_path_factory):
+    """Tests never write to the user's cache: one cache for the whole session."""
+    cache = tmp_path_factory.mktemp("tlbench-cache")
+    old = os.environ.get("TLBENCH_CACHE")
+    os.environ["TLBENCH_CACHE"] = str(cache)
+    yield cache
+    if old is None:
+        os.environ.pop("TLBENCH_CACHE", None)
+    else:
+        os.environ["TLBENCH_CACHE"] = old
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not (SHARED_DATA / "office31").is_dir() and not (SHARED_DATA / "digits").is_dir():
+        pytest.skip(f"real datasets not found at {SHARED_DATA} (set TLBENCH_TEST_DATA to the shared/datasets folder)")
+    return SHARED_DATA
+
+
+TINY_SUITE = """\
+name: tiny
+dataset: sklearn_digits
+pairs: [digits->digits+invert]
+backbones:
+  - name: test_efficientnet
+    weights: random
+strategies: [source_only, dann]
+seeds: [0]
+recipe:
+  steps: 6
+  batch_size: 8
+  image_size: 16
+  resize_size: 18
+  hflip: false
+  eval_batch_size: 512
+  log_every: 3
+  timing_warmup_steps: 1
+"""
+
+
+@pytest.fixture
+def tiny_suite(tmp_path) -> Path:
+    path = tmp_path / "tiny.yaml"
+    path.write_text(TINY_SUITE)
+    return path

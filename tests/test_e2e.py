@@ -1,0 +1,84 @@
+"""End to end: `tlbench run` of a tiny suite, resume, force, exit codes, the files it leaves."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from tlbench.cli import main
+from tlbench.results import RESULT_COLUMNS
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    from tests.conftest import TINY_SUITE
+
+    root = tmp_path_factory.mktemp("e2e")
+    suite = root / "tiny.yaml"
+    suite.write_text(TINY_SUITE)
+    out = root / "out"
+    code = main(["run", str(suite), "--out", str(out), "--quiet"])
+    return suite, out, code
+
+
+def test_run_writes_every_cell_once_with_exact_columns(finished_run):
+    _, out, code = finished_run
+    assert code == 0
+    df = pd.read_csv(out / "results.csv")
+    assert tuple(df.columns) == RESULT_COLUMNS
+    assert sorted(df["strategy"]) == ["dann", "source_only"]
+    assert (df["status"] == "ok").all()
+    assert df["cell_id"].is_unique
+    assert df["target_acc"].between(0, 100).all() and df["source_acc"].between(0, 100).all()
+    assert (df["train_img_per_s"] > 0).all() and (df["peak_mem_mb"] > 0).all()
+    assert (df["trainable_params"] <= df["total_params"]).all()
+    assert (df["steps"] == 6).all() and (df["target"] == "digits+invert").all()
+    records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert {r["extra"]["deterministic"] for r in records} == {True}
+    assert (out / "leaderboard.md").read_text().count("source_only") >= 1
+
+
+def test_resume_skips_finished_cells(finished_run, capsys):
+    suite, out, _ = finished_run
+    before = (out / "results.csv").read_text()
+    assert main(["run", str(suite), "--out", str(out), "--quiet"]) == 0
+    assert "2 cells: 0 run, 2 already done, 0 failed" in capsys.readouterr().out
+    assert (out / "results.csv").read_text() == before
+
+
+def test_narrowing_reruns_nothing_it_has(finished_run, capsys):
+    suite, out, _ = finished_run
+    assert main(["run", str(suite), "--out", str(out), "--quiet", "--strategies", "dann"]) == 0
+    assert "1 cells: 0 run, 1 already done" in capsys.readouterr().out
+
+
+def test_same_seed_same_numbers_on_cpu(finished_run, tmp_path):
+    suite, out, _ = finished_run
+    again = tmp_path / "again"
+    assert main(["run", str(suite), "--out", str(again), "--quiet", "--strategies", "source_only"]) == 0
+    a = pd.read_csv(out / "results.csv").set_index("cell_id")
+    b = pd.read_csv(again / "results.csv").set_index("cell_id")
+    (cid,) = b.index
+    assert a.loc[cid, "target_acc"] == b.loc[cid, "target_acc"]
+    assert a.loc[cid, "source_acc"] == b.loc[cid, "source_acc"]
+
+
+def test_failing_cell_is_recorded_and_exit_code_is_1(tiny_suite, tmp_path, capsys):
+    out = tmp_path / "o"
+    # lr so large that the loss overflows: the cell is recorded as diverged, the run goes on.
+    code = main(["run", str(tiny_suite), "--out", str(out), "--quiet", "--strategies", "source_only",
+                 "--set", "recipe.lr=1e30", "--set", "recipe.log_every=1"])
+    assert code == 1
+    df = pd.read_csv(out / "results.csv")
+    assert df.loc[0, "status"] == "diverged"
+    assert "non-finite" in df.loc[0, "error"]
+    assert "failed" in capsys.readouterr().out
+
+
+def test_bad_input_is_exit_2_with_one_line(tiny_suite, tmp_path, capsys):
+    code = main(["run", str(tiny_suite), "--out", str(tmp_path / "o"), "--strategies", "dnan"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert err[-1] == "tlbench: error: unknown strategy 'dnan'; did you mean dann?"

@@ -1,0 +1,171 @@
+"""Every built-in strategy passes the plugin-author conformance kit, and the kit catches broken ones."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pytest
+import torch.nn.functional as F
+from torch import nn
+
+from tlbench import Batch, ParamGroup, StepContext, StepOutput, Strategy
+from tlbench.registry import get_registry
+from tlbench.testing import check_strategy
+
+BUILTINS = {"source_only", "freeze", "unfreeze", "dlr", "dann", "mmd", "self_training", "kd"}
+
+
+def builtin_strategy_names() -> list[str]:
+    registry = get_registry()
+    return [n for n in registry.names("strategy")
+            if registry.plugins[registry.entry("strategy", n).plugin].module.startswith("tlbench_builtins.")]
+
+
+def test_all_eight_builtin_strategies_are_registered_without_errors():
+    registry = get_registry()
+    failures = [(p, e) for p, e in registry.failures() if p.startswith("strategies.")]
+    assert not failures
+    assert set(builtin_strategy_names()) == BUILTINS
+
+
+@pytest.mark.parametrize("name", builtin_strategy_names())
+def test_builtin_strategy_conforms(name):
+    check_strategy(get_registry().get("strategy", name))
+
+
+@pytest.mark.parametrize("name, params", [
+    ("unfreeze", {"mode": "together", "stages": -1}),
+    ("mmd", {"linear": True}),
+    ("dann", {"hidden": 64, "dropout": 0.5}),
+    ("self_training", {"warmup": 0.0, "threshold": 0.0}),
+])
+def test_builtin_strategy_conforms_with_non_default_params(name, params):
+    check_strategy(get_registry().get("strategy", name), params)
+
+
+# -- the kit catches what it promises to catch -----------------------------------------------
+class Good(Strategy):
+    """A source-only strategy, the base the broken ones below differ from in one way each."""
+
+    name = "good"
+
+    def training_step(self, batch: Batch, ctx: StepContext) -> StepOutput:
+        return StepOutput(F.cross_entropy(ctx.model(batch.source), batch.source_labels))
+
+
+def test_a_correct_minimal_strategy_passes():
+    check_strategy(Good)
+
+
+class CallsBackward(Good):
+    """Calls backward itself."""
+
+    name = "calls_backward"
+
+    def training_step(self, batch, ctx):
+        out = super().training_step(batch, ctx)
+        out.loss.backward(retain_graph=True)
+        return out
+
+
+class UnusedModule(Good):
+    """Declares a module that never gets a gradient."""
+
+    name = "unused_module"
+
+    def setup(self, model, ctx):
+        self.extra = nn.Linear(4, 4)
+
+
+class Unseeded(Good):
+    """Draws randomness from numpy's unseeded generator."""
+
+    name = "unseeded"
+
+    def training_step(self, batch, ctx):
+        out = super().training_step(batch, ctx)
+        return StepOutput(out.loss * float(1 + np.random.rand()))
+
+
+class NoDefault(Good):
+    """A parameter without default."""
+
+    @dataclass
+    class Params:
+        weight: float
+
+    name = "no_default"
+
+
+class FrozenButBackbone(Good):
+    """Says its backbone is frozen but trains it."""
+
+    name = "frozen_but_backbone"
+    trains_backbone = False
+
+
+class TouchesRequiresGrad(Good):
+    """Unfreezes parameters outside its groups."""
+
+    name = "touches_requires_grad"
+
+    def param_groups(self, model):
+        return [ParamGroup("head", list(model.head_parameters()))]
+
+    def training_step(self, batch, ctx):
+        for p in ctx.model.backbone.parameters():
+            p.requires_grad_(True)
+        return super().training_step(batch, ctx)
+
+
+class TeacherWithGrad(Good):
+    """Runs the teacher with gradients."""
+
+    @dataclass
+    class Params:
+        teacher_params: dict = field(default_factory=dict)
+
+    name = "teacher_with_grad"
+    needs_teacher = True
+
+    def training_step(self, batch, ctx):
+        out = super().training_step(batch, ctx)
+        return StepOutput(out.loss + ctx.teacher(batch.source).mean())
+
+
+class BadViews(Good):
+    """Asks for an unknown target view."""
+
+    name = "bad_views"
+    target_views = ("strong",)
+
+
+class Infinite(Good):
+    """Returns a non-finite loss."""
+
+    name = "infinite"
+
+    def training_step(self, batch, ctx):
+        return StepOutput(super().training_step(batch, ctx).loss * float("inf"))
+
+
+class NoDoc(Good):
+    name = "no_doc"
+
+
+@pytest.mark.parametrize("cls, message", [
+    (CallsBackward, "computed gradients itself"),
+    (UnusedModule, "no gradient reached .* strategy.extra"),
+    (Unseeded, "two runs with seed 0 differ"),
+    (NoDefault, "weight have no default"),
+    (FrozenButBackbone, "trains_backbone is False but group 'backbone'"),
+    (TouchesRequiresGrad, "gradient reached model.backbone"),
+    (TeacherWithGrad, "gradient reached the teacher"),
+    (BadViews, "target_views must be one of"),
+    (Infinite, "loss is not finite"),
+    (NoDoc, "needs a docstring"),
+])
+def test_check_strategy_names_the_defect(cls, message):
+    with pytest.raises(AssertionError, match=message):
+        check_strategy(cls)

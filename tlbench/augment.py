@@ -1,0 +1,118 @@
+"""Batched image augmentation on the training device.
+
+Images live as uint8 N×3×S×S tensors (decoded once); a batch is cut, augmented and normalised
+here with a few whole-batch tensor operations: no per-image Python, no JPEG decoding in the loop.
+Training: random resized crop + horizontal flip (the DA recipe); test: centre crop of the stored
+resize (resize 256 -> centre crop 224 at full size). ``strong`` adds colour jitter and cutout for
+FixMatch-style self-training.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+
+def _uniform(n: int, lo: float, hi: float, g: torch.Generator, device) -> Tensor:
+    return torch.rand(n, generator=g, device=device) * (hi - lo) + lo
+
+
+def random_resized_crop(images: Tensor, size: int, g: torch.Generator, *,
+                        scale: tuple[float, float] = (0.08, 1.0),
+                        ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> Tensor:
+    """torchvision's RandomResizedCrop for a whole batch at once (one ``roi_align`` call).
+
+    Boxes are drawn per image like torchvision (area fraction in ``scale``, log-uniform aspect
+    ratio in ``ratio``), clipped to the image, then bilinearly resampled to ``size``.
+    Returns float images in [0, 255].
+    """
+    from torchvision.ops import roi_align
+
+    n, _, h, w = images.shape
+    dev = images.device
+    area = _uniform(n, *scale, g, dev) * (h * w)
+    log_r = _uniform(n, math.log(ratio[0]), math.log(ratio[1]), g, dev)
+    r = torch.exp(log_r)
+    cw = torch.sqrt(area * r).clamp(1, w)
+    ch = torch.sqrt(area / r).clamp(1, h)
+    x0 = torch.rand(n, generator=g, device=dev) * (w - cw)
+    y0 = torch.rand(n, generator=g, device=dev) * (h - ch)
+    boxes = torch.stack([torch.arange(n, device=dev, dtype=cw.dtype), x0, y0, x0 + cw, y0 + ch], dim=1)
+    x = images.float()
+    return roi_align(x, boxes, output_size=(size, size), spatial_scale=1.0, sampling_ratio=2, aligned=True)
+
+
+def random_hflip(x: Tensor, g: torch.Generator, p: float = 0.5) -> Tensor:
+    flip = torch.rand(x.shape[0], generator=g, device=x.device) < p
+    return torch.where(flip[:, None, None, None], x.flip(-1), x)
+
+
+def center_crop(images: Tensor, size: int) -> Tensor:
+    h, w = images.shape[-2:]
+    top, left = (h - size) // 2, (w - size) // 2
+    return images[..., top:top + size, left:left + size]
+
+
+def color_jitter(x: Tensor, g: torch.Generator, strength: float = 0.4) -> Tensor:
+    """Per-image brightness, contrast and saturation factors in [1-s, 1+s]; x in [0, 255]."""
+    n = x.shape[0]
+    b = _uniform(n, 1 - strength, 1 + strength, g, x.device)[:, None, None, None]
+    c = _uniform(n, 1 - strength, 1 + strength, g, x.device)[:, None, None, None]
+    s = _uniform(n, 1 - strength, 1 + strength, g, x.device)[:, None, None, None]
+    x = x * b
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    x = (x - mean) * c + mean
+    grey = (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
+    x = (x - grey) * s + grey
+    return x.clamp(0, 255)
+
+
+def cutout(x: Tensor, g: torch.Generator, frac: float = 0.5) -> Tensor:
+    """Zero a random square of side ``frac``·size in each image (set to the image mean)."""
+    n, _, h, w = x.shape
+    side = max(1, int(round(frac * min(h, w))))
+    cy = torch.randint(0, h, (n,), generator=g, device=x.device)
+    cx = torch.randint(0, w, (n,), generator=g, device=x.device)
+    ys = torch.arange(h, device=x.device)[None, :, None]
+    xs = torch.arange(w, device=x.device)[None, None, :]
+    inside = ((ys - cy[:, None, None]).abs() <= side // 2) & ((xs - cx[:, None, None]).abs() <= side // 2)
+    fill = x.mean(dim=(2, 3), keepdim=True)
+    return torch.where(inside[:, None], fill, x)
+
+
+class Normalizer:
+    """uint8/float [0, 255] images -> normalised float, in the backbone's mean/std."""
+
+    def __init__(self, mean, std, device, dtype=torch.float32):
+        self.scale = (255.0 * torch.tensor(std, device=device, dtype=dtype)).view(1, 3, 1, 1)
+        self.shift = (255.0 * torch.tensor(mean, device=device, dtype=dtype)).view(1, 3, 1, 1)
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return (x.float() - self.shift) / self.scale
+
+
+class Augmenter:
+    """The train views a strategy can ask for, all batched: ``weak`` and ``strong``."""
+
+    def __init__(self, size: int, normalizer: Normalizer, *, hflip: bool, scale: tuple[float, float],
+                 memory_format=torch.contiguous_format):
+        self.size, self.normalize, self.hflip, self.scale = size, normalizer, hflip, scale
+        self.memory_format = memory_format
+
+    def weak(self, images: Tensor, g: torch.Generator) -> Tensor:
+        x = random_resized_crop(images, self.size, g, scale=self.scale)
+        if self.hflip:
+            x = random_hflip(x, g)
+        return self.normalize(x).contiguous(memory_format=self.memory_format)
+
+    def strong(self, images: Tensor, g: torch.Generator) -> Tensor:
+        x = random_resized_crop(images, self.size, g, scale=self.scale)
+        if self.hflip:
+            x = random_hflip(x, g)
+        x = cutout(color_jitter(x, g), g)
+        return self.normalize(x).contiguous(memory_format=self.memory_format)
+
+    def test(self, images: Tensor) -> Tensor:
+        return self.normalize(center_crop(images, self.size)).contiguous(memory_format=self.memory_format)

@@ -1,0 +1,198 @@
+"""Decoded domains, cached: decode a dataset's images once, then apply a spec's shifts.
+
+:func:`load_domain` is the single way the harness gets a :class:`Domain`. The base domain is
+decoded by its dataset plugin and kept on disk as uint8 tensors, keyed by everything that
+changes the pixels (dataset, options, domain, size, the files' fingerprint), and in a small
+in-process LRU. Each cache file has a sha256 sidecar: a truncated or altered file is noticed,
+reported with a warning, and rebuilt rather than trusted. Files are written atomically, so
+several processes may fill the same cache at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import re
+import warnings
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tlbench.data import DEFAULT_SEVERITY, Dataset, Domain, DomainSpec
+from tlbench.results import atomic_write_bytes
+
+#: bump when the cache file layout changes; old files then simply stop matching
+CACHE_FORMAT = 1
+#: the in-process LRU keeps at most this many bytes of decoded images (env TLBENCH_MEMORY_CACHE_MB)
+DEFAULT_MEMORY_BYTES = 4 << 30
+
+
+def default_cache_dir() -> Path:
+    """``$TLBENCH_CACHE``, else ``~/.cache/tlbench``."""
+    env = os.environ.get("TLBENCH_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "tlbench"
+
+
+class _MemoryLRU:
+    """Domains decoded in this process, least recently used dropped first beyond a byte budget."""
+
+    def __init__(self) -> None:
+        self._items: OrderedDict[str, Domain] = OrderedDict()
+
+    @staticmethod
+    def _budget() -> int:
+        env = os.environ.get("TLBENCH_MEMORY_CACHE_MB")
+        return int(float(env) * (1 << 20)) if env else DEFAULT_MEMORY_BYTES
+
+    def get(self, key: str) -> Domain | None:
+        domain = self._items.get(key)
+        if domain is not None:
+            self._items.move_to_end(key)
+        return domain
+
+    def put(self, key: str, domain: Domain) -> None:
+        self._items[key] = domain
+        self._items.move_to_end(key)
+        budget = self._budget()
+        while len(self._items) > 1 and sum(d.images.numel() for d in self._items.values()) > budget:
+            self._items.popitem(last=False)
+        if budget <= 0:
+            self._items.clear()
+
+    def clear(self) -> None:
+        self._items.clear()
+
+
+_memory = _MemoryLRU()
+
+
+def clear_memory_cache() -> None:
+    """Forget the domains decoded in this process (the disk cache is untouched)."""
+    _memory.clear()
+
+
+def load_domain(dataset: Dataset, spec: DomainSpec | str, size: int, *, cache_dir: Path | None,
+                shift_seed: int = 0, registry=None) -> Domain:
+    """The domain a spec such as ``amazon`` or ``digits+rotate:3+noise:2`` names, at ``size``×``size``.
+
+    The base domain comes from the in-process LRU, else the disk cache under ``cache_dir``
+    (``None``: no disk cache), else the dataset plugin; the shifts are then applied in order,
+    each with a generator seeded from ``shift_seed``, its name and its severity, so the same
+    spec and seed always give the same pixels. The returned tensors may be shared with the
+    LRU: do not modify them in place. Unknown shift names raise :class:`UnknownNameError`.
+    """
+    if isinstance(spec, str):
+        spec = DomainSpec.parse(spec)
+    if registry is None and spec.shifts:
+        from tlbench.registry import get_registry
+
+        registry = get_registry()
+    shifts = [(registry.get("shift", name), DEFAULT_SEVERITY if severity is None else severity)
+              for name, severity in spec.shifts]  # unknown names fail early
+    base = dataset.resolve(spec.base)
+    key = cache_key(dataset, base, size)
+    full_key = f"{key}|{'+'.join(f'{n}:{s}' for n, s in spec.shifts)}|seed={shift_seed if spec.shifts else 0}"
+    hit = _memory.get(full_key)
+    if hit is not None:
+        return Domain(str(spec), hit.images, hit.labels, hit.classes, hit.skipped)
+    domain = _memory.get(key)
+    if domain is None:
+        domain = _load_base(dataset, base, size, key, cache_dir)
+        _memory.put(key, domain)
+    images = domain.images
+    for (shift_cls, severity), (name, _) in zip(shifts, spec.shifts):
+        generator = torch.Generator().manual_seed(shift_generator_seed(shift_seed, name, severity))
+        out = shift_cls().apply(images, severity, generator)
+        if out.shape != images.shape or out.dtype != torch.uint8:
+            raise RuntimeError(f"shift {name!r} returned {tuple(out.shape)} {out.dtype}, "
+                               f"expected {tuple(images.shape)} torch.uint8")
+        images = out
+    result = Domain(str(spec), images, domain.labels, domain.classes, domain.skipped)
+    if spec.shifts:
+        _memory.put(full_key, result)
+    return result
+
+
+def shift_generator_seed(shift_seed: int, name: str, severity: int) -> int:
+    """A 63-bit seed that depends on the run's shift seed and on the shift, stable across runs and machines."""
+    digest = hashlib.sha256(f"{shift_seed}|{name}|{severity}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def cache_key(dataset: Dataset, domain: str, size: int) -> str:
+    """Everything that changes the decoded pixels of a base domain, as one string."""
+    options = json.dumps(dataset.options, sort_keys=True, default=str)
+    return json.dumps({"format": CACHE_FORMAT, "dataset": dataset.name, "options": options, "domain": domain,
+                       "size": int(size), "fingerprint": dataset.fingerprint(domain)}, sort_keys=True)
+
+
+def cache_path(cache_dir: Path, dataset: Dataset, domain: str, size: int, key: str) -> Path:
+    """``<cache_dir>/domains/<dataset>/<domain>-<size>-<hash of key>.pt``."""
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    return Path(cache_dir) / "domains" / _safe(dataset.name) / f"{_safe(domain)}-{size}-{digest}.pt"
+
+
+def _safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text) or "_"
+
+
+def _sidecar(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def _load_base(dataset: Dataset, domain: str, size: int, key: str, cache_dir: Path | None) -> Domain:
+    if cache_dir is None:
+        return _decode(dataset, domain, size)
+    path = cache_path(cache_dir, dataset, domain, size, key)
+    cached = _read(path, key)
+    if cached is not None:
+        return cached
+    decoded = _decode(dataset, domain, size)
+    _write(path, key, decoded)
+    return decoded
+
+
+def _decode(dataset: Dataset, domain: str, size: int) -> Domain:
+    decoded = dataset.load(domain, size)
+    if tuple(decoded.images.shape[-2:]) != (size, size):
+        raise RuntimeError(f"dataset {dataset.name!r} returned {domain!r} images of "
+                           f"{tuple(decoded.images.shape[-2:])}, expected {size}×{size}")
+    return decoded
+
+
+def _read(path: Path, key: str) -> Domain | None:
+    """The cached domain, or None when absent; a damaged or foreign file is reported and ignored."""
+    if not path.exists():
+        return None
+    try:
+        data = path.read_bytes()
+        expected = _sidecar(path).read_text().split()[0]
+        if hashlib.sha256(data).hexdigest() != expected:
+            raise ValueError("sha256 does not match its sidecar (truncated or modified)")
+        blob = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        if blob.get("key") != key:
+            raise ValueError("written for another key")
+        return Domain(blob["name"], blob["images"], blob["labels"], list(blob["classes"]), list(blob["skipped"]))
+    except Exception as exc:
+        warnings.warn(f"cache file {path} is unusable ({type(exc).__name__}: {exc}); rebuilding it", stacklevel=3)
+        return None
+
+
+def _write(path: Path, key: str, domain: Domain) -> None:
+    blob: dict[str, Any] = {"key": key, "name": domain.name, "images": domain.images.contiguous(),
+                            "labels": domain.labels, "classes": list(domain.classes),
+                            "skipped": list(domain.skipped)}
+    buf = io.BytesIO()
+    torch.save(blob, buf)
+    view = buf.getbuffer()
+    try:
+        atomic_write_bytes(path, view)  # type: ignore[arg-type]  # any bytes-like object works
+        atomic_write_bytes(_sidecar(path), f"{hashlib.sha256(view).hexdigest()}  {path.name}\n".encode())
+    except OSError as exc:  # a read-only or full cache folder costs time, never the run
+        warnings.warn(f"could not write cache file {path} ({exc}); continuing without it", stacklevel=3)
+    finally:
+        view.release()

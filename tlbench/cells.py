@@ -1,0 +1,161 @@
+"""Cells: one (backbone, strategy + params, source, target, seed, recipe) of a matrix.
+
+A cell's id is a hash of its resolved configuration, so an output directory knows what is done
+whatever order or subset of the matrix a later command asks for. A ``kd`` cell depends on its
+teacher's cell, which is an ordinary cell of its own (and reused when the matrix has it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from tlbench.data import parse_pair
+from tlbench.errors import UserError
+
+
+@dataclass(frozen=True)
+class Cell:
+    suite: str
+    dataset: str
+    dataset_options: dict[str, Any]
+    backbone: str
+    weights: str
+    strategy: str
+    label: str  # row name in leaderboards: the strategy name, or the suite's label for it
+    params: dict[str, Any]  # resolved, defaults included
+    source: str
+    target: str
+    seed: int
+    recipe: dict[str, Any]
+    shift_seed: int = 0
+    teacher: Cell | None = field(default=None, compare=False)
+
+    def config(self) -> dict[str, Any]:
+        """What determines the result (the suite's name and the data root's location do not)."""
+        return {
+            "dataset": self.dataset, "dataset_options": self.dataset_options, "backbone": self.backbone,
+            "weights": self.weights, "strategy": self.strategy, "params": self.params, "source": self.source,
+            "target": self.target, "seed": self.seed, "recipe": self.recipe, "shift_seed": self.shift_seed,
+            "teacher": self.teacher.id if self.teacher else None,
+        }
+
+    @property
+    def id(self) -> str:
+        blob = json.dumps(self.config(), sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    @property
+    def pair(self) -> str:
+        return f"{self.source}->{self.target}"
+
+    def describe(self) -> str:
+        return f"{self.backbone} {self.label} {self.pair} seed={self.seed}"
+
+
+@dataclass
+class CellTask:
+    """Everything a worker needs to train one cell; picklable, so any launcher can ship it."""
+
+    cell: Cell
+    out_dir: str
+    data_root: str | None
+    cache_dir: str | None
+    device: str = "auto"
+    save_model: bool = False
+    teacher_model: str | None = None  # path of the teacher's saved weights, for kd cells
+    show_progress: bool = True
+    strict_plugins: bool = False
+    debug: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def expand_cells(suite, registry, domains: list[tuple[str, str]]) -> list[Cell]:
+    """The matrix backbones × strategies × pairs × seeds, plus the teacher cells it depends on.
+
+    ``domains`` are the suite's pairs with domain names already resolved. Teachers come first
+    in the returned list; a teacher that is also a cell of the matrix appears once.
+    """
+    recipe = suite.recipe.model_dump(mode="json")
+    recipe["resize_size"] = suite.recipe.stored_size
+    cells: dict[str, Cell] = {}
+    ordered: list[Cell] = []
+
+    def add(cell: Cell) -> Cell:
+        if cell.id not in cells:
+            cells[cell.id] = cell
+            ordered.append(cell)
+        return cells[cell.id]
+
+    def make(backbone, strategy_name, label, raw_params, src, tgt, seed, teacher=None) -> Cell:
+        cls = registry.get("strategy", strategy_name)
+        try:
+            params = asdict(cls.parse_params(raw_params))
+        except (TypeError, ValueError) as exc:
+            raise UserError(f"{suite.name}: strategies.{label}.params: {exc}") from None
+        return Cell(suite=suite.name, dataset=suite.dataset, dataset_options=suite.dataset_options,
+                    backbone=backbone.name, weights=backbone.weights, strategy=strategy_name, label=label,
+                    params=params, source=src, target=tgt, seed=seed, recipe=recipe,
+                    shift_seed=suite.shift_seed, teacher=teacher)
+
+    students: list[Cell] = []
+    for backbone in suite.backbones:
+        for entry in suite.strategies:
+            cls = registry.get("strategy", entry.name)
+            for src, tgt in domains:
+                for seed in suite.seeds:
+                    teacher = None
+                    if getattr(cls, "needs_teacher", False):
+                        probe = make(backbone, entry.name, entry.label or entry.name, entry.params, src, tgt, seed)
+                        teacher = add(_teacher_cell(suite, registry, backbone, probe, make))
+                    cell = make(backbone, entry.name, entry.label or entry.name, entry.params, src, tgt, seed, teacher)
+                    students.append(cell)
+    for cell in students:
+        add(cell)
+    return ordered
+
+
+def _teacher_cell(suite, registry, backbone, student: Cell, make) -> Cell:
+    from tlbench.suite import BackboneEntry
+
+    p = student.params
+    t_backbone = p.get("teacher_backbone") or backbone.name
+    t_strategy = p.get("teacher_strategy")
+    if not t_strategy:
+        raise UserError(f"{suite.name}: strategy {student.label!r} needs params.teacher_strategy")
+    t_cls = registry.get("strategy", t_strategy)
+    if getattr(t_cls, "needs_teacher", False):
+        raise UserError(f"{suite.name}: the teacher of {student.label!r} cannot itself need a teacher "
+                        f"({t_strategy!r})")
+    weights = next((b.weights for b in suite.backbones if b.name == t_backbone), backbone.weights
+                   if t_backbone == backbone.name else "auto")
+    # A teacher named like a matrix row (same backbone, strategy and params) is that row's cell.
+    label = next((s.label or s.name for s in suite.strategies
+                  if s.name == t_strategy and asdict(t_cls.parse_params(s.params)) ==
+                  asdict(t_cls.parse_params(p.get("teacher_params") or {}))), t_strategy)
+    return make(BackboneEntry(name=t_backbone, weights=weights), t_strategy, label,
+                p.get("teacher_params") or {}, student.source, student.target, student.seed)
+
+
+def resolve_pairs(suite, dataset) -> list[tuple[str, str]]:
+    """The suite's pairs as (source, target) domain specs with canonical base names."""
+    from tlbench.data import DomainSpec
+
+    if suite.pairs == "all":
+        names = dataset.domains()
+        return [(s, t) for s in names for t in names if s != t]
+    out = []
+    for text in suite.pairs:
+        src, tgt = parse_pair(text)
+        specs = []
+        for d in (src, tgt):
+            spec = DomainSpec.parse(d)
+            specs.append(str(type(spec)(dataset.resolve(spec.base), spec.shifts)))
+        if specs[0] == specs[1]:
+            raise UserError(f"pair {text!r}: source and target are the same domain ({specs[0]})")
+        out.append((specs[0], specs[1]))
+    return out

@@ -1,0 +1,190 @@
+"""The ``tlbench`` command line.
+
+Exit codes: 0 every cell ok, 1 some cell failed or diverged, 2 bad input (one clear line; the
+traceback only with ``--debug``), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from tlbench.errors import UserError
+
+KIND_ALIASES = {"strategies": "strategy", "datasets": "dataset", "shifts": "shift",
+                "weights": "weight_source", "weight_sources": "weight_source", "reporters": "reporter",
+                "reports": "reporter", "launchers": "launcher"}
+
+
+def _csv(text: str) -> list[str]:
+    return [s.strip() for s in text.split(",") if s.strip()]
+
+
+def _seeds(text: str) -> list[int]:
+    try:
+        return [int(s) for s in _csv(text)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--seeds {text!r}: expected integers like 0,1,2") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tlbench", description="Benchmark transfer-learning strategies.")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    p.add_argument("--strict-plugins", action="store_true", help="a plugin that fails to load is fatal")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run (or resume) a suite")
+    run.add_argument("suite", type=Path)
+    run.add_argument("--out", type=Path, help="output directory (default results/<suite name>)")
+    run.add_argument("--data-root", help="data root (default: the suite's, then $TLBENCH_DATA_ROOT)")
+    run.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    run.add_argument("--launcher", help="launcher name (default: the suite's, else local)")
+    run.add_argument("--backbones", type=_csv)
+    run.add_argument("--strategies", type=_csv)
+    run.add_argument("--pairs", type=_csv, help="e.g. 'A->W,W->A'")
+    run.add_argument("--seeds", type=_seeds)
+    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE")
+    run.add_argument("--cache", type=Path, help="decoded-image cache (default $TLBENCH_CACHE or ~/.cache/tlbench)")
+    run.add_argument("--force", action="store_true", help="rerun cells that are already done")
+    run.add_argument("--quiet", action="store_true", help="no progress bars")
+    run.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
+    run.add_argument("--strict-plugins", action="store_true", default=argparse.SUPPRESS)
+
+    rep = sub.add_parser("report", help="write leaderboards from one or more results directories")
+    rep.add_argument("dirs", type=Path, nargs="+")
+    rep.add_argument("--out", type=Path, help="where to write (default: the first directory)")
+    rep.add_argument("--formats", type=_csv, help="report formats (default: all registered)")
+
+    ls = sub.add_parser("list", help="list registered names")
+    ls.add_argument("kind", choices=sorted(set(KIND_ALIASES) | {"backbones"}))
+    ls.add_argument("pattern", nargs="?", help="shell-style wildcard, e.g. 'resnet*'")
+    ls.add_argument("--pretrained", action="store_true", help="backbones: only those timm has weights for")
+
+    sub.add_parser("plugins", help="every plugin with its version, the names it registers, and failures")
+
+    data = sub.add_parser("data", help="data utilities")
+    dsub = data.add_subparsers(dest="data_command", required=True)
+    prep = dsub.add_parser("prepare", help="decode a suite's domains into the cache ahead of a run")
+    prep.add_argument("suite", type=Path)
+    prep.add_argument("--data-root")
+    prep.add_argument("--cache", type=Path)
+    prep.add_argument("--pairs", type=_csv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    debug = bool(getattr(args, "debug", False))
+    try:
+        return _dispatch(args)
+    except UserError as exc:
+        if debug:
+            raise
+        print(f"tlbench: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("tlbench: interrupted; finished cells are recorded, run the same command to resume", file=sys.stderr)
+        return 130
+
+
+def _dispatch(args) -> int:
+    from tlbench.registry import get_registry
+
+    registry = get_registry(strict=args.strict_plugins)
+    failures = registry.failures()
+    if failures and args.command != "plugins":
+        for plugin, error in failures:
+            print(f"tlbench: warning: plugin {plugin!r} skipped: {error}", file=sys.stderr)
+    if args.command == "run":
+        return _run(args, registry)
+    if args.command == "report":
+        from tlbench.leaderboard import report_dirs
+
+        files = report_dirs(args.dirs, args.out, args.formats)
+        for f in files:
+            print(f)
+        return 0
+    if args.command == "list":
+        return _list(args, registry)
+    if args.command == "plugins":
+        return _plugins(registry)
+    if args.command == "data":
+        return _prepare(args, registry)
+    raise AssertionError(args.command)
+
+
+def _run(args, registry) -> int:
+    from tlbench.runner import RunOptions, run_suite
+    from tlbench.suite import load_suite
+
+    suite = load_suite(args.suite, overrides=args.overrides, backbones=args.backbones, strategies=args.strategies,
+                       pairs=args.pairs, seeds=args.seeds, data_root=args.data_root)
+    out = args.out or Path("results") / suite.name
+    options = RunOptions(out_dir=out, device=args.device, launcher=args.launcher, force=args.force,
+                         quiet=args.quiet, debug=args.debug, strict_plugins=args.strict_plugins,
+                         cache_dir=args.cache)
+    summary = run_suite(suite, options, registry)
+    ran = len(summary.records)
+    print(f"{summary.total} cells: {ran} run, {summary.skipped} already done, {len(summary.failures)} failed")
+    for r in summary.failures:
+        first = r.error.splitlines()[0] if r.error else ""
+        print(f"  {r.status}: {r.backbone} {r.strategy} {r.source}->{r.target} seed={r.seed}: {first}")
+    board = next((f for f in summary.report_files if f.name == "leaderboard.md"), None)
+    print(f"results: {out / 'results.csv'}")
+    if board:
+        print(f"leaderboard: {board}")
+    return summary.exit_code
+
+
+def _list(args, registry) -> int:
+    if args.kind == "backbones":
+        import timm
+
+        names = timm.list_models(args.pattern or "*", pretrained=args.pretrained)
+        print("\n".join(names))
+        return 0
+    kind = KIND_ALIASES[args.kind]
+    for name in registry.names(kind, args.pattern):
+        entry = registry.entry(kind, name)
+        doc = (getattr(entry.obj, "__doc__", "") or "").strip().splitlines()
+        print(f"{name:20s} {entry.plugin:28s} {doc[0] if doc else ''}")
+    return 0
+
+
+def _plugins(registry) -> int:
+    for info in sorted(registry.plugins.values(), key=lambda i: i.name):
+        dist = f"{info.distribution} {info.version}" if info.distribution else "(not from a distribution)"
+        names = "; ".join(f"{k}: {', '.join(v)}" for k, v in sorted(info.registered.items())) or "nothing"
+        status = "FAILED" if info.errors else "ok"
+        print(f"{info.name:28s} {status:6s} {dist:22s} {names}")
+        for e in info.errors:
+            print(f"{'':28s} error: {e}")
+    return 1 if registry.failures() else 0
+
+
+def _prepare(args, registry) -> int:
+    from tlbench.cache import default_cache_dir, load_domain
+    from tlbench.cells import resolve_pairs
+    from tlbench.suite import load_suite
+
+    suite = load_suite(args.suite, pairs=args.pairs, data_root=args.data_root)
+    dataset = registry.get("dataset", suite.dataset)(Path(suite.data_root) if suite.data_root else None,
+                                                     **suite.dataset_options)
+    dataset.check()
+    cache = args.cache or default_cache_dir()
+    seen = set()
+    for pair in resolve_pairs(suite, dataset):
+        for spec in pair:
+            if spec in seen:
+                continue
+            seen.add(spec)
+            dom = load_domain(dataset, spec, suite.recipe.stored_size, cache_dir=cache,
+                              shift_seed=suite.shift_seed, registry=registry)
+            print(f"{spec}: {len(dom)} images, {len(dom.classes)} classes, {suite.recipe.stored_size}px -> {cache}")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

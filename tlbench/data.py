@@ -1,0 +1,312 @@
+"""Domains, the dataset and shift plugin contracts, and domain specs such as ``digits+rotate:3``.
+
+A domain is decoded once into a uint8 tensor (N×3×S×S) plus int64 labels; everything after that
+(augmentation, batching) is tensor work on the training device. Datasets turn a data root into
+such domains; shifts derive a new domain from any domain, deterministically for a seed and a
+severity from 1 to 5.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import re
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from tlbench.errors import UserError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+@dataclass
+class Domain:
+    """Decoded images of one domain: ``images`` uint8 N×3×S×S, ``labels`` int64 N."""
+
+    name: str
+    images: Tensor
+    labels: Tensor
+    classes: list[str]
+    skipped: list[str] = field(default_factory=list)  # files skipped as unreadable, with reasons
+
+    def __post_init__(self) -> None:
+        if self.images.dtype != torch.uint8 or self.images.dim() != 4 or self.images.shape[1] != 3:
+            raise ValueError(f"domain {self.name!r}: images must be uint8 N×3×H×W, got "
+                             f"{tuple(self.images.shape)} {self.images.dtype}")
+        if len(self.images) != len(self.labels):
+            raise ValueError(f"domain {self.name!r}: {len(self.images)} images but {len(self.labels)} labels")
+        if len(self.images) == 0:
+            raise UserError(f"domain {self.name!r} has no images")
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, index: Tensor, name: str | None = None) -> Domain:
+        return Domain(name or self.name, self.images[index], self.labels[index], self.classes, self.skipped)
+
+
+class Dataset:
+    """Base class of dataset plugins.
+
+    A subclass sets ``name`` and, when it reads files, implements :meth:`domains`,
+    :meth:`fingerprint` and :meth:`load`. ``options`` comes from the suite's
+    ``dataset_options`` mapping; ``root`` is the data root (read only, never written).
+    """
+
+    name: ClassVar[str] = ""
+    #: short names accepted in pairs, e.g. {"A": "amazon"}
+    aliases: ClassVar[dict[str, str]] = {}
+    #: option names this dataset accepts in the suite's ``dataset_options`` (name -> meaning)
+    option_help: ClassVar[dict[str, str]] = {}
+
+    def __init__(self, root: Path | None = None, **options: Any):
+        unknown = sorted(set(options) - set(self.option_help))
+        if unknown:
+            raise UserError(f"dataset {self.name!r}: unknown option(s) {', '.join(unknown)}; "
+                            f"valid: {', '.join(self.option_help) or 'none'}")
+        self.root = Path(root) if root is not None else None
+        self.options = options
+
+    def domains(self) -> list[str]:
+        """Canonical domain names."""
+        raise NotImplementedError
+
+    def check(self) -> None:
+        """Raise a :class:`UserError` if the data is not where it should be (called before any training)."""
+
+    def fingerprint(self, domain: str) -> str:
+        """A string that changes when the domain's files change (names, sizes, modification times)."""
+        raise NotImplementedError
+
+    def load(self, domain: str, size: int) -> Domain:
+        """Decode the domain's images, resized to ``size``×``size``, into a :class:`Domain`."""
+        raise NotImplementedError
+
+    def resolve(self, domain: str) -> str:
+        """Canonical name for a domain name or alias, or a :class:`UserError` listing the valid ones."""
+        names = self.domains()
+        if domain in names:
+            return domain
+        if domain in self.aliases:
+            return self.aliases[domain]
+        lowered = {n.lower(): n for n in names}
+        if domain.lower() in lowered:
+            return lowered[domain.lower()]
+        valid = names + [f"{a} ({n})" for a, n in self.aliases.items()]
+        raise UserError(f"dataset {self.name!r} has no domain {domain!r}; valid: {', '.join(valid)}")
+
+
+class Shift:
+    """Base class of domain-shift plugins: a deterministic transform of uint8 images.
+
+    ``apply`` gets uint8 N×3×H×W images, a severity from 1 to 5 and a seeded generator, and
+    returns uint8 images of the same shape. Same inputs, same seed: same output.
+    """
+
+    name: ClassVar[str] = ""
+    #: whether the shift takes a severity (``rotate:3``); a shift like ``invert`` does not
+    has_severity: ClassVar[bool] = True
+
+    def apply(self, images: Tensor, severity: int, generator: torch.Generator) -> Tensor:
+        raise NotImplementedError
+
+
+# -- domain specs -------------------------------------------------------------------------------
+DEFAULT_SEVERITY = 3
+_SHIFT_RE = re.compile(r"^(?P<name>[A-Za-z_][\w\-]*)(?::(?P<sev>\d+))?$")
+
+
+@dataclass(frozen=True)
+class DomainSpec:
+    """A base domain plus a chain of shifts: ``digits+rotate:3+noise:2``.
+
+    A shift written without a severity (``invert``) keeps ``None`` and is applied at
+    :data:`DEFAULT_SEVERITY`; the text form stays as written, so ids and tables read naturally.
+    """
+
+    base: str
+    shifts: tuple[tuple[str, int | None], ...] = ()
+
+    @classmethod
+    def parse(cls, text: str) -> DomainSpec:
+        parts = [p.strip() for p in text.strip().split("+")]
+        if not parts[0]:
+            raise UserError(f"domain {text!r}: the base domain is missing (expected e.g. 'digits+rotate:3')")
+        shifts = []
+        for part in parts[1:]:
+            m = _SHIFT_RE.match(part)
+            if not m:
+                raise UserError(f"domain {text!r}: bad shift {part!r}; expected NAME or NAME:SEVERITY (1-5)")
+            sev = int(m["sev"]) if m["sev"] is not None else None
+            if sev is not None and not 1 <= sev <= 5:
+                raise UserError(f"domain {text!r}: severity {sev} of {m['name']!r} is out of range 1-5")
+            shifts.append((m["name"], sev))
+        return cls(parts[0], tuple(shifts))
+
+    def __str__(self) -> str:
+        return "+".join([self.base] + [n if s is None else f"{n}:{s}" for n, s in self.shifts])
+
+
+def parse_pair(text: str) -> tuple[str, str]:
+    """``'A->W'`` -> ``('A', 'W')`` with a clear error for anything else."""
+    if text.count("->") != 1:
+        raise UserError(f"bad pair {text!r}: write SOURCE->TARGET, e.g. 'A->W' or 'digits->digits+rotate:3'")
+    src, tgt = (s.strip() for s in text.split("->"))
+    if not src or not tgt:
+        raise UserError(f"bad pair {text!r}: both a source and a target domain are needed")
+    return src, tgt
+
+
+# -- decoding helpers for dataset plugins ------------------------------------------------------
+def resize_uint8(images: Tensor, size: int) -> Tensor:
+    """Resize uint8 N×3×H×W images to size×size (antialiased bilinear), staying uint8."""
+    if images.shape[-2:] == (size, size):
+        return images.contiguous()
+    out = torch.nn.functional.interpolate(images.float(), size=(size, size), mode="bilinear",
+                                          antialias=True, align_corners=False)
+    return out.round_().clamp_(0, 255).to(torch.uint8)
+
+
+def array_to_images(x: np.ndarray) -> Tensor:
+    """uint8 N×H×W (grey) or N×H×W×3 arrays -> uint8 N×3×H×W tensor (grey becomes three channels)."""
+    if x.dtype != np.uint8:
+        raise UserError(f"images must be uint8, got {x.dtype}")
+    if x.ndim == 3:
+        x = np.repeat(x[:, :, :, None], 3, axis=3)
+    if x.ndim != 4 or x.shape[3] not in (1, 3):
+        raise UserError(f"images must be N×H×W or N×H×W×3, got shape {x.shape}")
+    if x.shape[3] == 1:
+        x = np.repeat(x, 3, axis=3)
+    return torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2).contiguous()
+
+
+def decode_image_file(path: Path, size: int) -> Tensor:
+    """Decode one image file to uint8 3×size×size (square resize, as the DA literature's ResizeImage)."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im = im.convert("RGB").resize((size, size), Image.BILINEAR)
+        return torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1)
+
+
+def decode_image_files(paths: Sequence[Path], size: int, *, on_error: str = "error") -> tuple[Tensor, list[int], list[str]]:
+    """Decode many files; returns (images, indices kept, messages about skipped files).
+
+    ``on_error='error'`` stops at the first unreadable file, naming it; ``'skip'`` warns and
+    leaves it out, so a corrupt file never turns into a silently wrong label.
+    """
+    out, kept, skipped = [], [], []
+    for i, path in enumerate(paths):
+        try:
+            out.append(decode_image_file(path, size))
+            kept.append(i)
+        except Exception as exc:
+            msg = f"{path}: cannot read image ({type(exc).__name__}: {exc})"
+            if on_error != "skip":
+                raise UserError(msg + "; fix or remove the file, or set data.on_bad_image: skip") from exc
+            warnings.warn("skipping " + msg, stacklevel=2)
+            skipped.append(msg)
+    images = torch.stack(out) if out else torch.zeros(0, 3, size, size, dtype=torch.uint8)
+    return images, kept, skipped
+
+
+def files_fingerprint(paths: Sequence[Path]) -> str:
+    """Hash of names, sizes and modification times: cheap, and changes when a file changes."""
+    h = hashlib.sha256()
+    for p in paths:
+        st = p.stat()
+        h.update(f"{p.as_posix()}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def encode_jpeg_roundtrip(image: Tensor, quality: int) -> Tensor:
+    """JPEG-compress and decode one uint8 3×H×W image (used by the jpeg shift)."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(image.permute(1, 2, 0).numpy()).save(buf, format="JPEG", quality=quality)
+    buf.seek(0)
+    with Image.open(buf) as im:
+        return torch.from_numpy(np.asarray(im.convert("RGB"), dtype=np.uint8).copy()).permute(2, 0, 1)
+
+
+# -- datasets laid out as <domain>/<class>/<image> ----------------------------------------------
+def class_folder_files(folder: Path) -> dict[str, list[Path]]:
+    """``<folder>/<class>/<image>`` -> {class: sorted image files}; classes sorted, hidden entries ignored."""
+    out: dict[str, list[Path]] = {}
+    for sub in sorted(p for p in Path(folder).iterdir() if p.is_dir() and not p.name.startswith(".")):
+        out[sub.name] = sorted(f for f in sub.iterdir()
+                               if f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith("."))
+    return out
+
+
+class ClassFolderDataset(Dataset):
+    """A dataset whose domains are folders of class folders (Office-31, Office-Home, DomainNet, ...).
+
+    A subclass implements :meth:`domains` and :meth:`domain_folder`; this class lists the files,
+    checks that every domain has the same classes (labels are indices into the sorted class
+    names, so a class missing from one domain would silently shift every label after it) and
+    decodes. Option ``on_bad_image``: ``error`` (default) or ``skip``.
+    """
+
+    option_help: ClassVar[dict[str, str]] = {
+        "on_bad_image": "what to do with an unreadable image file: error (default) or skip (warn, leave it out)",
+    }
+
+    def __init__(self, root: Path | None = None, **options: Any):
+        super().__init__(root, **options)
+        if self.options.get("on_bad_image", "error") not in ("error", "skip"):
+            raise UserError(f"dataset {self.name!r}: on_bad_image must be 'error' or 'skip', "
+                            f"got {self.options['on_bad_image']!r}")
+        self._files: dict[str, dict[str, list[Path]]] = {}
+
+    def domain_folder(self, domain: str) -> Path:
+        """The folder holding the class folders of a canonical domain (a :class:`UserError` if missing)."""
+        raise NotImplementedError
+
+    def class_files(self, domain: str) -> dict[str, list[Path]]:
+        """{class: image files} of one domain, listed once per dataset object."""
+        if domain not in self._files:
+            folder = self.domain_folder(domain)
+            files = class_folder_files(folder)
+            if not any(files.values()):
+                raise UserError(f"dataset {self.name!r}: domain {domain!r} has no images in {folder} "
+                                f"(expected {folder}/<class>/<image>{'|'.join(IMAGE_SUFFIXES)})")
+            self._files[domain] = files
+        return self._files[domain]
+
+    def classes(self) -> list[str]:
+        """The sorted class names, the same in every domain, or a :class:`UserError` naming the odd one."""
+        per_domain = {d: set(self.class_files(d)) for d in self.domains()}
+        union = set().union(*per_domain.values())
+        for domain, present in per_domain.items():
+            missing = sorted(union - present)
+            if missing:
+                others = [d for d, p in per_domain.items() if missing[0] in p]
+                raise UserError(f"dataset {self.name!r}: class {missing[0]!r} (in {', '.join(others)}) is missing "
+                                f"from domain {domain!r} ({self.domain_folder(domain)}); every domain needs the "
+                                f"same class folders" + (f" ({len(missing)} missing in all)" if len(missing) > 1 else ""))
+        return sorted(union)
+
+    def check(self) -> None:
+        self.classes()
+
+    def fingerprint(self, domain: str) -> str:
+        return files_fingerprint([f for fs in self.class_files(domain).values() for f in fs])
+
+    def load(self, domain: str, size: int) -> Domain:
+        classes = self.classes()
+        index = {c: i for i, c in enumerate(classes)}
+        paths, labels = [], []
+        for cls, files in self.class_files(domain).items():
+            paths += files
+            labels += [index[cls]] * len(files)
+        images, kept, skipped = decode_image_files(paths, size, on_error=self.options.get("on_bad_image", "error"))
+        return Domain(domain, images, torch.tensor(labels, dtype=torch.int64)[kept], classes, skipped)

@@ -1,0 +1,62 @@
+"""The hook specifications: everything a plugin can add to tlbench.
+
+Each ``register_*`` hook receives a ``register`` callback; calling it with a class (or an
+instance, for weight sources) makes that name available and lets tlbench remember which plugin
+provided it. Registering a name that another plugin already registered is an error naming both.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable
+
+import pluggy
+
+if TYPE_CHECKING:
+    from tlbench.cells import Cell
+    from tlbench.results import CellRecord
+
+PROJECT = "tlbench"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+Register = Callable[[Any], None]
+
+
+@hookspec
+def register_strategies(register: Register) -> None:
+    """Register :class:`tlbench.Strategy` subclasses (transfer strategies)."""
+
+
+@hookspec
+def register_datasets(register: Register) -> None:
+    """Register :class:`tlbench.Dataset` subclasses (sources of domains)."""
+
+
+@hookspec
+def register_shifts(register: Register) -> None:
+    """Register :class:`tlbench.Shift` subclasses (derive a new domain from any domain)."""
+
+
+@hookspec
+def register_weight_sources(register: Register) -> None:
+    """Register :class:`tlbench.WeightSource` subclasses (where pretrained backbone weights come from)."""
+
+
+@hookspec
+def register_reporters(register: Register) -> None:
+    """Register :class:`tlbench.Reporter` subclasses (leaderboard output formats)."""
+
+
+@hookspec
+def register_launchers(register: Register) -> None:
+    """Register :class:`tlbench.Launcher` subclasses (how the cells of a matrix are executed)."""
+
+
+@hookspec
+def before_cell(cell: Cell) -> None:
+    """Called just before a cell trains, in the process that trains it."""
+
+
+@hookspec
+def after_cell(cell: Cell, record: CellRecord) -> None:
+    """Called after a cell ends (ok, failed or diverged), with its record, before the record is written."""

@@ -1,0 +1,34 @@
+"""The launcher contract: how the cells of a matrix get executed.
+
+A launcher receives a list of independent cells (the runner hands them over wave by wave, so a
+teacher's wave ends before its students' starts) and a function that trains one cell; it returns
+each record to the driver through ``on_record`` as soon as it exists. The driver alone writes
+results, atomically, so a worker that dies loses at most its own cell.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar
+
+from tlbench.errors import UserError
+
+
+class Launcher:
+    """Base class of launcher plugins. ``option_help`` lists the options it accepts."""
+
+    name: ClassVar[str] = ""
+    option_help: ClassVar[dict[str, str]] = {}
+
+    def __init__(self, **options: Any):
+        unknown = sorted(set(options) - set(self.option_help))
+        if unknown:
+            raise UserError(f"launcher {self.name!r}: unknown option(s) {', '.join(unknown)}; "
+                            f"valid: {', '.join(self.option_help) or 'none'}")
+        self.options = options
+
+    def launch(self, tasks: Sequence[Any], execute: Callable[[Any], Any],
+               on_record: Callable[[Any], None]) -> None:
+        """Run ``execute(task)`` for every task (a picklable :class:`tlbench.cells.CellTask`) and
+        pass each resulting :class:`tlbench.results.CellRecord` to ``on_record`` in the driver."""
+        raise NotImplementedError

@@ -1,0 +1,478 @@
+"""Leaderboards: records of finished cells turned into ranked tables, then written by reporters.
+
+:func:`build_leaderboard` is a pure function of the records and the suite: one row per
+backbone × strategy, one column per domain pair (the suite's order) plus ``Avg``. Tables are
+pandas DataFrames holding numbers only; every reporter plugin formats them in its own syntax.
+
+Rules a reader of any report can rely on:
+
+* a cell is the mean ± sample standard deviation (ddof=1) over the seeds whose status is ``ok``;
+  ``n`` is that number of seeds;
+* ``Avg`` is the mean of the per-pair means, computed only when every pair of the row has a value
+  (a row with a missing pair says which, never averages what it has); its std is the std over
+  seeds of the per-seed average, given only when every seed of the row has every pair;
+* failed and diverged cells are never dropped: each gets a footnote with its status and error;
+* published reference numbers stay in their own table, outside ranks and best marks.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from tlbench.errors import UserError
+from tlbench.results import CellRecord, ResultsDir, load_records
+
+AVG = "Avg"
+#: per-column fields of :attr:`Leaderboard.accuracy`, named ``f"{column} {field}"``
+COLUMN_FIELDS = ("mean", "std", "n", "best", "status", "notes")
+#: cell statuses in :attr:`Leaderboard.accuracy` (``f"{column} status"``)
+CELL_STATUSES = ("ok", "partial", "failed", "diverged", "failed/diverged", "missing")
+
+PROTOCOL = ("last checkpoint; target labels never used for training or model selection; "
+            "accuracy on all target images")
+STATS_TEXT = ("Each cell: mean ± sample std (ddof=1) of target accuracy (%) over seeds whose cell finished "
+              "ok; n = number of those seeds. Avg: mean of the per-pair means, only when every pair has a value; "
+              "its std is over the per-seed averages, only when every seed has every pair.")
+
+
+@dataclass
+class Footnote:
+    """Failed or diverged cells that share one status and error text."""
+
+    number: int
+    status: str
+    error: str
+    #: where it happened, e.g. ``"resnet18 / dann / A->W, seeds 0, 2"``
+    cells: list[str] = field(default_factory=list)
+
+    @property
+    def summary(self) -> str:
+        """The error's last non-empty line (for a traceback: the exception), at most 300 characters."""
+        lines = [ln.strip() for ln in self.error.splitlines() if ln.strip()]
+        text = lines[-1] if lines else "(no error text recorded)"
+        return text if len(text) <= 300 else text[:299] + "…"
+
+
+@dataclass
+class Leaderboard:
+    """Everything a reporter writes; numbers stay numbers (NaN / <NA> where there is none).
+
+    ``accuracy``: one row per backbone × strategy in rank order, with columns ``rank`` (nullable
+    int; <NA> for rows without Avg), ``backbone``, ``strategy``, for every ``c`` in :attr:`columns`
+    the fields ``f"{c} mean"``, ``f"{c} std"``, ``f"{c} n"``, ``f"{c} best"`` (bool),
+    ``f"{c} status"`` (one of :data:`CELL_STATUSES`) and ``f"{c} notes"`` (tuple of footnote
+    numbers), and ``missing`` (the pairs without a value, in order).
+
+    ``costs``: one row per accuracy row, same order: ``backbone``, ``strategy``, ``cells_ok``,
+    ``cells_failed``, ``cells_diverged``, ``train_img_per_s`` and ``eval_img_per_s`` (means over ok
+    cells), ``peak_mem_mb`` (max over ok cells), ``wall_s_total`` (sum over every cell),
+    ``wall_s_mean`` (mean per cell), ``trainable_params`` and ``total_params`` (most common value).
+
+    ``references``: published rows with ``backbone``, ``strategy``, ``source`` (citation),
+    ``f"{c} mean"`` for every column and ``avg_published`` (bool: Avg is the source's own number).
+
+    ``failures``: one row per failed or diverged record (``backbone``, ``strategy``, ``pair``,
+    ``seed``, ``status``, ``error``, ``footnote``).
+    """
+
+    title: str
+    suite: str
+    dataset: str
+    pairs: list[str]
+    accuracy: pd.DataFrame
+    costs: pd.DataFrame
+    references: pd.DataFrame
+    failures: pd.DataFrame
+    footnotes: list[Footnote]
+    #: the number of distinct seeds among the records; reporters show ``n`` where a cell differs
+    n_seeds: int
+    #: row-level remarks (missing pairs, unfinished cells, duplicates), plain text
+    notes: list[str]
+    protocol: str
+    stats_text: str
+    #: device, torch, timm, tlbench (values seen in the records) and report date
+    environment: dict[str, str]
+    #: files the reporters of this ``write_reports`` call wrote so far, in order: a later reporter
+    #: may embed an earlier one's (the HTML page embeds the plots' PNGs)
+    written: list[Path] = field(default_factory=list)
+
+    @property
+    def columns(self) -> list[str]:
+        return [*self.pairs, AVG]
+
+    @staticmethod
+    def col(column: str, name: str) -> str:
+        """The DataFrame column of one field of one table column, e.g. ``col("A->W", "mean")``."""
+        return f"{column} {name}"
+
+
+# -- building ---------------------------------------------------------------------------------------
+def build_leaderboard(records: list[CellRecord], suite: dict[str, Any], *,
+                      date: str | None = None) -> Leaderboard:
+    """The leaderboard of ``records`` under ``suite`` (the dict of ``<out>/suite.json``)."""
+    suite = suite or {}
+    records, duplicates = _dedupe(records)
+    pairs = _pairs(records, suite)
+    notes: list[str] = []
+    if duplicates:
+        notes.append(f"{duplicates} record(s) repeated the same backbone/strategy/pair/seed; "
+                     "the newest of each was kept.")
+
+    rows = _row_keys(records)
+    by_cell: dict[tuple[str, str, str], list[CellRecord]] = {}
+    for r in records:
+        by_cell.setdefault((r.backbone, r.strategy, _pair(r)), []).append(r)
+
+    data = [_row_stats(b, s, pairs, by_cell) for b, s in rows]
+    acc = _accuracy_frame(data, pairs)
+    acc = _rank(acc)
+    _mark_best(acc, [*pairs, AVG])
+    footnotes, failures = _footnotes(acc, pairs, by_cell)
+    for _, row in acc.iterrows():
+        if row["missing"]:
+            notes.append(f"{row['backbone']} / {row['strategy']}: Avg not computed, "
+                         f"missing: {', '.join(row['missing'])}")
+    expected = _expected_cells(suite, pairs)
+    if expected is not None and len(records) < expected:
+        notes.append(f"{len(records)} of {expected} cells have finished; the others are not shown.")
+
+    name = str(suite.get("name") or _common(r.suite for r in records) or "tlbench")
+    dataset = str(suite.get("dataset") or _common(r.dataset for r in records) or "")
+    return Leaderboard(
+        title=f"{name} — {dataset}" if dataset else name,
+        suite=name,
+        dataset=dataset,
+        pairs=pairs,
+        accuracy=acc,
+        costs=_costs(acc, records),
+        references=_references(suite.get("reference") or [], pairs),
+        failures=failures,
+        footnotes=footnotes,
+        n_seeds=len({r.seed for r in records}),
+        notes=notes,
+        protocol=PROTOCOL,
+        stats_text=STATS_TEXT,
+        environment=_environment(records, date),
+    )
+
+
+def _pair(r: CellRecord) -> str:
+    return f"{r.source}->{r.target}"
+
+
+def _dedupe(records: Iterable[CellRecord]) -> tuple[list[CellRecord], int]:
+    """One record per backbone/strategy/pair/seed (newest wins), in first-seen order."""
+    keep: dict[tuple, CellRecord] = {}
+    dupes = 0
+    for r in records:
+        key = (r.backbone, r.strategy, r.source, r.target, r.seed)
+        old = keep.get(key)
+        if old is not None:
+            dupes += 1
+            if r.started_at < old.started_at:
+                continue
+        keep[key] = r
+    return list(keep.values()), dupes
+
+
+def _pairs(records: list[CellRecord], suite: dict[str, Any]) -> list[str]:
+    """The suite's pairs in order, then any other pair the records have (first seen)."""
+    listed = suite.get("pairs")
+    out = [str(p) for p in listed] if isinstance(listed, list) else []
+    for r in records:
+        if _pair(r) not in out:
+            out.append(_pair(r))
+    return out
+
+
+def _row_keys(records: list[CellRecord]) -> list[tuple[str, str]]:
+    seen: dict[tuple[str, str], None] = {}
+    for r in records:
+        seen.setdefault((r.backbone, r.strategy), None)
+    return list(seen)
+
+
+def _finite(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+    s = pd.Series(values, dtype="float64")
+    return float(s.mean()), float(s.std(ddof=1)) if len(s) > 1 else math.nan
+
+
+def _is_value(r: CellRecord) -> bool:
+    return r.status == "ok" and _finite(r.target_acc)
+
+
+def _cell_status(recs: list[CellRecord]) -> str:
+    if not recs:
+        return "missing"
+    bad = {"diverged" if r.status == "diverged" else "failed" for r in recs if not _is_value(r)}
+    if any(_is_value(r) for r in recs):
+        return "partial" if bad else "ok"
+    return "failed/diverged" if len(bad) == 2 else bad.pop()
+
+
+def _row_stats(backbone: str, strategy: str, pairs: list[str],
+               by_cell: dict[tuple[str, str, str], list[CellRecord]]) -> dict[str, Any]:
+    row: dict[str, Any] = {"backbone": backbone, "strategy": strategy}
+    per_seed: dict[int, dict[str, float]] = {}
+    seeds: set[int] = set()
+    means: list[float] = []
+    missing: list[str] = []
+    for p in pairs:
+        recs = by_cell.get((backbone, strategy, p), [])
+        seeds.update(r.seed for r in recs)
+        values = [float(r.target_acc) for r in recs if _is_value(r)]
+        for r in recs:
+            if _is_value(r):
+                per_seed.setdefault(r.seed, {})[p] = float(r.target_acc)
+        mean, std = _mean_std(values) if values else (math.nan, math.nan)
+        row.update({f"{p} mean": mean, f"{p} std": std, f"{p} n": len(values) if values else pd.NA,
+                    f"{p} status": _cell_status(recs)})
+        if values:
+            means.append(mean)
+        else:
+            missing.append(p)
+    if pairs and not missing:
+        avg = float(sum(means) / len(means))
+        complete = [s for s in sorted(seeds) if len(per_seed.get(s, {})) == len(pairs)]
+        if len(complete) == len(seeds):
+            _, avg_std = _mean_std([sum(per_seed[s].values()) / len(pairs) for s in complete])
+            avg_n: Any = len(complete)
+        else:
+            avg_std, avg_n = math.nan, pd.NA
+        row.update({f"{AVG} mean": avg, f"{AVG} std": avg_std, f"{AVG} n": avg_n, f"{AVG} status": "ok"})
+    else:
+        row.update({f"{AVG} mean": math.nan, f"{AVG} std": math.nan, f"{AVG} n": pd.NA,
+                    f"{AVG} status": "missing"})
+    row["missing"] = tuple(missing)
+    return row
+
+
+def _accuracy_frame(data: list[dict[str, Any]], pairs: list[str]) -> pd.DataFrame:
+    cols = ["rank", "backbone", "strategy"]
+    for c in [*pairs, AVG]:
+        cols += [f"{c} {f}" for f in COLUMN_FIELDS]
+    cols.append("missing")
+    df = pd.DataFrame(data, columns=[c for c in cols if c != "rank"])
+    df.insert(0, "rank", pd.array([pd.NA] * len(df), dtype="Int64"))
+    for c in [*pairs, AVG]:
+        df[f"{c} mean"] = df[f"{c} mean"].astype("float64")
+        df[f"{c} std"] = df[f"{c} std"].astype("float64")
+        df[f"{c} n"] = df[f"{c} n"].astype("Int64")
+        df[f"{c} best"] = False
+        df[f"{c} notes"] = [() for _ in range(len(df))]
+    return df[cols]
+
+
+def _rank(df: pd.DataFrame) -> pd.DataFrame:
+    """Rows with an Avg by Avg descending (ties share the smaller rank), then the others."""
+    avg = df[f"{AVG} mean"]
+    has = avg.notna()
+    ranked = df[has].assign(_o=range(int(has.sum()))).sort_values(
+        [f"{AVG} mean", "_o"], ascending=[False, True], kind="stable").drop(columns="_o")
+    ranked["rank"] = ranked[f"{AVG} mean"].rank(method="min", ascending=False).astype("Int64")
+    out = pd.concat([ranked, df[~has]]) if len(ranked) else df[~has].copy()
+    out["rank"] = out["rank"].astype("Int64")
+    return out.reset_index(drop=True)
+
+
+def _mark_best(df: pd.DataFrame, columns: list[str]) -> None:
+    for c in columns:
+        values = df[f"{c} mean"]
+        if values.notna().any():
+            df[f"{c} best"] = values == values.max()
+
+
+def _seeds_text(seeds: list[int]) -> str:
+    return f"seed {seeds[0]}" if len(seeds) == 1 else f"seeds {', '.join(map(str, seeds))}"
+
+
+def _footnotes(acc: pd.DataFrame, pairs: list[str],
+               by_cell: dict[tuple[str, str, str], list[CellRecord]]) -> tuple[list[Footnote], pd.DataFrame]:
+    """Number the failed/diverged records in table order; identical status+error share a number."""
+    notes: dict[tuple[str, str], Footnote] = {}
+    rows: list[dict[str, Any]] = []
+    for i, row in acc.iterrows():
+        for p in pairs:
+            bad = sorted((r for r in by_cell.get((row["backbone"], row["strategy"], p), []) if not _is_value(r)),
+                         key=lambda r: r.seed)
+            numbers: list[int] = []
+            groups: dict[int, list[int]] = {}
+            for r in bad:
+                status = "diverged" if r.status == "diverged" else "failed"
+                error = r.error or ("" if r.status != "ok" else "status ok but no finite target_acc recorded")
+                key = (status, error)
+                if key not in notes:
+                    notes[key] = Footnote(number=len(notes) + 1, status=status, error=error)
+                note = notes[key]
+                groups.setdefault(note.number, []).append(r.seed)
+                if note.number not in numbers:
+                    numbers.append(note.number)
+                rows.append({"backbone": r.backbone, "strategy": r.strategy, "pair": p, "seed": r.seed,
+                             "status": r.status, "error": r.error, "footnote": note.number})
+            for number, seeds in groups.items():
+                note = next(n for n in notes.values() if n.number == number)
+                note.cells.append(f"{row['backbone']} / {row['strategy']} / {p}, {_seeds_text(seeds)}")
+            acc.at[i, f"{p} notes"] = tuple(numbers)
+    failures = pd.DataFrame(rows, columns=["backbone", "strategy", "pair", "seed", "status", "error", "footnote"])
+    return sorted(notes.values(), key=lambda n: n.number), failures
+
+
+def _mode(values: list[float]) -> Any:
+    if not values:
+        return pd.NA
+    counts = pd.Series(values).value_counts()
+    return int(max(v for v, c in counts.items() if c == counts.max()))
+
+
+def _costs(acc: pd.DataFrame, records: list[CellRecord]) -> pd.DataFrame:
+    out = []
+    for _, row in acc.iterrows():
+        recs = [r for r in records if (r.backbone, r.strategy) == (row["backbone"], row["strategy"])]
+        ok = [r for r in recs if r.status == "ok"]
+
+        def values(attr: str, pool: list[CellRecord]) -> list[float]:
+            return [float(getattr(r, attr)) for r in pool if _finite(getattr(r, attr))]
+
+        train, ev, mem, wall = (values("train_img_per_s", ok), values("eval_img_per_s", ok),
+                                values("peak_mem_mb", ok), values("wall_s", recs))
+        out.append({
+            "backbone": row["backbone"], "strategy": row["strategy"],
+            "cells_ok": len(ok), "cells_failed": sum(r.status not in ("ok", "diverged") for r in recs),
+            "cells_diverged": sum(r.status == "diverged" for r in recs),
+            "train_img_per_s": sum(train) / len(train) if train else math.nan,
+            "eval_img_per_s": sum(ev) / len(ev) if ev else math.nan,
+            "peak_mem_mb": max(mem) if mem else math.nan,
+            "wall_s_total": sum(wall) if wall else math.nan,
+            "wall_s_mean": sum(wall) / len(wall) if wall else math.nan,
+            "trainable_params": _mode(values("trainable_params", ok or recs)),
+            "total_params": _mode(values("total_params", ok or recs)),
+        })
+    df = pd.DataFrame(out, columns=["backbone", "strategy", "cells_ok", "cells_failed", "cells_diverged",
+                                    "train_img_per_s", "eval_img_per_s", "peak_mem_mb", "wall_s_total",
+                                    "wall_s_mean", "trainable_params", "total_params"])
+    for c in ("train_img_per_s", "eval_img_per_s", "peak_mem_mb", "wall_s_total", "wall_s_mean"):
+        df[c] = df[c].astype("float64")
+    for c in ("trainable_params", "total_params"):
+        df[c] = df[c].astype("Int64")
+    return df
+
+
+def _references(refs: list[Any], pairs: list[str]) -> pd.DataFrame:
+    """Published rows; Avg is the source's own number, else the mean when it covers every pair."""
+    out = []
+    for i, ref in enumerate(refs):
+        if not isinstance(ref, dict) or not isinstance(ref.get("acc"), dict):
+            raise UserError(f"suite reference[{i}]: expected a mapping with backbone, strategy, source, "
+                            f"acc {{pair: accuracy}} and optional avg; got {ref!r}")
+        acc = {str(k): float(v) for k, v in ref["acc"].items() if _finite(v)}
+        row: dict[str, Any] = {"backbone": str(ref.get("backbone", "")), "strategy": str(ref.get("strategy", "")),
+                               "source": str(ref.get("source", ""))}
+        for p in pairs:
+            row[f"{p} mean"] = acc.get(p, math.nan)
+        published = ref.get("avg")
+        if _finite(published):
+            row[f"{AVG} mean"], row["avg_published"] = float(published), True
+        elif pairs and all(p in acc for p in pairs):
+            row[f"{AVG} mean"], row["avg_published"] = sum(acc[p] for p in pairs) / len(pairs), False
+        else:
+            row[f"{AVG} mean"], row["avg_published"] = math.nan, False
+        out.append(row)
+    cols = ["backbone", "strategy", "source", *[f"{c} mean" for c in [*pairs, AVG]], "avg_published"]
+    df = pd.DataFrame(out, columns=cols)
+    for c in [*pairs, AVG]:
+        df[f"{c} mean"] = df[f"{c} mean"].astype("float64")
+    df["avg_published"] = df["avg_published"].astype(bool)
+    return df
+
+
+def _expected_cells(suite: dict[str, Any], pairs: list[str]) -> int | None:
+    parts = [suite.get(k) for k in ("backbones", "strategies", "seeds")]
+    if not all(isinstance(x, list) and x for x in parts) or not isinstance(suite.get("pairs"), list):
+        return None
+    return len(parts[0]) * len(parts[1]) * len(parts[2]) * len(suite["pairs"])
+
+
+def _common(values: Iterable[str]) -> str:
+    seen = list(dict.fromkeys(v for v in values if v))
+    return ", ".join(seen)
+
+
+def _environment(records: list[CellRecord], date: str | None) -> dict[str, str]:
+    def seen(values: Iterable[Any]) -> str:
+        return _common(str(v) for v in values if v) or "not recorded"
+
+    return {
+        "device": seen(r.device for r in records),
+        "torch": seen(r.torch_version for r in records),
+        "timm": seen(r.extra.get("timm_version") for r in records if isinstance(r.extra, dict)),
+        "tlbench": seen(r.tlbench_version for r in records),
+        "report date": date or _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+
+
+# -- writing --------------------------------------------------------------------------------------
+def write_reports(out_dir: Path, records: list[CellRecord], suite: dict[str, Any],
+                  formats: list[str] | None = None, registry: Any = None) -> list[Path]:
+    """Build the leaderboard and let every reporter (or those in ``formats``) write into ``out_dir``.
+
+    Reporters run in a fixed order: by their ``order`` attribute, then by name, so a reporter
+    whose files another embeds (plots, for the HTML page) runs first.
+    """
+    if registry is None:
+        from tlbench.registry import get_registry
+        registry = get_registry()
+    names = list(dict.fromkeys(formats)) if formats else registry.names("reporter")
+    reporters = [registry.get("reporter", n) for n in names]  # an unknown name fails before any work
+    reporters = sorted(zip(names, reporters), key=lambda nr: (getattr(nr[1], "order", 0), nr[0]))
+    board = build_leaderboard(records, suite)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for _, cls in reporters:
+        reporter = cls() if isinstance(cls, type) else cls
+        board.written.extend(Path(p) for p in reporter.write(board, out_dir))
+    return list(board.written)
+
+
+def report_dirs(dirs: list[Path], out: Path | None, formats: list[str] | None = None,
+                registry: Any = None) -> list[Path]:
+    """Report on one or several results directories, merged (``tlbench report DIR [DIR...]``).
+
+    Only finished cells (their ``record.json``) are read, so a run still going can be reported on.
+    The suite is the first ``suite.json`` found; the reference rows are the union of all.
+    """
+    dirs = [Path(d) for d in dirs]
+    if not dirs:
+        raise UserError("tlbench report: give at least one results directory")
+    for d in dirs:
+        if not d.is_dir():
+            raise UserError(f"{d}: no such results directory (expected the --out folder of a tlbench run)")
+    if out is None:
+        if len(dirs) > 1:
+            raise UserError(f"merging {len(dirs)} results directories needs an output folder (--out DIR)")
+        out = dirs[0]
+    records = load_records(dirs)
+    if not records:
+        raise UserError(f"no finished cells in {', '.join(map(str, dirs))} "
+                        "(no cells/*/record.json yet); run the suite first or wait for a cell to finish")
+    suite: dict[str, Any] = {}
+    refs: list[Any] = []
+    for d in dirs:
+        s = ResultsDir(d).read_suite()
+        if s and not suite:
+            suite = dict(s)
+        for ref in s.get("reference") or []:
+            if ref not in refs:
+                refs.append(ref)
+    suite["reference"] = refs
+    return write_reports(Path(out), records, suite, formats, registry)

@@ -1,0 +1,100 @@
+"""The network every strategy trains: a timm backbone, then the harness's head.
+
+The head is the standard domain-adaptation one: a bottleneck (Linear–BatchNorm–ReLU, 256 units
+by default) and a linear classifier. Every model exposes the same few methods, whatever the
+backbone: ``forward``, ``forward_all`` (features, embedding, logits), ``head_parameters`` and
+``backbone_stages`` (the backbone's own stage structure, from timm's ``group_matcher``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+
+@dataclass
+class Outputs:
+    features: Tensor   # pooled backbone features (N×D)
+    embedding: Tensor  # bottleneck output (N×E)
+    logits: Tensor     # class scores (N×C)
+
+
+class TransferModel(nn.Module):
+    """Backbone + bottleneck + classifier.
+
+    ``forward_all`` takes images (N×3×H×W) or already-pooled backbone features (N×D): the
+    latter lets a frozen backbone's features be computed once and reused.
+    """
+
+    def __init__(self, backbone: nn.Module, num_classes: int, *, bottleneck_dim: int = 256,
+                 backbone_lr_scale: float = 0.1, backbone_name: str = ""):
+        super().__init__()
+        self.backbone = backbone
+        self.backbone_name = backbone_name
+        self.backbone_lr_scale = backbone_lr_scale
+        self.feature_dim = int(getattr(backbone, "num_features"))
+        self.num_classes = num_classes
+        if bottleneck_dim > 0:
+            self.bottleneck: nn.Module = nn.Sequential(
+                nn.Linear(self.feature_dim, bottleneck_dim), nn.BatchNorm1d(bottleneck_dim), nn.ReLU(inplace=True))
+            self.embed_dim = bottleneck_dim
+        else:
+            self.bottleneck = nn.Identity()
+            self.embed_dim = self.feature_dim
+        self.classifier = nn.Linear(self.embed_dim, num_classes)
+
+    def features(self, x: Tensor) -> Tensor:
+        """Pooled backbone features; a 2-D input is taken as features already."""
+        if x.dim() == 2:
+            return x
+        return self.backbone(x)
+
+    def forward_all(self, x: Tensor) -> Outputs:
+        f = self.features(x)
+        e = self.bottleneck(f)
+        return Outputs(f, e, self.classifier(e))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.classifier(self.bottleneck(self.features(x)))
+
+    def head_parameters(self) -> list[nn.Parameter]:
+        return list(self.bottleneck.parameters()) + list(self.classifier.parameters())
+
+    def backbone_stages(self) -> list[list[nn.Parameter]]:
+        """The backbone's parameters grouped by stage, from the input side to the output side.
+
+        Uses the model's own ``group_matcher(coarse=True)`` (every timm model has one), so it
+        works for any architecture without hard-coded layer names.
+        """
+        return backbone_stages(self.backbone)
+
+
+def backbone_stages(backbone: nn.Module) -> list[list[nn.Parameter]]:
+    from timm.models import group_parameters
+
+    params = dict(backbone.named_parameters())
+    matcher = getattr(backbone, "group_matcher", None)
+    if matcher is None:
+        return [list(params.values())]
+    groups = group_parameters(backbone, matcher(coarse=True))
+    ordered = [groups[k] for k in sorted(groups)]
+    return [[params[n] for n in names] for names in ordered if names]
+
+
+def set_batchnorm_eval_where_frozen(module: nn.Module) -> None:
+    """Keep running statistics fixed in every norm layer whose parameters do not train."""
+    for m in module.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            frozen = all(not p.requires_grad for p in m.parameters(recurse=False))
+            if frozen:
+                m.eval()
+
+
+def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
+    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
+
+
+def to_channels_last(model: nn.Module) -> nn.Module:
+    return model.to(memory_format=torch.channels_last)

@@ -1,0 +1,196 @@
+"""The registry: which plugin provides which strategy, dataset, shift, weight source, reporter, launcher.
+
+One idea used everywhere (as in timm): ``register`` adds a name, ``names(kind, pattern)`` lists
+them with shell-style wildcards, ``get(kind, name)`` returns the class. Plugins are found through
+the ``tlbench`` entry-point group; built-ins load exactly like third-party packages. A plugin that
+fails to import or to register is recorded with its error and skipped (``strict=True`` makes it
+fatal), so one broken package never stops the others.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import importlib.metadata as md
+import traceback
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any
+
+import pluggy
+
+from tlbench import hookspecs
+from tlbench.errors import DuplicateNameError, UnknownNameError, UserError
+
+ENTRY_POINT_GROUP = hookspecs.PROJECT
+
+#: kind -> (hook name, dotted name of the base class every registered object must subclass)
+KINDS: dict[str, str] = {
+    "strategy": "register_strategies",
+    "dataset": "register_datasets",
+    "shift": "register_shifts",
+    "weight_source": "register_weight_sources",
+    "reporter": "register_reporters",
+    "launcher": "register_launchers",
+}
+
+
+def _base_classes() -> dict[str, type]:
+    # Imported lazily: the base classes import torch, the registry itself need not.
+    from tlbench.data import Dataset, Shift
+    from tlbench.launch import Launcher
+    from tlbench.reporting import Reporter
+    from tlbench.strategy import Strategy
+    from tlbench.weights import WeightSource
+
+    return {
+        "strategy": Strategy,
+        "dataset": Dataset,
+        "shift": Shift,
+        "weight_source": WeightSource,
+        "reporter": Reporter,
+        "launcher": Launcher,
+    }
+
+
+@dataclass
+class PluginInfo:
+    """What ``tlbench plugins`` shows about one plugin."""
+
+    name: str
+    module: str
+    distribution: str | None = None
+    version: str | None = None
+    registered: dict[str, list[str]] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Entry:
+    kind: str
+    name: str
+    obj: Any
+    plugin: str
+
+
+class PluginLoadError(UserError):
+    """Raised in strict mode when a plugin fails to import or register."""
+
+
+class Registry:
+    """All plugins of one process, loaded once."""
+
+    def __init__(self, *, strict: bool = False, entry_points: bool = True,
+                 plugins: dict[str, ModuleType | object] | None = None):
+        self.strict = strict
+        self.pm = pluggy.PluginManager(hookspecs.PROJECT)
+        self.pm.add_hookspecs(hookspecs)
+        self.plugins: dict[str, PluginInfo] = {}
+        self._entries: dict[str, dict[str, Entry]] = {kind: {} for kind in KINDS}
+        if entry_points:
+            self._load_entry_points()
+        for name, module in (plugins or {}).items():
+            self.add_plugin(name, module)
+
+    # -- loading ---------------------------------------------------------------------------
+    def _load_entry_points(self) -> None:
+        for ep in sorted(md.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+            dist = getattr(ep, "dist", None)
+            info = PluginInfo(name=ep.name, module=ep.value,
+                              distribution=dist.metadata["Name"] if dist else None,
+                              version=dist.version if dist else None)
+            try:
+                module = ep.load()
+            except Exception as exc:  # a broken plugin is named and skipped
+                self._fail(info, f"failed to import {ep.value}: {type(exc).__name__}: {exc}", exc)
+                self.plugins[ep.name] = info
+                continue
+            self.add_plugin(ep.name, module, info=info)
+
+    def add_plugin(self, name: str, module: ModuleType | object, *, info: PluginInfo | None = None) -> None:
+        """Register one plugin object (a module with ``@hookimpl`` functions) and collect its names."""
+        info = info or PluginInfo(name=name, module=getattr(module, "__name__", repr(module)))
+        self.plugins[name] = info
+        try:
+            self.pm.register(module, name=name)
+        except Exception as exc:
+            self._fail(info, f"failed to register: {type(exc).__name__}: {exc}", exc)
+            return
+        bases = _base_classes()
+        for kind, hook_name in KINDS.items():
+            for impl in getattr(self.pm.hook, hook_name).get_hookimpls():
+                if impl.plugin_name != name:
+                    continue
+                try:
+                    impl.function(register=lambda obj, _k=kind: self._register(_k, obj, name, bases[_k]))
+                except Exception as exc:
+                    self._fail(info, f"{hook_name} raised {type(exc).__name__}: {exc}", exc)
+
+    def _register(self, kind: str, obj: Any, plugin: str, base: type) -> None:
+        cls = obj if isinstance(obj, type) else type(obj)
+        if not issubclass(cls, base):
+            raise TypeError(f"{obj!r} is not a tlbench.{base.__name__} subclass")
+        key = getattr(obj, "name", None)
+        if not isinstance(key, str) or not key:
+            raise TypeError(f"{obj!r} has no 'name' attribute")
+        taken = self._entries[kind].get(key)
+        if taken is not None:
+            raise DuplicateNameError(
+                f"{kind} {key!r} is registered by both plugin {taken.plugin!r} and plugin {plugin!r}")
+        self._entries[kind][key] = Entry(kind, key, obj, plugin)
+        self.plugins[plugin].registered.setdefault(kind, []).append(key)
+
+    def _fail(self, info: PluginInfo, message: str, exc: BaseException) -> None:
+        info.errors.append(message)
+        if self.strict:
+            raise PluginLoadError(f"plugin {info.name!r}: {message}") from exc
+
+    # -- lookup ----------------------------------------------------------------------------
+    def names(self, kind: str, pattern: str | None = None) -> list[str]:
+        """Registered names of ``kind``, sorted, filtered by a shell-style wildcard."""
+        names = sorted(self._entries[_check_kind(kind)])
+        return [n for n in names if pattern is None or fnmatch.fnmatchcase(n, pattern)]
+
+    def get(self, kind: str, name: str) -> Any:
+        """The registered class (or object) for ``name``; an error with close names otherwise."""
+        try:
+            return self._entries[_check_kind(kind)][name].obj
+        except KeyError:
+            raise UnknownNameError(kind.replace("_", " "), name, self._entries[kind]) from None
+
+    def entry(self, kind: str, name: str) -> Entry:
+        self.get(kind, name)
+        return self._entries[kind][name]
+
+    def failures(self) -> list[tuple[str, str]]:
+        return [(p.name, e) for p in self.plugins.values() for e in p.errors]
+
+    @property
+    def hook(self) -> Any:
+        return self.pm.hook
+
+
+def _check_kind(kind: str) -> str:
+    if kind not in KINDS:
+        raise UserError(f"unknown plugin kind {kind!r}; one of: {', '.join(KINDS)}")
+    return kind
+
+
+_default: Registry | None = None
+
+
+def get_registry(*, strict: bool = False, reload: bool = False) -> Registry:
+    """The process-wide registry of installed plugins (loaded on first use)."""
+    global _default
+    if _default is None or reload or (strict and not _default.strict):
+        _default = Registry(strict=strict)
+    return _default
+
+
+def set_registry(registry: Registry | None) -> None:
+    """Replace the process-wide registry (tests, embedding applications)."""
+    global _default
+    _default = registry
+
+
+def format_traceback(exc: BaseException) -> str:
+    return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))

