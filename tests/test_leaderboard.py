@@ -44,15 +44,16 @@ SUITE = {
 
 
 #: training images/s: per backbone, minus a per-strategy cost, plus 10 per seed (mean over seeds: +10)
-BASE_SPEED = {"bbA": 100.0, "bbB": 300.0, "b": 1.0}
-STRATEGY_COST = {"source_only": 0.0, "dann": 20.0, "mmd": 40.0, "kd": -50.0, "s": 0.0}
+BASE_SPEED = {"bbA": 100.0, "bbB": 300.0}
+STRATEGY_COST = {"source_only": 0.0, "dann": 20.0, "mmd": 40.0, "kd": -50.0}
 
 
 def record(backbone: str, strategy: str, pair: str, seed: int, **kw) -> CellRecord:
     source, target = pair.split("->")
+    speed = BASE_SPEED.get(backbone, 1.0) - STRATEGY_COST.get(strategy, 0.0) + 10 * seed
     fields = dict(suite="office-test", dataset="office31", backbone=backbone, strategy=strategy,
                   source=source, target=target, seed=seed, status="ok",
-                  train_img_per_s=BASE_SPEED[backbone] - STRATEGY_COST[strategy] + 10 * seed, eval_img_per_s=400.0, peak_mem_mb=1000.0 + seed,
+                  train_img_per_s=speed, eval_img_per_s=400.0, peak_mem_mb=1000.0 + seed,
                   trainable_params=1000, total_params=5000, steps=10, wall_s=2.0, device="cpu",
                   torch_version="2.14.1", tlbench_version="0.1.0",
                   cell_id=f"{backbone}-{strategy}-{source}{target}-s{seed}",
@@ -99,7 +100,7 @@ def row(board, backbone, strategy) -> pd.Series:
 def test_rows_are_ranked_by_avg_with_unaveraged_rows_last(board):
     order = list(zip(board.accuracy.backbone, board.accuracy.strategy))
     assert order == [("bbB", "dann"), ("bbA", "dann"), ("bbA", "mmd"), ("bbA", "source_only"),
-                     ("bbB", "source_only"), ("bbB", "mmd"), ("bbA", "kd")]
+                     ("bbB", "source_only"), ("bbA", "kd"), ("bbB", "mmd")]
     assert board.accuracy["rank"].tolist()[:5] == [1, 2, 3, 4, 5]
     assert board.accuracy["rank"].isna().tolist() == [False] * 5 + [True] * 2
     assert board.pairs == PAIRS and board.columns == [*PAIRS, "Avg"]

@@ -156,7 +156,7 @@ class NoDoc(Good):
 
 @pytest.mark.parametrize("cls, message", [
     (CallsBackward, "computed gradients itself"),
-    (UnusedModule, "no gradient reached .* strategy.extra"),
+    (UnusedModule, "no gradient reached .*strategy.extra"),
     (Unseeded, "two runs with seed 0 differ"),
     (NoDefault, "weight have no default"),
     (FrozenButBackbone, "trains_backbone is False but group 'backbone'"),
@@ -169,3 +169,13 @@ class NoDoc(Good):
 def test_check_strategy_names_the_defect(cls, message):
     with pytest.raises(AssertionError, match=message):
         check_strategy(cls)
+
+
+def test_fixtures_give_a_tiny_backbone_model_and_batches(tiny_backbone, tiny_model, tiny_batch_factory):
+    assert tiny_backbone.num_features == tiny_model.feature_dim
+    assert (tiny_model.num_classes, tiny_model.embed_dim) == (3, 16)
+    batch = tiny_batch_factory(("weak", "strong"))
+    assert batch.source.shape == batch.target.shape == batch.target_strong.shape == (4, 3, 32, 32)
+    assert batch.source_labels.tolist() == [0, 1, 2, 0] and batch.target_index.tolist() == [0, 1, 2, 3]
+    assert tiny_model(batch.source).shape == (4, 3)
+    assert tiny_batch_factory(()).target is None

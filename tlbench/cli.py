@@ -41,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--data-root", help="data root (default: the suite's, then $TLBENCH_DATA_ROOT)")
     run.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     run.add_argument("--launcher", help="launcher name (default: the suite's, else local)")
+    run.add_argument("--ray-address", help="launcher ray: the cluster to join, e.g. 'auto' or 'HOST:6379'")
     run.add_argument("--backbones", type=_csv)
     run.add_argument("--strategies", type=_csv)
     run.add_argument("--pairs", type=_csv, help="e.g. 'A->W,W->A'")
@@ -122,9 +123,10 @@ def _run(args, registry) -> int:
     suite = load_suite(args.suite, overrides=args.overrides, backbones=args.backbones, strategies=args.strategies,
                        pairs=args.pairs, seeds=args.seeds, data_root=args.data_root)
     out = args.out or Path("results") / suite.name
+    launcher_options = {"address": args.ray_address} if args.ray_address else {}
     options = RunOptions(out_dir=out, device=args.device, launcher=args.launcher, force=args.force,
                          quiet=args.quiet, debug=args.debug, strict_plugins=args.strict_plugins,
-                         cache_dir=args.cache)
+                         cache_dir=args.cache, launcher_options=launcher_options)
     summary = run_suite(suite, options, registry)
     ran = len(summary.records)
     print(f"{summary.total} cells: {ran} run, {summary.skipped} already done, {len(summary.failures)} failed")

@@ -275,7 +275,9 @@ def train_cell(task: CellTask, registry=None) -> CellRecord:
                                        device, cell.seed))
 
     use_bf16 = recipe["precision"] == "bf16" or (recipe["precision"] == "auto" and device.type == "cuda")
-    channels_last = recipe["channels_last"] == "on" or (recipe["channels_last"] == "auto" and device.type == "cuda")
+    # channels_last is faster on GPUs (tensor cores) and, measured here, on CPUs too (2-4x for
+    # EfficientNet's depthwise convolutions with oneDNN), so "auto" means on.
+    channels_last = recipe["channels_last"] != "off"
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
 
     def autocast():

@@ -4,6 +4,9 @@ A launcher receives a list of independent cells (the runner hands them over wave
 teacher's wave ends before its students' starts) and a function that trains one cell; it returns
 each record to the driver through ``on_record`` as soon as it exists. The driver alone writes
 results, atomically, so a worker that dies loses at most its own cell.
+
+Optionally a launcher reports when a cell starts running (``on_start``), so the driver can show
+how many cells are running across all workers; launchers that predate it still work.
 """
 
 from __future__ import annotations
@@ -28,7 +31,22 @@ class Launcher:
         self.options = options
 
     def launch(self, tasks: Sequence[Any], execute: Callable[[Any], Any],
-               on_record: Callable[[Any], None]) -> None:
+               on_record: Callable[[Any], None], on_start: Callable[[Any], None] | None = None) -> None:
         """Run ``execute(task)`` for every task (a picklable :class:`tlbench.cells.CellTask`) and
-        pass each resulting :class:`tlbench.results.CellRecord` to ``on_record`` in the driver."""
+        pass each resulting :class:`tlbench.results.CellRecord` to ``on_record`` in the driver.
+
+        ``on_start(task)``, when given, is called in the driver as a task starts running (again
+        if it is retried). On KeyboardInterrupt a launcher stops its workers and re-raises.
+        """
         raise NotImplementedError
+
+    def close(self) -> None:
+        """Release what ``launch`` kept for the next wave (workers, a cluster connection); the
+        runner calls it once after the last wave, also after an error or Ctrl-C."""
+
+    @staticmethod
+    def failed_record(task: Any, error: str, *, started_at: str = "", wall_s: float | None = None) -> Any:
+        """The ``failed`` record of a task whose worker never returned one (it died, was lost)."""
+        from tlbench.engine import failed_record
+
+        return failed_record(task, "failed", error, started_at, wall_s)

@@ -275,12 +275,12 @@ def _accuracy_frame(data: list[dict[str, Any]], pairs: list[str]) -> pd.DataFram
 
 
 def _rank(df: pd.DataFrame) -> pd.DataFrame:
-    """Rows with an Avg by Avg descending (ties share the smaller rank), then the others."""
-    avg = df[f"{AVG} mean"]
-    has = avg.notna()
-    ranked = df[has].assign(_o=range(int(has.sum()))).sort_values(
-        [f"{AVG} mean", "_o"], ascending=[False, True], kind="stable").drop(columns="_o")
-    ranked["rank"] = ranked[f"{AVG} mean"].rank(method="min", ascending=False).astype("Int64")
+    """Rows with an Avg by Avg descending (ties share the smaller rank), then the others; ties and
+    unranked rows by backbone and strategy, so the order never depends on the order of the records."""
+    df = df.sort_values(["backbone", "strategy"], kind="stable")
+    has = df[f"{AVG} mean"].notna()
+    ranked = df[has].sort_values(f"{AVG} mean", ascending=False, kind="stable")
+    ranked["rank"] = ranked[f"{AVG} mean"].rank(method="min", ascending=False)
     out = pd.concat([ranked, df[~has]]) if len(ranked) else df[~has].copy()
     out["rank"] = out["rank"].astype("Int64")
     return out.reset_index(drop=True)

@@ -5,12 +5,20 @@ them with shell-style wildcards, ``get(kind, name)`` returns the class. Plugins 
 the ``tlbench`` entry-point group; built-ins load exactly like third-party packages. A plugin that
 fails to import or to register is recorded with its error and skipped (``strict=True`` makes it
 fatal), so one broken package never stops the others.
+
+Extra plugin modules can also be named, comma-separated, in the environment variable
+``TLBENCH_PLUGINS`` (e.g. ``TLBENCH_PLUGINS=my_hooks,lab.strategies``): they are imported after
+the entry points, in every process that builds a registry (launcher workers included, since they
+inherit the environment), and reported by ``tlbench plugins`` like entry points, under their
+module name. Handy for a lab's private hooks or a test's ``before_cell`` without packaging them.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import importlib
 import importlib.metadata as md
+import os
 import traceback
 from dataclasses import dataclass, field
 from types import ModuleType
@@ -22,6 +30,7 @@ from tlbench import hookspecs
 from tlbench.errors import DuplicateNameError, UnknownNameError, UserError
 
 ENTRY_POINT_GROUP = hookspecs.PROJECT
+PLUGINS_ENV_VAR = "TLBENCH_PLUGINS"
 
 #: kind -> (hook name, dotted name of the base class every registered object must subclass)
 KINDS: dict[str, str] = {
@@ -88,6 +97,7 @@ class Registry:
         self._entries: dict[str, dict[str, Entry]] = {kind: {} for kind in KINDS}
         if entry_points:
             self._load_entry_points()
+            self._load_env_plugins()
         for name, module in (plugins or {}).items():
             self.add_plugin(name, module)
 
@@ -105,6 +115,21 @@ class Registry:
                 self.plugins[ep.name] = info
                 continue
             self.add_plugin(ep.name, module, info=info)
+
+    def _load_env_plugins(self) -> None:
+        """The modules named in ``$TLBENCH_PLUGINS`` (comma-separated), after the entry points."""
+        for module_name in [m.strip() for m in os.environ.get(PLUGINS_ENV_VAR, "").split(",") if m.strip()]:
+            if module_name in self.plugins:
+                continue
+            info = PluginInfo(name=module_name, module=module_name)
+            try:
+                module = importlib.import_module(module_name)
+            except Exception as exc:
+                self._fail(info, f"failed to import {module_name} (named in ${PLUGINS_ENV_VAR}): "
+                                 f"{type(exc).__name__}: {exc}", exc)
+                self.plugins[module_name] = info
+                continue
+            self.add_plugin(module_name, module, info=info)
 
     def add_plugin(self, name: str, module: ModuleType | object, *, info: PluginInfo | None = None) -> None:
         """Register one plugin object (a module with ``@hookimpl`` functions) and collect its names."""

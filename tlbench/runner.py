@@ -174,8 +174,18 @@ def run_suite(suite, options: RunOptions, registry) -> RunSummary:
                 if tasks:
                     from tlbench.engine import run_cell
 
-                    launcher.launch(tasks, run_cell, lambda rec: _write(out, rec, records, progress))
+                    running = _Running(progress)
+
+                    def on_record(rec: CellRecord) -> None:
+                        running.end(rec.cell_id)
+                        _write(out, rec, records, progress)
+
+                    if _accepts_on_start(launcher):
+                        launcher.launch(tasks, run_cell, on_record, on_start=running.start)
+                    else:  # a launcher written before on_start existed
+                        launcher.launch(tasks, run_cell, on_record)
         finally:
+            launcher.close()
             progress.close()
             out.write_tables()
         report_files = []
@@ -228,8 +238,33 @@ def _suite_meta(suite, pairs: list[tuple[str, str]]) -> dict:
     }
 
 
+def _accepts_on_start(launcher) -> bool:
+    import inspect
+
+    params = inspect.signature(launcher.launch).parameters
+    return "on_start" in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
+class _Running:
+    """The cells running now across all workers, shown as "running N" after the matrix bar."""
+
+    def __init__(self, progress):
+        self.progress = progress
+        self.ids: set[str] = set()
+
+    def start(self, task: CellTask) -> None:
+        self.ids.add(task.cell.id)
+        self.progress.set_postfix_str(f"running {len(self.ids)}")
+
+    def end(self, cell_id: str) -> None:
+        self.ids.discard(cell_id)
+        self.progress.set_postfix_str(f"running {len(self.ids)}")
+
+
 class _NoProgress:
     def update(self, n: int = 1) -> None: ...
+
+    def set_postfix_str(self, s: str = "", refresh: bool = True) -> None: ...
 
     def write(self, s: str) -> None:
         print(s)

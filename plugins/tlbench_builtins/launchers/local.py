@@ -10,8 +10,10 @@ class LocalLauncher(Launcher):
 
     name = "local"
 
-    def launch(self, tasks, execute, on_record) -> None:
+    def launch(self, tasks, execute, on_record, on_start=None) -> None:
         for task in tasks:
+            if on_start is not None:
+                on_start(task)
             on_record(execute(task))
 
 

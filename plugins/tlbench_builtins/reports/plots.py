@@ -52,7 +52,7 @@ def _png(fig: Figure) -> bytes:
     return buf.getvalue()
 
 
-def _no_data(fig: Figure, ax, text: str) -> None:
+def _no_data(ax, text: str) -> None:
     ax.set_axis_off()
     ax.text(0.5, 0.5, text, ha="center", va="center", fontsize=12, color="#555", transform=ax.transAxes)
 
@@ -63,7 +63,7 @@ def accuracy_vs_throughput(board: Leaderboard) -> bytes:
     fig = Figure(figsize=(8.0, 5.5))
     ax = fig.add_subplot()
     if not rows:
-        _no_data(fig, ax, "no row has both an Avg accuracy and a training throughput yet")
+        _no_data(ax, "no row has both an Avg accuracy and a training throughput yet")
         return _png(fig)
     strategies = list(dict.fromkeys(r["strategy"] for r in rows))
     backbones = list(dict.fromkeys(r["backbone"] for r in rows))
@@ -103,7 +103,7 @@ def pair_accuracy(board: Leaderboard) -> bytes:
     width = max(6.0, 1.0 + 0.45 * max(1, len(strategies)) * (len(pairs) + 1))
     fig = Figure(figsize=(min(width, 24.0), 3.2 * max(1, len(backbones)) + 0.6))
     if acc.empty or not pairs:
-        _no_data(fig, fig.add_subplot(), "no finished cells yet")
+        _no_data(fig.add_subplot(), "no finished cells yet")
         return _png(fig)
     axes = fig.subplots(len(backbones), 1, squeeze=False, sharey=True)[:, 0]
     bar = 0.8 / len(pairs)

@@ -33,7 +33,7 @@ def reverse_gradient(x: Tensor, coeff: float = 1.0) -> Tensor:
 def reversal_coefficient(progress: float, gamma: float = 10.0) -> float:
     """The DANN schedule ``2 / (1 + exp(-gamma * p)) - 1``: 0 at the start, towards 1 at the end.
 
-    It damps the discriminator's noisy gradient early in training (Ganin et al. 2016, §5.2.2).
+    It damps the discriminator's noisy gradient early in training (Ganin et al. 2016).
     """
     return 2.0 / (1.0 + math.exp(-gamma * progress)) - 1.0
 
@@ -66,8 +66,8 @@ class Dann(Strategy):
         trade_off (1.0): weight of the domain-adversarial loss (tllib's default).
         gamma (10.0): steepness of the reversal-coefficient ramp (the paper's 10).
         hidden (1024): width of the discriminator's two hidden layers (the paper's 1024).
-        dropout (0.0): dropout after each hidden ReLU of the discriminator (the paper's
-            unnormalised discriminator used 0.5; with BatchNorm, as here and in tllib, none).
+        dropout (0.0): dropout after each hidden ReLU of the discriminator (tllib's variant
+            without BatchNorm uses 0.5; with BatchNorm, as here and in tllib's default, none).
     """
 
     @dataclass

@@ -16,7 +16,7 @@ def distillation_loss(student_logits: Tensor, teacher_logits: Tensor, T: float) 
     """``T² · KL(softmax(teacher/T) ‖ softmax(student/T))``, summed over classes, averaged over images.
 
     The ``T²`` factor keeps the soft-target gradients on the scale of a hard-label loss when the
-    temperature changes (Hinton et al. 2015, §2). Computed in float32.
+    temperature changes (Hinton et al. 2015). Computed in float32.
     """
     log_p_student = F.log_softmax(student_logits.float() / T, dim=1)
     log_p_teacher = F.log_softmax(teacher_logits.float() / T, dim=1)

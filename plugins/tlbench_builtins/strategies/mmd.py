@@ -29,7 +29,7 @@ def multi_kernel_matrix(z: Tensor, alphas: Sequence[float] = DEFAULT_ALPHAS) -> 
 def mk_mmd(x: Tensor, y: Tensor, alphas: Sequence[float] = DEFAULT_ALPHAS, *, linear: bool = False) -> Tensor:
     """Multi-kernel MMD² between samples ``x`` (n×E) and ``y`` (m×E), computed in float32.
 
-    ``linear=False``: the unbiased quadratic-time estimate (Gretton et al. 2012, Eq. 3)::
+    ``linear=False``: the unbiased quadratic-time estimate (MMD²_u of Gretton et al. 2012, JMLR)::
 
         sum_{i!=j} k(xi,xj) / (n(n-1)) + sum_{i!=j} k(yi,yj) / (m(m-1)) - 2 sum_{i,j} k(xi,yj) / (nm)
 

@@ -33,8 +33,10 @@ class SelfTraining(Strategy):
     top probability reaches ``threshold`` contribute cross-entropy of the model's prediction on the
     strongly augmented view against that pseudo-label, weighted by ``weight``. The loss of one step
     is CE(source) + ``weight`` * mean over target images of mask * CE(strong, pseudo-label).
-    Coverage (fraction kept) and, through ``ctx.score_pseudo_labels``, accuracy of the kept
-    pseudo-labels are measured by the engine; target labels are never used for training.
+    Each step reports its coverage (fraction of target images kept) as ``pseudo_coverage``, and
+    hands the pseudo-labels to ``ctx.score_pseudo_labels`` so that the engine, which alone holds
+    the target labels, can measure their coverage and accuracy over the run; those labels are
+    never fed back into training.
 
     Parameters:
         threshold (0.9): minimum softmax confidence for a pseudo-label to be kept (FixMatch used
@@ -61,12 +63,6 @@ class SelfTraining(Strategy):
     target_views = ("weak", "strong")
     trains_backbone = True
 
-    def __init__(self, params=None, **overrides):
-        super().__init__(params, **overrides)
-        # Running totals of the whole run, kept on the device so that no step forces a host sync.
-        self.register_buffer("kept_total", torch.zeros((), dtype=torch.long), persistent=False)
-        self.register_buffer("seen_total", torch.zeros((), dtype=torch.long), persistent=False)
-
     def training_step(self, batch: Batch, ctx: StepContext) -> StepOutput:
         if ctx.progress < self.params.warmup:
             logits_s = ctx.model(batch.source)
@@ -88,15 +84,9 @@ class SelfTraining(Strategy):
 
         if ctx.score_pseudo_labels is not None and batch.target_index is not None:
             ctx.score_pseudo_labels(batch.target_index, labels, mask)
-        self.kept_total += mask.sum()
-        self.seen_total += mask.numel()
         source_acc = (logits_s.detach().argmax(1) == batch.source_labels).float().mean()
         return StepOutput(loss, {"source_ce": cls_loss.detach(), "source_acc": source_acc,
                                  "pseudo_loss": unsup.detach(), "pseudo_coverage": mask.float().mean()})
-
-    def extra_metrics(self) -> dict[str, float]:
-        seen = float(self.seen_total)
-        return {"pseudo_label_coverage": float(self.kept_total) / seen} if seen else {}
 
 
 @hookimpl

@@ -12,8 +12,8 @@ from tlbench import Batch, StepContext, StepOutput, Strategy, hookimpl
 class SourceOnly(Strategy):
     """Source-only fine-tuning: cross-entropy on labelled source images, nothing else.
 
-    The baseline of unsupervised domain adaptation (e.g. the "ResNet-50" rows of Ganin et al. 2016,
-    Long et al. 2015): backbone at ``model.backbone_lr_scale`` times the head learning rate, head and
+    The baseline of unsupervised domain adaptation (the source-only rows of Ganin et al. 2016 and
+    Long et al. 2015, tllib's ``erm``/``source_only``): backbone at ``model.backbone_lr_scale`` times the head learning rate, head and
     bottleneck at the full rate (the base class's parameter groups). Target images are never seen.
 
     Parameters:
