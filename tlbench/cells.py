@@ -148,14 +148,18 @@ def resolve_pairs(suite, dataset) -> list[tuple[str, str]]:
     if suite.pairs == "all":
         names = dataset.domains()
         return [(s, t) for s in names for t in names if s != t]
-    out = []
-    for text in suite.pairs:
-        src, tgt = parse_pair(text)
-        specs = []
-        for d in (src, tgt):
-            spec = DomainSpec.parse(d)
-            specs.append(str(type(spec)(dataset.resolve(spec.base), spec.shifts)))
-        if specs[0] == specs[1]:
-            raise UserError(f"pair {text!r}: source and target are the same domain ({specs[0]})")
-        out.append((specs[0], specs[1]))
-    return out
+    return [canonical_pair(text, dataset) for text in suite.pairs]
+
+
+def canonical_pair(text: str, dataset) -> tuple[str, str]:
+    """``'A->W'`` -> ``('amazon', 'webcam')``: aliases resolved, shifts kept as written."""
+    from tlbench.data import DomainSpec
+
+    src, tgt = parse_pair(text)
+    specs = []
+    for d in (src, tgt):
+        spec = DomainSpec.parse(d)
+        specs.append(str(type(spec)(dataset.resolve(spec.base), spec.shifts)))
+    if specs[0] == specs[1]:
+        raise UserError(f"pair {text!r}: source and target are the same domain ({specs[0]})")
+    return specs[0], specs[1]

@@ -7,6 +7,7 @@ traceback only with ``--debug``), 130 interrupted.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -78,8 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     debug = bool(getattr(args, "debug", False))
+    _keep_writes_in_cache(args)
     try:
-        return _dispatch(args)
+        with _one_line_warnings():
+            return _dispatch(args)
     except UserError as exc:
         if debug:
             raise
@@ -88,6 +91,32 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("tlbench: interrupted; finished cells are recorded, run the same command to resume", file=sys.stderr)
         return 130
+
+
+def _keep_writes_in_cache(args) -> None:
+    """tlbench writes only to the output directory and its cache: matplotlib (imported by the plots
+    reporter) would otherwise keep its font cache under $HOME, so point it into tlbench's cache."""
+    if "MPLCONFIGDIR" not in os.environ:
+        from tlbench.cache import default_cache_dir
+
+        cache = getattr(args, "cache", None) or default_cache_dir()
+        os.environ["MPLCONFIGDIR"] = str(Path(cache).expanduser() / "matplotlib")
+
+
+@contextlib.contextmanager
+def _one_line_warnings():
+    """Warnings (a skipped image, a rebuilt cache file, a broken plugin) as one line each on stderr."""
+    import warnings
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        print(f"tlbench: warning: {message}", file=sys.stderr)
+
+    saved = warnings.showwarning
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = saved
 
 
 def _dispatch(args) -> int:

@@ -218,7 +218,8 @@ def decode_image_files(paths: Sequence[Path], size: int, *, on_error: str = "err
         except Exception as exc:
             msg = f"{path}: cannot read image ({type(exc).__name__}: {exc})"
             if on_error != "skip":
-                raise UserError(msg + "; fix or remove the file, or set data.on_bad_image: skip") from exc
+                raise UserError(msg + "; fix or remove the file, or set dataset_options.on_bad_image: skip "
+                                      "in the suite") from exc
             warnings.warn("skipping " + msg, stacklevel=2)
             skipped.append(msg)
     if not out:

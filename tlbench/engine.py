@@ -153,31 +153,49 @@ class FeatureBank:
         return feats
 
 
-def _save_checked(path: Path, tensor: Tensor) -> None:
+def _save_checked(path: Path, obj: Any) -> None:
+    """``torch.save`` ``obj`` (tensors only) atomically, with a sha256 sidecar ``<path stem>.sha256``."""
     import hashlib
     import io
 
     from tlbench.results import atomic_write_bytes, atomic_write_text
 
     buf = io.BytesIO()
-    torch.save(tensor, buf)
+    torch.save(obj, buf)
     data = buf.getvalue()
     atomic_write_bytes(path, data)
     atomic_write_text(path.with_suffix(".sha256"), hashlib.sha256(data).hexdigest())
 
 
-def _load_checked(path: Path) -> Tensor | None:
-    """A cached tensor whose bytes match their recorded digest; None if absent, truncated or tampered."""
+def _load_checked(path: Path) -> Any:
+    """What :func:`_save_checked` wrote, if its bytes match their recorded digest; None if absent,
+    truncated or tampered (with a warning when the file exists), so the caller rebuilds it."""
     import hashlib
     import io
+    import warnings
 
+    path = Path(path)
+    if not path.exists():
+        return None
     try:
         data = path.read_bytes()
         if hashlib.sha256(data).hexdigest() != path.with_suffix(".sha256").read_text().strip():
-            return None
+            raise ValueError("sha256 does not match its sidecar (truncated or modified)")
         return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, ValueError):
+    except Exception as exc:  # noqa: BLE001 - whatever is wrong with the file, it is not trusted
+        warnings.warn(f"file {path} is unusable ({type(exc).__name__}: {exc}); not using it", stacklevel=2)
         return None
+
+
+def checked_file_ok(path: Path) -> bool:
+    """Whether a file written by :func:`_save_checked` is intact (its sha256 matches the sidecar)."""
+    import hashlib
+
+    path = Path(path)
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest() == path.with_suffix(".sha256").read_text().strip()
+    except OSError:
+        return False
 
 
 def domain_key(domain: Domain) -> str:
@@ -286,6 +304,10 @@ def train_cell(task: CellTask, registry=None) -> CellRecord:
         return contextlib.nullcontext()
 
     model.to(device, memory_format=memory_format)
+    if recipe["compile"]:
+        # Compile the backbone in place: parameter names (and so checkpoints) stay unchanged,
+        # and strategies keep calling the same TransferModel methods.
+        model.backbone.compile()
     strategy.to(device)
     teacher = None
     if strategy_cls.needs_teacher:
@@ -352,7 +374,7 @@ def train_cell(task: CellTask, registry=None) -> CellRecord:
     watch = Stopwatch(device)
     train_seconds = 0.0
     bar = _progress(task, total_steps, cell)
-    metric_sums: dict[str, Tensor] = {}
+    metric_sums: dict[str, Tensor | float] = {}
     for step in range(total_steps):
         if step == warmup:
             watch.start()
@@ -387,7 +409,8 @@ def train_cell(task: CellTask, registry=None) -> CellRecord:
         loss.backward()
         optimizer.step()
         for k, v in out.metrics.items():
-            v = v.detach().float() if isinstance(v, Tensor) else torch.tensor(float(v), device=device)
+            # a Python number stays on the host: torch.tensor(v, device=cuda) would block on the device
+            v = v.detach().float() if isinstance(v, Tensor) else float(v)
             metric_sums[k] = metric_sums.get(k, 0) + v
         if (step + 1) % log_every == 0 or step + 1 == total_steps:
             if bad_step.item() >= 0:  # the only host sync of the loop
@@ -408,15 +431,13 @@ def train_cell(task: CellTask, registry=None) -> CellRecord:
     if data.source_holdout is not None:
         source_acc, _ = evaluate(model, data.source_holdout.images.to(device), data.source_holdout.labels.to(device),
                                  augmenter, recipe["eval_batch_size"], device, autocast)
-    if task.save_model:
-        from tlbench.results import ResultsDir, atomic_write_bytes
-        import io
+    if task.save_model:  # a kd teacher: its students load these weights, checked by their digest
+        from tlbench.results import ResultsDir
 
-        buf = io.BytesIO()
-        torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, buf)
-        atomic_write_bytes(ResultsDir(Path(task.out_dir)).model_path(cell.id), buf.getvalue())
+        _save_checked(ResultsDir(Path(task.out_dir)).model_path(cell.id),
+                      {k: v.detach().cpu() for k, v in model.state_dict().items()})
 
-    extra: dict[str, Any] = {k: float((v / total_steps).item()) for k, v in metric_sums.items()}
+    extra: dict[str, Any] = {k: float(v / total_steps) for k, v in metric_sums.items()}
     extra.update(audit.metrics())
     extra.update(strategy.extra_metrics())
     import timm
@@ -451,7 +472,10 @@ def _load_teacher(task: CellTask, num_classes: int, registry, device, memory_for
     if teacher_cell is None or not task.teacher_model or not Path(task.teacher_model).is_file():
         raise RuntimeError(f"kd cell {task.cell.id}: the teacher's trained weights are missing")
     model, _ = build_model(teacher_cell.backbone, "random", num_classes, teacher_cell.recipe, registry)
-    state = torch.load(task.teacher_model, map_location="cpu", weights_only=True)
+    state = _load_checked(Path(task.teacher_model))
+    if not isinstance(state, dict):
+        raise RuntimeError(f"kd cell {task.cell.id}: the teacher's weights {task.teacher_model} are damaged "
+                           f"(checksum mismatch); run the same command again to retrain the teacher")
     model.load_state_dict(state)
     model.to(device, memory_format=memory_format).eval()
     for p in model.parameters():
@@ -477,6 +501,10 @@ def failed_record(task: CellTask, status: str, error: str, started: str, wall_s:
                       extra={"label": cell.label})
 
 
+class _HookError(Exception):
+    """A ``before_cell`` hook raised; the cell fails with the hook named."""
+
+
 def run_cell(task: CellTask) -> CellRecord:
     """Train one cell and always return a record: ok, failed (with the error) or diverged.
 
@@ -489,10 +517,16 @@ def run_cell(task: CellTask) -> CellRecord:
     registry = get_registry(strict=task.strict_plugins)
     record: CellRecord
     try:
-        registry.hook.before_cell(cell=task.cell)
+        try:
+            registry.hook.before_cell(cell=task.cell)
+        except Exception as exc:  # a plugin hook that raises fails the cell, not the run
+            raise _HookError(f"before_cell hook raised {type(exc).__name__}: {exc}") from exc
         record = train_cell(task, registry)
     except KeyboardInterrupt:
         raise
+    except _HookError as exc:
+        message = str(exc) + ("\n" + format_traceback(exc.__cause__) if task.debug else "")
+        record = failed_record(task, "failed", message, started, time.perf_counter() - t0)
     except DivergedError as exc:
         record = failed_record(task, "diverged", str(exc), started, time.perf_counter() - t0, steps=exc.step)
     except torch.OutOfMemoryError as exc:

@@ -146,9 +146,23 @@ class Registry:
                 if impl.plugin_name != name:
                     continue
                 try:
-                    impl.function(register=lambda obj, _k=kind: self._register(_k, obj, name, bases[_k]))
+                    impl.function(register=self._registrar(kind, name, info, bases[kind], hook_name))
+                except PluginLoadError:
+                    raise
                 except Exception as exc:
                     self._fail(info, f"{hook_name} raised {type(exc).__name__}: {exc}", exc)
+
+    def _registrar(self, kind: str, plugin: str, info: PluginInfo, base: type, hook_name: str):
+        """The ``register`` callback a hook gets: a name that is taken or an object of the wrong
+        type is reported and skipped, and the plugin's other names still register."""
+
+        def register(obj: Any) -> None:
+            try:
+                self._register(kind, obj, plugin, base)
+            except (DuplicateNameError, TypeError) as exc:
+                self._fail(info, f"{hook_name}: {type(exc).__name__}: {exc}", exc)
+
+        return register
 
     def _register(self, kind: str, obj: Any, plugin: str, base: type) -> None:
         cls = obj if isinstance(obj, type) else type(obj)

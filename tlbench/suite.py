@@ -50,6 +50,12 @@ class Recipe(_Strict):
     deterministic: bool = True
     feature_cache: bool = True
 
+    @field_validator("channels_last", mode="before")
+    @classmethod
+    def _on_off(cls, v: Any) -> Any:
+        # YAML 1.1 reads an unquoted on/off as true/false: take them as the words the user wrote
+        return {True: "on", False: "off"}.get(v, v) if isinstance(v, bool) else v
+
     @model_validator(mode="after")
     def _sizes(self) -> Recipe:
         if self.resize_size is not None and self.resize_size < self.image_size:
@@ -109,13 +115,19 @@ class Suite(_Strict):
     @field_validator("backbones", mode="before")
     @classmethod
     def _backbones(cls, v: Any) -> Any:
-        return [{"name": x} if isinstance(x, str) else x for x in _as_list(v)]
+        v = _as_list(v)
+        if not isinstance(v, list):
+            return v  # not a list: let validation name the key and the type expected
+        return [{"name": x} if isinstance(x, str) else x for x in v]
 
     @field_validator("strategies", mode="before")
     @classmethod
     def _strategies(cls, v: Any) -> Any:
+        v = _as_list(v)
+        if not isinstance(v, list):
+            return v  # not a list: let validation name the key and the type expected
         out = []
-        for x in _as_list(v):
+        for x in v:
             if isinstance(x, str):
                 x = {"name": x}
             elif isinstance(x, dict) and len(x) == 1 and "name" not in x:

@@ -1,0 +1,66 @@
+"""Write a reduced copy of the shared data small enough to carry to a GPU machine (64 MiB in all).
+
+Office-31 in full is 88 MB, over the transfer limit with the rest. This copies the chosen
+Office-31 domains re-encoded at ``--max-side`` pixels (the engine decodes to 256 px for 224 px
+training anyway; the JPEG baseline then decodes smaller files than the originals, which flatters
+it: say so next to any figure) and, optionally, the small digit archives. Default: dslr + webcam
+at 256 px (about 20 MB) and mnist5k + usps (2 MB), laid out as ``office31/<domain>/<class>/*.jpg``
+(readable by the ``image_folder`` dataset, which, unlike ``office31``, does not insist on all three
+domains). The output goes to an ignored folder
+(``.tlbench-cache/gpu-data``), never into the shared folder:
+
+    .venv/bin/python benchmarks/make_gpu_subset.py
+    # then: run(..., carry=[".tlbench-cache/gpu-data"]) with benchmarks/gpu_check.sh OUT .tlbench-cache/gpu-data
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_common import REPO, default_data_root, find_class_folder  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data-root", type=Path, default=None, help="default $TLBENCH_DATA_ROOT or ../shared/datasets")
+    p.add_argument("--out", type=Path, default=REPO / ".tlbench-cache" / "gpu-data")
+    p.add_argument("--office31-domains", default="dslr,webcam", help="comma-separated, '' for none")
+    p.add_argument("--max-side", type=int, default=256, help="longest side of the re-encoded JPEGs (0: copy as is)")
+    p.add_argument("--quality", type=int, default=90)
+    p.add_argument("--digits", default="mnist5k.npz,usps.npz", help="digit archives to copy, '' for none")
+    args = p.parse_args(argv)
+    from PIL import Image
+
+    root = (args.data_root or default_data_root()).resolve()
+    out = args.out.resolve()
+    if out == root or root in out.parents:
+        raise SystemExit(f"--out {out} is inside the data root {root}; write the subset elsewhere")
+    for domain in filter(None, args.office31_domains.split(",")):
+        src = find_class_folder(root / "office31", domain)
+        if src is None:
+            raise SystemExit(f"office31 domain {domain!r} not found under {root / 'office31'}")
+        for cls in sorted(d for d in src.iterdir() if d.is_dir()):
+            dst = out / "office31" / domain / cls.name
+            dst.mkdir(parents=True, exist_ok=True)
+            for f in sorted(cls.glob("*.jpg")):
+                if args.max_side <= 0:
+                    shutil.copyfile(f, dst / f.name)
+                    continue
+                with Image.open(f) as im:
+                    im = im.convert("RGB")
+                    im.thumbnail((args.max_side, args.max_side), Image.BILINEAR)
+                    im.save(dst / f.name, quality=args.quality)
+    for name in filter(None, args.digits.split(",")):
+        (out / "digits").mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(root / "digits" / name, out / "digits" / name)
+    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    print(f"wrote {out} ({size / 2**20:.1f} MiB)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,55 @@
+"""Same suite, seed and device: the same numbers on CPU, and the record says determinism was on."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import TINY_SUITE  # tests/ is on sys.path (pytest rootdir conftest)
+from tlbench.cli import main
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """One intra-op thread: on a small, shared machine two threads spin against each other and a
+    tiny cell takes 30 times longer; the numbers do not depend on it (every run here uses one)."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
+
+
+#: what legitimately differs between two runs of the same cell
+TIMING = {"train_img_per_s", "eval_img_per_s", "peak_mem_mb", "wall_s", "started_at", "train_seconds"}
+
+
+def _records(out: Path) -> dict[str, dict]:
+    out_records = {}
+    for p in (out / "cells").glob("*/record.json"):
+        r = json.loads(p.read_text())
+        r["extra"] = {k: v for k, v in r["extra"].items() if k not in TIMING}
+        out_records[p.parent.name] = {k: v for k, v in r.items() if k not in TIMING}
+    return out_records
+
+
+def test_same_suite_seed_and_device_give_the_same_numbers(tmp_path, capsys):
+    suite = tmp_path / "tiny.yaml"
+    # dann: random augmentations, sampling and a domain discriminator; reports are not the point here
+    suite.write_text(TINY_SUITE + "reports: [csv]\n")
+    args = ["--quiet", "--device", "cpu", "--strategies", "dann", "--seeds", "0,1"]
+    assert main(["run", str(suite), "--out", str(tmp_path / "a"), *args]) == 0
+    assert main(["run", str(suite), "--out", str(tmp_path / "b"), *args]) == 0
+    a, b = _records(tmp_path / "a"), _records(tmp_path / "b")
+    assert len(a) == 2 and a == b  # every number: accuracies, parameter counts, mean losses and metrics
+    assert all(r["extra"]["deterministic"] is True for r in a.values())
+    assert {r["seed"] for r in a.values()} == {0, 1}
+    seed0, seed1 = sorted(a.values(), key=lambda r: r["seed"])
+    assert seed0["extra"]["source_ce"] != seed1["extra"]["source_ce"]  # the seed matters, so the check has teeth
+
+    assert main(["run", str(suite), "--out", str(tmp_path / "c"), *args[:-2], "--seeds", "0",
+                 "--set", "recipe.deterministic=false"]) == 0
+    (c,) = _records(tmp_path / "c").values()
+    assert c["extra"]["deterministic"] is False

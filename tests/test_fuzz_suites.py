@@ -1,0 +1,155 @@
+"""Randomly broken suite files never crash ``tlbench run``: each gets one clean error line and exit 2.
+
+Hypothesis mutates a valid suite (deleted keys, wrong types, random strings, unknown keys and
+plugin names, bad pairs, huge and negative numbers, broken YAML). Everything up to the start of
+work runs for real (reading, validation, planning, the data pre-flight); the output directory's
+lock, the first thing a run that would train takes, is replaced by a sentinel, so a mutation that
+happens to stay valid stops there without training. Either way nothing may be written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import tlbench.runner
+from tlbench.cli import main
+
+VALID: dict[str, Any] = {
+    "name": "fuzz",
+    "dataset": "sklearn_digits",
+    "pairs": ["digits->digits+invert"],
+    "backbones": [{"name": "test_efficientnet", "weights": "random"}],
+    "strategies": ["source_only", {"dann": {"trade_off": 1.0}}],
+    "seeds": [0],
+    "recipe": {"steps": 4, "batch_size": 8, "image_size": 16, "resize_size": 18, "hflip": False,
+               "log_every": 2, "lr": 0.01, "source_holdout": 0.1, "crop_scale": [0.5, 1.0]},
+    "launcher": "local",
+    "reports": ["csv"],
+}
+TOP_KEYS = list(VALID)
+RECIPE_KEYS = list(VALID["recipe"])
+REQUIRED = ["name", "dataset", "pairs", "backbones", "strategies"]
+
+
+class StartedWork(Exception):
+    """Raised where a valid suite would start writing and training."""
+
+
+text = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=20)
+junk = st.one_of(text, st.integers(), st.floats(allow_nan=True, allow_infinity=True), st.booleans(), st.none(),
+                 st.lists(text, max_size=3), st.dictionaries(text, st.integers(), max_size=2))
+# huge or negative only: an in-range huge image size would make the pre-flight decode gigabytes
+bad_number = st.one_of(st.integers(min_value=10**6, max_value=10**30), st.integers(max_value=-1),
+                       st.just(0), st.floats(min_value=1e300), st.floats(max_value=-1e-9))
+unknown_name = st.from_regex(r"zz[a-z_]{1,10}", fullmatch=True)
+bad_pair = st.one_of(
+    st.sampled_from(["digits=>digits+invert", "digits->digits", "nope->digits", "digits->digits+rotate:9",
+                     "digits->digits+nosuch", "->digits", "digits->", "digits->+invert", "a->b->c", ""]),
+    text)
+yaml_breakers = st.sampled_from(["[", "{", "]", "}", ": :", "\t", "- - :", "&a", "*undefined",
+                                 "!!python/name:os.system ", "!!python/object/apply:os.system ['true'] ", "'", '"',
+                                 "%", "@", "`", "\x00", "key: value\n  bad indent: 1\n"])
+
+
+@st.composite
+def mutation(draw) -> str:
+    """The text of a broken suite."""
+    data = yaml.safe_load(yaml.safe_dump(VALID))
+    kind = draw(st.sampled_from(["delete", "wrong_type", "unknown_key", "recipe_number", "recipe_junk",
+                                 "unknown_plugin", "bad_pair", "bad_yaml", "seeds"]))
+    if kind == "delete":
+        del data[draw(st.sampled_from(REQUIRED))]
+    elif kind == "wrong_type":
+        data[draw(st.sampled_from(TOP_KEYS))] = draw(junk)
+    elif kind == "unknown_key":
+        where = draw(st.sampled_from(["top", "recipe", "backbone", "launcher"]))
+        key = draw(unknown_name)
+        if where == "top":
+            data[key] = 1
+        elif where == "recipe":
+            data["recipe"][key] = 1
+        elif where == "backbone":
+            data["backbones"][0][key] = 1
+        else:
+            data["launcher"] = {"name": "local", key: 1}
+    elif kind == "recipe_number":
+        data["recipe"][draw(st.sampled_from(RECIPE_KEYS))] = draw(bad_number)
+    elif kind == "recipe_junk":
+        data["recipe"][draw(st.sampled_from(RECIPE_KEYS))] = draw(junk)
+    elif kind == "unknown_plugin":
+        name = draw(unknown_name)
+        where = draw(st.sampled_from(["strategy", "dataset", "backbone", "launcher", "report", "shift",
+                                      "strategy_param", "dataset_option", "launcher_option"]))
+        if where == "strategy":
+            data["strategies"].append(name)
+        elif where == "dataset":
+            data["dataset"] = name
+        elif where == "backbone":
+            data["backbones"] = [{"name": name, "weights": "random"}]
+        elif where == "launcher":
+            data["launcher"] = name
+        elif where == "report":
+            data["reports"] = [name]
+        elif where == "shift":
+            data["pairs"] = [f"digits->digits+{name}"]
+        elif where == "strategy_param":
+            data["strategies"] = [{"dann": {name: 1}}]
+        elif where == "dataset_option":
+            data["dataset_options"] = {name: 1}
+        else:
+            data["launcher"] = {"name": "local", "options": {name: 1}}
+    elif kind == "bad_pair":
+        data["pairs"] = [draw(bad_pair)]
+    elif kind == "seeds":
+        data["seeds"] = draw(st.one_of(st.just([]), st.lists(junk, min_size=1, max_size=3), st.just([1, 1])))
+    suite = yaml.safe_dump(data, allow_unicode=True, sort_keys=False)
+    if kind == "bad_yaml":
+        at = draw(st.integers(min_value=0, max_value=len(suite)))
+        suite = suite[:at] + draw(yaml_breakers) + suite[at:]
+    return suite
+
+
+@pytest.fixture
+def no_work(monkeypatch):
+    def refuse(out_dir):
+        raise StartedWork(str(out_dir))
+
+    monkeypatch.setattr(tlbench.runner, "run_lock", refuse)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                                  HealthCheck.too_slow])
+@given(suite_text=mutation())
+def test_broken_suites_get_one_clean_error_line(suite_text, tmp_path, no_work):
+    path: Path = tmp_path / "fuzz.yaml"
+    path.write_text(suite_text, encoding="utf-8")
+    out = tmp_path / "out"
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        try:
+            code = main(["run", str(path), "--out", str(out), "--quiet"])
+        except StartedWork:
+            code = None  # the mutation left a valid suite: it got as far as starting work, and no further
+    err = stderr.getvalue()
+    assert "Traceback" not in err + stdout.getvalue()
+    if code is not None:
+        lines = err.splitlines()
+        assert code == 2, (suite_text, err)
+        assert len(lines) == 1 and lines[0].startswith("tlbench: error: "), (suite_text, err)
+    assert not out.exists(), "something was written before the run started"
+
+
+def test_the_unmutated_suite_is_valid(tmp_path, no_work):
+    """The fuzzer's base suite passes validation (so the mutations, not the base, cause the errors)."""
+    path = tmp_path / "fuzz.yaml"
+    path.write_text(yaml.safe_dump(VALID))
+    with pytest.raises(StartedWork):
+        main(["run", str(path), "--out", str(tmp_path / "out"), "--quiet"])

@@ -1,0 +1,78 @@
+"""Broken third-party plugins through the command line: ``tlbench plugins`` names them, ``tlbench run``
+still works with a warning, ``--strict-plugins`` makes them fatal (exit 2, one line)."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import torch
+
+from conftest import TINY_SUITE  # tests/ is on sys.path (pytest rootdir conftest)
+from tlbench.cli import main
+from tlbench.registry import PLUGINS_ENV_VAR, set_registry
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """One intra-op thread: on a small, shared machine two threads spin against each other and a
+    tiny cell takes 30 times longer; the numbers do not depend on it (every run here uses one)."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
+
+
+MISSING = "no_such_tlbench_plugin_xyz"
+
+
+@pytest.fixture
+def broken_plugins(monkeypatch):
+    """One plugin that cannot be imported, one that registers a taken name (clashing_plugin.py)."""
+    monkeypatch.setenv(PLUGINS_ENV_VAR, f"{MISSING}, clashing_plugin")
+    set_registry(None)  # the next get_registry() loads the environment's plugins
+    yield
+    set_registry(None)
+
+
+def test_plugins_lists_failures_next_to_working_plugins(broken_plugins, capsys):
+    code = main(["plugins"])
+    out = capsys.readouterr().out.splitlines()
+    assert code == 1  # some plugin failed
+    rows = {line.split()[0]: line for line in out if line and not line.startswith(" ")}
+    assert "ok" in rows["strategies.source_only"].split() and "strategy: source_only" in rows["strategies.source_only"]
+    assert "ok" in rows["strategies.dann"].split()
+    assert "FAILED" in rows[MISSING].split()
+    assert "FAILED" in rows["clashing_plugin"].split()
+    assert "strategy: clashing_plugin_own" in rows["clashing_plugin"]  # its other name still registered
+    errors = [line.strip() for line in out if line.startswith(" ")]
+    assert any(e.startswith(f"error: failed to import {MISSING}") and "ModuleNotFoundError" in e for e in errors)
+    assert any("strategy 'source_only' is registered by both plugin 'strategies.source_only' and plugin "
+               "'clashing_plugin'" in e for e in errors)
+
+
+def test_run_works_with_a_warning_when_an_unrelated_plugin_is_broken(broken_plugins, tmp_path, capsys):
+    suite = tmp_path / "tiny.yaml"
+    suite.write_text(TINY_SUITE)
+    out = tmp_path / "out"
+    code = main(["run", str(suite), "--out", str(out), "--quiet", "--strategies", "source_only",
+                 "--set", "recipe.steps=2", "--set", "reports=[csv]"])
+    captured = capsys.readouterr()
+    assert code == 0, captured
+    warnings_ = captured.err.strip().splitlines()
+    assert len(warnings_) == 2 and all(w.startswith("tlbench: warning: plugin ") for w in warnings_)
+    assert any(f"'{MISSING}' skipped: failed to import" in w for w in warnings_)
+    assert any("'clashing_plugin' skipped" in w and "source_only" in w for w in warnings_)
+    df = pd.read_csv(out / "results.csv")
+    assert df["status"].tolist() == ["ok"] and df["strategy"].tolist() == ["source_only"]
+
+
+def test_strict_plugins_makes_a_broken_plugin_fatal(broken_plugins, tmp_path, capsys):
+    suite = tmp_path / "tiny.yaml"
+    suite.write_text(TINY_SUITE)
+    code = main(["--strict-plugins", "run", str(suite), "--out", str(tmp_path / "out")])
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert code == 2
+    assert len(lines) == 1 and lines[0].startswith(f"tlbench: error: plugin '{MISSING}': failed to import")
+    assert "Traceback" not in captured.err
+    assert not (tmp_path / "out").exists()
