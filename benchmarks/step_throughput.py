@@ -192,7 +192,6 @@ def measure_jpeg_baseline(args, linked: Path, device: torch.device, images_per_s
         optimizer.step()
 
     seconds = timed_loop(args.steps, args.warmup, device, step)
-    del batches, loader
     return {"kind": "jpeg_dataloader", "img_per_s": args.steps * images_per_step / seconds, "train_seconds": seconds,
             "images_per_step": images_per_step, "workers": args.workers, "precision": "fp32", "channels_last": False,
             "images": len(dataset)}

@@ -15,22 +15,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from conftest import ROOT, TINY_SUITE  # tests/ is on sys.path (pytest rootdir conftest)
 from tlbench.cli import main
 from tlbench.errors import UserError
 
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """One intra-op thread: on a small, shared machine two threads spin against each other and a
-    tiny cell takes 30 times longer; the numbers do not depend on it (every run here uses one)."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
 
 
 IMAGE_SUITE = """\

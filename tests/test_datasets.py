@@ -153,7 +153,7 @@ def _tree_with_corrupt_file(root: Path) -> Path:
 
 
 def test_corrupt_image_is_named(tmp_path, registry):
-    bad = _tree_with_corrupt_file(tmp_path)
+    _tree_with_corrupt_file(tmp_path)
     ds = registry.get("dataset", "image_folder")(tmp_path, path="data")
     with pytest.raises(UserError, match="broken.jpg.*on_bad_image: skip"):
         ds.load("src", 8)

@@ -5,21 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
-import torch
 
 from conftest import TINY_SUITE  # tests/ is on sys.path (pytest rootdir conftest)
 from tlbench.cli import main
 
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """One intra-op thread: on a small, shared machine two threads spin against each other and a
-    tiny cell takes 30 times longer; the numbers do not depend on it (every run here uses one)."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
 
 
 #: what legitimately differs between two runs of the same cell

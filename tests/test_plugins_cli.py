@@ -5,21 +5,11 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
-import torch
 
 from conftest import TINY_SUITE  # tests/ is on sys.path (pytest rootdir conftest)
 from tlbench.cli import main
 from tlbench.registry import PLUGINS_ENV_VAR, set_registry
 
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """One intra-op thread: on a small, shared machine two threads spin against each other and a
-    tiny cell takes 30 times longer; the numbers do not depend on it (every run here uses one)."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
 
 
 MISSING = "no_such_tlbench_plugin_xyz"

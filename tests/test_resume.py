@@ -24,15 +24,6 @@ from conftest import ROOT  # tests/ is on sys.path (pytest rootdir conftest)
 from tlbench.cli import main
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """One intra-op thread: on a small, shared machine two threads spin against each other and a
-    tiny cell takes 30 times longer; the numbers do not depend on it (every run here uses one)."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
-
 
 TESTS = Path(__file__).resolve().parent
 SUITE = """\

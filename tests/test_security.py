@@ -24,15 +24,6 @@ from tlbench.cli import main
 from tlbench.results import ResultsDir
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """One intra-op thread: on a small, shared machine two threads spin against each other and a
-    tiny cell takes 30 times longer; the numbers do not depend on it (every run here uses one)."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
-
 
 CODE_DIRS = [ROOT / "tlbench", ROOT / "plugins"]
 
@@ -96,7 +87,7 @@ def _keyword_is(node: ast.Call, key: str, value: object) -> bool:
 
 def test_every_torch_load_is_weights_only():
     calls = [(p, n) for p, n in _calls("load") if _dotted(n.func) == "torch.load"]
-    assert len(calls) >= 4  # the domain cache, the feature cache, weights files, efficientnet-lite
+    assert len(calls) >= 3  # checked files (domain and feature caches, teachers), weights files, efficientnet-lite
     bad = [f"{p.relative_to(ROOT)}:{n.lineno}" for p, n in calls if not _keyword_is(n, "weights_only", True)]
     assert not bad, f"torch.load without weights_only=True: {bad}"
 
@@ -153,7 +144,7 @@ def test_feature_cache_damage_is_detected_and_rebuilt(tmp_path, how):
     assert torch.equal(bank.features(images, "dom", contextlib.nullcontext), first) and len(calls) == 2
 
     _damage(cached, how)
-    with pytest.warns(UserWarning, match="unusable.*not using it"):
+    with pytest.warns(UserWarning, match="unusable.*rebuilding it"):
         again = bank.features(images, "dom", contextlib.nullcontext)
     assert len(calls) == 4 and torch.equal(again, first)  # recomputed, not read from the damaged file
     assert torch.equal(bank.features(images, "dom", contextlib.nullcontext), first) and len(calls) == 4
@@ -165,7 +156,7 @@ KD_SUITE = TINY_SUITE.replace("strategies: [source_only, dann]",
 
 
 def test_damaged_teacher_weights_are_never_loaded_and_the_teacher_is_retrained(tmp_path, capsys):
-    from tlbench.engine import _load_checked, checked_file_ok
+    from tlbench.checked import checked_file_ok, load_checked
 
     suite = tmp_path / "kd.yaml"
     suite.write_text(KD_SUITE)
@@ -176,12 +167,12 @@ def test_damaged_teacher_weights_are_never_loaded_and_the_teacher_is_retrained(t
     (teacher_model,) = (out / "cells").glob("*/model.pt")
     teacher_id = teacher_model.parent.name
     student_id = next(r.cell_id for r in results.records() if r.cell_id != teacher_id)
-    assert checked_file_ok(teacher_model) and isinstance(_load_checked(teacher_model), dict)
+    assert checked_file_ok(teacher_model) and isinstance(load_checked(teacher_model), dict)
 
     _damage(teacher_model, "flip")
     assert not checked_file_ok(teacher_model)
     with pytest.warns(UserWarning, match="unusable"):
-        assert _load_checked(teacher_model) is None
+        assert load_checked(teacher_model) is None
     results.record_path(student_id).unlink()  # the student has yet to run
     teacher_record = results.record_path(teacher_id).read_bytes()
 
@@ -215,7 +206,7 @@ def test_html_escapes_suite_name_references_and_environment(tmp_path):
     records = make_records()
     for r in records:
         r.device = f"cpu {evil}"
-        r.torch_version = f"2 <script>alert(2)</script>"
+        r.torch_version = "2 <script>alert(2)</script>"
     suite = {"name": f"n{evil}", "dataset": f"d{evil}", "description": f"desc{evil}",
              "reference": [{"backbone": f"b{evil}", "strategy": f"s{evil}", "source": f"c{evil}",
                             "acc": {"A->W": 1.0}}]}

@@ -25,15 +25,6 @@ from tlbench_builtins.strategies.unfreeze import Unfreeze
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one thread, and waiting threads cannot stall them on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def setup(strategy, model: TransferModel, total_steps: int = 10):
     strategy.setup(model, SetupContext(model.num_classes, model.feature_dim, model.embed_dim, total_steps, CPU, 0))
     return strategy.to(CPU)
@@ -146,17 +137,21 @@ def test_mk_mmd_is_near_zero_for_one_distribution_and_grows_with_the_shift():
     assert shifted == sorted(shifted) and shifted[0] > 5 * abs(same)
 
 
-def test_mmd_strategy_adds_the_weighted_discrepancy_to_source_ce():
+@pytest.mark.parametrize("ramp,step,weight", [(False, 0, 2.0), (False, 3, 2.0), (True, 0, 0.0),
+                                              (True, 3, 2.0 * (2 / (1 + math.exp(-3.0)) - 1)),
+                                              (True, 10, 2.0 * (2 / (1 + math.exp(-10.0)) - 1))])
+def test_mmd_strategy_adds_the_weighted_discrepancy_to_source_ce(ramp, step, weight):
     torch.manual_seed(0)
     model = make_tiny_model()
     batch = make_tiny_batch(("weak",))
-    mmd = setup(Mmd(trade_off=2.0), model)
+    mmd = setup(Mmd(trade_off=2.0, ramp=ramp), model)
     model.eval()  # deterministic forward, so the parts can be recomputed
-    out = mmd.training_step(batch, step_ctx(model))
+    out = mmd.training_step(batch, step_ctx(model, step=step, total=10))
     emb = model.forward_all(torch.cat([batch.source, batch.target]))
     ce = F.cross_entropy(emb.logits[:4], batch.source_labels)
-    expected = ce + 2.0 * mk_mmd(emb.embedding[:4], emb.embedding[4:])
+    expected = ce + weight * mk_mmd(emb.embedding[:4], emb.embedding[4:])
     torch.testing.assert_close(out.loss, expected)
+    assert out.metrics["mmd_weight"] == pytest.approx(weight)
 
 
 # -- freeze --------------------------------------------------------------------------------

@@ -11,7 +11,6 @@ several processes may fill the same cache at once.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import re
@@ -23,7 +22,7 @@ from typing import Any
 import torch
 
 from tlbench.data import DEFAULT_SEVERITY, Dataset, Domain, DomainSpec
-from tlbench.results import atomic_write_bytes
+from tlbench.checked import load_checked, save_checked
 
 #: bump when the cache file layout changes; old files then simply stop matching
 CACHE_FORMAT = 1
@@ -140,10 +139,6 @@ def _safe(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text) or "_"
 
 
-def _sidecar(path: Path) -> Path:
-    return path.with_name(path.name + ".sha256")
-
-
 def _load_base(dataset: Dataset, domain: str, size: int, key: str, cache_dir: Path | None) -> Domain:
     if cache_dir is None:
         return _decode(dataset, domain, size)
@@ -166,33 +161,20 @@ def _decode(dataset: Dataset, domain: str, size: int) -> Domain:
 
 def _read(path: Path, key: str) -> Domain | None:
     """The cached domain, or None when absent; a damaged or foreign file is reported and ignored."""
-    if not path.exists():
+    blob = load_checked(path)
+    if blob is None:
         return None
-    try:
-        data = path.read_bytes()
-        expected = _sidecar(path).read_text().split()[0]
-        if hashlib.sha256(data).hexdigest() != expected:
-            raise ValueError("sha256 does not match its sidecar (truncated or modified)")
-        blob = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-        if blob.get("key") != key:
-            raise ValueError("written for another key")
-        return Domain(blob["name"], blob["images"], blob["labels"], list(blob["classes"]), list(blob["skipped"]))
-    except Exception as exc:
-        warnings.warn(f"cache file {path} is unusable ({type(exc).__name__}: {exc}); rebuilding it", stacklevel=3)
+    if not isinstance(blob, dict) or blob.get("key") != key:
+        warnings.warn(f"cache file {path} was written for another key; rebuilding it", stacklevel=3)
         return None
+    return Domain(blob["name"], blob["images"], blob["labels"], list(blob["classes"]), list(blob["skipped"]))
 
 
 def _write(path: Path, key: str, domain: Domain) -> None:
     blob: dict[str, Any] = {"key": key, "name": domain.name, "images": domain.images.contiguous(),
                             "labels": domain.labels, "classes": list(domain.classes),
                             "skipped": list(domain.skipped)}
-    buf = io.BytesIO()
-    torch.save(blob, buf)
-    view = buf.getbuffer()
     try:
-        atomic_write_bytes(path, view)  # type: ignore[arg-type]  # any bytes-like object works
-        atomic_write_bytes(_sidecar(path), f"{hashlib.sha256(view).hexdigest()}  {path.name}\n".encode())
+        save_checked(path, blob)
     except OSError as exc:  # a read-only or full cache folder costs time, never the run
         warnings.warn(f"could not write cache file {path} ({exc}); continuing without it", stacklevel=3)
-    finally:
-        view.release()

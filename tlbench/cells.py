@@ -143,8 +143,6 @@ def _teacher_cell(suite, registry, backbone, student: Cell, make) -> Cell:
 
 def resolve_pairs(suite, dataset) -> list[tuple[str, str]]:
     """The suite's pairs as (source, target) domain specs with canonical base names."""
-    from tlbench.data import DomainSpec
-
     if suite.pairs == "all":
         names = dataset.domains()
         return [(s, t) for s in names for t in names if s != t]

@@ -24,9 +24,11 @@ from torch import Tensor, nn
 import tlbench
 from tlbench.augment import Augmenter, Normalizer
 from tlbench.cells import Cell, CellTask
+from tlbench.checked import load_checked, save_checked
 from tlbench.data import Domain, DomainSpec
 from tlbench.errors import DivergedError
-from tlbench.measure import PeakMemory, Stopwatch, device_name, select_device, synchronize
+from tlbench.features import FeatureBank, domain_key
+from tlbench.measure import PeakMemory, Stopwatch, device_name, select_device
 from tlbench.model import TransferModel, count_parameters, set_batchnorm_eval_where_frozen
 from tlbench.results import CellRecord
 from tlbench.strategy import Batch, ParamGroup, SetupContext, StepContext, Strategy
@@ -107,105 +109,6 @@ class Sampler:
             need -= len(take)
             parts.append(take)
         return parts[0] if len(parts) == 1 else torch.cat(parts)
-
-
-class FeatureBank:
-    """Pooled features of a frozen backbone, computed once per view and reused every step.
-
-    Views: the test crop and, with flipping on, its mirror image. Kept on disk under the cache
-    (keyed by backbone, weights, domain content, size and view) so other strategies, seeds and
-    runs reuse them.
-    """
-
-    def __init__(self, model: TransferModel, augmenter: Augmenter, views: list[str], batch_size: int,
-                 cache_dir: Path | None, key: str):
-        self.model, self.aug, self.views, self.bs = model, augmenter, views, batch_size
-        self.cache_dir, self.key = cache_dir, key
-
-    @torch.no_grad()
-    def features(self, domain_images: Tensor, domain_key: str, autocast) -> Tensor:
-        """views × N × D features of uint8 images."""
-        import hashlib
-
-        path = None
-        if self.cache_dir is not None:
-            name = hashlib.sha256(f"{self.key}|{domain_key}|{'+'.join(self.views)}".encode()).hexdigest()[:24]
-            path = self.cache_dir / "features" / f"{name}.pt"
-            cached = _load_checked(path)
-            if cached is not None and cached.shape[1] == len(domain_images):
-                return cached.to(domain_images.device)
-        was_training = self.model.training
-        self.model.eval()
-        out = []
-        for view in self.views:
-            chunks = []
-            for i in range(0, len(domain_images), self.bs):
-                x = self.aug.test(domain_images[i:i + self.bs])
-                if view == "flip":
-                    x = x.flip(-1)
-                with autocast():
-                    chunks.append(self.model.backbone(x).float())
-            out.append(torch.cat(chunks))
-        self.model.train(was_training)
-        feats = torch.stack(out)
-        if path is not None:
-            _save_checked(path, feats.cpu())
-        return feats
-
-
-def _save_checked(path: Path, obj: Any) -> None:
-    """``torch.save`` ``obj`` (tensors only) atomically, with a sha256 sidecar ``<path stem>.sha256``."""
-    import hashlib
-    import io
-
-    from tlbench.results import atomic_write_bytes, atomic_write_text
-
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    data = buf.getvalue()
-    atomic_write_bytes(path, data)
-    atomic_write_text(path.with_suffix(".sha256"), hashlib.sha256(data).hexdigest())
-
-
-def _load_checked(path: Path) -> Any:
-    """What :func:`_save_checked` wrote, if its bytes match their recorded digest; None if absent,
-    truncated or tampered (with a warning when the file exists), so the caller rebuilds it."""
-    import hashlib
-    import io
-    import warnings
-
-    path = Path(path)
-    if not path.exists():
-        return None
-    try:
-        data = path.read_bytes()
-        if hashlib.sha256(data).hexdigest() != path.with_suffix(".sha256").read_text().strip():
-            raise ValueError("sha256 does not match its sidecar (truncated or modified)")
-        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - whatever is wrong with the file, it is not trusted
-        warnings.warn(f"file {path} is unusable ({type(exc).__name__}: {exc}); not using it", stacklevel=2)
-        return None
-
-
-def checked_file_ok(path: Path) -> bool:
-    """Whether a file written by :func:`_save_checked` is intact (its sha256 matches the sidecar)."""
-    import hashlib
-
-    path = Path(path)
-    try:
-        return hashlib.sha256(path.read_bytes()).hexdigest() == path.with_suffix(".sha256").read_text().strip()
-    except OSError:
-        return False
-
-
-def domain_key(domain: Domain) -> str:
-    """A content hash of a domain's images (for keys that must change when the pixels do)."""
-    import hashlib
-
-    h = hashlib.blake2b(digest_size=16)
-    h.update(str(tuple(domain.images.shape)).encode())
-    h.update(domain.images.contiguous().numpy().tobytes())
-    return h.hexdigest()
 
 
 @torch.no_grad()
@@ -434,7 +337,7 @@ def train_cell(task: CellTask, registry=None) -> CellRecord:
     if task.save_model:  # a kd teacher: its students load these weights, checked by their digest
         from tlbench.results import ResultsDir
 
-        _save_checked(ResultsDir(Path(task.out_dir)).model_path(cell.id),
+        save_checked(ResultsDir(Path(task.out_dir)).model_path(cell.id),
                       {k: v.detach().cpu() for k, v in model.state_dict().items()})
 
     extra: dict[str, Any] = {k: float(v / total_steps) for k, v in metric_sums.items()}
@@ -472,7 +375,7 @@ def _load_teacher(task: CellTask, num_classes: int, registry, device, memory_for
     if teacher_cell is None or not task.teacher_model or not Path(task.teacher_model).is_file():
         raise RuntimeError(f"kd cell {task.cell.id}: the teacher's trained weights are missing")
     model, _ = build_model(teacher_cell.backbone, "random", num_classes, teacher_cell.recipe, registry)
-    state = _load_checked(Path(task.teacher_model))
+    state = load_checked(Path(task.teacher_model))
     if not isinstance(state, dict):
         raise RuntimeError(f"kd cell {task.cell.id}: the teacher's weights {task.teacher_model} are damaged "
                            f"(checksum mismatch); run the same command again to retrain the teacher")

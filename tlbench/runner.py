@@ -211,7 +211,7 @@ def waves(cells: list[Cell]) -> list[list[Cell]]:
 def run_suite(suite, options: RunOptions, registry) -> RunSummary:
     """Run (or resume) a validated suite into ``options.out_dir``."""
     from tlbench.cache import default_cache_dir
-    from tlbench.engine import checked_file_ok
+    from tlbench.checked import checked_file_ok
 
     cells, pairs = plan(suite, registry)
     out = ResultsDir(options.out_dir)

@@ -159,6 +159,16 @@ class Strategy(nn.Module):
         """The loss of one batch. No ``backward()``, no optimizer step: the engine does those."""
         raise NotImplementedError
 
+    @staticmethod
+    def supervised_step(batch: Batch, ctx: StepContext, label_smoothing: float = 0.0) -> StepOutput:
+        """Cross-entropy on the labelled source batch: the whole step of the fine-tuning
+        strategies (``source_only``, ``freeze``, ``unfreeze``, ``dlr``), which differ only in
+        what trains and at which learning rate."""
+        logits = ctx.model(batch.source)
+        loss = nn.functional.cross_entropy(logits, batch.source_labels, label_smoothing=label_smoothing)
+        acc = (logits.detach().argmax(1) == batch.source_labels).float().mean()
+        return StepOutput(loss, {"source_ce": loss.detach(), "source_acc": acc})
+
     def extra_metrics(self) -> dict[str, float]:
         """Metrics this strategy adds to the cell's record at the end (optional)."""
         return {}

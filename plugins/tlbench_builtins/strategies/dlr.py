@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch.nn.functional as F
 
 from tlbench import Batch, ParamGroup, StepContext, StepOutput, Strategy, TransferModel, UserError, hookimpl
 
@@ -46,10 +45,7 @@ class DiscriminativeLR(Strategy):
         return groups
 
     def training_step(self, batch: Batch, ctx: StepContext) -> StepOutput:
-        logits = ctx.model(batch.source)
-        loss = F.cross_entropy(logits, batch.source_labels)
-        acc = (logits.detach().argmax(1) == batch.source_labels).float().mean()
-        return StepOutput(loss, {"source_ce": loss.detach(), "source_acc": acc})
+        return self.supervised_step(batch, ctx)
 
 
 @hookimpl

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch.nn.functional as F
 
 from tlbench import Batch, StepContext, StepOutput, Strategy, hookimpl
 
@@ -30,10 +29,7 @@ class SourceOnly(Strategy):
     trains_backbone = True
 
     def training_step(self, batch: Batch, ctx: StepContext) -> StepOutput:
-        logits = ctx.model(batch.source)
-        loss = F.cross_entropy(logits, batch.source_labels, label_smoothing=self.params.label_smoothing)
-        acc = (logits.detach().argmax(1) == batch.source_labels).float().mean()
-        return StepOutput(loss, {"source_ce": loss.detach(), "source_acc": acc})
+        return self.supervised_step(batch, ctx, self.params.label_smoothing)
 
 
 @hookimpl
