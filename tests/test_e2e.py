@@ -82,3 +82,20 @@ def test_bad_input_is_exit_2_with_one_line(tiny_suite, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2
     assert err[-1] == "tlbench: error: unknown strategy 'dnan'; did you mean dann?"
+
+
+def test_data_prepare_fills_the_cache(tiny_suite, tmp_path, capsys):
+    cache = tmp_path / "cache"
+    assert main(["data", "prepare", str(tiny_suite), "--cache", str(cache)]) == 0
+    out = capsys.readouterr().out
+    assert "digits: 1797 images, 10 classes, 18px" in out
+    assert "digits+invert: 1797 images, 10 classes, 18px" in out
+    assert list((cache / "domains").rglob("*.pt")), "the decoded domain was not written to the cache"
+
+
+def test_list_filters_with_wildcards(capsys):
+    assert main(["list", "strategies", "*m*"]) == 0
+    names = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
+    assert "mmd" in names and "dann" not in names and "freeze" not in names
+    assert main(["list", "backbones", "tf_efficientnet_lite*"]) == 0
+    assert "tf_efficientnet_lite0" in capsys.readouterr().out.split()
