@@ -102,6 +102,8 @@ def load_domain(dataset: Dataset, spec: DomainSpec | str, size: int, *, cache_di
     if domain is None:
         domain = _load_base(dataset, base, size, key, cache_dir)
         _memory.put(key, domain)
+    elif cache_dir is not None and not cache_path(cache_dir, dataset, base, size, key).exists():
+        _write(cache_path(cache_dir, dataset, base, size, key), key, domain)  # decoded for another cache
     images = domain.images
     for (shift_cls, severity), (name, _) in zip(shifts, spec.shifts):
         generator = torch.Generator().manual_seed(shift_generator_seed(shift_seed, name, severity))
