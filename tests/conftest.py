@@ -21,6 +21,7 @@ def _private_cache(tmp_path_factory):
     cache = tmp_path_factory.mktemp("tlbench-cache")
     old = os.environ.get("TLBENCH_CACHE")
     os.environ["TLBENCH_CACHE"] = str(cache)
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache / "inductor"))  # timm creates it on first use
     yield cache
     if old is None:
         os.environ.pop("TLBENCH_CACHE", None)

@@ -95,12 +95,15 @@ def main(argv: list[str] | None = None) -> int:
 
 def _keep_writes_in_cache(args) -> None:
     """tlbench writes only to the output directory and its cache: matplotlib (imported by the plots
-    reporter) would otherwise keep its font cache under $HOME, so point it into tlbench's cache."""
-    if "MPLCONFIGDIR" not in os.environ:
-        from tlbench.cache import default_cache_dir
+    reporter) would keep its font cache under $HOME, and torch's compiler (whose cache folder timm
+    creates as soon as it builds a model) under the temporary folder: point both into tlbench's cache."""
+    from tlbench.cache import default_cache_dir
 
-        cache = getattr(args, "cache", None) or default_cache_dir()
-        os.environ["MPLCONFIGDIR"] = str(Path(cache).expanduser() / "matplotlib")
+    cache = Path(getattr(args, "cache", None) or default_cache_dir()).expanduser()
+    for var, sub in (("MPLCONFIGDIR", "matplotlib"), ("TORCHINDUCTOR_CACHE_DIR", "inductor"),
+                     ("TRITON_CACHE_DIR", "triton")):
+        if var not in os.environ:
+            os.environ[var] = str(cache / sub)
 
 
 @contextlib.contextmanager

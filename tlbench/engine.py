@@ -209,7 +209,8 @@ def train_cell(task: CellTask, registry=None) -> CellRecord:
     model.to(device, memory_format=memory_format)
     if recipe["compile"]:
         # Compile the backbone in place: parameter names (and so checkpoints) stay unchanged,
-        # and strategies keep calling the same TransferModel methods.
+        # and strategies keep calling the same TransferModel methods. (The CLI points the
+        # compiler's kernel cache into tlbench's cache.)
         model.backbone.compile()
     strategy.to(device)
     teacher = None
@@ -346,7 +347,7 @@ def train_cell(task: CellTask, registry=None) -> CellRecord:
     import timm
 
     extra.update({"timm_version": timm.__version__, "weights": weights_used, "deterministic": deterministic, "precision": "bf16" if use_bf16 else "fp32",
-                  "channels_last": channels_last, "feature_cache": use_features, "label": cell.label,
+                  "channels_last": channels_last, "compiled": bool(recipe["compile"]), "feature_cache": use_features, "label": cell.label,
                   "train_images": len(data.source_train), "target_images": len(data.target),
                   "train_seconds": train_seconds})
     return CellRecord(
