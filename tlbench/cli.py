@@ -201,11 +201,11 @@ def _plugins(registry) -> int:
 def _prepare(args, registry) -> int:
     from tlbench.cache import default_cache_dir, load_domain
     from tlbench.cells import resolve_pairs
+    from tlbench.runner import open_dataset
     from tlbench.suite import load_suite
 
     suite = load_suite(args.suite, pairs=args.pairs, data_root=args.data_root)
-    dataset = registry.get("dataset", suite.dataset)(Path(suite.data_root) if suite.data_root else None,
-                                                     **suite.dataset_options)
+    dataset = open_dataset(suite, registry)
     dataset.check()
     cache = args.cache or default_cache_dir()
     seen = set()

@@ -306,9 +306,9 @@ def train_cell(task: CellTask, registry=None) -> CellRecord:
         with autocast():
             out = strategy.training_step(batch, ctx)
         loss = out.loss.float()
-        finite = torch.isfinite(loss)
-        bad_value = torch.where((bad_step < 0) & ~finite, loss.detach(), bad_value)
-        bad_step = torch.where((bad_step < 0) & ~finite, torch.full_like(bad_step, step), bad_step)
+        first_bad = (bad_step < 0) & ~torch.isfinite(loss)  # stays on the device: no sync here
+        bad_value = torch.where(first_bad, loss.detach(), bad_value)
+        bad_step = torch.where(first_bad, step, bad_step)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -72,12 +72,17 @@ def run_lock(out_dir: Path) -> Iterator[None]:
         os.close(fd)  # closing releases the lock, also when the process is killed
 
 
+def open_dataset(suite, registry):
+    """The suite's dataset plugin, instantiated on its data root and options (reads nothing yet)."""
+    return registry.get("dataset", suite.dataset)(Path(suite.data_root) if suite.data_root else None,
+                                                  **suite.dataset_options)
+
+
 def plan(suite, registry, *, check_data: bool = True) -> tuple[list[Cell], list[tuple[str, str]]]:
     """Check every name and the data before any work; return the cells (teachers first)."""
     import timm
 
-    dataset_cls = registry.get("dataset", suite.dataset)
-    dataset = dataset_cls(Path(suite.data_root) if suite.data_root else None, **suite.dataset_options)
+    dataset = open_dataset(suite, registry)
     if check_data:
         dataset.check()
     pairs = resolve_pairs(suite, dataset)
@@ -144,8 +149,7 @@ def preflight(suite, cells: list[Cell], registry, cache_dir: Path | None) -> Non
 
     if not cells:
         return
-    dataset = registry.get("dataset", suite.dataset)(Path(suite.data_root) if suite.data_root else None,
-                                                     **suite.dataset_options)
+    dataset = open_dataset(suite, registry)
     classes: dict[str, list[str]] = {}
     for cell in cells:
         for spec in (cell.source, cell.target):
@@ -312,8 +316,7 @@ def _suite_meta(suite, pairs: list[tuple[str, str]], registry) -> dict:
     """What reports need to know about the suite; reference pairs use the same canonical names."""
     from tlbench.cells import canonical_pair
 
-    dataset = registry.get("dataset", suite.dataset)(Path(suite.data_root) if suite.data_root else None,
-                                                     **suite.dataset_options)
+    dataset = open_dataset(suite, registry)
     references = []
     for ref in suite.reference:
         r = ref.model_dump()
