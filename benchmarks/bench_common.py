@@ -26,6 +26,14 @@ def default_data_root() -> Path:
     return Path(env).expanduser() if env else DEFAULT_DATA_ROOT
 
 
+def add_run_options(p) -> None:
+    """The options every cell benchmark shares: warm-up steps, device, threads, JSON output."""
+    p.add_argument("--warmup", type=int, default=5, help="steps run first and not measured")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
+    p.add_argument("--json", default=None, help="write the figures to this JSON file")
+
+
 def make_recipe(**overrides: Any) -> dict[str, Any]:
     """The engine's recipe dict: the suite defaults (``tlbench.suite.Recipe``) with ``overrides``."""
     from tlbench.suite import Recipe

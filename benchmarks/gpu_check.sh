@@ -18,8 +18,9 @@
 # that every module tlbench imports is there and stops with the list of missing ones if not, then:
 #   1-4. benchmarks/step_throughput.py: resnet50 (random weights) source_only and dann at 224 px,
 #        engine vs the JPEG DataLoader baseline, and vs preloaded tensors (--from-memory);
-#   5.   benchmarks/feature_cache.py: freeze with / without the feature cache;
-#   6.   a short tf_efficientnet_lite0 run (tlbench run) on Office-31 (or digits), leaderboard copied.
+#   5.   a short tf_efficientnet_lite0 run (tlbench run) on Office-31 (or digits), leaderboard copied;
+#   6-7. benchmarks/feature_cache.py: freeze, then unfreeze, with / without the feature cache;
+#   8.   benchmarks/teacher_views.py: kd (resnet50 teacher) with the teacher online vs cached views.
 # Every step has its own time limit; a failed step is recorded in summary.json and the rest still run.
 #
 # Environment: PYTHON (default python3), TLBENCH_GPU_CHECK_SMOKE=1 (tiny settings on the CPU, to test
@@ -159,6 +160,14 @@ if [ -f "$SUITE" ]; then
   [ "$SMOKE" = 1 ] && FC_ARGS=(--image-size 32 --steps 3 --warmup 1)
   run_step "feature_cache" "$LIMIT" "$PY" benchmarks/feature_cache.py --dataset "$FC_DATASET" --dataset-options "$FC_OPTS" \
     --pair "$FC_PAIR" --data-root "$DATA_ROOT" --device "$DEVICE" "${FC_ARGS[@]}" "${EXTRA[@]}" --json "$OUT_DIR/feature_cache.json"
+  run_step "feature_cache_unfreeze" 90 "$PY" benchmarks/feature_cache.py --strategy unfreeze --dataset "$FC_DATASET" \
+    --dataset-options "$FC_OPTS" --pair "$FC_PAIR" --data-root "$DATA_ROOT" --device "$DEVICE" "${FC_ARGS[@]}" "${EXTRA[@]}" \
+    --json "$OUT_DIR/feature_cache_unfreeze.json"
+  TV_ARGS=(--image-size "$RUN_SIZE" --teacher-backbone "$BIG" --steps 100 --views 4)
+  [ "$FC_DATASET" = npz ] && TV_ARGS=(--image-size 32 --steps 100 --views 4)
+  [ "$SMOKE" = 1 ] && TV_ARGS=(--image-size 32 --steps 3 --warmup 1 --teacher-steps 2 --views 2)
+  run_step "teacher_views" 90 "$PY" benchmarks/teacher_views.py --dataset "$FC_DATASET" --dataset-options "$FC_OPTS" \
+    --pair "$FC_PAIR" --data-root "$DATA_ROOT" --device "$DEVICE" "${TV_ARGS[@]}" "${EXTRA[@]}" --json "$OUT_DIR/teacher_views.json"
 fi
 
 # -- summary ------------------------------------------------------------------------------------
@@ -176,7 +185,8 @@ for item in status:
     f = out / f"{name}.json"
     if f.is_file():
         d = json.loads(f.read_text())
-        for k in ("engine_over_baseline", "engine_overhead_pct", "train_speedup", "total_speedup"):
+        for k in ("engine_over_baseline", "engine_overhead_pct", "train_speedup", "total_speedup", "step_speedup",
+                  "cold_cell_speedup", "warm_cell_speedup"):
             if k in d:
                 entry[k] = d[k]
         if "engine" in d:

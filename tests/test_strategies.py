@@ -312,7 +312,8 @@ def test_kd_step_distils_on_source_and_target_without_teacher_gradients():
 def test_kd_declares_its_teacher_params():
     assert KnowledgeDistillation.needs_teacher is True
     assert KnowledgeDistillation.default_params() == {
-        "teacher_backbone": "", "teacher_strategy": "dann", "teacher_params": {}, "alpha": 0.5, "temperature": 4.0}
+        "teacher_backbone": "", "teacher_strategy": "dann", "teacher_params": {}, "alpha": 0.5, "temperature": 4.0,
+        "teacher_views": 0}
     a, b = KnowledgeDistillation.Params(), KnowledgeDistillation.Params()
     assert a.teacher_params is not b.teacher_params
 
@@ -378,3 +379,23 @@ def test_self_training_warm_up_is_source_only():
     assert not scored and "pseudo_coverage" not in out.metrics
     st.training_step(batch, step_ctx(model, step=5, score_pseudo_labels=lambda *a: scored.append(a)))
     assert len(scored) == 1
+
+
+def test_kd_uses_served_teacher_logits_exactly_like_the_online_teacher():
+    """With ``teacher_views`` the engine serves the teacher's logits; the loss must be the same."""
+    model, teacher = make_tiny_model(0), make_tiny_model(1).eval()
+    kd = setup(KnowledgeDistillation(teacher_views=2), model)
+    assert kd.teacher_views == 2 and KnowledgeDistillation().teacher_views == 0
+    batch = make_tiny_batch(("weak",), seed=3)
+    ctx = step_ctx(model, teacher=teacher)
+    online = kd.training_step(batch, ctx)
+    with torch.no_grad():
+        batch.source_teacher, batch.target_teacher = teacher(batch.source), teacher(batch.target)
+    ctx.teacher = None  # served logits: the teacher itself is not needed... but kd still insists on one
+    with pytest.raises(ValueError, match="trained teacher"):
+        kd.training_step(batch, ctx)
+    ctx.teacher = teacher
+    served = kd.training_step(batch, ctx)
+    torch.testing.assert_close(served.loss, online.loss)
+    batch.source_teacher = torch.zeros_like(batch.source_teacher)  # proof the served logits are what is used
+    assert not torch.allclose(kd.training_step(batch, ctx).loss, online.loss)

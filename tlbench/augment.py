@@ -10,6 +10,7 @@ FixMatch-style self-training.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -19,19 +20,14 @@ def _uniform(n: int, lo: float, hi: float, g: torch.Generator, device) -> Tensor
     return torch.rand(n, generator=g, device=device) * (hi - lo) + lo
 
 
-def random_resized_crop(images: Tensor, size: int, g: torch.Generator, *,
-                        scale: tuple[float, float] = (0.08, 1.0),
-                        ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> Tensor:
-    """torchvision's RandomResizedCrop for a whole batch at once (one ``roi_align`` call).
+def random_crop_boxes(n: int, h: int, w: int, g: torch.Generator, *,
+                      scale: tuple[float, float] = (0.08, 1.0),
+                      ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> Tensor:
+    """torchvision's RandomResizedCrop boxes (x0, y0, x1, y1) for ``n`` images of ``h``×``w``.
 
-    Boxes are drawn per image like torchvision (area fraction in ``scale``, log-uniform aspect
-    ratio in ``ratio``), clipped to the image, then bilinearly resampled to ``size``.
-    Returns float images in [0, 255].
+    Area fraction uniform in ``scale``, aspect ratio log-uniform in ``ratio``, clipped to the image.
     """
-    from torchvision.ops import roi_align
-
-    n, _, h, w = images.shape
-    dev = images.device
+    dev = g.device
     area = _uniform(n, *scale, g, dev) * (h * w)
     log_r = _uniform(n, math.log(ratio[0]), math.log(ratio[1]), g, dev)
     r = torch.exp(log_r)
@@ -39,9 +35,29 @@ def random_resized_crop(images: Tensor, size: int, g: torch.Generator, *,
     ch = torch.sqrt(area / r).clamp(1, h)
     x0 = torch.rand(n, generator=g, device=dev) * (w - cw)
     y0 = torch.rand(n, generator=g, device=dev) * (h - ch)
-    boxes = torch.stack([torch.arange(n, device=dev, dtype=cw.dtype), x0, y0, x0 + cw, y0 + ch], dim=1)
-    x = images.float()
-    return roi_align(x, boxes, output_size=(size, size), spatial_scale=1.0, sampling_ratio=2, aligned=True)
+    return torch.stack([x0, y0, x0 + cw, y0 + ch], dim=1)
+
+
+def crop_boxes(images: Tensor, boxes: Tensor, size: int) -> Tensor:
+    """Each image's box (N×4, x0 y0 x1 y1) bilinearly resampled to ``size`` (one ``roi_align`` call).
+
+    Returns float images in [0, 255].
+    """
+    from torchvision.ops import roi_align
+
+    index = torch.arange(len(images), device=images.device, dtype=boxes.dtype)[:, None]
+    rois = torch.cat([index, boxes.to(images.device)], dim=1)
+    return roi_align(images.float(), rois, output_size=(size, size), spatial_scale=1.0, sampling_ratio=2,
+                     aligned=True)
+
+
+def random_resized_crop(images: Tensor, size: int, g: torch.Generator, *,
+                        scale: tuple[float, float] = (0.08, 1.0),
+                        ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> Tensor:
+    """torchvision's RandomResizedCrop for a whole batch at once: :func:`random_crop_boxes`, then
+    :func:`crop_boxes`. Returns float images in [0, 255]."""
+    n, _, h, w = images.shape
+    return crop_boxes(images, random_crop_boxes(n, h, w, g, scale=scale, ratio=ratio), size)
 
 
 def random_hflip(x: Tensor, g: torch.Generator, p: float = 0.5) -> Tensor:
@@ -93,6 +109,22 @@ class Normalizer:
         return (x.float() - self.shift) / self.scale
 
 
+@dataclass
+class FixedViews:
+    """K fixed training views of each of N images: crop boxes (K×N×4) and horizontal flips (K×N).
+
+    Drawn once from a fixed seed, so whatever is computed on them (a frozen teacher's outputs)
+    can be cached and reused by every cell that serves the same views.
+    """
+
+    boxes: Tensor
+    flips: Tensor
+
+    @property
+    def count(self) -> int:
+        return self.boxes.shape[0]
+
+
 class Augmenter:
     """The train views a strategy can ask for, all batched: ``weak`` and ``strong``."""
 
@@ -112,6 +144,19 @@ class Augmenter:
         if self.hflip:
             x = random_hflip(x, g)
         x = cutout(color_jitter(x, g), g)
+        return self.normalize(x).contiguous(memory_format=self.memory_format)
+
+    def fixed_views(self, n: int, h: int, w: int, k: int, seed: int, device) -> FixedViews:
+        """``k`` random resized crops (and flips, with flipping on) per image, drawn from ``seed``."""
+        g = torch.Generator(device="cpu").manual_seed(seed)
+        boxes = torch.stack([random_crop_boxes(n, h, w, g, scale=self.scale) for _ in range(k)])
+        flips = torch.rand(k, n, generator=g) < 0.5 if self.hflip else torch.zeros(k, n, dtype=torch.bool)
+        return FixedViews(boxes.to(device), flips.to(device))
+
+    def view(self, images: Tensor, boxes: Tensor, flips: Tensor) -> Tensor:
+        """The training view of each image given by its crop box and flip (from :meth:`fixed_views`)."""
+        x = crop_boxes(images, boxes, self.size)
+        x = torch.where(flips[:, None, None, None], x.flip(-1), x)
         return self.normalize(x).contiguous(memory_format=self.memory_format)
 
     def test(self, images: Tensor) -> Tensor:

@@ -59,3 +59,8 @@ def checked_file_ok(path: Path) -> bool:
         return hashlib.sha256(path.read_bytes()).hexdigest() == sidecar(path).read_text().split()[0]
     except (OSError, IndexError):
         return False
+
+
+def checked_digest(path: Path) -> str:
+    """The sha256 a file written by :func:`save_checked` declares (its identity in cache keys)."""
+    return sidecar(Path(path)).read_text().split()[0]

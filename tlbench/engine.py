@@ -22,12 +22,12 @@ import torch
 from torch import Tensor, nn
 
 import tlbench
-from tlbench.augment import Augmenter, Normalizer
+from tlbench.augment import Augmenter, FixedViews, Normalizer
 from tlbench.cells import Cell, CellTask
-from tlbench.checked import load_checked, save_checked
+from tlbench.checked import checked_digest, load_checked, save_checked
 from tlbench.data import Domain, DomainSpec
 from tlbench.errors import DivergedError
-from tlbench.features import FeatureBank, domain_key
+from tlbench.features import FeatureBank, TeacherViewBank, domain_key
 from tlbench.measure import PeakMemory, Stopwatch, device_name, select_device
 from tlbench.model import TransferModel, count_parameters, set_batchnorm_eval_where_frozen
 from tlbench.results import CellRecord
@@ -99,6 +99,7 @@ class Sampler:
         self._pos = 0
 
     def next(self) -> Tensor:
+        """The next batch of indices."""
         parts, need = [], self.bs
         while need > 0:
             if self._pos >= len(self._perm):
@@ -109,6 +110,31 @@ class Sampler:
             need -= len(take)
             parts.append(take)
         return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
+class ClassBalancedSampler:
+    """Indices drawn with replacement, each class equally likely (weights 1 / class count).
+
+    For a class-imbalanced labelled source: the classes' share in training batches then no longer
+    follows the source's own label distribution, which the target need not share (PyTorch's
+    ``WeightedRandomSampler`` recipe, drawn on the training device).
+    """
+
+    def __init__(self, labels: Tensor, batch_size: int, g: torch.Generator):
+        counts = torch.bincount(labels)
+        self.weights = (1.0 / counts.clamp_min(1).float())[labels]
+        self.bs, self.g = batch_size, g
+
+    def next(self) -> Tensor:
+        """The next batch of indices."""
+        return torch.multinomial(self.weights, self.bs, replacement=True, generator=self.g)
+
+
+def source_sampler(labels: Tensor, recipe: dict, g: torch.Generator, device: torch.device) -> Sampler | ClassBalancedSampler:
+    """The labelled source's sampler the recipe asks for."""
+    if recipe.get("source_sampling", "shuffle") == "class_balanced":
+        return ClassBalancedSampler(labels, int(recipe["batch_size"]), g)
+    return Sampler(len(labels), int(recipe["batch_size"]), g, device)
 
 
 @torch.no_grad()
@@ -247,23 +273,26 @@ def train_cell(task: CellTask, registry=None) -> CellRecord:
     tgt_labels_audit = data.target.labels.to(device)  # for measuring pseudo-labels only
     views = strategy_cls.target_views
     bs = int(recipe["batch_size"])
-    src_sampler = Sampler(len(src_images), bs, g, device)
+    src_sampler = source_sampler(src_labels, recipe, g, device)
     tgt_sampler = Sampler(len(tgt_images), bs, g, device) if views else None
 
-    use_features = (not strategy_cls.trains_backbone and recipe["feature_cache"] and not pending
-                    and teacher is None and not any(p.requires_grad for p in model.backbone.parameters()))
-    feat_src = feat_tgt = None
-    if use_features:
-        bank = FeatureBank(model, augmenter, ["center", "flip"] if recipe["hflip"] else ["center"],
-                           recipe["eval_batch_size"], Path(task.cache_dir) if task.cache_dir else None,
-                           key=f"{cell.backbone}|{weights_used}|{cell.weights}|{recipe['image_size']}")
-        feat_src = bank.features(src_images, domain_key(data.source_train), autocast)
-        if views:
-            feat_tgt = bank.features(tgt_images, domain_key(data.target), autocast)
+    # -- frozen networks' outputs, computed once (see tlbench.features) --------------------------
+    frozen = _frozen_outputs(task, data, model, strategy, groups, start_step, teacher, augmenter, weights_used,
+                             src_images, tgt_images, autocast)
+    feat_src, feat_tgt, feature_steps = frozen.source_features, frozen.target_features, frozen.feature_steps
+    src_fixed, tgt_fixed = frozen.source_teacher, frozen.target_teacher
 
     def view_of(feats: Tensor, idx: Tensor) -> Tensor:
         choice = torch.randint(0, feats.shape[0], (len(idx),), generator=g, device=device)
         return feats[choice, idx]
+
+    def train_view(images: Tensor, idx: Tensor, fixed) -> tuple[Tensor, Tensor | None]:
+        """One augmented view of ``images[idx]``; with fixed views, also the teacher's logits on it."""
+        if fixed is None:
+            return augmenter.weak(images[idx], g), None
+        fviews, logits = fixed
+        v = torch.randint(0, fviews.count, (len(idx),), generator=g, device=device)
+        return augmenter.view(images[idx], fviews.boxes[v, idx], fviews.flips[v, idx]), logits[v, idx]
 
     audit = _PseudoLabelAudit(tgt_labels_audit)
     ctx = StepContext(step=0, total_steps=total_steps, model=model, device=device,
@@ -294,13 +323,21 @@ def train_cell(task: CellTask, registry=None) -> CellRecord:
         for pg in optimizer.param_groups:
             pg["lr"] = pg["base_lr"] * factor
 
+        if step == feature_steps and feat_src is not None:
+            feat_src = feat_tgt = None  # the backbone trains from here on: free the features
         si = src_sampler.next()
-        batch = Batch(source=view_of(feat_src, si) if use_features else augmenter.weak(src_images[si], g),
-                      source_labels=src_labels[si])
+        if feat_src is not None:
+            batch = Batch(source=view_of(feat_src, si), source_labels=src_labels[si])
+        else:
+            x, t = train_view(src_images, si, src_fixed)
+            batch = Batch(source=x, source_labels=src_labels[si], source_teacher=t)
         if views:
             ti = tgt_sampler.next()
             batch.target_index = ti
-            batch.target = view_of(feat_tgt, ti) if use_features else augmenter.weak(tgt_images[ti], g)
+            if feat_tgt is not None:
+                batch.target = view_of(feat_tgt, ti)
+            else:
+                batch.target, batch.target_teacher = train_view(tgt_images, ti, tgt_fixed)
             if "strong" in views:
                 batch.target_strong = augmenter.strong(tgt_images[ti], g)
         with autocast():
@@ -347,7 +384,8 @@ def train_cell(task: CellTask, registry=None) -> CellRecord:
     import timm
 
     extra.update({"timm_version": timm.__version__, "weights": weights_used, "deterministic": deterministic, "precision": "bf16" if use_bf16 else "fp32",
-                  "channels_last": channels_last, "compiled": bool(recipe["compile"]), "feature_cache": use_features, "label": cell.label,
+                  "channels_last": channels_last, "compiled": bool(recipe["compile"]), "feature_cache": feature_steps > 0,
+                  "feature_cache_steps": feature_steps, "teacher_views": frozen.teacher_views, "label": cell.label,
                   "train_images": len(data.source_train), "target_images": len(data.target),
                   "train_seconds": train_seconds})
     return CellRecord(
@@ -358,6 +396,60 @@ def train_cell(task: CellTask, registry=None) -> CellRecord:
         total_params=count_parameters(model) + count_parameters(strategy), steps=total_steps,
         wall_s=time.perf_counter() - t_start, device=device_name(device), torch_version=torch.__version__,
         tlbench_version=tlbench.__version__, cell_id=cell.id, started_at=started, extra=extra)
+
+
+@dataclass
+class _FrozenOutputs:
+    """What the engine serves instead of recomputing a frozen network every step."""
+
+    feature_steps: int = 0                  # steps served backbone features (0: images throughout)
+    source_features: Tensor | None = None   # views × N × D
+    target_features: Tensor | None = None
+    teacher_views: int = 0                  # K fixed views with the teacher's logits (0: teacher runs online)
+    source_teacher: tuple[FixedViews, Tensor] | None = None  # the views and K × N × C logits
+    target_teacher: tuple[FixedViews, Tensor] | None = None
+
+
+def _frozen_outputs(task: CellTask, data: CellData, model: TransferModel, strategy: Strategy,
+                    groups: list[ParamGroup], start_step: dict[int, int], teacher: nn.Module | None,
+                    augmenter: Augmenter, weights_used: str, src_images: Tensor, tgt_images: Tensor,
+                    autocast) -> _FrozenOutputs:
+    """Backbone features for the steps where the backbone is frozen, and a kd teacher's logits on
+    fixed views, each computed once per (network, domain, views) and kept in the disk cache.
+
+    Whether each is used follows from the configuration alone (never from the cache's state),
+    so a cell's numbers do not depend on what happened to be cached.
+    """
+    cell, recipe = task.cell, task.cell.recipe
+    cache_dir = Path(task.cache_dir) if task.cache_dir else None
+    views = type(strategy).target_views
+    out = _FrozenOutputs()
+    steps = _frozen_backbone_steps(model, groups, start_step, int(recipe["steps"]))
+    if (type(strategy).accepts_features and bool(recipe["feature_cache"]) and steps > 0
+            and "strong" not in views and teacher is None):
+        bank = FeatureBank(model, augmenter, ["center", "flip"] if recipe["hflip"] else ["center"],
+                           recipe["eval_batch_size"], cache_dir,
+                           key=f"{cell.backbone}|{weights_used}|{cell.weights}|{recipe['image_size']}")
+        out.feature_steps = steps
+        out.source_features = bank.features(src_images, domain_key(data.source_train), autocast)
+        if views:
+            out.target_features = bank.features(tgt_images, domain_key(data.target), autocast)
+    if teacher is not None and strategy.teacher_views:
+        out.teacher_views = strategy.teacher_views
+        tbank = TeacherViewBank(teacher, augmenter, out.teacher_views, recipe["eval_batch_size"], cache_dir,
+                                key=f"teacher={checked_digest(Path(task.teacher_model))}")
+        out.source_teacher = tbank.build(src_images, domain_key(data.source_train), autocast)
+        if views:
+            out.target_teacher = tbank.build(tgt_images, domain_key(data.target), autocast)
+    return out
+
+
+def _frozen_backbone_steps(model: TransferModel, groups: list[ParamGroup], start_step: dict[int, int],
+                           total_steps: int) -> int:
+    """How many steps pass, from the first, before any backbone parameter trains."""
+    backbone = {id(p) for p in model.backbone.parameters()}
+    starts = [start_step[id(g)] for g in groups if any(id(p) in backbone for p in g.params)]
+    return min(starts, default=total_steps)
 
 
 def _check_groups(groups: list[ParamGroup], name: str) -> None:

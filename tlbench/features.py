@@ -1,8 +1,13 @@
-"""Features of a frozen backbone, computed once and reused across strategies, seeds and runs.
+"""Outputs of frozen networks, computed once and reused across strategies, seeds and runs.
 
-When nothing in the backbone trains (``freeze``), every step would recompute the same features:
-the engine computes them once per (backbone, weights, domain content, image size, view), keeps
-them on the device, and stores them in the cache so later cells and runs only train the head.
+- :class:`FeatureBank`: while nothing in the backbone trains (all of ``freeze``, the head-only
+  phase of ``unfreeze``), every step would recompute the same features. The engine computes them
+  once per (backbone, weights, domain content, image size, view), keeps them on the device, and
+  stores them in the cache so later cells and runs only train the head.
+- :class:`TeacherViewBank`: a ``kd`` teacher is frozen too. With ``teacher_views: K`` its logits on
+  K fixed augmented views of every image are computed once (FKD: Shen & Xing, ECCV 2022, "A Fast
+  Knowledge Distillation Framework for Visual Recognition") and shared by every student, seed and
+  run that distils from the same trained teacher.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from tlbench.augment import Augmenter
+from tlbench.augment import Augmenter, FixedViews
 from tlbench.checked import load_checked, save_checked
 from tlbench.data import Domain
 from tlbench.model import TransferModel
@@ -59,6 +64,51 @@ class FeatureBank:
         if path is not None:
             save_checked(path, feats.cpu())
         return feats
+
+
+class TeacherViewBank:
+    """A frozen teacher's logits on ``k`` fixed augmented views of every image of a domain.
+
+    The views (random resized crops and flips, as in training) are drawn from a seed derived from
+    the domain's content, not from the cell's seed, so students of every seed share them; the
+    cache key holds the teacher's weights digest, the domain, the crop recipe and ``k``.
+    """
+
+    def __init__(self, teacher: torch.nn.Module, augmenter: Augmenter, k: int, batch_size: int,
+                 cache_dir: Path | None, key: str):
+        self.teacher, self.aug, self.k, self.bs = teacher, augmenter, k, batch_size
+        self.cache_dir, self.key = cache_dir, key
+
+    @torch.no_grad()
+    def build(self, domain_images: Tensor, domain_key: str, autocast) -> tuple[FixedViews, Tensor]:
+        """The views of uint8 images and the teacher's float32 logits on them (k × N × C)."""
+        device = domain_images.device
+        views_key = f"{domain_key}|size={self.aug.size}|scale={self.aug.scale}|hflip={self.aug.hflip}|k={self.k}"
+        digest = hashlib.sha256(f"{self.key}|{views_key}".encode()).hexdigest()
+        path = self.cache_dir / "teacher_views" / f"{digest[:24]}.pt" if self.cache_dir is not None else None
+        cached = load_checked(path) if path is not None else None
+        if isinstance(cached, dict) and cached.get("logits") is not None and \
+                tuple(cached["logits"].shape[:2]) == (self.k, len(domain_images)):
+            return FixedViews(cached["boxes"].to(device), cached["flips"].to(device)), cached["logits"].to(device)
+        n, _, h, w = domain_images.shape
+        seed = int(hashlib.sha256(views_key.encode()).hexdigest()[:15], 16)  # the same views for every teacher
+        views = self.aug.fixed_views(n, h, w, self.k, seed=seed, device=device)
+        was_training = self.teacher.training
+        self.teacher.eval()
+        logits = []
+        for v in range(self.k):
+            chunks = []
+            for i in range(0, n, self.bs):
+                x = self.aug.view(domain_images[i:i + self.bs], views.boxes[v, i:i + self.bs],
+                                  views.flips[v, i:i + self.bs])
+                with autocast():
+                    chunks.append(self.teacher(x).float())
+            logits.append(torch.cat(chunks))
+        self.teacher.train(was_training)
+        out = torch.stack(logits)
+        if path is not None:
+            save_checked(path, {"boxes": views.boxes.cpu(), "flips": views.flips.cpu(), "logits": out.cpu()})
+        return views, out
 
 
 def domain_key(domain: Domain) -> str:

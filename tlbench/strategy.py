@@ -42,7 +42,9 @@ class Batch:
 
     ``source``/``target`` are image batches (N×3×H×W) or, when the engine serves cached
     features of a frozen backbone, feature batches (N×D); :class:`tlbench.TransferModel`
-    accepts either. Target labels are never part of a batch.
+    accepts either. ``source_teacher``/``target_teacher`` are the teacher's logits on exactly
+    these images when the engine serves them from its cache (``Strategy.teacher_views``), else
+    None. Target labels are never part of a batch.
     """
 
     source: Tensor
@@ -50,6 +52,8 @@ class Batch:
     target: Tensor | None = None
     target_strong: Tensor | None = None
     target_index: Tensor | None = None
+    source_teacher: Tensor | None = None
+    target_teacher: Tensor | None = None
 
 
 @dataclass
@@ -104,8 +108,11 @@ class Strategy(nn.Module):
     - ``Params``: a dataclass of the strategy's parameters with their published defaults.
     - ``target_views``: which unlabelled target views each batch carries: ``()`` none,
       ``("weak",)`` one augmented view, ``("weak", "strong")`` two (FixMatch-style).
-    - ``trains_backbone``: False when the backbone never trains; the engine may then serve
-      cached backbone features instead of images.
+    - ``trains_backbone``: False when the backbone never trains (checked against the groups).
+    - ``accepts_features``: True when ``training_step`` reaches the backbone only through
+      ``ctx.model``, so pooled features (N×D) work in place of images: for every step at which no
+      backbone parameter trains (all of ``freeze``, the head-only phase of ``unfreeze``) the engine
+      then serves features of the frozen backbone, computed once and cached, instead of images.
     - ``needs_teacher``: True when ``ctx.teacher`` must be a trained model (``kd``).
     """
 
@@ -113,6 +120,7 @@ class Strategy(nn.Module):
     Params: ClassVar[type] = NoParams
     target_views: ClassVar[tuple[str, ...]] = ()
     trains_backbone: ClassVar[bool] = True
+    accepts_features: ClassVar[bool] = False
     needs_teacher: ClassVar[bool] = False
 
     def __init__(self, params: Any = None, **overrides: Any):
@@ -168,6 +176,13 @@ class Strategy(nn.Module):
         loss = nn.functional.cross_entropy(logits, batch.source_labels, label_smoothing=label_smoothing)
         acc = (logits.detach().argmax(1) == batch.source_labels).float().mean()
         return StepOutput(loss, {"source_ce": loss.detach(), "source_acc": acc})
+
+    @property
+    def teacher_views(self) -> int:
+        """For a strategy that ``needs_teacher``: how many fixed augmented views of each image the
+        engine computes the teacher's logits on, once and cached, serving the student those views
+        with the logits in the batch; 0 (the default) runs the teacher on every batch instead."""
+        return 0
 
     def extra_metrics(self) -> dict[str, float]:
         """Metrics this strategy adds to the cell's record at the end (optional)."""

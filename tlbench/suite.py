@@ -40,6 +40,9 @@ class Recipe(_Strict):
     resize_size: int | None = Field(None, ge=8, le=2048, description="stored image size; default image_size*256/224")
     crop_scale: tuple[float, float] = (0.08, 1.0)
     hflip: bool = True
+    source_sampling: Literal["shuffle", "class_balanced"] = Field(
+        "shuffle", description="shuffle: epochs over the labelled source; class_balanced: each draw picks every "
+        "class with equal chance (inverse-frequency weights), for a class-imbalanced source")
     source_holdout: float = Field(0.1, ge=0, lt=1, description="fraction of the source held out for source accuracy")
     eval_batch_size: int = Field(256, ge=1)
     timing_warmup_steps: int = Field(5, ge=0, description="steps excluded from the throughput measurement")

@@ -105,13 +105,13 @@ def check_strategy(cls: type, params: Any = None, *, seed: int = 0, total_steps:
     """Check that strategy class ``cls`` honours the engine's contract; ``AssertionError`` if not.
 
     Checks: metadata (``name``, a docstring, ``Params`` a dataclass whose fields all have defaults,
-    valid ``target_views``, boolean ``trains_backbone``/``needs_teacher``); ``setup`` and
+    valid ``target_views``, boolean ``trains_backbone``/``accepts_features``/``needs_teacher``); ``setup`` and
     ``param_groups`` work and the groups are well formed (each parameter once, only the model's
     or the strategy's own, no backbone parameter when ``trains_backbone`` is False); at the first
     and the last step, with ``requires_grad`` set as the engine would, ``training_step`` returns a
     :class:`StepOutput` with a finite scalar loss without calling ``backward()`` itself, and one
     backward reaches every parameter of every group that has joined and no other parameter (nor the
-    teacher's); a frozen-backbone strategy also accepts cached features (N×D) instead of images;
+    teacher's); a strategy that ``accepts_features`` also works on cached features (N×D);
     the strategy's ``state_dict`` loads into a fresh instance; two runs with one seed agree exactly.
     ``params`` is a mapping of overrides, a ``Params`` instance, or None for the defaults.
     It runs single-threaded (restoring the thread count after): on so tiny a model one thread is
@@ -164,7 +164,7 @@ def _check_metadata(cls: type) -> None:
     _require(tuple(cls.target_views) in VALID_TARGET_VIEWS,
              f"{who}.target_views must be one of {VALID_TARGET_VIEWS}, got {cls.target_views!r}")
     _require(isinstance(cls.target_views, tuple), f"{who}.target_views must be a tuple, got {cls.target_views!r}")
-    for flag in ("trains_backbone", "needs_teacher"):
+    for flag in ("trains_backbone", "accepts_features", "needs_teacher"):
         _require(isinstance(getattr(cls, flag), bool), f"{who}.{flag} must be True or False, got {getattr(cls, flag)!r}")
 
 
@@ -260,7 +260,7 @@ def _run(cls: type, params: Any, seed: int, total_steps: int) -> dict[str, Any]:
         named.update({id(p): f"strategy.{n}" for n, p in strategy.named_parameters()})
         by_id = {id(p): p for p in list(model.parameters()) + list(strategy.parameters())}
         reached: dict[int, bool] = {}  # param id -> got a gradient at a step where it trained
-        inputs = ("images",) if cls.trains_backbone else ("images", "features")
+        inputs = ("images", "features") if cls.accepts_features else ("images",)
         for step in (0, total_steps - 1):
             enabled = apply_engine_trainability((model, strategy), groups, step, total_steps)
             model.train()

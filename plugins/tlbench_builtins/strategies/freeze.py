@@ -13,8 +13,9 @@ class Freeze(Strategy):
 
     Only the head (bottleneck + classifier) trains, with cross-entropy on labelled source images.
     The backbone gets no gradient and, because its parameters are in no group, the engine keeps its
-    BatchNorm statistics fixed. ``trains_backbone = False`` lets the engine serve cached pooled
-    features (N×D) instead of images; the step goes through ``ctx.model`` so it accepts either.
+    BatchNorm statistics fixed. The step goes through ``ctx.model``, so it accepts pooled features
+    (N×D) as well as images (``accepts_features``): the engine serves the frozen backbone's
+    features, computed once and cached, instead of images (``recipe.feature_cache``).
 
     Parameters:
         label_smoothing (0.0): label smoothing of the source cross-entropy.
@@ -27,6 +28,7 @@ class Freeze(Strategy):
     name = "freeze"
     target_views = ()
     trains_backbone = False
+    accepts_features = True
 
     def param_groups(self, model: TransferModel) -> list[ParamGroup]:
         return [ParamGroup("head", list(model.head_parameters()))]

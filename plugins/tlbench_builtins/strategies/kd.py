@@ -34,12 +34,22 @@ class KnowledgeDistillation(Strategy):
     the weakly augmented target images; loss = ``alpha`` * T² * KL(teacher ‖ student at
     temperature T) over source and target images + (1 - ``alpha``) * CE(source labels).
 
+    The teacher never trains, so its work can be done once: with ``teacher_views`` K > 0 the engine
+    draws K fixed augmented views (random resized crop and flip) of every image, computes the
+    teacher's logits on them once, caches them, and each step serves the student one of those
+    views with the teacher's logits (FKD: Shen & Xing, ECCV 2022). Every student, seed and run
+    distilling from the same trained teacher reuses them. The student then sees K views of an
+    image instead of a fresh crop each time: less augmentation on long schedules (Beyer et al.,
+    CVPR 2022, find consistent online teaching best), hence off by default.
+
     Parameters:
         teacher_backbone (""): timm name of the teacher's backbone; empty means the student's own.
         teacher_strategy ("dann"): the registered strategy that trains the teacher.
         teacher_params ({}): parameters of the teacher's strategy (its defaults when empty).
         alpha (0.5): weight of the distillation term; 1 - alpha weighs the source cross-entropy.
         temperature (4.0): softmax temperature T of both teacher and student in the KL term.
+        teacher_views (0): 0 runs the teacher on every batch (Hinton et al.); K > 0 precomputes
+            and caches its logits on K fixed augmented views per image (FKD), as described above.
     """
 
     @dataclass
@@ -49,8 +59,12 @@ class KnowledgeDistillation(Strategy):
         teacher_params: dict[str, Any] = field(default_factory=dict)
         alpha: float = 0.5
         temperature: float = 4.0
+        teacher_views: int = 0
 
         def __post_init__(self) -> None:
+            if self.teacher_views < 0:
+                raise UserError(f"kd: params.teacher_views must be 0 (teacher runs every step) or a "
+                                f"positive number of cached views per image, got {self.teacher_views}")
             if not 0.0 <= self.alpha <= 1.0:
                 raise UserError(f"kd: params.alpha must lie in [0, 1], got {self.alpha}")
             if self.temperature <= 0:
@@ -63,6 +77,10 @@ class KnowledgeDistillation(Strategy):
     trains_backbone = True
     needs_teacher = True
 
+    @property
+    def teacher_views(self) -> int:
+        return self.params.teacher_views
+
     def training_step(self, batch: Batch, ctx: StepContext) -> StepOutput:
         if ctx.teacher is None:
             raise ValueError("kd needs a trained teacher: ctx.teacher is None (the runner trains the "
@@ -71,8 +89,11 @@ class KnowledgeDistillation(Strategy):
             raise ValueError("kd needs target images: the batch has no 'weak' target view")
         n_source = len(batch.source)
         x = torch.cat([batch.source, batch.target])
-        with torch.no_grad():
-            teacher_logits = ctx.teacher(x)
+        if batch.source_teacher is not None and batch.target_teacher is not None:
+            teacher_logits = torch.cat([batch.source_teacher, batch.target_teacher])  # served from the cache
+        else:
+            with torch.no_grad():
+                teacher_logits = ctx.teacher(x)
         student_logits = ctx.model(x)
         distill = distillation_loss(student_logits, teacher_logits, self.params.temperature)
         logits_s = student_logits[:n_source]

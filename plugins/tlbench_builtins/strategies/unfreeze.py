@@ -18,7 +18,10 @@ class Unfreeze(Strategy):
     last ``stages`` backbone stages (counted from the output side, as ``model.backbone_stages()``
     groups them from timm's ``group_matcher``) stay frozen until a fraction of training has passed,
     then join the optimizer at ``model.backbone_lr_scale`` times the learning rate. Earlier stages
-    never train. Loss: cross-entropy on labelled source images.
+    never train. Loss: cross-entropy on labelled source images. Until the first stage joins the
+    backbone is frozen, so the engine serves its cached features (the test crop and its mirror,
+    as for ``freeze``) instead of recomputing them every step (``recipe.feature_cache``; the
+    record's ``feature_cache_steps`` says for how many steps).
 
     Parameters:
         stages (2): how many backbone stages, counted from the output side, are unfrozen; ``-1``
@@ -52,6 +55,7 @@ class Unfreeze(Strategy):
     name = "unfreeze"
     target_views = ()
     trains_backbone = True
+    accepts_features = True
 
     def join_fractions(self, k: int) -> list[float]:
         """When each of the ``k`` unfrozen stages joins, output-most stage first."""
