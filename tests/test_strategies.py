@@ -391,7 +391,7 @@ def test_kd_uses_served_teacher_logits_exactly_like_the_online_teacher():
     online = kd.training_step(batch, ctx)
     with torch.no_grad():
         batch.source_teacher, batch.target_teacher = teacher(batch.source), teacher(batch.target)
-    ctx.teacher = None  # served logits: the teacher itself is not needed... but kd still insists on one
+    ctx.teacher = None  # kd needs its teacher in the context even when the engine serves the logits
     with pytest.raises(ValueError, match="trained teacher"):
         kd.training_step(batch, ctx)
     ctx.teacher = teacher

@@ -60,9 +60,13 @@ def random_resized_crop(images: Tensor, size: int, g: torch.Generator, *,
     return crop_boxes(images, random_crop_boxes(n, h, w, g, scale=scale, ratio=ratio), size)
 
 
-def random_hflip(x: Tensor, g: torch.Generator, p: float = 0.5) -> Tensor:
-    flip = torch.rand(x.shape[0], generator=g, device=x.device) < p
+def hflip_where(x: Tensor, flip: Tensor) -> Tensor:
+    """Mirror the images of ``x`` (N×C×H×W) whose entry in the boolean ``flip`` (N) is set."""
     return torch.where(flip[:, None, None, None], x.flip(-1), x)
+
+
+def random_hflip(x: Tensor, g: torch.Generator, p: float = 0.5) -> Tensor:
+    return hflip_where(x, torch.rand(x.shape[0], generator=g, device=x.device) < p)
 
 
 def center_crop(images: Tensor, size: int) -> Tensor:
@@ -155,8 +159,7 @@ class Augmenter:
 
     def view(self, images: Tensor, boxes: Tensor, flips: Tensor) -> Tensor:
         """The training view of each image given by its crop box and flip (from :meth:`fixed_views`)."""
-        x = crop_boxes(images, boxes, self.size)
-        x = torch.where(flips[:, None, None, None], x.flip(-1), x)
+        x = hflip_where(crop_boxes(images, boxes, self.size), flips)
         return self.normalize(x).contiguous(memory_format=self.memory_format)
 
     def test(self, images: Tensor) -> Tensor:

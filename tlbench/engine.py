@@ -132,7 +132,7 @@ class ClassBalancedSampler:
 
 def source_sampler(labels: Tensor, recipe: dict, g: torch.Generator, device: torch.device) -> Sampler | ClassBalancedSampler:
     """The labelled source's sampler the recipe asks for."""
-    if recipe.get("source_sampling", "shuffle") == "class_balanced":
+    if recipe["source_sampling"] == "class_balanced":
         return ClassBalancedSampler(labels, int(recipe["batch_size"]), g)
     return Sampler(len(labels), int(recipe["batch_size"]), g, device)
 

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -37,30 +38,19 @@ class FeatureBank:
         self.model, self.aug, self.views, self.bs = model, augmenter, views, batch_size
         self.cache_dir, self.key = cache_dir, key
 
-    @torch.no_grad()
     def features(self, domain_images: Tensor, domain_key: str, autocast) -> Tensor:
         """views × N × D features of uint8 images."""
-        path = None
-        if self.cache_dir is not None:
-            name = hashlib.sha256(f"{self.key}|{domain_key}|{'+'.join(self.views)}".encode()).hexdigest()[:24]
-            path = self.cache_dir / "features" / f"{name}.pt"
-            cached = load_checked(path)
-            if cached is not None and cached.shape[1] == len(domain_images):
-                return cached.to(domain_images.device)
-        was_training = self.model.training
-        self.model.eval()
-        out = []
-        for view in self.views:
-            chunks = []
-            for i in range(0, len(domain_images), self.bs):
-                x = self.aug.test(domain_images[i:i + self.bs])
-                if view == "flip":
-                    x = x.flip(-1)
-                with autocast():
-                    chunks.append(self.model.backbone(x).float())
-            out.append(torch.cat(chunks))
-        self.model.train(was_training)
-        feats = torch.stack(out)
+        path = _cache_file(self.cache_dir, "features", f"{self.key}|{domain_key}|{'+'.join(self.views)}")
+        cached = load_checked(path) if path is not None else None
+        if cached is not None and cached.shape[1] == len(domain_images):
+            return cached.to(domain_images.device)
+
+        def batch(view: int, rows: slice) -> Tensor:
+            x = self.aug.test(domain_images[rows])
+            return x.flip(-1) if self.views[view] == "flip" else x
+
+        feats = _outputs_per_view(self.model.backbone, batch, len(self.views), len(domain_images), self.bs,
+                                  autocast)
         if path is not None:
             save_checked(path, feats.cpu())
         return feats
@@ -79,13 +69,11 @@ class TeacherViewBank:
         self.teacher, self.aug, self.k, self.bs = teacher, augmenter, k, batch_size
         self.cache_dir, self.key = cache_dir, key
 
-    @torch.no_grad()
     def build(self, domain_images: Tensor, domain_key: str, autocast) -> tuple[FixedViews, Tensor]:
         """The views of uint8 images and the teacher's float32 logits on them (k × N × C)."""
         device = domain_images.device
         views_key = f"{domain_key}|size={self.aug.size}|scale={self.aug.scale}|hflip={self.aug.hflip}|k={self.k}"
-        digest = hashlib.sha256(f"{self.key}|{views_key}".encode()).hexdigest()
-        path = self.cache_dir / "teacher_views" / f"{digest[:24]}.pt" if self.cache_dir is not None else None
+        path = _cache_file(self.cache_dir, "teacher_views", f"{self.key}|{views_key}")
         cached = load_checked(path) if path is not None else None
         if isinstance(cached, dict) and cached.get("logits") is not None and \
                 tuple(cached["logits"].shape[:2]) == (self.k, len(domain_images)):
@@ -93,22 +81,40 @@ class TeacherViewBank:
         n, _, h, w = domain_images.shape
         seed = int(hashlib.sha256(views_key.encode()).hexdigest()[:15], 16)  # the same views for every teacher
         views = self.aug.fixed_views(n, h, w, self.k, seed=seed, device=device)
-        was_training = self.teacher.training
-        self.teacher.eval()
-        logits = []
-        for v in range(self.k):
-            chunks = []
-            for i in range(0, n, self.bs):
-                x = self.aug.view(domain_images[i:i + self.bs], views.boxes[v, i:i + self.bs],
-                                  views.flips[v, i:i + self.bs])
-                with autocast():
-                    chunks.append(self.teacher(x).float())
-            logits.append(torch.cat(chunks))
-        self.teacher.train(was_training)
-        out = torch.stack(logits)
+
+        def batch(view: int, rows: slice) -> Tensor:
+            return self.aug.view(domain_images[rows], views.boxes[view, rows], views.flips[view, rows])
+
+        logits = _outputs_per_view(self.teacher, batch, self.k, n, self.bs, autocast)
         if path is not None:
-            save_checked(path, {"boxes": views.boxes.cpu(), "flips": views.flips.cpu(), "logits": out.cpu()})
-        return views, out
+            save_checked(path, {"boxes": views.boxes.cpu(), "flips": views.flips.cpu(), "logits": logits.cpu()})
+        return views, logits
+
+
+def _cache_file(cache_dir: Path | None, folder: str, key: str) -> Path | None:
+    """``<cache_dir>/<folder>/<hash of key>.pt``, or None without a disk cache."""
+    if cache_dir is None:
+        return None
+    return cache_dir / folder / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.pt"
+
+
+@torch.no_grad()
+def _outputs_per_view(net: torch.nn.Module, batch: Callable[[int, slice], Tensor], views: int, n: int,
+                      batch_size: int, autocast) -> Tensor:
+    """views × N × … float32 outputs of ``net`` in eval mode; ``batch(view, rows)`` gives its input."""
+    was_training = net.training
+    net.eval()
+    try:
+        out = []
+        for v in range(views):
+            chunks = []
+            for i in range(0, n, batch_size):
+                with autocast():
+                    chunks.append(net(batch(v, slice(i, i + batch_size))).float())
+            out.append(torch.cat(chunks))
+    finally:
+        net.train(was_training)
+    return torch.stack(out)
 
 
 def domain_key(domain: Domain) -> str:
