@@ -35,8 +35,8 @@ def add_run_options(p) -> None:
 
 
 def make_recipe(**overrides: Any) -> dict[str, Any]:
-    """The engine's recipe dict: the suite defaults (``tlbench.suite.Recipe``) with ``overrides``."""
-    from tlbench.suite import Recipe
+    """The engine's recipe dict: the suite defaults (``tlbench.matrix.suite.Recipe``) with ``overrides``."""
+    from tlbench.matrix.suite import Recipe
 
     model = Recipe(**overrides)
     recipe = model.model_dump(mode="json")
@@ -46,8 +46,8 @@ def make_recipe(**overrides: Any) -> dict[str, Any]:
 
 def make_cell(*, dataset: str, dataset_options: dict[str, Any], source: str, target: str, backbone: str,
               weights: str, strategy: str, recipe: dict[str, Any], registry, seed: int = 0):
-    """A :class:`tlbench.cells.Cell` built the way ``expand_cells`` builds one (strategy defaults resolved)."""
-    from tlbench.cells import Cell
+    """A :class:`tlbench.matrix.cells.Cell` built the way ``expand_cells`` builds one (strategy defaults resolved)."""
+    from tlbench.matrix.cells import Cell
 
     cls = registry.get("strategy", strategy)
     if getattr(cls, "needs_teacher", False):
@@ -60,9 +60,9 @@ def make_cell(*, dataset: str, dataset_options: dict[str, Any], source: str, tar
 
 
 def run_engine_cell(cell, *, device: str, cache_dir: Path | None, data_root: Path | None, registry):
-    """Train one cell with ``tlbench.engine.train_cell`` (no progress bar); returns its CellRecord."""
-    from tlbench.cells import CellTask
-    from tlbench.engine import train_cell
+    """Train one cell with ``tlbench.training.engine.train_cell`` (no progress bar); returns its CellRecord."""
+    from tlbench.matrix.cells import CellTask
+    from tlbench.training.engine import train_cell
 
     task = CellTask(cell=cell, out_dir=str(cache_dir or "."), data_root=str(data_root) if data_root else None,
                     cache_dir=str(cache_dir) if cache_dir else None, device=device, show_progress=False)
@@ -112,7 +112,7 @@ def linked_train_eval_folders(class_folder: Path, work_dir: Path, eval_per_class
     root = work_dir / f"linked-{class_folder.name}-{digest}"
     if (root / ".complete").exists():
         return root
-    from tlbench.data import class_folder_files
+    from tlbench.data.domains import class_folder_files
 
     for cls, files in class_folder_files(class_folder).items():
         for split, chosen in (("train", files), ("eval", files[:eval_per_class])):
@@ -128,7 +128,7 @@ def linked_train_eval_folders(class_folder: Path, work_dir: Path, eval_per_class
 
 def environment(device: torch.device) -> dict[str, Any]:
     """What the figures depend on: device, threads, versions, load."""
-    from tlbench.measure import device_name
+    from tlbench.training.measure import device_name
 
     env: dict[str, Any] = {"device": device_name(device), "torch_threads": torch.get_num_threads(),
                            "cpu_count": os.cpu_count(), "python": platform.python_version(),

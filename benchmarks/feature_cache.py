@@ -3,7 +3,7 @@
 For ``unfreeze`` the cache serves only the head-only phase (the first ``at`` = 30% of steps by
 default); the rest trains on images either way, so the whole-cell ratio is what it gains.
 Two cells that differ only in the recipe's ``feature_cache`` (true / false), trained one after the
-other in this process by ``tlbench.engine.train_cell`` on the same data. A short warm-up cell
+other in this process by ``tlbench.training.engine.train_cell`` on the same data. A short warm-up cell
 first loads the domains into the in-process cache, so neither measured cell pays for decoding.
 The cached cell starts with an empty disk cache, so it computes its features (every view of every
 image) inside its own wall time ("cached"); a third cell, another seed, then reads them from the
@@ -51,9 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    from tlbench.data import parse_pair
-    from tlbench.measure import select_device
-    from tlbench.registry import get_registry
+    from tlbench.data.domains import parse_pair
+    from tlbench.training.measure import select_device
+    from tlbench.plugins.registry import get_registry
 
     device = select_device(args.device)
     registry = get_registry()

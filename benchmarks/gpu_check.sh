@@ -75,7 +75,7 @@ if missing:
           "  pip download --only-binary :all: --no-deps -d .whl " + " ".join(m.split()[0] for m in missing)
           + "\nand carry .whl (run(..., carry=['.whl'])); gpu_check.sh installs it with pip --no-index")
     sys.exit(2)
-from tlbench.registry import get_registry
+from tlbench.plugins.registry import get_registry
 names = set(get_registry().names("strategy"))
 if not {"source_only", "dann", "freeze"} <= names:
     print(f"tlbench's built-in strategies did not load (found {sorted(names)}): is tlbench installed (pip -e .)?")

@@ -1,6 +1,6 @@
 """Training-step throughput: tlbench's engine against a plain PyTorch loop, same data, same process.
 
-(a) engine: ``tlbench.engine.train_cell`` on a cell built from the arguments (image_folder
+(a) engine: ``tlbench.training.engine.train_cell`` on a cell built from the arguments (image_folder
     dataset, the strategy from the registry, the engine's own optimizer, precision, memory
     format, augmentation and timing); the figure is the record's ``train_img_per_s`` (warm-up
     steps excluded, device synchronised).
@@ -141,7 +141,7 @@ def _count_syncs():
 # -- the baseline --------------------------------------------------------------------------------
 def baseline_model(args, num_classes: int, device: torch.device, memory_format, registry):
     """The engine's architecture (timm backbone + bottleneck + classifier), random weights."""
-    from tlbench.engine import build_model
+    from tlbench.training.setup import build_model
 
     recipe = make_recipe(image_size=args.image_size)
     model, _ = build_model(args.backbone, "random", num_classes, recipe, registry)
@@ -150,7 +150,7 @@ def baseline_model(args, num_classes: int, device: torch.device, memory_format, 
 
 def timed_loop(steps: int, warmup: int, device: torch.device, step_fn) -> float:
     """Seconds of the steps after ``warmup``, the device synchronised at both ends."""
-    from tlbench.measure import synchronize
+    from tlbench.training.measure import synchronize
 
     t0 = 0.0
     for i in range(warmup + steps):
@@ -166,7 +166,7 @@ def measure_jpeg_baseline(args, linked: Path, device: torch.device, images_per_s
     from torch.utils.data import DataLoader
     from torchvision import datasets, transforms
 
-    from tlbench.weights import model_data_config
+    from tlbench.models.weights import model_data_config
 
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # what a careful peer sets too
@@ -199,10 +199,10 @@ def measure_jpeg_baseline(args, linked: Path, device: torch.device, images_per_s
 
 def measure_memory_baseline(args, linked: Path, device: torch.device, images_per_step: int, engine: dict,
                             registry) -> dict:
-    from tlbench.augment import Normalizer, center_crop
-    from tlbench.data import class_folder_files, decode_image_files
-    from tlbench.engine import _make_optimizer
-    from tlbench.weights import model_data_config
+    from tlbench.training.augment import Normalizer, center_crop
+    from tlbench.data.domains import class_folder_files, decode_image_files
+    from tlbench.training.schedule import make_optimizer as _make_optimizer
+    from tlbench.models.weights import model_data_config
 
     files = class_folder_files(linked / "train")
     classes = sorted(files)
@@ -249,9 +249,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    from tlbench.cache import default_cache_dir
-    from tlbench.measure import select_device
-    from tlbench.registry import get_registry
+    from tlbench.data.cache import default_cache_dir
+    from tlbench.training.measure import select_device
+    from tlbench.plugins.registry import get_registry
 
     device = select_device(args.device)
     cache_dir = args.cache_dir or default_cache_dir()

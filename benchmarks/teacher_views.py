@@ -1,7 +1,7 @@
 """``kd``: the teacher run on every batch against its logits cached on fixed views (``teacher_views``).
 
 A teacher cell is trained first (short; its accuracy is not the point), then the same student cell
-three times in this process by ``tlbench.engine.train_cell``: ``teacher_views: 0`` (the teacher's
+three times in this process by ``tlbench.training.engine.train_cell``: ``teacher_views: 0`` (the teacher's
 forward in every step), ``teacher_views: K`` with an empty disk cache (the cell computes the
 teacher's logits on K views of every source and target image inside its own wall time), and
 ``teacher_views: K`` again with another seed (what every later student, seed or run of that
@@ -51,13 +51,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    from tlbench.cells import CellTask
-    from tlbench.engine import train_cell
-    from tlbench.measure import select_device
-    from tlbench.registry import get_registry
-    from tlbench.results import ResultsDir
-    from tlbench.runner import plan
-    from tlbench.suite import load_suite
+    from tlbench.matrix.cells import CellTask
+    from tlbench.training.engine import train_cell
+    from tlbench.training.measure import select_device
+    from tlbench.plugins.registry import get_registry
+    from tlbench.matrix.results import ResultsDir
+    from tlbench.matrix.runner import plan
+    from tlbench.matrix.suite import load_suite
 
     device = select_device(args.device)
     registry = get_registry()

@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from tlbench import Dataset, Domain
-from tlbench.augment import Augmenter, Normalizer
-from tlbench.cache import clear_memory_cache, load_domain
+from tlbench.training.augment import Augmenter, Normalizer
+from tlbench.data.cache import clear_memory_cache, load_domain
 from tlbench_builtins.strategies.dann import reverse_gradient
 from tlbench_builtins.strategies.mmd import mk_mmd
 

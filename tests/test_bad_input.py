@@ -234,7 +234,7 @@ def test_debug_prints_a_traceback_from_the_real_command(tmp_path):
 
 # -- YAML's own surprises -----------------------------------------------------------------------------
 def test_unquoted_on_off_mean_the_words_not_booleans(tmp_path):
-    from tlbench.suite import load_suite
+    from tlbench.matrix.suite import load_suite
 
     # YAML 1.1 reads `channels_last: off` as false; the valid values are the words auto/on/off
     suite = load_suite(tiny(tmp_path, TINY_SUITE + "  channels_last: off\n"))

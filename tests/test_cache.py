@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from tlbench import DomainSpec, UserError
-from tlbench.cache import cache_key, cache_path, clear_memory_cache, default_cache_dir, load_domain
+from tlbench.data.cache import cache_key, cache_path, clear_memory_cache, default_cache_dir, load_domain
 from tlbench.errors import UnknownNameError
-from tlbench.registry import Registry
+from tlbench.plugins.registry import Registry
 from tlbench_builtins.datasets import npz, sklearn_digits
 from tlbench_builtins.shifts import corruptions
 

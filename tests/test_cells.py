@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from tlbench.cells import expand_cells, resolve_pairs
+from tlbench.matrix.cells import expand_cells, resolve_pairs
 from tlbench.errors import UserError
-from tlbench.registry import get_registry
-from tlbench.runner import waves
-from tlbench.suite import load_suite
+from tlbench.plugins.registry import get_registry
+from tlbench.matrix.runner import waves
+from tlbench.matrix.suite import load_suite
 
 SUITE = """\
 name: m

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from tlbench import Dataset, Domain, Reporter, Shift
-from tlbench.registry import get_registry
+from tlbench.plugins.registry import get_registry
 from tlbench.testing import check_dataset, check_reporter, check_shift
 
 BUILTIN_PACKAGE = "tlbench_builtins."

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from tlbench import UserError
-from tlbench.registry import Registry
+from tlbench.plugins.registry import Registry
 from tlbench_builtins.datasets import image_folder, npz, office, sklearn_digits
 
 

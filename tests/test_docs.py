@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tlbench import hookspecs
-from tlbench.registry import Registry
+from tlbench.plugins import hookspecs
+from tlbench.plugins.registry import Registry
 from tlbench.testing import check_dataset, check_reporter, check_shift, check_strategy
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "plugins.md"

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from tlbench.cli import main
-from tlbench.results import RESULT_COLUMNS
+from tlbench.matrix.results import RESULT_COLUMNS
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 import tlbench
 from tlbench.cli import main
-from tlbench.registry import Registry, set_registry
+from tlbench.plugins.registry import Registry, set_registry
 
 
 

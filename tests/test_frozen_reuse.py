@@ -14,14 +14,14 @@ import torch
 
 import tlbench
 from conftest import TINY_SUITE  # tests/ is on sys.path (pytest rootdir conftest)
-from tlbench.augment import Augmenter, Normalizer
-from tlbench.cells import CellTask
-from tlbench.engine import train_cell
-from tlbench.features import TeacherViewBank
-from tlbench.registry import Registry
-from tlbench.results import ResultsDir
-from tlbench.runner import plan
-from tlbench.suite import load_suite
+from tlbench.training.augment import Augmenter, Normalizer
+from tlbench.matrix.cells import CellTask
+from tlbench.training.engine import train_cell
+from tlbench.training.frozen import TeacherViewBank
+from tlbench.plugins.registry import Registry
+from tlbench.matrix.results import ResultsDir
+from tlbench.matrix.runner import plan
+from tlbench.matrix.suite import load_suite
 from tlbench.testing import make_tiny_model
 from tlbench_builtins.strategies.kd import KnowledgeDistillation
 from tlbench_builtins.strategies.unfreeze import Unfreeze

@@ -19,7 +19,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import tlbench.runner
+import tlbench.matrix.runner
 from tlbench.cli import main
 
 VALID: dict[str, Any] = {
@@ -122,7 +122,7 @@ def no_work(monkeypatch):
     def refuse(out_dir):
         raise StartedWork(str(out_dir))
 
-    monkeypatch.setattr(tlbench.runner, "run_lock", refuse)
+    monkeypatch.setattr(tlbench.matrix.runner, "run_lock", refuse)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,

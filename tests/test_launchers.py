@@ -23,7 +23,7 @@ import pytest
 
 from conftest import TINY_SUITE  # tests/ is on sys.path (pytest rootdir conftest)
 from tlbench.cli import main
-from tlbench.registry import Registry, get_registry
+from tlbench.plugins.registry import Registry, get_registry
 
 TESTS_DIR = Path(__file__).resolve().parent
 # Three cells in two waves: dann (also the kd teacher), then source_only and kd.
@@ -137,10 +137,10 @@ def test_multigpu_without_gpu_needs_workers(tmp_path):
 
 def _one_task(tmp_path: Path):
     """A real task of the suite's first cell, as the runner would hand it to a launcher."""
-    from tlbench.cache import default_cache_dir
-    from tlbench.cells import CellTask
-    from tlbench.runner import plan
-    from tlbench.suite import load_suite
+    from tlbench.data.cache import default_cache_dir
+    from tlbench.matrix.cells import CellTask
+    from tlbench.matrix.runner import plan
+    from tlbench.matrix.suite import load_suite
 
     cells, _ = plan(load_suite(write_suite(tmp_path), strategies=["source_only"]), get_registry())
     return CellTask(cell=cells[0], out_dir=str(tmp_path / "out"), data_root=None,
@@ -152,7 +152,7 @@ def interrupt_on_start(task) -> None:
 
 
 def test_multigpu_ctrl_c_stops_its_workers(worker_env, tmp_path):
-    from tlbench.engine import run_cell
+    from tlbench.training.engine import run_cell
     from tlbench_builtins.launchers.multigpu import MultiGpuLauncher
 
     records = []
@@ -199,7 +199,7 @@ def test_ray_records_a_cell_whose_worker_died_without_retries(local_ray, arm, tm
 
 
 def test_ray_ctrl_c_cancels_its_tasks(local_ray, tmp_path):
-    from tlbench.engine import run_cell
+    from tlbench.training.engine import run_cell
     from tlbench_builtins.launchers.ray import RayLauncher
 
     records = []
@@ -270,7 +270,7 @@ def test_optional_engine_missing_is_a_clear_user_error(monkeypatch, tmp_path, mo
 
 def test_runner_passes_on_start_only_to_launchers_that_take_it():
     from tlbench import Launcher
-    from tlbench.runner import _accepts_on_start
+    from tlbench.matrix.runner import _accepts_on_start
 
     class Old(Launcher):
         name = "old"

@@ -11,9 +11,10 @@ import math
 import pandas as pd
 import pytest
 
-from tlbench.leaderboard import build_leaderboard, report_dirs
+from tlbench.reporting.leaderboard import build_leaderboard
+from tlbench.reporting.write import report_dirs
 from tlbench.errors import UserError
-from tlbench.results import CellRecord, ResultsDir
+from tlbench.matrix.results import CellRecord, ResultsDir
 
 PAIRS = ["A->W", "D->W"]
 XSS = "<script>alert(1)</script>"

@@ -8,7 +8,7 @@ import pytest
 
 from conftest import TINY_SUITE  # tests/ is on sys.path (pytest rootdir conftest)
 from tlbench.cli import main
-from tlbench.registry import PLUGINS_ENV_VAR, set_registry
+from tlbench.plugins.registry import PLUGINS_ENV_VAR, set_registry
 
 
 

@@ -52,7 +52,7 @@ def test_the_scans_below_see_the_files_they_should():
     assert len(python_files(CORE)) >= 10 and CORE / "registry.py" in python_files(CORE)
     assert BUILTINS / "strategies" / "dann.py" in PLUGIN_FILES
     assert EXAMPLES / "tlbench-coral" / "src" / "tlbench_coral" / "coral.py" in PLUGIN_FILES
-    assert any(("tlbench.registry" == m) for _, m, _ in imports(CORE / "cli.py"))  # the scanner reads imports
+    assert any(("tlbench.plugins.registry" == m) for _, m, _ in imports(CORE / "cli.py"))  # the scanner reads imports
 
 
 @pytest.mark.parametrize("path", python_files(CORE), ids=lambda p: p.relative_to(ROOT).as_posix())
@@ -87,11 +87,11 @@ def test_plugins_import_only_the_public_api(path):
 
 def test_the_plugin_scan_flags_private_imports(tmp_path):
     sample = tmp_path / "plugin.py"
-    sample.write_text("import tlbench.data\nfrom tlbench.registry import Registry\n"
+    sample.write_text("import tlbench.data.domains\nfrom tlbench.plugins.registry import Registry\n"
                       "from tlbench import Strategy, ENTRY_POINT_GROUP\nfrom tlbench import hookimpl\n")
     assert plugin_violations(sample) == [
-        "line 1: imports tlbench.data (a private module; use names from tlbench.__all__)",
-        "line 2: imports tlbench.registry (a private module; use names from tlbench.__all__)",
+        "line 1: imports tlbench.data.domains (a private module; use names from tlbench.__all__)",
+        "line 2: imports tlbench.plugins.registry (a private module; use names from tlbench.__all__)",
         "line 3: imports ENTRY_POINT_GROUP from tlbench, not in tlbench.__all__",
     ]
 
@@ -102,7 +102,7 @@ RUNTIME_CHECK = textwrap.dedent("""
     for mod in pkgutil.walk_packages(tlbench.__path__, "tlbench."):
         if mod.name != "tlbench.__main__":  # __main__ runs the CLI
             importlib.import_module(mod.name)
-    from tlbench.registry import Registry
+    from tlbench.plugins.registry import Registry
 
     class Probe(tlbench.Strategy):
         name = "probe"
@@ -112,7 +112,7 @@ RUNTIME_CHECK = textwrap.dedent("""
     assert registry.names("strategy") == ["probe"] and registry.get("strategy", "probe") is Probe
     leaked = sorted(m for m in sys.modules if m.split(".")[0] == "tlbench_builtins")
     print("BEFORE", leaked)
-    from tlbench.registry import get_registry
+    from tlbench.plugins.registry import get_registry
     get_registry()  # the entry-point path does load them: proof that the check above can see them
     print("AFTER", any(m.split(".")[0] == "tlbench_builtins" for m in sys.modules))
 """)

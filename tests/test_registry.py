@@ -8,7 +8,7 @@ import pytest
 
 import tlbench
 from tlbench.errors import UnknownNameError
-from tlbench.registry import PluginLoadError, Registry, get_registry
+from tlbench.plugins.registry import PluginLoadError, Registry, get_registry
 
 
 def _plugin(**hooks):

@@ -21,8 +21,9 @@ import tlbench_builtins.reports.markdown as markdown_plugin
 import tlbench_builtins.reports.plots as plots_plugin
 from test_leaderboard import SUITE, XSS, make_records, record, write_results
 from tlbench.errors import UnknownNameError
-from tlbench.leaderboard import build_leaderboard, report_dirs, write_reports
-from tlbench.registry import Registry
+from tlbench.reporting.leaderboard import build_leaderboard
+from tlbench.reporting.write import report_dirs, write_reports
+from tlbench.plugins.registry import Registry
 
 PLUGINS = {"markdown": markdown_plugin, "csv": csv_plugin, "html": html_plugin, "latex": latex_plugin,
            "plots": plots_plugin}

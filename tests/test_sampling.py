@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tlbench.engine import ClassBalancedSampler, Sampler, source_sampler
+from tlbench.training.batches import ClassBalancedSampler, Sampler, source_sampler
 from tlbench.errors import UserError
-from tlbench.suite import Recipe
+from tlbench.matrix.suite import Recipe
 
 
 def test_shuffled_epochs_visit_every_index_once_per_epoch():
@@ -37,7 +37,7 @@ def test_the_recipe_chooses_the_source_sampler():
 
 
 def test_an_unknown_source_sampling_is_a_suite_error_naming_the_choices(tmp_path):
-    from tlbench.suite import load_suite
+    from tlbench.matrix.suite import load_suite
 
     path = tmp_path / "s.yaml"
     path.write_text("name: s\ndataset: sklearn_digits\npairs: [digits->digits+invert]\nbackbones: [test_efficientnet]\n"

@@ -21,7 +21,7 @@ from PIL import Image
 
 from conftest import ROOT, TINY_SUITE  # tests/ is on sys.path (pytest rootdir conftest)
 from tlbench.cli import main
-from tlbench.results import ResultsDir
+from tlbench.matrix.results import ResultsDir
 
 
 
@@ -125,9 +125,10 @@ def _damage(path: Path, how: str) -> None:
 
 @pytest.mark.parametrize("how", ["flip", "truncate"])
 def test_feature_cache_damage_is_detected_and_rebuilt(tmp_path, how):
-    from tlbench.augment import Augmenter, Normalizer
-    from tlbench.engine import FeatureBank, build_model
-    from tlbench.registry import get_registry
+    from tlbench.training.augment import Augmenter, Normalizer
+    from tlbench.training.frozen import FeatureBank
+    from tlbench.training.setup import build_model
+    from tlbench.plugins.registry import get_registry
 
     torch.manual_seed(0)
     model, _ = build_model("test_efficientnet", "random", 10, {"bottleneck_dim": 0, "backbone_lr_scale": 0.1},
@@ -156,7 +157,7 @@ KD_SUITE = TINY_SUITE.replace("strategies: [source_only, dann]",
 
 
 def test_damaged_teacher_weights_are_never_loaded_and_the_teacher_is_retrained(tmp_path, capsys):
-    from tlbench.checked import checked_file_ok, load_checked
+    from tlbench.data.files import checked_file_ok, load_checked
 
     suite = tmp_path / "kd.yaml"
     suite.write_text(KD_SUITE)
@@ -199,8 +200,8 @@ class _Tags(HTMLParser):
 
 def test_html_escapes_suite_name_references_and_environment(tmp_path):
     from test_leaderboard import make_records
-    from tlbench.leaderboard import write_reports
-    from tlbench.registry import get_registry
+    from tlbench.reporting.write import write_reports
+    from tlbench.plugins.registry import get_registry
 
     evil = '<img src=x onerror=alert(1)>"&'
     records = make_records()

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tlbench.registry import Registry
+from tlbench.plugins.registry import Registry
 from tlbench_builtins.shifts import corruptions, photo_blend
 
 RANDOM = {"noise", "rotate", "photo_blend"}          # use the generator

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from tlbench.errors import WeightsUnavailableError
-from tlbench.registry import get_registry
-from tlbench.runner import plan
-from tlbench.suite import load_suite
+from tlbench.plugins.registry import get_registry
+from tlbench.matrix.runner import plan
+from tlbench.matrix.suite import load_suite
 
 from conftest import ROOT, SHARED_DATA  # tests/ is on sys.path (pytest rootdir conftest)
 

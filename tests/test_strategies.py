@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tlbench import Batch, SetupContext, StepContext, TransferModel, UserError
-from tlbench.model import set_batchnorm_eval_where_frozen
+from tlbench.models.transfer import set_batchnorm_eval_where_frozen
 from tlbench.testing import apply_engine_trainability, make_tiny_batch, make_tiny_model
 from tlbench_builtins.strategies.dann import (Dann, DomainDiscriminator, GradientReversal, reversal_coefficient,
                                               reverse_gradient)

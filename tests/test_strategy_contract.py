@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tlbench import Batch, ParamGroup, StepContext, StepOutput, Strategy
-from tlbench.registry import get_registry
+from tlbench.plugins.registry import get_registry
 from tlbench.testing import check_strategy
 
 BUILTINS = {"source_only", "freeze", "unfreeze", "dlr", "dann", "mmd", "self_training", "kd"}

@@ -8,8 +8,8 @@ import torch.nn.functional as F
 import pytest
 
 from tlbench import UserError, WeightsUnavailableError
-from tlbench.registry import Registry
-from tlbench.weights import create_backbone
+from tlbench.plugins.registry import Registry
+from tlbench.models.weights import create_backbone
 from tlbench_builtins.weights import efficientnet_lite, local_file, timm_hub
 
 # ImageNet classes of buildings a photo of a Chinese palace may fairly be called

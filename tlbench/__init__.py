@@ -1,52 +1,67 @@
 """tlbench: benchmark transfer-learning strategies for image classification.
 
-This module is the public API a plugin may import; everything a plugin needs is here.
+This module is the public API a plugin may import; everything a plugin needs is here. Names are
+imported on first use (PEP 562), so ``import tlbench`` (and ``tlbench --help``) does not pay for
+torch until a name that needs it is touched. Where each name lives: docs/architecture.md.
 """
 
+# ruff: noqa: F401  (the TYPE_CHECKING block re-exports names for type checkers)
 from __future__ import annotations
 
+import importlib
 from importlib.metadata import PackageNotFoundError, version as _version
+from typing import TYPE_CHECKING, Any
 
 try:
     __version__ = _version("tlbench")
 except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0+unknown"
 
-from tlbench.data import (
-    ClassFolderDataset,
-    Dataset,
-    Domain,
-    DomainSpec,
-    Shift,
-    array_to_images,
-    class_folder_files,
-    decode_image_files,
-    encode_jpeg_roundtrip,
-    files_fingerprint,
-    resize_uint8,
-)
 from tlbench.errors import TlbenchError, UserError, WeightsUnavailableError
-from tlbench.hookspecs import hookimpl
-from tlbench.launch import Launcher
-from tlbench.leaderboard import Footnote, Leaderboard
-from tlbench.model import Outputs, TransferModel
-from tlbench.reporting import Reporter
-from tlbench.results import atomic_write_bytes, atomic_write_text
-from tlbench.strategy import Batch, ParamGroup, SetupContext, StepContext, StepOutput, Strategy
-from tlbench.weights import WeightSource, load_state_dict_file
+from tlbench.plugins.hookspecs import hookimpl
 
-__all__ = [
-    "__version__",
-    "hookimpl",
+#: public name -> the module that defines it
+_LAZY: dict[str, str] = {
     # strategies
-    "Strategy", "ParamGroup", "Batch", "StepContext", "StepOutput", "SetupContext",
-    "TransferModel", "Outputs",
+    **dict.fromkeys(("Strategy", "ParamGroup", "Batch", "StepContext", "StepOutput", "SetupContext"),
+                    "tlbench.training.strategy"),
+    **dict.fromkeys(("TransferModel", "Outputs"), "tlbench.models.transfer"),
     # data
-    "Dataset", "ClassFolderDataset", "Domain", "DomainSpec", "Shift",
-    "array_to_images", "class_folder_files", "decode_image_files", "encode_jpeg_roundtrip", "files_fingerprint", "resize_uint8",
+    **dict.fromkeys(("Dataset", "ClassFolderDataset", "Domain", "DomainSpec", "Shift", "array_to_images",
+                     "class_folder_files", "decode_image_files", "encode_jpeg_roundtrip", "files_fingerprint",
+                     "resize_uint8"), "tlbench.data.domains"),
     # weights, reports, launchers
-    "WeightSource", "load_state_dict_file", "Reporter", "Launcher",
-    "Leaderboard", "Footnote", "atomic_write_text", "atomic_write_bytes",
-    # errors
-    "TlbenchError", "UserError", "WeightsUnavailableError",
-]
+    **dict.fromkeys(("WeightSource", "load_state_dict_file"), "tlbench.models.weights"),
+    "Reporter": "tlbench.reporting.reporter",
+    "Launcher": "tlbench.matrix.launcher",
+    **dict.fromkeys(("Leaderboard", "Footnote"), "tlbench.reporting.leaderboard"),
+    **dict.fromkeys(("atomic_write_text", "atomic_write_bytes"), "tlbench.data.files"),
+}
+
+__all__ = ["__version__", "hookimpl", *_LAZY, "TlbenchError", "UserError", "WeightsUnavailableError"]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'tlbench' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups are plain attribute reads
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
+
+if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
+    from tlbench.data.domains import (ClassFolderDataset, Dataset, Domain, DomainSpec, Shift, array_to_images,
+                                      class_folder_files, decode_image_files, encode_jpeg_roundtrip,
+                                      files_fingerprint, resize_uint8)
+    from tlbench.data.files import atomic_write_bytes, atomic_write_text
+    from tlbench.matrix.launcher import Launcher
+    from tlbench.models.transfer import Outputs, TransferModel
+    from tlbench.models.weights import WeightSource, load_state_dict_file
+    from tlbench.reporting.leaderboard import Footnote, Leaderboard
+    from tlbench.reporting.reporter import Reporter
+    from tlbench.training.strategy import Batch, ParamGroup, SetupContext, StepContext, StepOutput, Strategy

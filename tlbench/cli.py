@@ -97,7 +97,7 @@ def _keep_writes_in_cache(args) -> None:
     """tlbench writes only to the output directory and its cache: matplotlib (imported by the plots
     reporter) would keep its font cache under $HOME, and torch's compiler (whose cache folder timm
     creates as soon as it builds a model) under the temporary folder: point both into tlbench's cache."""
-    from tlbench.cache import default_cache_dir
+    from tlbench.data.cache import default_cache_dir
 
     cache = Path(getattr(args, "cache", None) or default_cache_dir()).expanduser()
     for var, sub in (("MPLCONFIGDIR", "matplotlib"), ("TORCHINDUCTOR_CACHE_DIR", "inductor"),
@@ -123,7 +123,7 @@ def _one_line_warnings():
 
 
 def _dispatch(args) -> int:
-    from tlbench.registry import get_registry
+    from tlbench.plugins.registry import get_registry
 
     registry = get_registry(strict=args.strict_plugins)
     failures = registry.failures()
@@ -133,7 +133,7 @@ def _dispatch(args) -> int:
     if args.command == "run":
         return _run(args, registry)
     if args.command == "report":
-        from tlbench.leaderboard import report_dirs
+        from tlbench.reporting.write import report_dirs
 
         files = report_dirs(args.dirs, args.out, args.formats)
         for f in files:
@@ -149,8 +149,8 @@ def _dispatch(args) -> int:
 
 
 def _run(args, registry) -> int:
-    from tlbench.runner import RunOptions, run_suite
-    from tlbench.suite import load_suite
+    from tlbench.matrix.runner import RunOptions, run_suite
+    from tlbench.matrix.suite import load_suite
 
     suite = load_suite(args.suite, overrides=args.overrides, backbones=args.backbones, strategies=args.strategies,
                        pairs=args.pairs, seeds=args.seeds, data_root=args.data_root)
@@ -199,10 +199,10 @@ def _plugins(registry) -> int:
 
 
 def _prepare(args, registry) -> int:
-    from tlbench.cache import default_cache_dir, load_domain
-    from tlbench.cells import resolve_pairs
-    from tlbench.runner import open_dataset
-    from tlbench.suite import load_suite
+    from tlbench.data.cache import default_cache_dir, load_domain
+    from tlbench.matrix.cells import resolve_pairs
+    from tlbench.matrix.runner import open_dataset
+    from tlbench.matrix.suite import load_suite
 
     suite = load_suite(args.suite, pairs=args.pairs, data_root=args.data_root)
     dataset = open_dataset(suite, registry)

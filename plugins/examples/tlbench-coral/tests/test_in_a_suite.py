@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from tlbench.cli import main
-from tlbench.registry import Registry
+from tlbench.plugins.registry import Registry
 
 from test_csv_images import write_csv, write_image
 

@@ -1,6 +1,9 @@
-"""Files that prove they are whole: ``torch.save`` output written atomically with a sha256 sidecar.
+"""Files written whole: atomic writes, and ``torch.save`` output with a sha256 sidecar that proves it whole.
 
-Every cache and checkpoint tlbench writes (decoded domains, frozen-backbone features, kd
+Every file tlbench writes goes through :func:`atomic_write_bytes` (a temporary file in the same
+folder, then a rename), so a kill at any moment leaves the old file or the new one, never half.
+
+Checked files: every cache and checkpoint tlbench writes (decoded domains, frozen-backbone features, kd
 teachers' weights) goes through here. Reading checks the digest before ``torch.load`` (with
 ``weights_only=True``: tensors and plain containers only, never code), so a truncated or
 tampered file is detected, reported once, and rebuilt by the caller instead of being trusted.
@@ -10,13 +13,42 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
 
-import torch
 
-from tlbench.results import atomic_write_bytes
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_FILE_MODE = 0o666 & ~_umask()
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, _FILE_MODE)  # mkstemp makes 0600; results are ordinary files
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def sidecar(path: Path) -> Path:
@@ -25,6 +57,8 @@ def sidecar(path: Path) -> Path:
 
 def save_checked(path: Path, obj: Any) -> None:
     """``torch.save`` ``obj`` to ``path`` atomically, then its digest to ``<path>.sha256``."""
+    import torch  # here, not at the top: atomic writes need no torch
+
     path = Path(path)
     buf = io.BytesIO()
     torch.save(obj, buf)
@@ -39,6 +73,8 @@ def save_checked(path: Path, obj: Any) -> None:
 def load_checked(path: Path) -> Any:
     """What :func:`save_checked` wrote; ``None`` when absent, and when truncated or tampered
     (with a warning), so the caller rebuilds it."""
+    import torch
+
     path = Path(path)
     if not path.exists():
         return None

@@ -15,11 +15,13 @@ from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 from tlbench.errors import UserError
+from tlbench.plugins.registry import Plugin
 
 
-class Launcher:
+class Launcher(Plugin):
     """Base class of launcher plugins. ``option_help`` lists the options it accepts."""
 
+    plugin_kind: ClassVar[str] = "launcher"
     name: ClassVar[str] = ""
     option_help: ClassVar[dict[str, str]] = {}
 
@@ -32,8 +34,8 @@ class Launcher:
 
     def launch(self, tasks: Sequence[Any], execute: Callable[[Any], Any],
                on_record: Callable[[Any], None], on_start: Callable[[Any], None] | None = None) -> None:
-        """Run ``execute(task)`` for every task (a picklable :class:`tlbench.cells.CellTask`) and
-        pass each resulting :class:`tlbench.results.CellRecord` to ``on_record`` in the driver.
+        """Run ``execute(task)`` for every task (a picklable :class:`tlbench.matrix.cells.CellTask`) and
+        pass each resulting :class:`tlbench.matrix.results.CellRecord` to ``on_record`` in the driver.
 
         ``on_start(task)``, when given, is called in the driver as a task starts running (again
         if it is retried). On KeyboardInterrupt a launcher stops its workers and re-raises.
@@ -47,6 +49,6 @@ class Launcher:
     @staticmethod
     def failed_record(task: Any, error: str, *, started_at: str = "", wall_s: float | None = None) -> Any:
         """The ``failed`` record of a task whose worker never returned one (it died, was lost)."""
-        from tlbench.engine import failed_record
+        from tlbench.training.record import failed_record
 
         return failed_record(task, "failed", error, started_at, wall_s)

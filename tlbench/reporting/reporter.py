@@ -1,7 +1,7 @@
 """The reporter contract: a leaderboard output format (markdown, CSV, HTML, LaTeX, plots, ...).
 
-Reports are pure functions of a set of records: :func:`tlbench.leaderboard.build_leaderboard`
-turns records into a :class:`tlbench.leaderboard.Leaderboard` (tables as pandas DataFrames plus
+Reports are pure functions of a set of records: :func:`tlbench.reporting.leaderboard.build_leaderboard`
+turns records into a :class:`tlbench.reporting.leaderboard.Leaderboard` (tables as pandas DataFrames plus
 footnotes, references and environment), and each registered reporter writes it in its format.
 """
 
@@ -9,14 +9,16 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
+from tlbench.plugins.registry import Plugin
 
 if TYPE_CHECKING:
-    from tlbench.leaderboard import Leaderboard
+    from tlbench.reporting.leaderboard import Leaderboard
 
 
-class Reporter:
+class Reporter(Plugin):
     """Base class of reporter plugins: ``write`` the leaderboard into ``out_dir``, return the files."""
 
+    plugin_kind: ClassVar[str] = "reporter"
     name: ClassVar[str] = ""
     #: a one-line description for ``tlbench list reporters``
     description: ClassVar[str] = ""

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from tlbench.errors import UserError
+from tlbench.plugins.registry import Plugin
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
@@ -52,7 +53,7 @@ class Domain:
         return Domain(name or self.name, self.images[index], self.labels[index], self.classes, self.skipped)
 
 
-class Dataset:
+class Dataset(Plugin):
     """Base class of dataset plugins.
 
     A subclass sets ``name`` and, when it reads files, implements :meth:`domains`,
@@ -60,6 +61,7 @@ class Dataset:
     ``dataset_options`` mapping; ``root`` is the data root (read only, never written).
     """
 
+    plugin_kind: ClassVar[str] = "dataset"
     name: ClassVar[str] = ""
     #: short names accepted in pairs, e.g. {"A": "amazon"}
     aliases: ClassVar[dict[str, str]] = {}
@@ -103,13 +105,14 @@ class Dataset:
         raise UserError(f"dataset {self.name!r} has no domain {domain!r}; valid: {', '.join(valid)}")
 
 
-class Shift:
+class Shift(Plugin):
     """Base class of domain-shift plugins: a deterministic transform of uint8 images.
 
     ``apply`` gets uint8 N×3×H×W images, a severity from 1 to 5 and a seeded generator, and
     returns uint8 images of the same shape. Same inputs, same seed: same output.
     """
 
+    plugin_kind: ClassVar[str] = "shift"
     name: ClassVar[str] = ""
     #: whether the shift takes a severity (``rotate:3``); a shift like ``invert`` does not
     has_severity: ClassVar[bool] = True

@@ -16,10 +16,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tlbench.cells import Cell, CellTask, canonical_pair, expand_cells, resolve_pairs
-from tlbench.data import DomainSpec
+from tlbench.matrix.cells import Cell, CellTask, canonical_pair, expand_cells, resolve_pairs
+from tlbench.data.domains import DomainSpec
 from tlbench.errors import RunLockedError, UserError
-from tlbench.results import CellRecord, ResultsDir
+from tlbench.matrix.results import CellRecord, ResultsDir
 
 
 @dataclass
@@ -145,7 +145,7 @@ def preflight(suite, cells: list[Cell], registry, cache_dir: Path | None) -> Non
     """
     import warnings
 
-    from tlbench.cache import load_domain
+    from tlbench.data.cache import load_domain
 
     if not cells:
         return
@@ -186,7 +186,7 @@ def preflight(suite, cells: list[Cell], registry, cache_dir: Path | None) -> Non
 
 def _preflight_weights(cells: list[Cell], registry) -> None:
     """Load each pretrained (backbone, weights) once: a file that is corrupt or does not fit fails now."""
-    from tlbench.weights import create_backbone
+    from tlbench.models.weights import create_backbone
 
     seen: set[tuple[str, str]] = set()
     for cell in cells:  # kd teachers are cells of their own; a student loads its teacher's trained weights
@@ -214,8 +214,8 @@ def waves(cells: list[Cell]) -> list[list[Cell]]:
 
 def run_suite(suite, options: RunOptions, registry) -> RunSummary:
     """Run (or resume) a validated suite into ``options.out_dir``."""
-    from tlbench.cache import default_cache_dir
-    from tlbench.checked import checked_file_ok
+    from tlbench.data.cache import default_cache_dir
+    from tlbench.data.files import checked_file_ok
 
     cells, pairs = plan(suite, registry)
     out = ResultsDir(options.out_dir)
@@ -256,7 +256,7 @@ def run_suite(suite, options: RunOptions, registry) -> RunSummary:
                         show_progress=not options.quiet, strict_plugins=options.strict_plugins,
                         debug=options.debug))
                 if tasks:
-                    from tlbench.engine import run_cell
+                    from tlbench.training.engine import run_cell
 
                     running = _Running(progress)
 
@@ -274,7 +274,7 @@ def run_suite(suite, options: RunOptions, registry) -> RunSummary:
             out.write_tables()
         report_files = []
         if options.reports:
-            from tlbench.leaderboard import write_reports
+            from tlbench.reporting.write import write_reports
 
             report_files = write_reports(options.out_dir, out.records(), out.read_suite(), suite.reports,
                                          registry=registry)
@@ -314,7 +314,7 @@ def _write(out: ResultsDir, record: CellRecord, records: list[CellRecord], progr
 
 def _suite_meta(suite, pairs: list[tuple[str, str]], registry) -> dict:
     """What reports need to know about the suite; reference pairs use the same canonical names."""
-    from tlbench.cells import canonical_pair
+    from tlbench.matrix.cells import canonical_pair
 
     dataset = open_dataset(suite, registry)
     references = []

@@ -15,9 +15,10 @@ import torch
 from torch import Tensor, nn
 
 from tlbench.errors import UserError, WeightsUnavailableError
+from tlbench.plugins.registry import Plugin
 
 
-class WeightSource:
+class WeightSource(Plugin):
     """Base class of weight-source plugins.
 
     ``available`` says, without side effects, whether this source can provide ImageNet weights
@@ -26,6 +27,7 @@ class WeightSource:
     work when it cannot.
     """
 
+    plugin_kind: ClassVar[str] = "weight_source"
     name: ClassVar[str] = ""
     priority: ClassVar[int] = 100
 
@@ -47,7 +49,7 @@ def create_backbone(model_name: str, weights: str = "auto", *, registry=None) ->
     """
     import timm
 
-    from tlbench.registry import get_registry
+    from tlbench.plugins.registry import get_registry
 
     registry = registry or get_registry()
     try:

@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Any, Callable
 import pluggy
 
 if TYPE_CHECKING:
-    from tlbench.cells import Cell
-    from tlbench.results import CellRecord
+    from tlbench.matrix.cells import Cell
+    from tlbench.matrix.results import CellRecord
 
 PROJECT = "tlbench"
 hookspec = pluggy.HookspecMarker(PROJECT)

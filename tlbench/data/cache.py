@@ -21,8 +21,8 @@ from typing import Any
 
 import torch
 
-from tlbench.data import DEFAULT_SEVERITY, Dataset, Domain, DomainSpec
-from tlbench.checked import load_checked, save_checked
+from tlbench.data.domains import DEFAULT_SEVERITY, Dataset, Domain, DomainSpec
+from tlbench.data.files import load_checked, save_checked
 
 #: bump when the cache file layout changes; old files then simply stop matching
 CACHE_FORMAT = 1
@@ -87,7 +87,7 @@ def load_domain(dataset: Dataset, spec: DomainSpec | str, size: int, *, cache_di
     if isinstance(spec, str):
         spec = DomainSpec.parse(spec)
     if registry is None and spec.shifts:
-        from tlbench.registry import get_registry
+        from tlbench.plugins.registry import get_registry
 
         registry = get_registry()
     shifts = [(registry.get("shift", name), DEFAULT_SEVERITY if severity is None else severity)

@@ -14,15 +14,21 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
-from tlbench.augment import Augmenter, FixedViews
-from tlbench.checked import load_checked, save_checked
-from tlbench.data import Domain
-from tlbench.model import TransferModel
+from tlbench.data.domains import Domain
+from tlbench.data.files import checked_digest, load_checked, save_checked
+from tlbench.models.transfer import TransferModel
+from tlbench.training.augment import Augmenter, FixedViews
+
+if TYPE_CHECKING:
+    from tlbench.training.schedule import ParamSchedule
+    from tlbench.training.setup import CellSetup
 
 
 class FeatureBank:
@@ -123,3 +129,53 @@ def domain_key(domain: Domain) -> str:
     h.update(str(tuple(domain.images.shape)).encode())
     h.update(domain.images.contiguous().numpy().tobytes())
     return h.hexdigest()
+
+
+@dataclass
+class FrozenOutputs:
+    """What the engine serves instead of recomputing a frozen network every step."""
+
+    feature_steps: int = 0                  # steps served backbone features (0: images throughout)
+    source_features: Tensor | None = None   # views × N × D
+    target_features: Tensor | None = None
+    teacher_views: int = 0                  # K fixed views with the teacher's logits (0: teacher runs online)
+    source_teacher: tuple[FixedViews, Tensor] | None = None  # the views and K × N × C logits
+    target_teacher: tuple[FixedViews, Tensor] | None = None
+
+
+def prepare_frozen_outputs(setup: CellSetup, schedule: ParamSchedule, src_images: Tensor, tgt_images: Tensor,
+                           cache_dir: Path | None, teacher_model: str | None) -> FrozenOutputs:
+    """Backbone features for the steps where the backbone is frozen, and a kd teacher's logits on
+    fixed views, each computed once per (network, domain, views) and kept in the disk cache.
+
+    Whether each is used follows from the configuration alone (never from the cache's state),
+    so a cell's numbers do not depend on what happened to be cached.
+    """
+    cell, recipe, strategy, teacher = setup.cell, setup.recipe, setup.strategy, setup.teacher
+    views = type(strategy).target_views
+    out = FrozenOutputs()
+    steps = frozen_backbone_steps(setup.model, schedule)
+    if (type(strategy).accepts_features and bool(recipe["feature_cache"]) and steps > 0
+            and "strong" not in views and teacher is None):
+        bank = FeatureBank(setup.model, setup.augmenter, ["center", "flip"] if recipe["hflip"] else ["center"],
+                           recipe["eval_batch_size"], cache_dir,
+                           key=f"{cell.backbone}|{setup.weights_used}|{cell.weights}|{recipe['image_size']}")
+        out.feature_steps = steps
+        out.source_features = bank.features(src_images, domain_key(setup.data.source_train), setup.autocast)
+        if views:
+            out.target_features = bank.features(tgt_images, domain_key(setup.data.target), setup.autocast)
+    if teacher is not None and strategy.teacher_views:
+        out.teacher_views = strategy.teacher_views
+        tbank = TeacherViewBank(teacher, setup.augmenter, out.teacher_views, recipe["eval_batch_size"], cache_dir,
+                                key=f"teacher={checked_digest(Path(teacher_model))}")
+        out.source_teacher = tbank.build(src_images, domain_key(setup.data.source_train), setup.autocast)
+        if views:
+            out.target_teacher = tbank.build(tgt_images, domain_key(setup.data.target), setup.autocast)
+    return out
+
+
+def frozen_backbone_steps(model: TransferModel, schedule: ParamSchedule) -> int:
+    """How many steps pass, from the first, before any backbone parameter trains."""
+    backbone = {id(p) for p in model.backbone.parameters()}
+    starts = [schedule.start_step[id(g)] for g in schedule.groups if any(id(p) in backbone for p in g.params)]
+    return min(starts, default=schedule.total_steps)

@@ -22,43 +22,43 @@ import os
 import traceback
 from dataclasses import dataclass, field
 from types import ModuleType
-from typing import Any
+from typing import Any, ClassVar
 
 import pluggy
 
-from tlbench import hookspecs
+from tlbench.plugins import hookspecs
 from tlbench.errors import DuplicateNameError, UnknownNameError, UserError
 
 ENTRY_POINT_GROUP = hookspecs.PROJECT
 PLUGINS_ENV_VAR = "TLBENCH_PLUGINS"
 
-#: kind -> (hook name, dotted name of the base class every registered object must subclass)
-KINDS: dict[str, str] = {
-    "strategy": "register_strategies",
-    "dataset": "register_datasets",
-    "shift": "register_shifts",
-    "weight_source": "register_weight_sources",
-    "reporter": "register_reporters",
-    "launcher": "register_launchers",
-}
+@dataclass(frozen=True)
+class Kind:
+    """One kind of plugin: the hook that registers it and the contract its objects implement."""
+
+    name: str       # the kind's key: "strategy"
+    hook: str       # the hook spec whose ``register`` callback adds one: "register_strategies"
+    contract: str   # the public base class, for messages: "tlbench.Strategy"
 
 
-def _base_classes() -> dict[str, type]:
-    # Imported lazily: the base classes import torch, the registry itself need not.
-    from tlbench.data import Dataset, Shift
-    from tlbench.launch import Launcher
-    from tlbench.reporting import Reporter
-    from tlbench.strategy import Strategy
-    from tlbench.weights import WeightSource
+#: Every plugin kind. A new kind is a hook spec, a line here and a contract class whose
+#: ``plugin_kind`` names it (docs/architecture.md, "A new plugin kind").
+KINDS: dict[str, Kind] = {k.name: k for k in (
+    Kind("strategy", "register_strategies", "tlbench.Strategy"),
+    Kind("dataset", "register_datasets", "tlbench.Dataset"),
+    Kind("shift", "register_shifts", "tlbench.Shift"),
+    Kind("weight_source", "register_weight_sources", "tlbench.WeightSource"),
+    Kind("reporter", "register_reporters", "tlbench.Reporter"),
+    Kind("launcher", "register_launchers", "tlbench.Launcher"),
+)}
 
-    return {
-        "strategy": Strategy,
-        "dataset": Dataset,
-        "shift": Shift,
-        "weight_source": WeightSource,
-        "reporter": Reporter,
-        "launcher": Launcher,
-    }
+
+class Plugin:
+    """Base of every contract class (``Strategy``, ``Dataset``, ...): ``plugin_kind`` says which
+    kind a subclass belongs to, so the registry checks what it is given without importing any
+    contract module (the registry is the bottom layer; the contracts build on it)."""
+
+    plugin_kind: ClassVar[str] = ""
 
 
 @dataclass
@@ -140,43 +140,42 @@ class Registry:
         except Exception as exc:
             self._fail(info, f"failed to register: {type(exc).__name__}: {exc}", exc)
             return
-        bases = _base_classes()
-        for kind, hook_name in KINDS.items():
-            for impl in getattr(self.pm.hook, hook_name).get_hookimpls():
+        for kind in KINDS.values():
+            for impl in getattr(self.pm.hook, kind.hook).get_hookimpls():
                 if impl.plugin_name != name:
                     continue
                 try:
-                    impl.function(register=self._registrar(kind, name, info, bases[kind], hook_name))
+                    impl.function(register=self._registrar(kind, name, info))
                 except PluginLoadError:
                     raise
                 except Exception as exc:
-                    self._fail(info, f"{hook_name} raised {type(exc).__name__}: {exc}", exc)
+                    self._fail(info, f"{kind.hook} raised {type(exc).__name__}: {exc}", exc)
 
-    def _registrar(self, kind: str, plugin: str, info: PluginInfo, base: type, hook_name: str):
+    def _registrar(self, kind: Kind, plugin: str, info: PluginInfo):
         """The ``register`` callback a hook gets: a name that is taken or an object of the wrong
         type is reported and skipped, and the plugin's other names still register."""
 
         def register(obj: Any) -> None:
             try:
-                self._register(kind, obj, plugin, base)
+                self._register(kind, obj, plugin)
             except (DuplicateNameError, TypeError) as exc:
-                self._fail(info, f"{hook_name}: {type(exc).__name__}: {exc}", exc)
+                self._fail(info, f"{kind.hook}: {type(exc).__name__}: {exc}", exc)
 
         return register
 
-    def _register(self, kind: str, obj: Any, plugin: str, base: type) -> None:
+    def _register(self, kind: Kind, obj: Any, plugin: str) -> None:
         cls = obj if isinstance(obj, type) else type(obj)
-        if not issubclass(cls, base):
-            raise TypeError(f"{obj!r} is not a tlbench.{base.__name__} subclass")
+        if not (issubclass(cls, Plugin) and cls.plugin_kind == kind.name):
+            raise TypeError(f"{obj!r} is not a {kind.contract} subclass")
         key = getattr(obj, "name", None)
         if not isinstance(key, str) or not key:
             raise TypeError(f"{obj!r} has no 'name' attribute")
-        taken = self._entries[kind].get(key)
+        taken = self._entries[kind.name].get(key)
         if taken is not None:
             raise DuplicateNameError(
-                f"{kind} {key!r} is registered by both plugin {taken.plugin!r} and plugin {plugin!r}")
-        self._entries[kind][key] = Entry(kind, key, obj, plugin)
-        self.plugins[plugin].registered.setdefault(kind, []).append(key)
+                f"{kind.name} {key!r} is registered by both plugin {taken.plugin!r} and plugin {plugin!r}")
+        self._entries[kind.name][key] = Entry(kind.name, key, obj, plugin)
+        self.plugins[plugin].registered.setdefault(kind.name, []).append(key)
 
     def _fail(self, info: PluginInfo, message: str, exc: BaseException) -> None:
         info.errors.append(message)

@@ -12,7 +12,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from tlbench.data import parse_pair
+from tlbench.data.domains import parse_pair
 from tlbench.errors import UserError
 
 
@@ -120,7 +120,7 @@ def expand_cells(suite, registry, domains: list[tuple[str, str]]) -> list[Cell]:
 
 
 def _teacher_cell(suite, registry, backbone, student: Cell, make) -> Cell:
-    from tlbench.suite import BackboneEntry
+    from tlbench.matrix.suite import BackboneEntry
 
     p = student.params
     t_backbone = p.get("teacher_backbone") or backbone.name
@@ -151,7 +151,7 @@ def resolve_pairs(suite, dataset) -> list[tuple[str, str]]:
 
 def canonical_pair(text: str, dataset) -> tuple[str, str]:
     """``'A->W'`` -> ``('amazon', 'webcam')``: aliases resolved, shifts kept as written."""
-    from tlbench.data import DomainSpec
+    from tlbench.data.domains import DomainSpec
 
     src, tgt = parse_pair(text)
     specs = []

@@ -13,6 +13,9 @@ Rules a reader of any report can rely on:
   seeds of the per-seed average, given only when every seed of the row has every pair;
 * failed and diverged cells are never dropped: each gets a footnote with its status and error;
 * published reference numbers stay in their own table, outside ranks and best marks.
+
+One module over ~400 lines on purpose: the rules above and the code that enforces them are read
+together. Writing the tables out is ``tlbench.reporting.write``.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from typing import Any
 import pandas as pd
 
 from tlbench.errors import UserError
-from tlbench.results import CellRecord, ResultsDir, load_records
+from tlbench.matrix.results import CellRecord
 
 AVG = "Avg"
 #: per-column fields of :attr:`Leaderboard.accuracy`, named ``f"{column} {field}"``
@@ -419,60 +422,3 @@ def _environment(records: list[CellRecord], date: str | None) -> dict[str, str]:
         "tlbench": seen(r.tlbench_version for r in records),
         "report date": date or _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
     }
-
-
-# -- writing --------------------------------------------------------------------------------------
-def write_reports(out_dir: Path, records: list[CellRecord], suite: dict[str, Any],
-                  formats: list[str] | None = None, registry: Any = None) -> list[Path]:
-    """Build the leaderboard and let every reporter (or those in ``formats``) write into ``out_dir``.
-
-    Reporters run in a fixed order: by their ``order`` attribute, then by name, so a reporter
-    whose files another embeds (plots, for the HTML page) runs first.
-    """
-    if registry is None:
-        from tlbench.registry import get_registry
-        registry = get_registry()
-    names = list(dict.fromkeys(formats)) if formats else registry.names("reporter")
-    reporters = [registry.get("reporter", n) for n in names]  # an unknown name fails before any work
-    reporters = sorted(zip(names, reporters), key=lambda nr: (getattr(nr[1], "order", 0), nr[0]))
-    board = build_leaderboard(records, suite)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for _, cls in reporters:
-        reporter = cls() if isinstance(cls, type) else cls
-        board.written.extend(Path(p) for p in reporter.write(board, out_dir))
-    return list(board.written)
-
-
-def report_dirs(dirs: list[Path], out: Path | None, formats: list[str] | None = None,
-                registry: Any = None) -> list[Path]:
-    """Report on one or several results directories, merged (``tlbench report DIR [DIR...]``).
-
-    Only finished cells (their ``record.json``) are read, so a run still going can be reported on.
-    The suite is the first ``suite.json`` found; the reference rows are the union of all.
-    """
-    dirs = [Path(d) for d in dirs]
-    if not dirs:
-        raise UserError("tlbench report: give at least one results directory")
-    for d in dirs:
-        if not d.is_dir():
-            raise UserError(f"{d}: no such results directory (expected the --out folder of a tlbench run)")
-    if out is None:
-        if len(dirs) > 1:
-            raise UserError(f"merging {len(dirs)} results directories needs an output folder (--out DIR)")
-        out = dirs[0]
-    records = load_records(dirs)
-    if not records:
-        raise UserError(f"no finished cells in {', '.join(map(str, dirs))} "
-                        "(no cells/*/record.json yet); run the suite first or wait for a cell to finish")
-    suite: dict[str, Any] = {}
-    refs: list[Any] = []
-    for d in dirs:
-        s = ResultsDir(d).read_suite()
-        if s and not suite:
-            suite = dict(s)
-        for ref in s.get("reference") or []:
-            if ref not in refs:
-                refs.append(ref)
-    suite["reference"] = refs
-    return write_reports(Path(out), records, suite, formats, registry)

@@ -15,9 +15,10 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 import torch
 from torch import Tensor, nn
+from tlbench.plugins.registry import Plugin
 
 if TYPE_CHECKING:
-    from tlbench.model import TransferModel
+    from tlbench.models.transfer import TransferModel
 
 
 @dataclass
@@ -99,7 +100,7 @@ class NoParams:
     """A strategy without parameters."""
 
 
-class Strategy(nn.Module):
+class Strategy(Plugin, nn.Module):
     """Base class of transfer strategies.
 
     Class attributes a subclass sets:
@@ -116,6 +117,7 @@ class Strategy(nn.Module):
     - ``needs_teacher``: True when ``ctx.teacher`` must be a trained model (``kd``).
     """
 
+    plugin_kind: ClassVar[str] = "strategy"
     name: ClassVar[str] = ""
     Params: ClassVar[type] = NoParams
     target_views: ClassVar[tuple[str, ...]] = ()

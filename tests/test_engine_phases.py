@@ -1,0 +1,245 @@
+"""Each phase of the engine on its own: setup, schedule, batch source, step loop and observers,
+evaluation, record; and ``train_cell`` as the sum of them."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from conftest import TINY_SUITE  # tests/ is on sys.path (pytest rootdir conftest)
+from tlbench.errors import DivergedError, UserError
+from tlbench.matrix.cells import CellTask
+from tlbench.matrix.runner import plan
+from tlbench.matrix.suite import load_suite
+from tlbench.plugins.registry import get_registry
+from tlbench.training.augment import Augmenter, FixedViews, Normalizer
+from tlbench.training.batches import BatchSource, DomainImages
+from tlbench.training.engine import train_cell
+from tlbench.training.evaluation import PseudoLabelAudit, evaluate
+from tlbench.training.frozen import FrozenOutputs
+from tlbench.training.loop import MetricMeans, NonFiniteCheck, StepObserver, run_steps
+from tlbench.training.measure import Stopwatch
+from tlbench.training.schedule import ParamSchedule
+from tlbench.training.setup import set_up_cell
+from tlbench.training.strategy import Batch, ParamGroup, StepContext, StepOutput
+
+RECIPE = {"steps": 10, "lr": 0.1, "lr_gamma": 0.0, "lr_decay": 0.75, "optimizer": "sgd", "momentum": 0.0,
+          "nesterov": False, "weight_decay": 0.0, "batch_size": 4, "source_sampling": "shuffle"}
+
+
+def _task(tmp_path, strategies: str = "[source_only]", extra: str = "") -> CellTask:
+    path = tmp_path / "suite.yaml"
+    path.write_text(TINY_SUITE.replace("strategies: [source_only, dann]", f"strategies: {strategies}") + extra)
+    cells, _ = plan(load_suite(path), get_registry())
+    return CellTask(cell=cells[0], out_dir=str(tmp_path / "out"), data_root=None, cache_dir=str(tmp_path / "cache"),
+                    device="cpu", show_progress=False)
+
+
+def _augmenter(size: int = 8) -> Augmenter:
+    return Augmenter(size, Normalizer((0.5,) * 3, (0.25,) * 3, torch.device("cpu")), hflip=False, scale=(0.5, 1.0))
+
+
+# -- setup ---------------------------------------------------------------------------------------
+def test_setup_splits_a_shared_base_domain_into_disjoint_halves_and_holds_out_source(tmp_path):
+    setup = set_up_cell(_task(tmp_path), get_registry(), torch.device("cpu"))
+    data = setup.data
+    n_src, n_hold, n_tgt = len(data.source_train), len(data.source_holdout), len(data.target)
+    assert n_src + n_hold + n_tgt == 1797  # sklearn's digits, each image on one side only
+    assert n_hold == round(setup.recipe["source_holdout"] * (n_src + n_hold))
+    assert data.num_classes == 10
+    assert setup.schedule.optimizer.param_groups  # groups active at step 0 are in the optimizer
+
+
+def test_setup_is_the_same_for_the_same_seed(tmp_path):
+    a = set_up_cell(_task(tmp_path), get_registry(), torch.device("cpu"))
+    b = set_up_cell(_task(tmp_path), get_registry(), torch.device("cpu"))
+    for (name, pa), (_, pb) in zip(a.model.state_dict().items(), b.model.state_dict().items()):
+        assert torch.equal(pa, pb), name
+    assert torch.equal(a.data.target.labels, b.data.target.labels)
+
+
+# -- schedule ------------------------------------------------------------------------------------
+def test_schedule_adds_a_group_at_its_start_step_and_decays_the_rate():
+    early, late = nn.Linear(2, 2), nn.Linear(2, 2)
+    groups = [ParamGroup("early", list(early.parameters())), ParamGroup("late", list(late.parameters()), start=0.5)]
+    recipe = dict(RECIPE, lr_gamma=10.0)
+    model = nn.Sequential(early, late)
+    schedule = ParamSchedule(groups, [model], model, recipe, torch.device("cpu"), "probe")
+    assert schedule.start_step[id(groups[1])] == 5
+    assert all(not p.requires_grad for p in late.parameters())
+    schedule.before_step(4)
+    assert len(schedule.optimizer.param_groups) == 1
+    schedule.before_step(5)
+    assert len(schedule.optimizer.param_groups) == 2 and all(p.requires_grad for p in late.parameters())
+    assert schedule.optimizer.param_groups[0]["lr"] == pytest.approx(0.1 * (1 + 10 * 5 / 10) ** -0.75)
+    assert schedule.trainable_params() == 12
+
+
+def test_schedule_refuses_a_strategy_that_trains_nothing_at_step_0():
+    layer = nn.Linear(2, 2)
+    with pytest.raises(UserError, match="trains nothing at step 0"):
+        ParamSchedule([ParamGroup("late", list(layer.parameters()), start=0.5)], [layer], layer, RECIPE,
+                      torch.device("cpu"), "probe")
+
+
+def test_schedule_refuses_a_parameter_in_two_groups():
+    layer = nn.Linear(2, 2)
+    params = list(layer.parameters())
+    with pytest.raises(ValueError, match="in two groups"):
+        ParamSchedule([ParamGroup("a", params), ParamGroup("b", params[:1])], [layer], layer, RECIPE,
+                      torch.device("cpu"), "probe")
+
+
+# -- batch source --------------------------------------------------------------------------------
+def _source(frozen: FrozenOutputs, views=("weak", "strong"), n: int = 12) -> BatchSource:
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 255, (n, 3, 10, 10), dtype=torch.uint8, generator=g)
+    labels = torch.arange(n) % 3
+    return BatchSource.build(images, labels, images.clone(), frozen, target_views=views, augmenter=_augmenter(),
+                             recipe=RECIPE, g=g)
+
+
+def test_batch_source_serves_features_while_the_backbone_is_frozen_then_images():
+    feats = torch.randn(2, 12, 5)  # two views of 12 images, 5-d
+    source = _source(FrozenOutputs(feature_steps=3, source_features=feats, target_features=feats.clone()),
+                     views=("weak",))
+    shapes = [tuple(source.batch(step).source.shape) for step in range(5)]
+    assert shapes == [(4, 5)] * 3 + [(4, 3, 8, 8)] * 2
+    assert source.source.features is None and source.target.features is None  # freed once images are served
+
+
+def test_batch_source_serves_target_views_without_labels():
+    batch = _source(FrozenOutputs()).batch(0)
+    assert batch.target.shape == batch.target_strong.shape == (4, 3, 8, 8)
+    assert batch.target_index.shape == (4,)
+    assert not hasattr(batch, "target_labels")
+    assert set(vars(batch)) == {"source", "source_labels", "target", "target_strong", "target_index",
+                                "source_teacher", "target_teacher"}
+
+
+def test_batch_source_serves_the_teachers_logits_for_the_fixed_view_it_serves():
+    n = 12
+    views = FixedViews(torch.tensor([[0.0, 0.0, 9.0, 9.0]]).expand(2, n, 4).clone(), torch.zeros(2, n, dtype=torch.bool))
+    logits = torch.arange(2 * n, dtype=torch.float32).view(2, n, 1)
+    source = _source(FrozenOutputs(teacher_views=2, source_teacher=(views, logits), target_teacher=(views, logits)),
+                     views=("weak",))
+    batch = source.batch(0)
+    assert batch.source_teacher.shape == (4, 1)
+    assert torch.all((batch.source_teacher.flatten() % n) < n)
+
+
+def test_domain_images_without_frozen_outputs_is_an_augmented_view():
+    images = torch.full((3, 3, 10, 10), 128, dtype=torch.uint8)
+    x, logits = DomainImages(images, None, None).view(torch.tensor([0, 2]), _augmenter(), torch.Generator())
+    assert logits is None
+    torch.testing.assert_close(x, torch.full((2, 3, 8, 8), (128 - 127.5) / 63.75))
+
+
+# -- loop and observers --------------------------------------------------------------------------
+class _Constant(nn.Module):
+    """A 'strategy' whose loss is ``w²`` (or NaN from ``nan_at`` on): the loop's arithmetic by hand."""
+
+    def __init__(self, nan_at: int | None = None):
+        super().__init__()
+        self.w = nn.Parameter(torch.tensor(1.0))
+        self.nan_at = nan_at
+
+    def training_step(self, batch, ctx):
+        loss = self.w ** 2
+        if self.nan_at is not None and ctx.step >= self.nan_at:
+            loss = loss * float("nan")
+        return StepOutput(loss, {"w": self.w.detach().clone(), "host": 2.0})
+
+
+class _Batches:
+    images_per_step = 4
+
+    def batch(self, step):
+        return Batch(source=torch.zeros(1), source_labels=torch.zeros(1))
+
+
+class _Log(StepObserver):
+    def __init__(self):
+        self.after, self.logged, self.closed = [], [], False
+
+    def after_step(self, step, loss, out):
+        self.after.append(step)
+
+    def at_log_point(self, step, loss):
+        self.logged.append(step)
+
+    def close(self):
+        self.closed = True
+
+
+def _loop(strategy, observers, steps: int = 5, log_every: int = 2):
+    schedule = ParamSchedule([ParamGroup("w", [strategy.w])], [strategy], strategy, dict(RECIPE, steps=steps),
+                             torch.device("cpu"), "probe")
+    ctx = StepContext(step=0, total_steps=steps, model=None, device=torch.device("cpu"), num_classes=1)
+    return run_steps(strategy, schedule, _Batches(), ctx, contextlib.nullcontext, observers, total_steps=steps,
+                     log_every=log_every, warmup_steps=1, device=torch.device("cpu"))
+
+
+def test_the_loop_steps_the_optimizer_and_calls_observers_at_the_right_steps():
+    strategy, log, means = _Constant(), _Log(), MetricMeans()
+    timing = _loop(strategy, [log, means])
+    assert log.after == [0, 1, 2, 3, 4] and log.logged == [1, 3, 4] and log.closed
+    # SGD on w² with lr 0.1: w ← 0.8 w each step
+    assert strategy.w.item() == pytest.approx(0.8 ** 5)
+    assert means.means(5) == {"w": pytest.approx(sum(0.8 ** k for k in range(5)) / 5), "host": 2.0}
+    assert timing.measured_steps == 4 and timing.images_per_step == 4
+
+
+def test_a_non_finite_loss_raises_at_the_next_logging_point_naming_its_step():
+    log = _Log()
+    with pytest.raises(DivergedError) as err:
+        _loop(_Constant(nan_at=2), [NonFiniteCheck(torch.device("cpu")), log], steps=8, log_every=3)
+    assert err.value.step == 2
+    assert log.after == [0, 1, 2, 3, 4, 5] and log.closed  # stopped at the logging point after step 5
+
+
+# -- evaluation ----------------------------------------------------------------------------------
+class _ByBrightness(nn.Module):
+    """Class 1 for bright images, 0 for dark ones."""
+
+    def forward(self, x):
+        m = x.mean(dim=(1, 2, 3))
+        return torch.stack([-m, m], dim=1)
+
+
+def test_evaluate_counts_correct_predictions_over_every_batch():
+    images = torch.cat([torch.zeros(3, 3, 10, 10), torch.full((3, 3, 10, 10), 255.0)]).to(torch.uint8)
+    labels = torch.tensor([0, 0, 1, 1, 1, 0])  # two of six are wrong
+    acc, img_per_s = evaluate(_ByBrightness(), images, labels, _augmenter(), 4, torch.device("cpu"),
+                              contextlib.nullcontext)
+    assert acc == pytest.approx(100 * 4 / 6) and img_per_s > 0
+
+
+def test_the_pseudo_label_audit_measures_only_kept_labels():
+    audit = PseudoLabelAudit(torch.tensor([0, 1, 2, 3]))
+    audit(torch.tensor([0, 1, 2]), torch.tensor([0, 0, 2]), torch.tensor([1, 1, 0]))
+    assert audit.metrics() == {"pseudo_label_coverage": pytest.approx(200 / 3), "pseudo_label_acc": 50.0}
+    assert PseudoLabelAudit(torch.tensor([0])).metrics() == {}
+
+
+def test_stopwatch_measures_elapsed_time():
+    watch = Stopwatch(torch.device("cpu"))
+    watch.start()
+    assert 0 <= watch.stop() < 60
+
+
+# -- the whole cell ------------------------------------------------------------------------------
+def test_train_cell_records_what_its_phases_produced(tmp_path):
+    task = _task(tmp_path)
+    record = train_cell(task, get_registry())
+    assert record.status == "ok" and record.cell_id == task.cell.id
+    assert record.steps == 6 and 0 <= record.target_acc <= 100 and 0 <= record.source_acc <= 100
+    assert record.extra["train_images"] + record.extra["target_images"] < 1797
+    assert {"source_ce", "source_acc"} <= set(record.extra)  # the strategy's metrics, averaged
+    assert math.isfinite(record.train_img_per_s) and record.trainable_params > 0
+    again = train_cell(task, get_registry())
+    assert (again.target_acc, again.source_acc) == (record.target_acc, record.source_acc)

@@ -1,0 +1,66 @@
+"""Writing reports: the leaderboard of one or several results directories in every reporter's format."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from tlbench.errors import UserError
+from tlbench.matrix.results import CellRecord, ResultsDir, load_records
+from tlbench.reporting.leaderboard import build_leaderboard
+
+
+def write_reports(out_dir: Path, records: list[CellRecord], suite: dict[str, Any],
+                  formats: list[str] | None = None, registry: Any = None) -> list[Path]:
+    """Build the leaderboard and let every reporter (or those in ``formats``) write into ``out_dir``.
+
+    Reporters run in a fixed order: by their ``order`` attribute, then by name, so a reporter
+    whose files another embeds (plots, for the HTML page) runs first.
+    """
+    if registry is None:
+        from tlbench.plugins.registry import get_registry
+        registry = get_registry()
+    names = list(dict.fromkeys(formats)) if formats else registry.names("reporter")
+    reporters = [registry.get("reporter", n) for n in names]  # an unknown name fails before any work
+    reporters = sorted(zip(names, reporters), key=lambda nr: (getattr(nr[1], "order", 0), nr[0]))
+    board = build_leaderboard(records, suite)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for _, cls in reporters:
+        reporter = cls() if isinstance(cls, type) else cls
+        board.written.extend(Path(p) for p in reporter.write(board, out_dir))
+    return list(board.written)
+
+
+def report_dirs(dirs: list[Path], out: Path | None, formats: list[str] | None = None,
+                registry: Any = None) -> list[Path]:
+    """Report on one or several results directories, merged (``tlbench report DIR [DIR...]``).
+
+    Only finished cells (their ``record.json``) are read, so a run still going can be reported on.
+    The suite is the first ``suite.json`` found; the reference rows are the union of all.
+    """
+    dirs = [Path(d) for d in dirs]
+    if not dirs:
+        raise UserError("tlbench report: give at least one results directory")
+    for d in dirs:
+        if not d.is_dir():
+            raise UserError(f"{d}: no such results directory (expected the --out folder of a tlbench run)")
+    if out is None:
+        if len(dirs) > 1:
+            raise UserError(f"merging {len(dirs)} results directories needs an output folder (--out DIR)")
+        out = dirs[0]
+    records = load_records(dirs)
+    if not records:
+        raise UserError(f"no finished cells in {', '.join(map(str, dirs))} "
+                        "(no cells/*/record.json yet); run the suite first or wait for a cell to finish")
+    suite: dict[str, Any] = {}
+    refs: list[Any] = []
+    for d in dirs:
+        s = ResultsDir(d).read_suite()
+        if s and not suite:
+            suite = dict(s)
+        for ref in s.get("reference") or []:
+            if ref not in refs:
+                refs.append(ref)
+    suite["reference"] = refs
+    return write_reports(Path(out), records, suite, formats, registry)

@@ -1,0 +1,42 @@
+"""What every conformance check shares: one way to fail, and checks of names and docstrings."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from tlbench.errors import UserError
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise AssertionError(message)
+
+
+def _call(where: str, call: Callable[[], Any]) -> Any:
+    try:
+        return call()
+    except Exception as exc:
+        raise AssertionError(f"{where} raised {type(exc).__name__}: {exc}") from exc
+
+
+def _check_plugin_name(who: str, name: Any) -> None:
+    _require(isinstance(name, str) and bool(name) and not any(c.isspace() for c in name),
+             f"{who}.name must be a non-empty string without spaces (the name suites use), got {name!r}")
+
+
+def _check_docstring(cls: type, what: str) -> None:
+    _require(bool((cls.__doc__ or "").strip()),
+             f"{cls.__name__} needs a docstring: its first line is what 'tlbench list' shows for {what}")
+
+
+def _user_error_only(where: str, call: Callable[[], Any]) -> tuple[bool, Any]:
+    """``(True, result)``, or ``(False, the UserError)``; any other exception is an AssertionError."""
+    try:
+        return True, call()
+    except UserError as exc:
+        return False, exc
+    except Exception as exc:
+        raise AssertionError(f"{where} raised {type(exc).__name__}: {exc}; problems with the user's data or "
+                             "options must be a tlbench.UserError (one line: what is wrong, what would be valid)"
+                             ) from exc

@@ -1,0 +1,282 @@
+"""The strategy conformance check: does a strategy honour the contract the engine relies on?"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from tlbench.models.transfer import TransferModel, set_batchnorm_eval_where_frozen
+from tlbench.testing.common import _require
+from tlbench.testing.tiny import make_tiny_batch, make_tiny_model
+from tlbench.training.strategy import Batch, ParamGroup, SetupContext, StepContext, StepOutput, Strategy
+
+VALID_TARGET_VIEWS: tuple[tuple[str, ...], ...] = ((), ("weak",), ("weak", "strong"))
+
+
+# -- what the engine does, reproduced for the checks ----------------------------------------------
+def engine_start_step(start: float, total_steps: int) -> int:
+    """The step at which a group with ``start`` joins the optimizer: ``ceil(start * total_steps)``."""
+    return math.ceil(start * total_steps)
+
+
+def apply_engine_trainability(modules: Iterable[nn.Module], groups: list[ParamGroup], step: int,
+                              total_steps: int) -> set[int]:
+    """Set ``requires_grad`` as the engine does at ``step``: True for the parameters of groups that
+    have joined, False for every other parameter of ``modules``. Returns the ids of the trainable ones."""
+    enabled = {id(p) for g in groups if engine_start_step(g.start, total_steps) <= step for p in g.params}
+    for module in modules:
+        for p in module.parameters():
+            p.requires_grad_(id(p) in enabled)
+    return enabled
+
+
+# -- the conformance check -------------------------------------------------------------------
+def check_strategy(cls: type, params: Any = None, *, seed: int = 0, total_steps: int = 10) -> None:
+    """Check that strategy class ``cls`` honours the engine's contract; ``AssertionError`` if not.
+
+    Checks: metadata (``name``, a docstring, ``Params`` a dataclass whose fields all have defaults,
+    valid ``target_views``, boolean ``trains_backbone``/``accepts_features``/``needs_teacher``); ``setup`` and
+    ``param_groups`` work and the groups are well formed (each parameter once, only the model's
+    or the strategy's own, no backbone parameter when ``trains_backbone`` is False); at the first
+    and the last step, with ``requires_grad`` set as the engine would, ``training_step`` returns a
+    :class:`StepOutput` with a finite scalar loss without calling ``backward()`` itself, and one
+    backward reaches every parameter of every group that has joined and no other parameter (nor the
+    teacher's); a strategy that ``accepts_features`` also works on cached features (N×D);
+    the strategy's ``state_dict`` loads into a fresh instance; two runs with one seed agree exactly.
+    ``params`` is a mapping of overrides, a ``Params`` instance, or None for the defaults.
+    It runs single-threaded (restoring the thread count after): on so tiny a model one thread is
+    the fastest, and a busy machine cannot slow it down with waiting threads.
+    """
+    _check_metadata(cls)
+    resolved = _resolve_params(cls, params)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        first = _run(cls, resolved, seed, total_steps)
+        second = _run(cls, resolved, seed, total_steps)
+    finally:
+        torch.set_num_threads(threads)
+    differ = sorted(set(first) ^ set(second))
+    _require(not differ, f"{cls.__name__}: two runs with seed {seed} differ in what they produce: {differ[:3]}")
+    for key, value in first.items():
+        other = second[key]
+        if isinstance(value, Tensor):
+            if not torch.equal(value, other):
+                raise AssertionError(f"{cls.__name__}: two runs with seed {seed} differ in {key} "
+                                     f"({value.flatten()[:3].tolist()} vs {other.flatten()[:3].tolist()}); "
+                                     "draw randomness only from torch's global generator")
+        else:
+            _require(value == other, f"{cls.__name__}: two runs with seed {seed} differ in {key}")
+
+
+def _check_metadata(cls: type) -> None:
+    _require(isinstance(cls, type) and issubclass(cls, Strategy),
+             f"{cls!r} must be a subclass of tlbench.Strategy")
+    who = cls.__name__
+    _require(isinstance(cls.name, str) and bool(cls.name) and not any(c.isspace() for c in cls.name),
+             f"{who}.name must be a non-empty string without spaces (the name suites use), got {cls.name!r}")
+    _require(bool((cls.__doc__ or "").strip()),
+             f"{who} needs a docstring naming the method, its paper and each parameter's meaning and default")
+    _require(isinstance(cls.Params, type) and dataclasses.is_dataclass(cls.Params),
+             f"{who}.Params must be a dataclass of the strategy's parameters, got {cls.Params!r}")
+    missing = [f.name for f in dataclasses.fields(cls.Params)
+               if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    _require(not missing, f"{who}.Params field(s) {', '.join(missing)} have no default; give each its published default")
+    try:
+        cls.default_params()
+    except Exception as exc:
+        raise AssertionError(f"{who}.Params() with its defaults failed: {type(exc).__name__}: {exc}") from exc
+    _require(tuple(cls.target_views) in VALID_TARGET_VIEWS,
+             f"{who}.target_views must be one of {VALID_TARGET_VIEWS}, got {cls.target_views!r}")
+    _require(isinstance(cls.target_views, tuple), f"{who}.target_views must be a tuple, got {cls.target_views!r}")
+    for flag in ("trains_backbone", "accepts_features", "needs_teacher"):
+        _require(isinstance(getattr(cls, flag), bool), f"{who}.{flag} must be True or False, got {getattr(cls, flag)!r}")
+
+
+def _resolve_params(cls: type, params: Any) -> Any:
+    if params is None or isinstance(params, Mapping):
+        try:
+            return cls.parse_params(dict(params or {}))
+        except Exception as exc:
+            raise AssertionError(f"{cls.__name__}.parse_params({dict(params or {})!r}) failed: "
+                                 f"{type(exc).__name__}: {exc}") from exc
+    _require(isinstance(params, cls.Params), f"params must be a mapping or a {cls.__name__}.Params, got {params!r}")
+    return params
+
+
+def _new_strategy(cls: type, params: Any, model: TransferModel, total_steps: int, seed: int) -> Strategy:
+    strategy = cls(copy.deepcopy(params))
+    ctx = SetupContext(num_classes=model.num_classes, feature_dim=model.feature_dim, embed_dim=model.embed_dim,
+                       total_steps=total_steps, device=torch.device("cpu"), seed=seed)
+    try:
+        strategy.setup(model, ctx)
+    except Exception as exc:
+        raise AssertionError(f"{cls.__name__}.setup failed: {type(exc).__name__}: {exc}") from exc
+    return strategy.to(torch.device("cpu"))
+
+
+def _check_groups(cls: type, groups: Any, model: TransferModel, strategy: Strategy) -> None:
+    who = cls.__name__
+    if not (isinstance(groups, list) and all(isinstance(g, ParamGroup) for g in groups)):
+        got = type(groups).__name__ if not isinstance(groups, list) else [type(g).__name__ for g in groups]
+        raise AssertionError(f"{who}.param_groups must return a list of tlbench.ParamGroup, got {got}")
+    _require(bool(groups), f"{who}.param_groups returned no group: nothing would train")
+    names = [g.name for g in groups]
+    _require(len(set(names)) == len(names), f"{who}.param_groups: group names must be unique, got {names}")
+    owned = {id(p) for p in model.parameters()} | {id(p) for p in strategy.parameters()}
+    backbone = {id(p) for p in model.backbone.parameters()}
+    seen: dict[int, str] = {}
+    for g in groups:
+        _require(isinstance(g.name, str) and bool(g.name), f"{who}: every group needs a name, got {g.name!r}")
+        _require(bool(g.params), f"{who}: group {g.name!r} has no parameters")
+        for p in g.params:
+            _require(isinstance(p, nn.Parameter), f"{who}: group {g.name!r} holds a {type(p).__name__}, not an nn.Parameter")
+            _require(id(p) in owned, f"{who}: group {g.name!r} holds a parameter of neither the model nor the strategy")
+            _require(id(p) not in seen, f"{who}: a parameter is in both group {seen.get(id(p))!r} and group {g.name!r}")
+            seen[id(p)] = g.name
+            if not cls.trains_backbone:
+                _require(id(p) not in backbone, f"{who}.trains_backbone is False but group {g.name!r} holds "
+                                                "backbone parameters")
+        _require(math.isfinite(g.lr_scale) and g.lr_scale > 0,
+                 f"{who}: group {g.name!r} has lr_scale {g.lr_scale}; it must be a positive number")
+        _require(0.0 <= g.start <= 1.0, f"{who}: group {g.name!r} has start {g.start}; it must be a fraction in [0, 1]")
+        _require(g.weight_decay is None or g.weight_decay >= 0,
+                 f"{who}: group {g.name!r} has weight_decay {g.weight_decay}; use None or a value >= 0")
+    _require(any(g.start == 0 for g in groups), f"{who}: no group starts at 0, so the first step would train nothing")
+
+
+def _score_recorder(who: str, batch: Batch, calls: list[int]) -> Callable[[Tensor, Tensor, Tensor], None]:
+    def score(index: Tensor, labels: Tensor, mask: Tensor) -> None:
+        n = 0 if batch.target is None else len(batch.target)
+        for what, t in (("index", index), ("pseudo_labels", labels), ("mask", mask)):
+            _require(isinstance(t, Tensor) and t.shape == (n,),
+                     f"{who}: score_pseudo_labels {what} must be a tensor of shape ({n},), got "
+                     f"{getattr(t, 'shape', type(t).__name__)}")
+        _require(mask.dtype == torch.bool, f"{who}: score_pseudo_labels mask must be bool, got {mask.dtype}")
+        _require(not labels.is_floating_point(), f"{who}: score_pseudo_labels labels must be class indices")
+        calls.append(1)
+
+    return score
+
+
+def _as_features(model: TransferModel, batch: Batch) -> Batch:
+    """The batch the engine serves a frozen backbone: pooled features instead of images."""
+    with torch.no_grad():
+        f = (lambda t: None if t is None else model.features(t).detach())
+        return dataclasses.replace(batch, source=f(batch.source), target=f(batch.target),
+                                   target_strong=f(batch.target_strong))
+
+
+def _run(cls: type, params: Any, seed: int, total_steps: int) -> dict[str, Any]:
+    """One seeded run of the checks; returns what must be identical across runs."""
+    who = cls.__name__
+    record: dict[str, Any] = {}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = make_tiny_model(seed)
+        teacher = None
+        if cls.needs_teacher:
+            teacher = make_tiny_model(seed + 100).eval()  # its parameters keep requires_grad: a missing no_grad shows
+        strategy = _new_strategy(cls, params, model, total_steps, seed)
+        groups = strategy.param_groups(model)
+        _check_groups(cls, groups, model, strategy)
+
+        named = {id(p): f"model.{n}" for n, p in model.named_parameters()}
+        named.update({id(p): f"strategy.{n}" for n, p in strategy.named_parameters()})
+        by_id = {id(p): p for p in list(model.parameters()) + list(strategy.parameters())}
+        reached: dict[int, bool] = {}  # param id -> got a gradient at a step where it trained
+        inputs = ("images", "features") if cls.accepts_features else ("images",)
+        for step in (0, total_steps - 1):
+            enabled = apply_engine_trainability((model, strategy), groups, step, total_steps)
+            model.train()
+            strategy.train()
+            set_batchnorm_eval_where_frozen(model)
+            for kind in inputs:
+                batch = make_tiny_batch(cls.target_views, seed=seed + step)
+                if kind == "features":
+                    batch = _as_features(model, batch)
+                calls: list[int] = []
+                ctx = StepContext(step=step, total_steps=total_steps, model=model, device=torch.device("cpu"),
+                                  num_classes=model.num_classes, teacher=teacher,
+                                  score_pseudo_labels=_score_recorder(who, batch, calls))
+                for p in by_id.values():
+                    p.grad = None
+                where = f"{who}.training_step at step {step}/{total_steps} on {kind}"
+                try:
+                    out = strategy.training_step(batch, ctx)
+                except AssertionError:
+                    raise
+                except Exception as exc:
+                    raise AssertionError(f"{where} raised {type(exc).__name__}: {exc}") from exc
+                _check_output(where, out, bool(enabled))
+                grads = [n for pid, n in named.items() if by_id[pid].grad is not None]
+                _require(not grads, f"{where} computed gradients itself ({grads[:3]}...): return the loss, "
+                                    "the engine calls backward()")
+                out.loss.backward()
+                for pid, n in named.items():
+                    p = by_id[pid]
+                    if pid in enabled:
+                        reached[pid] = reached.get(pid, False) or p.grad is not None
+                    else:
+                        _require(p.grad is None, f"{where}: gradient reached {n}, which does not train at "
+                                                 "this step (in no group, or its group has not joined yet)")
+                    _require(p.requires_grad == (pid in enabled),
+                             f"{where} changed requires_grad of {n}; declare what trains in param_groups instead")
+                if teacher is not None:
+                    _require(all(p.grad is None for p in teacher.parameters()),
+                             f"{where}: gradient reached the teacher; call it under torch.no_grad()")
+                record[f"loss[{step},{kind}]"] = out.loss.detach().clone()
+                record[f"pseudo-label scoring calls[{step},{kind}]"] = len(calls)
+                for pid, n in named.items():
+                    g = by_id[pid].grad
+                    if g is not None:
+                        record[f"grad of {n}[{step},{kind}]"] = g.detach().clone()
+        missing = [named[pid] for pid, ok in reached.items() if not ok]
+        _require(not missing, f"{who}: no gradient reached {len(missing)} parameter(s) the strategy declares "
+                              f"trainable, e.g. {missing[:3]}; leave unused parameters out of param_groups")
+
+        _check_state_roundtrip(cls, params, strategy, seed, total_steps)
+        for k, v in strategy.state_dict().items():
+            record[f"state {k}"] = v.detach().clone() if isinstance(v, Tensor) else v
+    return record
+
+
+def _check_output(where: str, out: Any, expects_grad: bool) -> None:
+    _require(isinstance(out, StepOutput), f"{where} must return a tlbench.StepOutput, got {type(out).__name__}")
+    loss = out.loss
+    _require(isinstance(loss, Tensor) and loss.dim() == 0,
+             f"{where}: loss must be a scalar tensor, got {getattr(loss, 'shape', type(loss).__name__)}")
+    _require(loss.is_floating_point(), f"{where}: loss must be a floating-point tensor, got {loss.dtype}")
+    _require(bool(torch.isfinite(loss)), f"{where}: loss is not finite ({loss.item()})")
+    if expects_grad:
+        _require(loss.requires_grad, f"{where}: loss does not depend on any trainable parameter")
+    _require(isinstance(out.metrics, dict), f"{where}: metrics must be a dict, got {type(out.metrics).__name__}")
+    for key, value in out.metrics.items():
+        _require(isinstance(key, str), f"{where}: metric names must be strings, got {key!r}")
+        ok = (isinstance(value, (int, float)) and not isinstance(value, bool)) or (
+            isinstance(value, Tensor) and value.numel() == 1)
+        if not ok:
+            raise AssertionError(f"{where}: metric {key!r} must be a number or a one-element tensor, got {value!r}")
+
+
+def _check_state_roundtrip(cls: type, params: Any, strategy: Strategy, seed: int, total_steps: int) -> None:
+    who = cls.__name__
+    state = strategy.state_dict()
+    torch.manual_seed(seed + 12345)  # a fresh instance initialised differently
+    fresh = _new_strategy(cls, params, make_tiny_model(seed + 7), total_steps, seed)
+    try:
+        fresh.load_state_dict(copy.deepcopy(state), strict=True)
+    except Exception as exc:
+        raise AssertionError(f"{who}: state_dict does not load into a fresh, set-up instance: "
+                             f"{type(exc).__name__}: {exc}") from exc
+    reloaded = fresh.state_dict()
+    _require(list(reloaded) == list(state), f"{who}: state_dict keys differ after a round trip")
+    for key, value in state.items():
+        if isinstance(value, Tensor):
+            _require(torch.equal(value, reloaded[key]), f"{who}: state_dict entry {key!r} differs after a round trip")

@@ -1,0 +1,125 @@
+"""The engine: trains and evaluates one cell. The one place that owns the training loop.
+
+:func:`train_cell` is the whole path of one cell, one phase a line, each phase a module of
+``tlbench.training``: setup (``setup``: data split, model, strategy, teacher, parameter groups
+and optimizer) → frozen outputs computed once (``frozen``) → the batch source (``batches``) →
+the step loop with its observers (``loop``) → evaluation (``evaluation``) → the record
+(``record``). :func:`run_cell` wraps it so that every cell ends in a record, whatever happens.
+Device, precision (bf16 autocast on GPU), memory format and timing (warm-up excluded, device
+synchronised) are decided here, so there is one place to make fast; inside the step loop
+nothing waits on the device except at logging points.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import time
+from pathlib import Path
+
+import torch
+
+from tlbench.data.files import save_checked
+from tlbench.errors import DivergedError
+from tlbench.matrix.cells import CellTask
+from tlbench.matrix.results import CellRecord, ResultsDir
+from tlbench.training.batches import BatchSource
+from tlbench.training.evaluation import PseudoLabelAudit, evaluate_cell
+from tlbench.training.frozen import prepare_frozen_outputs
+from tlbench.training.loop import MetricMeans, NonFiniteCheck, ProgressBar, StepObserver, run_steps
+from tlbench.training.measure import PeakMemory, device_name, select_device
+from tlbench.training.record import failed_record, ok_record
+from tlbench.training.setup import set_up_cell
+from tlbench.training.strategy import StepContext
+
+
+def train_cell(task: CellTask, registry=None) -> CellRecord:
+    """Train and evaluate one cell; raises on failure (``run_cell`` turns that into a record)."""
+    from tlbench.plugins.registry import get_registry
+
+    registry = registry or get_registry(strict=task.strict_plugins)
+    t_start, started = time.perf_counter(), _now()
+    device = select_device(task.device)
+    memory = PeakMemory(device)
+    memory.reset()
+    setup = set_up_cell(task, registry, device)
+    cell, recipe, data, strategy = setup.cell, setup.recipe, setup.data, setup.strategy
+
+    g = torch.Generator(device=device).manual_seed(cell.seed)
+    src_images, src_labels = data.source_train.images.to(device), data.source_train.labels.to(device)
+    tgt_images = data.target.images.to(device)
+    tgt_labels = data.target.labels.to(device)  # for evaluation and the pseudo-label audit only
+    frozen = prepare_frozen_outputs(setup, setup.schedule, src_images, tgt_images,
+                                    Path(task.cache_dir) if task.cache_dir else None, task.teacher_model)
+    batches = BatchSource.build(src_images, src_labels, tgt_images, frozen, target_views=type(strategy).target_views,
+                                augmenter=setup.augmenter, recipe=recipe, g=g)
+
+    audit = PseudoLabelAudit(tgt_labels)
+    ctx = StepContext(step=0, total_steps=setup.total_steps, model=setup.model, device=device,
+                      num_classes=data.num_classes, teacher=setup.teacher, score_pseudo_labels=audit)
+    means = MetricMeans()
+    observers: list[StepObserver] = [NonFiniteCheck(device), means]
+    if task.show_progress:
+        observers.append(ProgressBar(setup.total_steps, cell.describe()))
+    timing = run_steps(strategy, setup.schedule, batches, ctx, setup.autocast, observers,
+                       total_steps=setup.total_steps, log_every=int(recipe["log_every"]),
+                       warmup_steps=int(recipe["timing_warmup_steps"]), device=device)
+
+    evaluation = evaluate_cell(setup, tgt_images, tgt_labels)
+    if task.save_model:  # a kd teacher: its students load these weights, checked by their digest
+        save_checked(ResultsDir(Path(task.out_dir)).model_path(cell.id),
+                     {k: v.detach().cpu() for k, v in setup.model.state_dict().items()})
+    metrics = {**means.means(setup.total_steps), **audit.metrics(), **strategy.extra_metrics()}
+    return ok_record(setup, evaluation=evaluation, timing=timing, metrics=metrics, frozen=frozen,
+                     trainable_params=setup.schedule.trainable_params(), peak_mem_mb=memory.peak_mb(),
+                     wall_s=time.perf_counter() - t_start, started_at=started, device=device_name(device))
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+class _HookError(Exception):
+    """A ``before_cell`` hook raised; the cell fails with the hook named."""
+
+
+def run_cell(task: CellTask) -> CellRecord:
+    """Train one cell and always return a record: ok, failed (with the error) or diverged.
+
+    Top-level and picklable, so launchers (processes, Ray, Slurm) can call it in a worker.
+    """
+    from tlbench.plugins.registry import format_traceback, get_registry
+
+    started = _now()
+    t0 = time.perf_counter()
+    registry = get_registry(strict=task.strict_plugins)
+    record: CellRecord
+    try:
+        try:
+            registry.hook.before_cell(cell=task.cell)
+        except Exception as exc:  # a plugin hook that raises fails the cell, not the run
+            raise _HookError(f"before_cell hook raised {type(exc).__name__}: {exc}") from exc
+        record = train_cell(task, registry)
+    except KeyboardInterrupt:
+        raise
+    except _HookError as exc:
+        message = str(exc) + ("\n" + format_traceback(exc.__cause__) if task.debug else "")
+        record = failed_record(task, "failed", message, started, time.perf_counter() - t0)
+    except DivergedError as exc:
+        record = failed_record(task, "diverged", str(exc), started, time.perf_counter() - t0, steps=exc.step)
+    except torch.OutOfMemoryError as exc:
+        record = failed_record(task, "failed", f"out of memory: {str(exc).splitlines()[0]}", started,
+                               time.perf_counter() - t0)
+    except Exception as exc:
+        message = f"{type(exc).__name__}: {exc}"
+        if task.debug:
+            message += "\n" + format_traceback(exc)
+        record = failed_record(task, "failed", message, started, time.perf_counter() - t0)
+    finally:
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    try:
+        registry.hook.after_cell(cell=task.cell, record=record)
+    except Exception as exc:  # a plugin hook that raises fails the cell, not the run
+        record = failed_record(task, "failed", f"after_cell hook raised {type(exc).__name__}: {exc}", started,
+                               time.perf_counter() - t0)
+    return record

@@ -1,0 +1,131 @@
+"""The step loop, the engine's third phase, and its step observers.
+
+One step: the schedule lets due groups join and sets learning rates, the batch source serves the
+batch, the strategy returns its loss (under autocast), the engine steps the optimizer. Everything
+that watches training is a :class:`StepObserver`: it sees every step's output without forcing a
+host synchronisation, and is asked at logging points (every ``log_every`` steps and the last),
+the only places the loop waits on the device. New observers (curves, checkpoint evaluations) go
+here and nowhere else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from tlbench.errors import DivergedError
+from tlbench.training.batches import BatchSource
+from tlbench.training.measure import Stopwatch
+from tlbench.training.schedule import ParamSchedule
+from tlbench.training.strategy import StepContext, StepOutput, Strategy
+
+
+class StepObserver:
+    """Watches the loop. ``after_step`` must not synchronise with the device; ``at_log_point`` may."""
+
+    def after_step(self, step: int, loss: Tensor, out: StepOutput) -> None:
+        """After the optimizer step of ``step``; ``loss`` is the float32 loss that was minimised."""
+
+    def at_log_point(self, step: int, loss: Tensor) -> None:
+        """After ``step`` when it is a logging point (may read values off the device, or raise)."""
+
+    def close(self) -> None:
+        """After the last step, or when the loop ends early."""
+
+
+class NonFiniteCheck(StepObserver):
+    """Remembers the first step whose loss was not finite, on the device; raises at the next
+    logging point (so a diverged cell stops within ``log_every`` steps and says where it went)."""
+
+    def __init__(self, device: torch.device):
+        self.bad_step = torch.full((), -1, dtype=torch.long, device=device)
+        self.bad_value = torch.zeros((), device=device)
+
+    def after_step(self, step: int, loss: Tensor, out: StepOutput) -> None:
+        first_bad = (self.bad_step < 0) & ~torch.isfinite(loss)  # stays on the device: no sync here
+        self.bad_value = torch.where(first_bad, loss.detach(), self.bad_value)
+        self.bad_step = torch.where(first_bad, step, self.bad_step)
+
+    def at_log_point(self, step: int, loss: Tensor) -> None:
+        if self.bad_step.item() >= 0:
+            raise DivergedError(int(self.bad_step.item()), float(self.bad_value.item()))
+
+
+class MetricMeans(StepObserver):
+    """Sums of every metric the strategy returns, for their means over all steps in the record."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, Tensor | float] = {}
+
+    def after_step(self, step: int, loss: Tensor, out: StepOutput) -> None:
+        for k, v in out.metrics.items():
+            # a Python number stays on the host: torch.tensor(v, device=cuda) would block on the device
+            v = v.detach().float() if isinstance(v, Tensor) else float(v)
+            self.sums[k] = self.sums.get(k, 0) + v
+
+    def means(self, steps: int) -> dict[str, float]:
+        return {k: float(v / steps) for k, v in self.sums.items()}
+
+
+class ProgressBar(StepObserver):
+    """A tqdm bar per cell, updated at logging points with the current loss."""
+
+    def __init__(self, total: int, description: str):
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=total, desc=description, unit="step", leave=False, dynamic_ncols=True)
+
+    def at_log_point(self, step: int, loss: Tensor) -> None:
+        self.bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+        self.bar.update(step + 1 - self.bar.n)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+@dataclass
+class LoopTiming:
+    """Training time of the steps after the warm-up, device synchronised."""
+
+    seconds: float
+    measured_steps: int
+    images_per_step: int
+
+    @property
+    def images_per_second(self) -> float:
+        return self.measured_steps * self.images_per_step / max(self.seconds, 1e-9)
+
+
+def run_steps(strategy: Strategy, schedule: ParamSchedule, batches: BatchSource, ctx: StepContext, autocast: Any,
+              observers: list[StepObserver], *, total_steps: int, log_every: int, warmup_steps: int,
+              device: torch.device) -> LoopTiming:
+    """Train ``total_steps`` steps; the clock starts after ``warmup_steps`` (at most all but one)."""
+    warmup = min(warmup_steps, max(0, total_steps - 1))
+    watch = Stopwatch(device)
+    optimizer = schedule.optimizer
+    try:
+        for step in range(total_steps):
+            if step == warmup:
+                watch.start()
+            schedule.before_step(step)
+            ctx.step = step
+            batch = batches.batch(step)
+            with autocast():
+                out = strategy.training_step(batch, ctx)
+            loss = out.loss.float()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            for observer in observers:
+                observer.after_step(step, loss, out)
+            if (step + 1) % log_every == 0 or step + 1 == total_steps:
+                for observer in observers:
+                    observer.at_log_point(step, loss)
+        seconds = watch.stop()
+    finally:
+        for observer in observers:
+            observer.close()
+    return LoopTiming(seconds, total_steps - warmup, batches.images_per_step)

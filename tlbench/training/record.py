@@ -1,0 +1,52 @@
+"""The record, the engine's last phase: what one cell produced and what it cost."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+import tlbench
+from tlbench.matrix.cells import CellTask
+from tlbench.matrix.results import CellRecord
+from tlbench.models.transfer import count_parameters
+from tlbench.training.evaluation import Evaluation
+from tlbench.training.frozen import FrozenOutputs
+from tlbench.training.loop import LoopTiming
+from tlbench.training.setup import CellSetup
+
+
+def ok_record(setup: CellSetup, *, evaluation: Evaluation, timing: LoopTiming, metrics: dict[str, float],
+              frozen: FrozenOutputs, trainable_params: int, peak_mem_mb: float | None, wall_s: float,
+              started_at: str, device: str) -> CellRecord:
+    """The record of a cell that trained to its last step."""
+    import timm
+
+    cell, recipe = setup.cell, setup.recipe
+    extra: dict[str, Any] = dict(metrics)
+    extra.update({"timm_version": timm.__version__, "weights": setup.weights_used,
+                  "deterministic": setup.deterministic, "precision": "bf16" if setup.precision.bf16 else "fp32",
+                  "channels_last": setup.precision.channels_last, "compiled": bool(recipe["compile"]),
+                  "feature_cache": frozen.feature_steps > 0, "feature_cache_steps": frozen.feature_steps,
+                  "teacher_views": frozen.teacher_views, "label": cell.label,
+                  "train_images": len(setup.data.source_train), "target_images": len(setup.data.target),
+                  "train_seconds": timing.seconds})
+    return CellRecord(
+        suite=cell.suite, dataset=cell.dataset, backbone=cell.backbone, strategy=cell.label, source=cell.source,
+        target=cell.target, seed=cell.seed, status="ok", target_acc=evaluation.target_acc,
+        source_acc=evaluation.source_acc, train_img_per_s=timing.images_per_second,
+        eval_img_per_s=evaluation.eval_img_per_s, peak_mem_mb=peak_mem_mb, trainable_params=trainable_params,
+        total_params=count_parameters(setup.model) + count_parameters(setup.strategy), steps=setup.total_steps,
+        wall_s=wall_s, device=device, torch_version=torch.__version__, tlbench_version=tlbench.__version__,
+        cell_id=cell.id, started_at=started_at, extra=extra)
+
+
+def failed_record(task: CellTask, status: str, error: str, started: str, wall_s: float | None,
+                  device: str = "", steps: int | None = None) -> CellRecord:
+    """The record of a cell that failed or diverged (``status``), with the error that stopped it."""
+    cell = task.cell
+    return CellRecord(suite=cell.suite, dataset=cell.dataset, backbone=cell.backbone, strategy=cell.label,
+                      source=cell.source, target=cell.target, seed=cell.seed, status=status, error=error,
+                      steps=steps, wall_s=wall_s, device=device, torch_version=torch.__version__,
+                      tlbench_version=tlbench.__version__, cell_id=cell.id, started_at=started,
+                      extra={"label": cell.label})
