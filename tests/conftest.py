@@ -62,3 +62,13 @@ def tiny_suite(tmp_path) -> Path:
     path = tmp_path / "tiny.yaml"
     path.write_text(TINY_SUITE)
     return path
+
+
+def run_tiny_suite(root: Path, *args: str) -> tuple[Path, Path, int]:
+    """Write the tiny suite into ``root`` and run it there: (suite file, output folder, exit code)."""
+    from tlbench.cli import main
+
+    suite = root / "tiny.yaml"
+    suite.write_text(TINY_SUITE)
+    out = root / "out"
+    return suite, out, main(["run", str(suite), "--out", str(out), "--quiet", *args])

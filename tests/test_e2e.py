@@ -13,14 +13,9 @@ from tlbench.matrix.results import RESULT_COLUMNS
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
-    from conftest import TINY_SUITE
+    from conftest import run_tiny_suite
 
-    root = tmp_path_factory.mktemp("e2e")
-    suite = root / "tiny.yaml"
-    suite.write_text(TINY_SUITE)
-    out = root / "out"
-    code = main(["run", str(suite), "--out", str(out), "--quiet"])
-    return suite, out, code
+    return run_tiny_suite(tmp_path_factory.mktemp("e2e"))
 
 
 def test_run_writes_every_cell_once_with_exact_columns(finished_run):

@@ -199,7 +199,7 @@ def test_a_non_finite_loss_raises_at_the_next_logging_point_naming_its_step():
     with pytest.raises(DivergedError) as err:
         _loop(_Constant(nan_at=2), [NonFiniteCheck(torch.device("cpu")), log], steps=8, log_every=3)
     assert err.value.step == 2
-    assert log.after == [0, 1, 2, 3, 4, 5] and log.closed  # stopped at the logging point after step 5
+    assert log.after == [0, 1, 2] and log.closed  # stopped at the logging point right after step 2
 
 
 # -- evaluation ----------------------------------------------------------------------------------
@@ -241,5 +241,13 @@ def test_train_cell_records_what_its_phases_produced(tmp_path):
     assert record.extra["train_images"] + record.extra["target_images"] < 1797
     assert {"source_ce", "source_acc"} <= set(record.extra)  # the strategy's metrics, averaged
     assert math.isfinite(record.train_img_per_s) and record.trainable_params > 0
+    prov = record.extra["provenance"]
+    import tlbench_builtins.strategies.source_only as module
+    from tlbench.plugins.provenance import source_digest
+
+    assert prov["strategy"]["plugin"] == "strategies.source_only" and prov["strategy"]["distribution"] == "tlbench"
+    assert prov["strategy"]["source_sha256"] == source_digest(module.SourceOnly) != ""
+    assert set(prov["shifts"]) == {"invert"} and prov["dataset"]["plugin"] == "datasets.sklearn_digits"
+    assert "threads)" in record.device and record.device.startswith("cpu (")
     again = train_cell(task, get_registry())
     assert (again.target_acc, again.source_acc) == (record.target_acc, record.source_acc)

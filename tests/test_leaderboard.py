@@ -102,7 +102,10 @@ def test_rows_are_ranked_by_avg_with_unaveraged_rows_last(board):
     order = list(zip(board.accuracy.backbone, board.accuracy.strategy))
     assert order == [("bbB", "dann"), ("bbA", "dann"), ("bbA", "mmd"), ("bbA", "source_only"),
                      ("bbB", "source_only"), ("bbA", "kd"), ("bbB", "mmd")]
-    assert board.accuracy["rank"].tolist()[:5] == [1, 2, 3, 4, 5]
+    # 2 pairs x 3 seeds: the exact paired test's smallest p is 2/2^6 = 0.031, and Holm's correction over
+    # the 10 pairs of rows lifts it to 0.31, so no row is told apart: all share rank 1, in Avg order
+    assert board.accuracy["rank"].tolist()[:5] == [1, 1, 1, 1, 1]
+    assert board.rank_text.startswith("Rank: 1 + the number of rows significantly better")
     assert board.accuracy["rank"].isna().tolist() == [False] * 5 + [True] * 2
     assert board.pairs == PAIRS and board.columns == [*PAIRS, "Avg"]
 

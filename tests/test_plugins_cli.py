@@ -44,7 +44,7 @@ def test_run_works_with_a_warning_when_an_unrelated_plugin_is_broken(broken_plug
     suite = tmp_path / "tiny.yaml"
     suite.write_text(TINY_SUITE)
     out = tmp_path / "out"
-    code = main(["run", str(suite), "--out", str(out), "--quiet", "--strategies", "source_only",
+    code = main(["run", str(suite), "--out", str(out), "--quiet", "--strategies", "dann",
                  "--set", "recipe.steps=2", "--set", "reports=[csv]"])
     captured = capsys.readouterr()
     assert code == 0, captured
@@ -53,7 +53,19 @@ def test_run_works_with_a_warning_when_an_unrelated_plugin_is_broken(broken_plug
     assert any(f"'{MISSING}' skipped: failed to import" in w for w in warnings_)
     assert any("'clashing_plugin' skipped" in w and "source_only" in w for w in warnings_)
     df = pd.read_csv(out / "results.csv")
-    assert df["status"].tolist() == ["ok"] and df["strategy"].tolist() == ["source_only"]
+    assert df["status"].tolist() == ["ok"] and df["strategy"].tolist() == ["dann"]
+
+
+def test_a_name_two_plugins_registered_is_bad_input_naming_both(broken_plugins, tmp_path, capsys):
+    suite = tmp_path / "tiny.yaml"
+    suite.write_text(TINY_SUITE)
+    code = main(["run", str(suite), "--out", str(tmp_path / "out"), "--quiet", "--strategies", "source_only"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert err[-1] == ("tlbench: error: strategy 'source_only' is registered by 2 plugins: 'strategies.source_only', "
+                       "'clashing_plugin'; tlbench will not choose between them: uninstall or rename one "
+                       "(see 'tlbench plugins')")
+    assert not (tmp_path / "out" / "cells").exists()
 
 
 def test_strict_plugins_makes_a_broken_plugin_fatal(broken_plugins, tmp_path, capsys):

@@ -7,7 +7,7 @@ import types
 import pytest
 
 import tlbench
-from tlbench.errors import UnknownNameError
+from tlbench.errors import UnknownNameError, UserError
 from tlbench.plugins.registry import PluginLoadError, Registry, get_registry
 
 
@@ -50,7 +50,10 @@ def test_duplicate_name_names_both_plugins_and_keeps_the_others():
         "first": _plugin(register_strategies=lambda register: register(Alpha)),
         "second": _plugin(register_strategies=lambda register: (register(Alpha2), register(Beta))),
     })
-    assert reg.get("strategy", "alpha") is Alpha
+    with pytest.raises(UserError, match=r"strategy 'alpha' is registered by 2 plugins: 'first', 'second'; "
+                                        "tlbench will not choose"):
+        reg.get("strategy", "alpha")  # never a silent choice of one of them
+    assert reg.get("strategy", "beta") is Beta and reg.entry("strategy", "alpha").plugin == "first"
     (plugin, error), = reg.failures()
     assert plugin == "second" and "'first'" in error and "'second'" in error and "alpha" in error
 

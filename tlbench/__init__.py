@@ -33,6 +33,7 @@ _LAZY: dict[str, str] = {
     # weights, reports, launchers
     **dict.fromkeys(("WeightSource", "load_state_dict_file"), "tlbench.models.weights"),
     "Reporter": "tlbench.reporting.reporter",
+    "Tracker": "tlbench.reporting.tracker",
     "Launcher": "tlbench.matrix.launcher",
     **dict.fromkeys(("Leaderboard", "Footnote"), "tlbench.reporting.leaderboard"),
     **dict.fromkeys(("atomic_write_text", "atomic_write_bytes"), "tlbench.data.files"),
@@ -64,4 +65,5 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from tlbench.models.weights import WeightSource, load_state_dict_file
     from tlbench.reporting.leaderboard import Footnote, Leaderboard
     from tlbench.reporting.reporter import Reporter
+    from tlbench.reporting.tracker import Tracker
     from tlbench.training.strategy import Batch, ParamGroup, SetupContext, StepContext, StepOutput, Strategy

@@ -16,7 +16,7 @@ from tlbench.errors import UserError
 
 KIND_ALIASES = {"strategies": "strategy", "datasets": "dataset", "shifts": "shift",
                 "weights": "weight_source", "weight_sources": "weight_source", "reporters": "reporter",
-                "reports": "reporter", "launchers": "launcher"}
+                "reports": "reporter", "launchers": "launcher", "trackers": "tracker"}
 
 
 def _csv(text: str) -> list[str]:
@@ -50,7 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE")
     run.add_argument("--cache", type=Path, help="decoded-image cache (default $TLBENCH_CACHE or ~/.cache/tlbench)")
     run.add_argument("--force", action="store_true", help="rerun cells that are already done")
+    run.add_argument("--keep-stale", action="store_true",
+                     help="keep finished cells whose strategy, dataset or shift code changed since they ran")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
+    run.add_argument("--tracker", dest="trackers", action="append", default=[], metavar="NAME",
+                     help="also send every finished cell to this tracker (tensorboard, mlflow, ...); repeatable")
     run.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
     run.add_argument("--strict-plugins", action="store_true", default=argparse.SUPPRESS)
 
@@ -58,6 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("dirs", type=Path, nargs="+")
     rep.add_argument("--out", type=Path, help="where to write (default: the first directory)")
     rep.add_argument("--formats", type=_csv, help="report formats (default: all registered)")
+
+    cur = sub.add_parser("curves", help="print (or plot) the training curves of finished cells")
+    cur.add_argument("dirs", type=Path, nargs="+", help="results directories")
+    cur.add_argument("--cells", help="shell-style wildcard on a cell's description or id, e.g. '*dann*seed=0'")
+    cur.add_argument("--metric", help="only these metrics (a wildcard, e.g. 'lr/*'); default: all")
+    cur.add_argument("--png", type=Path, help="draw to this PNG file instead of printing tables")
 
     ls = sub.add_parser("list", help="list registered names")
     ls.add_argument("kind", choices=sorted(set(KIND_ALIASES) | {"backbones"}))
@@ -139,6 +149,8 @@ def _dispatch(args) -> int:
         for f in files:
             print(f)
         return 0
+    if args.command == "curves":
+        return _curves(args)
     if args.command == "list":
         return _list(args, registry)
     if args.command == "plugins":
@@ -158,7 +170,8 @@ def _run(args, registry) -> int:
     launcher_options = {"address": args.ray_address} if args.ray_address else {}
     options = RunOptions(out_dir=out, device=args.device, launcher=args.launcher, force=args.force,
                          quiet=args.quiet, debug=args.debug, strict_plugins=args.strict_plugins,
-                         cache_dir=args.cache, launcher_options=launcher_options)
+                         cache_dir=args.cache, launcher_options=launcher_options, trackers=args.trackers,
+                         keep_stale=args.keep_stale)
     summary = run_suite(suite, options, registry)
     ran = len(summary.records)
     print(f"{summary.total} cells: {ran} run, {summary.skipped} already done, {len(summary.failures)} failed")
@@ -170,6 +183,22 @@ def _run(args, registry) -> int:
     if board:
         print(f"leaderboard: {board}")
     return summary.exit_code
+
+
+def _curves(args) -> int:
+    from tlbench.data.files import atomic_write_bytes
+    from tlbench.reporting.curves import curves_png, curves_text, metric_names, select_cells
+
+    records = select_cells(args.dirs, args.cells)
+    metrics = metric_names(records, args.metric)
+    if args.png:
+        if args.png.is_dir():
+            raise UserError(f"--png {args.png}: is a folder; give a file name such as curves.png")
+        atomic_write_bytes(args.png, curves_png(records, metrics))
+        print(f"{len(records)} cell(s), {len(metrics)} metric(s): {args.png}")
+        return 0
+    sys.stdout.write(curves_text(records, metrics))
+    return 0
 
 
 def _list(args, registry) -> int:

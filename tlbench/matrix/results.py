@@ -3,6 +3,7 @@
 Layout of an output directory (DomainBed-style, one folder per cell named by its id)::
 
     <out>/cells/<cell_id>/record.json    the cell's record; its presence marks the cell done
+    <out>/cells/<cell_id>/curves.json    its training curves (metrics and learning rates at logging points)
     <out>/cells/<cell_id>/model.pt       trained weights, only for cells another cell needs (kd teachers)
     <out>/results.csv                    every cell once, exactly RESULT_COLUMNS
     <out>/results.jsonl                  every record, strategy extras included
@@ -17,7 +18,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -60,13 +61,17 @@ class CellRecord:
     cell_id: str = ""
     started_at: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    #: the training curves (``tlbench.training.curves.Curves.to_dict()``): they travel with the record
+    #: from the worker to the driver, which writes them to ``curves.json`` beside ``record.json``
+    curves: dict[str, Any] | None = field(default=None, repr=False, compare=False)
 
     def row(self) -> dict[str, Any]:
-        d = asdict(self)
-        return {k: d[k] for k in RESULT_COLUMNS}
+        return {k: getattr(self, k) for k in RESULT_COLUMNS}
 
     def to_json(self) -> str:
-        return json.dumps(_finite(asdict(self)), sort_keys=True)
+        """The record as ``record.json`` and ``results.jsonl`` hold it (curves have their own file)."""
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "curves"}
+        return json.dumps(_finite(d), sort_keys=True)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> CellRecord:
@@ -100,11 +105,25 @@ class ResultsDir:
     def model_path(self, cell_id: str) -> Path:
         return self.cell_dir(cell_id) / "model.pt"
 
+    def curves_path(self, cell_id: str) -> Path:
+        return self.cell_dir(cell_id) / "curves.json"
+
     def is_done(self, cell_id: str) -> bool:
         return self.record_path(cell_id).is_file()
 
     def write_record(self, record: CellRecord) -> None:
+        """The curves first, then the record that marks the cell done."""
+        if record.curves is not None:
+            atomic_write_text(self.curves_path(record.cell_id), json.dumps(_finite(record.curves)) + "\n")
         atomic_write_text(self.record_path(record.cell_id), record.to_json() + "\n")
+
+    def read_curves(self, cell_id: str) -> dict[str, Any] | None:
+        """A cell's curves as written, or None when it has none (or they cannot be read)."""
+        try:
+            curves = json.loads(self.curves_path(cell_id).read_text())
+        except (OSError, ValueError):
+            return None
+        return curves if isinstance(curves, dict) else None
 
     def read_record(self, cell_id: str) -> CellRecord | None:
         try:
@@ -112,14 +131,18 @@ class ResultsDir:
         except (OSError, ValueError):
             return None
 
-    def records(self) -> list[CellRecord]:
-        """Every record in the directory, ordered by start time (then id) for stable output."""
+    def records(self, *, curves: bool = False) -> list[CellRecord]:
+        """Every record in the directory, ordered by start time (then id) for stable output; with
+        ``curves``, each record's curves attached (for reports and ``tlbench curves``)."""
         out = []
         for p in sorted((self.root / "cells").glob("*/record.json")):
             try:
-                out.append(CellRecord.from_dict(json.loads(p.read_text())))
+                record = CellRecord.from_dict(json.loads(p.read_text()))
             except (OSError, ValueError):
                 continue  # a foreign or unreadable file is not a result
+            if curves:
+                record.curves = self.read_curves(p.parent.name)
+            out.append(record)
         return sorted(out, key=lambda r: (r.started_at, r.cell_id))
 
     def write_tables(self) -> None:
@@ -146,11 +169,11 @@ class ResultsDir:
             return {}
 
 
-def load_records(dirs: Iterable[Path]) -> list[CellRecord]:
+def load_records(dirs: Iterable[Path], *, curves: bool = False) -> list[CellRecord]:
     """Records of several results directories merged; the same cell id counts once (newest wins)."""
     by_id: dict[str, CellRecord] = {}
     for d in dirs:
-        for r in ResultsDir(d).records():
+        for r in ResultsDir(d).records(curves=curves):
             old = by_id.get(r.cell_id)
             if old is None or r.started_at >= old.started_at:
                 by_id[r.cell_id] = r

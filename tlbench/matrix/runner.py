@@ -20,6 +20,7 @@ from tlbench.matrix.cells import Cell, CellTask, canonical_pair, expand_cells, r
 from tlbench.data.domains import DomainSpec
 from tlbench.errors import RunLockedError, UserError
 from tlbench.matrix.results import CellRecord, ResultsDir
+from tlbench.matrix.tracking import TrackerFeed, tracker_entries
 
 
 @dataclass
@@ -34,6 +35,8 @@ class RunOptions:
     strict_plugins: bool = False
     cache_dir: Path | None = None
     reports: bool = True
+    trackers: list[str] = field(default_factory=list)  # --tracker NAME, beside the suite's own
+    keep_stale: bool = False  # keep finished cells whose code has changed since (else: refuse, exit 2)
 
 
 @dataclass
@@ -108,6 +111,8 @@ def plan(suite, registry, *, check_data: bool = True) -> tuple[list[Cell], list[
     registry.get("launcher", suite.launcher.name)
     for fmt in suite.reports or []:
         registry.get("reporter", fmt)
+    for tracker in suite.trackers:
+        registry.get("tracker", tracker.name)
     cells = expand_cells(suite, registry, pairs)
     _check_weights(cells, registry)
     return cells, pairs
@@ -218,7 +223,10 @@ def run_suite(suite, options: RunOptions, registry) -> RunSummary:
     from tlbench.data.files import checked_file_ok
 
     cells, pairs = plan(suite, registry)
+    for name in options.trackers:  # the suite's own were checked by plan()
+        registry.get("tracker", name)
     out = ResultsDir(options.out_dir)
+    _check_stale(cells, out, options, registry)
     cache_dir = options.cache_dir or default_cache_dir()
     teacher_ids = {c.teacher.id for c in cells if c.teacher is not None}
     preflight(suite, [c for c in cells if options.force or c.id in teacher_ids or not out.is_done(c.id)],
@@ -226,12 +234,20 @@ def run_suite(suite, options: RunOptions, registry) -> RunSummary:
     launcher_name = options.launcher or suite.launcher.name
     launcher_opts = {**suite.launcher.options, **options.launcher_options}
     launcher = registry.get("launcher", launcher_name)(**launcher_opts)
+    by_id = {c.id: c for c in cells}
 
     with run_lock(options.out_dir):
-        out.write_suite(_suite_meta(suite, pairs, registry))
+        meta = _suite_meta(suite, pairs, registry)
+        out.write_suite(meta)
+        feed = TrackerFeed(tracker_entries(suite.trackers, options.trackers), options.out_dir, meta, registry)
         records: list[CellRecord] = []
         skipped = 0
         progress = _matrix_progress(len(cells), options.quiet)
+
+        def finished(rec: CellRecord) -> None:
+            _write(out, rec, records, progress)
+            feed.log_cell(by_id[rec.cell_id], rec)
+
         try:
             for wave in waves(cells):
                 tasks = []
@@ -246,7 +262,7 @@ def run_suite(suite, options: RunOptions, registry) -> RunSummary:
                         continue
                     blocked = _failed_teacher(cell, out)
                     if blocked:
-                        _write(out, blocked, records, progress)
+                        finished(blocked)
                         continue
                     tasks.append(CellTask(
                         cell=cell, out_dir=str(options.out_dir), data_root=suite.data_root,
@@ -262,23 +278,46 @@ def run_suite(suite, options: RunOptions, registry) -> RunSummary:
 
                     def on_record(rec: CellRecord) -> None:
                         running.end(rec.cell_id)
-                        _write(out, rec, records, progress)
+                        finished(rec)
 
                     if _accepts_on_start(launcher):
                         launcher.launch(tasks, run_cell, on_record, on_start=running.start)
                     else:  # a launcher written before on_start existed
                         launcher.launch(tasks, run_cell, on_record)
+        except BaseException:
+            feed.close()
+            raise
         finally:
             launcher.close()
             progress.close()
             out.write_tables()
         report_files = []
-        if options.reports:
-            from tlbench.reporting.write import write_reports
+        try:
+            if options.reports:
+                from tlbench.reporting.write import write_reports
 
-            report_files = write_reports(options.out_dir, out.records(), out.read_suite(), suite.reports,
-                                         registry=registry)
+                report_files = write_reports(options.out_dir, out.records(curves=True), out.read_suite(),
+                                             suite.reports, registry=registry)
+                feed.log_reports(report_files)
+        finally:
+            feed.close()
     return RunSummary(options.out_dir, len(cells), skipped, records, report_files)
+
+
+def _check_stale(cells: list[Cell], out: ResultsDir, options: RunOptions, registry) -> None:
+    """Finished cells computed by other code than is installed now: refused, or kept with a warning."""
+    import warnings
+
+    from tlbench.matrix.staleness import refuse_stale, stale_cells
+
+    if options.force:
+        return  # they are rerun anyway
+    stale = stale_cells(cells, out, registry)
+    if stale and not options.keep_stale:
+        refuse_stale(stale)
+    if stale:
+        warnings.warn(f"{len(stale)} finished cell(s) kept although their code changed since they ran "
+                      "(--keep-stale)", stacklevel=2)
 
 
 def _failed_teacher(cell: Cell, out: ResultsDir) -> CellRecord | None:

@@ -99,6 +99,11 @@ class LauncherEntry(_Strict):
     options: dict[str, Any] = Field(default_factory=dict)
 
 
+class TrackerEntry(_Strict):
+    name: str
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
 class Suite(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.\-]+$")
     description: str = ""
@@ -113,6 +118,8 @@ class Suite(_Strict):
     recipe: Recipe = Field(default_factory=Recipe)
     launcher: LauncherEntry = Field(default_factory=LauncherEntry)
     reports: list[str] | None = Field(None, description="report formats; default: every registered reporter")
+    trackers: list[TrackerEntry] = Field(default_factory=list,
+                                         description="experiment trackers fed with every finished cell; default none")
     reference: list[Reference] = Field(default_factory=list)
 
     @field_validator("backbones", mode="before")
@@ -143,6 +150,14 @@ class Suite(_Strict):
     @classmethod
     def _launcher(cls, v: Any) -> Any:
         return {"name": v} if isinstance(v, str) else v
+
+    @field_validator("trackers", mode="before")
+    @classmethod
+    def _trackers(cls, v: Any) -> Any:
+        v = _as_list(v)
+        if not isinstance(v, list):
+            return v
+        return [{"name": x} if isinstance(x, str) else x for x in v]
 
     @field_validator("seeds", "backbones", "strategies")
     @classmethod

@@ -53,6 +53,11 @@ def register_launchers(register: Register) -> None:
 
 
 @hookspec
+def register_trackers(register: Register) -> None:
+    """Register :class:`tlbench.Tracker` subclasses (experiment trackers fed with every finished cell)."""
+
+
+@hookspec
 def before_cell(cell: Cell) -> None:
     """Called just before a cell trains, in the process that trains it."""
 

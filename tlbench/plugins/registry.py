@@ -50,6 +50,7 @@ KINDS: dict[str, Kind] = {k.name: k for k in (
     Kind("weight_source", "register_weight_sources", "tlbench.WeightSource"),
     Kind("reporter", "register_reporters", "tlbench.Reporter"),
     Kind("launcher", "register_launchers", "tlbench.Launcher"),
+    Kind("tracker", "register_trackers", "tlbench.Tracker"),
 )}
 
 
@@ -85,6 +86,10 @@ class PluginLoadError(UserError):
     """Raised in strict mode when a plugin fails to import or register."""
 
 
+class AmbiguousNameError(UserError):
+    """A name that several plugins registered was asked for."""
+
+
 class Registry:
     """All plugins of one process, loaded once."""
 
@@ -95,6 +100,8 @@ class Registry:
         self.pm.add_hookspecs(hookspecs)
         self.plugins: dict[str, PluginInfo] = {}
         self._entries: dict[str, dict[str, Entry]] = {kind: {} for kind in KINDS}
+        #: (kind, name) -> every plugin that registered it, when more than one did
+        self._clashes: dict[tuple[str, str], list[str]] = {}
         if entry_points:
             self._load_entry_points()
             self._load_env_plugins()
@@ -172,6 +179,7 @@ class Registry:
             raise TypeError(f"{obj!r} has no 'name' attribute")
         taken = self._entries[kind.name].get(key)
         if taken is not None:
+            self._clashes.setdefault((kind.name, key), [taken.plugin]).append(plugin)
             raise DuplicateNameError(
                 f"{kind.name} {key!r} is registered by both plugin {taken.plugin!r} and plugin {plugin!r}")
         self._entries[kind.name][key] = Entry(kind.name, key, obj, plugin)
@@ -189,15 +197,22 @@ class Registry:
         return [n for n in names if pattern is None or fnmatch.fnmatchcase(n, pattern)]
 
     def get(self, kind: str, name: str) -> Any:
-        """The registered class (or object) for ``name``; an error with close names otherwise."""
-        try:
-            return self._entries[_check_kind(kind)][name].obj
-        except KeyError:
-            raise UnknownNameError(kind.replace("_", " "), name, self._entries[kind]) from None
+        """The registered class (or object) for ``name``; an error with close names otherwise, and
+        an error naming every plugin when several registered it (tlbench never picks one of them)."""
+        clash = self._clashes.get((kind, name))
+        if clash:
+            raise AmbiguousNameError(
+                f"{kind.replace('_', ' ')} {name!r} is registered by {len(clash)} plugins: "
+                f"{', '.join(repr(p) for p in clash)}; tlbench will not choose between them: uninstall or "
+                "rename one (see 'tlbench plugins')")
+        return self.entry(kind, name).obj
 
     def entry(self, kind: str, name: str) -> Entry:
-        self.get(kind, name)
-        return self._entries[kind][name]
+        """The registration of ``name``: its object and the plugin that registered it first."""
+        try:
+            return self._entries[_check_kind(kind)][name]
+        except KeyError:
+            raise UnknownNameError(kind.replace("_", " "), name, self._entries[kind]) from None
 
     def failures(self) -> list[tuple[str, str]]:
         return [(p.name, e) for p in self.plugins.values() for e in p.errors]

@@ -31,10 +31,12 @@ import pandas as pd
 
 from tlbench.errors import UserError
 from tlbench.matrix.results import CellRecord
+from tlbench.reporting import stats
+from tlbench.reporting.ranking import AVG, critical_difference_summary, matched_results, rank_rows
+from tlbench.reporting.curves import CURVE_COLUMNS, curve_frame
 
-AVG = "Avg"
 #: per-column fields of :attr:`Leaderboard.accuracy`, named ``f"{column} {field}"``
-COLUMN_FIELDS = ("mean", "std", "n", "best", "status", "notes")
+COLUMN_FIELDS = ("mean", "std", "ci95", "n", "best", "status", "notes")
 #: cell statuses in :attr:`Leaderboard.accuracy` (``f"{column} status"``)
 CELL_STATUSES = ("ok", "partial", "failed", "diverged", "failed/diverged", "missing")
 
@@ -42,7 +44,9 @@ PROTOCOL = ("last checkpoint; target labels never used for training or model sel
             "accuracy on all target images")
 STATS_TEXT = ("Each cell: mean ± sample std (ddof=1) of target accuracy (%) over seeds whose cell finished "
               "ok; n = number of those seeds. Avg: mean of the per-pair means, only when every pair has a value; "
-              "its std is over the per-seed averages, only when every seed has every pair.")
+              "its std is over the per-seed averages, only when every seed has every pair. ci95 (in the CSV): "
+              "half-width of the 95 % Student-t confidence interval of the mean.")
+
 
 
 @dataclass
@@ -105,6 +109,17 @@ class Leaderboard:
     #: files the reporters of this ``write_reports`` call wrote so far, in order: a later reporter
     #: may embed an earlier one's (the HTML page embeds the plots' PNGs)
     written: list[Path] = field(default_factory=list)
+    #: how the ``rank`` column was decided (stated under every table)
+    rank_text: str = ""
+    #: Demšar's critical-difference summary per backbone: ``backbone``, ``strategy``, ``avg_rank``,
+    #: ``within_cd`` (not told apart from the best); empty unless there are enough pairs and strategies
+    critical_difference: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(
+        columns=["backbone", "strategy", "avg_rank", "within_cd"]))
+    #: the rule and numbers behind :attr:`critical_difference` ("" when it is empty)
+    cd_text: str = ""
+    #: training curves of the records that carry them, one row per (cell, metric, logging step):
+    #: ``backbone``, ``strategy``, ``pair``, ``seed``, ``metric``, ``step``, ``value`` (may be empty)
+    curves: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=list(CURVE_COLUMNS)))
 
     @property
     def columns(self) -> list[str]:
@@ -135,7 +150,8 @@ def build_leaderboard(records: list[CellRecord], suite: dict[str, Any], *,
 
     data = [_row_stats(b, s, pairs, by_cell) for b, s in rows]
     acc = _accuracy_frame(data, pairs)
-    acc = _rank(acc)
+    acc, rank_text = rank_rows(acc, matched_results(by_cell), len({r.seed for r in records}))
+    cd, cd_text = critical_difference_summary(acc, pairs)
     _mark_best(acc, [*pairs, AVG])
     footnotes, failures = _footnotes(acc, pairs, by_cell)
     for _, row in acc.iterrows():
@@ -161,8 +177,12 @@ def build_leaderboard(records: list[CellRecord], suite: dict[str, Any], *,
         n_seeds=len({r.seed for r in records}),
         notes=notes,
         protocol=PROTOCOL,
-        stats_text=STATS_TEXT,
+        stats_text=f"{STATS_TEXT} {rank_text}",
+        rank_text=rank_text,
+        critical_difference=cd,
+        cd_text=cd_text,
         environment=_environment(records, date),
+        curves=curve_frame(records),
     )
 
 
@@ -239,8 +259,8 @@ def _row_stats(backbone: str, strategy: str, pairs: list[str],
             if _is_value(r):
                 per_seed.setdefault(r.seed, {})[p] = float(r.target_acc)
         mean, std = _mean_std(values) if values else (math.nan, math.nan)
-        row.update({f"{p} mean": mean, f"{p} std": std, f"{p} n": len(values) if values else pd.NA,
-                    f"{p} status": _cell_status(recs)})
+        row.update({f"{p} mean": mean, f"{p} std": std, f"{p} ci95": stats.ci95_halfwidth(std, len(values)),
+                    f"{p} n": len(values) if values else pd.NA, f"{p} status": _cell_status(recs)})
         if values:
             means.append(mean)
         else:
@@ -253,9 +273,11 @@ def _row_stats(backbone: str, strategy: str, pairs: list[str],
             avg_n: Any = len(complete)
         else:
             avg_std, avg_n = math.nan, pd.NA
-        row.update({f"{AVG} mean": avg, f"{AVG} std": avg_std, f"{AVG} n": avg_n, f"{AVG} status": "ok"})
+        ci = stats.ci95_halfwidth(avg_std, len(complete)) if avg_n is not pd.NA else math.nan
+        row.update({f"{AVG} mean": avg, f"{AVG} std": avg_std, f"{AVG} ci95": ci, f"{AVG} n": avg_n,
+                    f"{AVG} status": "ok"})
     else:
-        row.update({f"{AVG} mean": math.nan, f"{AVG} std": math.nan, f"{AVG} n": pd.NA,
+        row.update({f"{AVG} mean": math.nan, f"{AVG} std": math.nan, f"{AVG} ci95": math.nan, f"{AVG} n": pd.NA,
                     f"{AVG} status": "missing"})
     row["missing"] = tuple(missing)
     return row
@@ -271,22 +293,11 @@ def _accuracy_frame(data: list[dict[str, Any]], pairs: list[str]) -> pd.DataFram
     for c in [*pairs, AVG]:
         df[f"{c} mean"] = df[f"{c} mean"].astype("float64")
         df[f"{c} std"] = df[f"{c} std"].astype("float64")
+        df[f"{c} ci95"] = df[f"{c} ci95"].astype("float64")
         df[f"{c} n"] = df[f"{c} n"].astype("Int64")
         df[f"{c} best"] = False
         df[f"{c} notes"] = [() for _ in range(len(df))]
     return df[cols]
-
-
-def _rank(df: pd.DataFrame) -> pd.DataFrame:
-    """Rows with an Avg by Avg descending (ties share the smaller rank), then the others; ties and
-    unranked rows by backbone and strategy, so the order never depends on the order of the records."""
-    df = df.sort_values(["backbone", "strategy"], kind="stable")
-    has = df[f"{AVG} mean"].notna()
-    ranked = df[has].sort_values(f"{AVG} mean", ascending=False, kind="stable")
-    ranked["rank"] = ranked[f"{AVG} mean"].rank(method="min", ascending=False)
-    out = pd.concat([ranked, df[~has]]) if len(ranked) else df[~has].copy()
-    out["rank"] = out["rank"].astype("Int64")
-    return out.reset_index(drop=True)
 
 
 def _mark_best(df: pd.DataFrame, columns: list[str]) -> None:

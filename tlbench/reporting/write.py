@@ -49,7 +49,7 @@ def report_dirs(dirs: list[Path], out: Path | None, formats: list[str] | None = 
         if len(dirs) > 1:
             raise UserError(f"merging {len(dirs)} results directories needs an output folder (--out DIR)")
         out = dirs[0]
-    records = load_records(dirs)
+    records = load_records(dirs, curves=True)
     if not records:
         raise UserError(f"no finished cells in {', '.join(map(str, dirs))} "
                         "(no cells/*/record.json yet); run the suite first or wait for a cell to finish")

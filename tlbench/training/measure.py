@@ -29,9 +29,22 @@ def synchronize(device: torch.device) -> None:
 
 
 def device_name(device: torch.device) -> str:
+    """The GPU's name, or the processor's model with the thread count: figures differ between them."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    return f"cpu ({processor_model()}, {torch.get_num_threads()} threads)"
+
+
+def processor_model() -> str:
+    """The CPU's model name (Linux: ``/proc/cpuinfo``), else what ``platform`` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() in ("model name", "Processor", "cpu model") and value.strip():
+                return f"{value.strip()}, {platform.machine()}"
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 class PeakMemory:

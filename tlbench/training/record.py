@@ -7,18 +7,30 @@ from typing import Any
 import torch
 
 import tlbench
-from tlbench.matrix.cells import CellTask
+from tlbench.data.domains import DomainSpec
+from tlbench.matrix.cells import Cell, CellTask
 from tlbench.matrix.results import CellRecord
 from tlbench.models.transfer import count_parameters
+from tlbench.plugins.provenance import provenance
+from tlbench.training.curves import Curves
 from tlbench.training.evaluation import Evaluation
 from tlbench.training.frozen import FrozenOutputs
 from tlbench.training.loop import LoopTiming
 from tlbench.training.setup import CellSetup
 
 
+def cell_provenance(cell: Cell, registry) -> dict[str, Any]:
+    """The code behind a cell's names: its strategy's, dataset's and shifts' plugins, versions and
+    source digests (see :mod:`tlbench.plugins.provenance`)."""
+    shifts = {name for spec in (cell.source, cell.target) for name, _ in DomainSpec.parse(spec).shifts}
+    return {"strategy": provenance(registry, "strategy", cell.strategy),
+            "dataset": provenance(registry, "dataset", cell.dataset),
+            "shifts": {name: provenance(registry, "shift", name) for name in sorted(shifts)}}
+
+
 def ok_record(setup: CellSetup, *, evaluation: Evaluation, timing: LoopTiming, metrics: dict[str, float],
-              frozen: FrozenOutputs, trainable_params: int, peak_mem_mb: float | None, wall_s: float,
-              started_at: str, device: str) -> CellRecord:
+              curves: Curves, provenance: dict[str, Any], frozen: FrozenOutputs, trainable_params: int, peak_mem_mb: float | None,
+              wall_s: float, started_at: str, device: str) -> CellRecord:
     """The record of a cell that trained to its last step."""
     import timm
 
@@ -30,7 +42,7 @@ def ok_record(setup: CellSetup, *, evaluation: Evaluation, timing: LoopTiming, m
                   "feature_cache": frozen.feature_steps > 0, "feature_cache_steps": frozen.feature_steps,
                   "teacher_views": frozen.teacher_views, "label": cell.label,
                   "train_images": len(setup.data.source_train), "target_images": len(setup.data.target),
-                  "train_seconds": timing.seconds})
+                  "train_seconds": timing.seconds, "provenance": provenance})
     return CellRecord(
         suite=cell.suite, dataset=cell.dataset, backbone=cell.backbone, strategy=cell.label, source=cell.source,
         target=cell.target, seed=cell.seed, status="ok", target_acc=evaluation.target_acc,
@@ -38,7 +50,7 @@ def ok_record(setup: CellSetup, *, evaluation: Evaluation, timing: LoopTiming, m
         eval_img_per_s=evaluation.eval_img_per_s, peak_mem_mb=peak_mem_mb, trainable_params=trainable_params,
         total_params=count_parameters(setup.model) + count_parameters(setup.strategy), steps=setup.total_steps,
         wall_s=wall_s, device=device, torch_version=torch.__version__, tlbench_version=tlbench.__version__,
-        cell_id=cell.id, started_at=started_at, extra=extra)
+        cell_id=cell.id, started_at=started_at, extra=extra, curves=curves.to_dict())
 
 
 def failed_record(task: CellTask, status: str, error: str, started: str, wall_s: float | None,

@@ -169,11 +169,12 @@ def footnotes(board: Leaderboard) -> str:
     return f'<ol class="fn">{"".join(items)}</ol>'
 
 
-def figures(board: Leaderboard) -> str:
+def figures(board: Leaderboard, *, curves: bool = False) -> str:
+    """The PNGs written before this page, embedded: the training curves (``curves_*.png``) or the rest."""
     out = []
     for path in board.written:
         path = Path(path)
-        if path.suffix.lower() != ".png" or not path.is_file():
+        if path.suffix.lower() != ".png" or not path.is_file() or path.name.startswith("curves_") != curves:
             continue
         data = base64.b64encode(path.read_bytes()).decode("ascii")
         out.append(f'<figure><img alt="{esc(path.stem)}" src="data:image/png;base64,{data}">'
@@ -198,12 +199,25 @@ def render(board: Leaderboard) -> str:
         parts.append('<ul class="notes">' + "".join(f"<li>{esc(pair_label(n))}</li>" for n in board.notes) + "</ul>")
     if len(board.references):
         parts += ["<h2>Published reference numbers (not measured here, not ranked)</h2>", reference_table(board)]
+    if len(board.critical_difference):
+        rows = "".join(f"<tr><td>{esc(r['backbone'])}</td><td>{esc(r['strategy'])}</td>"
+                       f'<td class="num">{r["avg_rank"]:.2f}</td><td>{"yes" if r["within_cd"] else "no"}</td></tr>'
+                       for _, r in board.critical_difference.iterrows())
+        parts += ["<h2>Critical difference</h2>", f'<p class="notes">{esc(board.cd_text)}</p>',
+                  "<table><thead><tr><th>Backbone</th><th>Strategy</th><th>Average rank</th>"
+                  f"<th>Within CD of the best</th></tr></thead><tbody>{rows}</tbody></table>"]
     parts += ["<h2>Cost</h2>",
               '<p class="notes">Throughput and memory: ok cells only (mean; memory: max). Wall time: every cell.</p>',
               cost_table(board)]
     figs = figures(board)
     if figs:
         parts += ["<h2>Figures</h2>", figs]
+    curve_figs = figures(board, curves=True)
+    if curve_figs:
+        parts += ["<h2>Training curves</h2>",
+                  '<p class="notes">Per strategy: each metric it returns (window means at the logging steps) '
+                  "for each pair; the line is the mean over seeds, the band spans the lowest to the highest "
+                  "seed.</p>", curve_figs]
     if board.footnotes:
         parts += ["<h2>Footnotes</h2>", footnotes(board)]
     parts += [f"<script>{JS}</script>", "</body></html>"]

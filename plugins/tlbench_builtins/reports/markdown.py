@@ -64,6 +64,13 @@ def accuracy_table(board: Leaderboard) -> str:
     return _table(rows, headers, ["right", "left", "left", *["right"] * len(board.columns)])
 
 
+def critical_difference_table(board: Leaderboard) -> str:
+    headers = ["Backbone", "Strategy", "Average rank", "Within CD of the best"]
+    rows = [[md_escape(r["backbone"]), md_escape(r["strategy"]), f"{r['avg_rank']:.2f}",
+             "yes" if r["within_cd"] else "no"] for _, r in board.critical_difference.iterrows()]
+    return _table(rows, headers, ["left", "left", "right", "left"])
+
+
 def reference_table(board: Leaderboard) -> str:
     headers = ["Backbone", "Strategy", *[pair_label(c) for c in board.columns], "Source"]
     rows = []
@@ -116,6 +123,8 @@ def render(board: Leaderboard) -> str:
     if len(board.references):
         out += ["## Published reference numbers (not measured here, not ranked)", "",
                 reference_table(board), ""]
+    if len(board.critical_difference):
+        out += ["## Critical difference", "", board.cd_text, "", critical_difference_table(board), ""]
     out += ["## Cost", "", "Throughput and memory: ok cells only (mean; memory: max). "
             "Wall time: every cell.", "", cost_table(board), ""]
     if board.footnotes:

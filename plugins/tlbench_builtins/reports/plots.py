@@ -1,4 +1,6 @@
-"""``plots`` reporter: ``accuracy_vs_throughput.png`` and ``pair_accuracy.png``.
+"""``plots`` reporter: ``accuracy_vs_throughput.png``, ``pair_accuracy.png`` and, for runs that
+recorded training curves, ``curves_<backbone>_<strategy>.png`` (every metric per pair, mean and
+min–max over seeds).
 
 Figures are drawn on :class:`matplotlib.figure.Figure` objects rendered by the Agg canvas
 directly: headless, and without ``pyplot`` there is no process-wide backend to switch, so loading
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 from pathlib import Path
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -146,16 +149,58 @@ FIGURES = {
 }
 
 
+def curve_figures(board: Leaderboard) -> dict[str, bytes]:
+    """``curves_<backbone>_<strategy>.png`` for every row with curves: a panel per metric and pair."""
+    frame = board.curves
+    frame = frame[~frame["metric"].str.startswith("lr/")] if len(frame) else frame
+    out = {}
+    for (backbone, strategy), rows in frame.groupby(["backbone", "strategy"], sort=True):
+        name = "curves_" + "_".join(re.sub(r"[^A-Za-z0-9._=-]+", "-", str(s)).strip("-") for s in (backbone, strategy))
+        out[f"{name}.png"] = strategy_curves(board, str(backbone), str(strategy), rows)
+    return out
+
+
+def strategy_curves(board: Leaderboard, backbone: str, strategy: str, rows) -> bytes:
+    """Rows: the strategy's metrics; columns: the pairs; a line: the mean over seeds at each logging
+    step, with the band from the lowest to the highest seed."""
+    metrics = sorted(rows["metric"].unique(), key=lambda m: (m != "loss", m))
+    pairs = [p for p in board.pairs if p in set(rows["pair"])]
+    fig = Figure(figsize=(3.0 * len(pairs) + 0.6, 1.9 * len(metrics) + 0.6), layout="constrained")
+    axes = fig.subplots(len(metrics), len(pairs), squeeze=False)
+    for i, metric in enumerate(metrics):
+        for j, pair in enumerate(pairs):
+            ax = axes[i][j]
+            sub = rows[(rows["metric"] == metric) & (rows["pair"] == pair)]
+            if len(sub):
+                stats = sub.groupby("step")["value"].agg(["mean", "min", "max", "count"])
+                ax.plot(stats.index, stats["mean"], color=COLORS[0], lw=1.2)
+                if (stats["count"] > 1).any():
+                    ax.fill_between(stats.index, stats["min"], stats["max"], color=COLORS[0], alpha=0.2, lw=0)
+            else:
+                _no_data(ax, "no curve")
+            ax.tick_params(labelsize=7)
+            ax.grid(True, alpha=0.3)
+            if i == 0:
+                ax.set_title(_label(pair), fontsize=9)
+            if j == 0:
+                ax.set_ylabel(metric, fontsize=8)
+    seeds = rows["seed"].nunique()
+    fig.suptitle(f"{strategy} ({backbone}): training curves, mean and min–max over {seeds} seed(s)", fontsize=10)
+    return _png(fig)
+
+
 class PlotsReporter(Reporter):
     name = "plots"
-    description = "accuracy_vs_throughput.png (with Pareto front) and pair_accuracy.png"
+    description = "accuracy_vs_throughput.png (with Pareto front), pair_accuracy.png, training curves"
     order = -10  # the HTML page embeds these
 
     def write(self, board: Leaderboard, out_dir: Path) -> list[Path]:
+        figures = {name: draw(board) for name, draw in FIGURES.items()}
+        figures.update(curve_figures(board))
         paths = []
-        for name, draw in FIGURES.items():
+        for name, png in figures.items():
             path = Path(out_dir) / name
-            atomic_write_bytes(path, draw(board))
+            atomic_write_bytes(path, png)
             paths.append(path)
         return paths
 

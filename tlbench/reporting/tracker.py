@@ -1,0 +1,91 @@
+"""The tracker contract: send each finished cell to an experiment tracker (TensorBoard, MLflow, ...).
+
+Trackers run in the driver process only, fed by the runner as records arrive from the workers, so a
+Ray or Slurm worker needs no tracker credentials or network. A tracker sees each cell once, when it
+finishes in this run: cells a resumed run skips were sent by the run that finished them. A tracker
+that fails (a server down, a full disk) costs a warning naming it, never a cell or the run's exit
+code: see :class:`tlbench.matrix.tracking.TrackerFeed`.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from tlbench.errors import UserError
+from tlbench.plugins.registry import Plugin
+
+if TYPE_CHECKING:
+    from tlbench.matrix.cells import Cell
+    from tlbench.matrix.results import CellRecord
+
+
+class Tracker(Plugin):
+    """Base class of tracker plugins. ``option_help`` lists the options a suite may give it.
+
+    ``out_dir`` is the run's output folder: a tracker that stores locally by default stores there,
+    never elsewhere. ``suite`` is the resolved suite (``suite.json``'s content).
+    """
+
+    plugin_kind: ClassVar[str] = "tracker"
+    name: ClassVar[str] = ""
+    #: a one-line description for ``tlbench list trackers``
+    description: ClassVar[str] = ""
+    option_help: ClassVar[dict[str, str]] = {}
+
+    def __init__(self, out_dir: Path, suite: dict[str, Any], **options: Any):
+        unknown = sorted(set(options) - set(self.option_help))
+        if unknown:
+            raise UserError(f"tracker {self.name!r}: unknown option(s) {', '.join(unknown)}; "
+                            f"valid: {', '.join(self.option_help) or 'none'}")
+        self.out_dir, self.suite, self.options = Path(out_dir), suite, options
+
+    def log_cell(self, cell: Cell, record: CellRecord) -> None:
+        """One finished cell: its configuration (``cell.config()``), its record and ``record.curves``
+        (``{"steps": [...], "series": {name: [...]}}``, or None for a cell that did not train).
+        A cell sent again (``--force``) replaces what the tracker had for it."""
+        raise NotImplementedError
+
+    def log_reports(self, files: list[Path]) -> None:
+        """The leaderboard files of this run, once they are written (optional)."""
+
+    def close(self) -> None:
+        """After the last cell and the reports; also after an error or Ctrl-C."""
+
+    # -- helpers for subclasses -----------------------------------------------------------------
+    @staticmethod
+    def cell_params(cell: Cell) -> dict[str, str]:
+        """A cell's configuration as flat ``key.sub: value`` strings (a tracker's run parameters)."""
+        out: dict[str, str] = {}
+
+        def walk(prefix: str, value: Any) -> None:
+            if isinstance(value, dict):
+                for k, v in sorted(value.items()):
+                    walk(f"{prefix}.{k}" if prefix else str(k), v)
+            else:
+                out[prefix] = "" if value is None else str(value)
+
+        walk("", cell.config())
+        return out
+
+    @staticmethod
+    def record_metrics(record: CellRecord) -> dict[str, float]:
+        """A record's numbers (accuracies, costs, the strategy's metric means) for a run's summary."""
+        names = ("target_acc", "source_acc", "train_img_per_s", "eval_img_per_s", "peak_mem_mb", "wall_s",
+                 "trainable_params", "total_params", "steps")
+        out = {n: float(getattr(record, n)) for n in names if _number(getattr(record, n))}
+        out.update({f"extra.{k}": float(v) for k, v in sorted(record.extra.items()) if _number(v)})
+        return out
+
+    @staticmethod
+    def curve_points(record: CellRecord) -> list[tuple[str, int, float]]:
+        """``(metric, step, value)`` for every point of the record's curves, in step order per metric."""
+        curves = record.curves or {}
+        steps = curves.get("steps") or []
+        return [(name, int(step), float(value)) for name, values in sorted((curves.get("series") or {}).items())
+                for step, value in zip(steps, values) if value is not None]
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
