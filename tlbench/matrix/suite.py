@@ -210,7 +210,7 @@ def read_yaml(path: Path) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError) as exc:
         raise UserError(f"{path}: cannot read suite file ({exc})") from None
     try:
-        data = yaml.load(text, Loader=_SuiteLoader)  # noqa: S506 - a SafeLoader that refuses duplicate keys
+        data = _load_suite_text(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
@@ -238,6 +238,15 @@ class _SuiteLoader(yaml.SafeLoader):
             if isinstance(key, (str, int, float, bool)):
                 seen.add(key)
         return super().construct_mapping(node, deep=deep)
+
+
+def _load_suite_text(text: str) -> Any:
+    """What ``yaml.safe_load`` does, with :class:`_SuiteLoader` (still the safe constructor)."""
+    loader = _SuiteLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
 
 
 def count_nodes(data: Any, limit: int) -> int:
