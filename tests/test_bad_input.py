@@ -205,8 +205,8 @@ def test_bad_dataset_option_value(capsys, tmp_path):
 def test_weights_file_that_does_not_exist(capsys, tmp_path):
     missing = tmp_path / "nope.pth"
     line = run_bad(capsys, tmp_path, tiny(tmp_path, TINY_SUITE.replace("weights: random", f"weights: {missing}")))
-    assert "no pretrained weights for backbone 'test_efficientnet'" in line and "local_file" in line
-    assert "weights: random" in line  # says what would be valid
+    assert f"backbone 'test_efficientnet': weights file {missing} does not exist" in line
+    assert "random" in line and "local_file" in line  # says what would be valid
 
 
 def test_weights_file_that_is_corrupt_is_found_before_training(capsys, tmp_path):

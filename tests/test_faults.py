@@ -148,14 +148,16 @@ def test_faults_are_recorded_per_cell_and_the_matrix_goes_on(faulty_registry, tm
     assert len(failures) == 5
 
 
-def test_failed_cells_rerun_only_with_force(faulty_registry, tmp_path, capsys):
-    """A resumed run keeps failed records (so a crash is not retried forever); --force retries."""
+def test_failed_cells_are_retried_and_diverged_ones_kept(faulty_registry, tmp_path, capsys):
+    """A rerun retries a failed cell (its fault may have been the machine's); a diverged cell is a
+    result, kept until --force; the exit code is that of every cell of the matrix."""
     suite = tmp_path / "faults.yaml"
     suite.write_text(SUITE)
     out = tmp_path / "out"
-    assert main(["run", str(suite), "--out", str(out), "--quiet", "--strategies", "boom"]) == 1
+    assert main(["run", str(suite), "--out", str(out), "--quiet", "--strategies", "boom,goes_nan"]) == 1
     capsys.readouterr()
-    assert main(["run", str(suite), "--out", str(out), "--quiet", "--strategies", "boom"]) == 0
-    assert "1 cells: 0 run, 1 already done, 0 failed" in capsys.readouterr().out
-    assert main(["run", str(suite), "--out", str(out), "--quiet", "--strategies", "boom", "--force"]) == 1
-    assert len(pd.read_csv(out / "results.csv")) == 1
+    assert main(["run", str(suite), "--out", str(out), "--quiet", "--strategies", "boom,goes_nan"]) == 1
+    assert "2 cells: 1 run, 1 already done, 2 failed" in capsys.readouterr().out
+    assert main(["run", str(suite), "--out", str(out), "--quiet", "--strategies", "goes_nan", "--force"]) == 1
+    assert "1 cells: 1 run, 0 already done, 1 failed" in capsys.readouterr().out
+    assert len(pd.read_csv(out / "results.csv")) == 2

@@ -1,7 +1,8 @@
 """Randomly broken suite files never crash ``tlbench run``: each gets one clean error line and exit 2.
 
 Hypothesis mutates a valid suite (deleted keys, wrong types, random strings, unknown keys and
-plugin names, bad pairs, huge and negative numbers, broken YAML). Everything up to the start of
+plugin names, bad pairs, huge and negative numbers, broken YAML, strategy parameters of the wrong
+type or range, names that are not one path segment, paths to nothing, to devices and to files). Everything up to the start of
 work runs for real (reading, validation, planning, the data pre-flight); the output directory's
 lock, the first thing a run that would train takes, is replaced by a sentinel, so a mutation that
 happens to stay valid stops there without training. Either way nothing may be written.
@@ -54,6 +55,14 @@ bad_pair = st.one_of(
     st.sampled_from(["digits=>digits+invert", "digits->digits", "nope->digits", "digits->digits+rotate:9",
                      "digits->digits+nosuch", "->digits", "digits->", "digits->+invert", "a->b->c", ""]),
     text)
+STRATEGY_PARAMS = [("dann", "trade_off"), ("dann", "hidden"), ("dann", "dropout"), ("dann", "gamma"),
+                   ("source_only", "label_smoothing"), ("freeze", "label_smoothing"), ("mmd", "alphas"),
+                   ("mmd", "linear"), ("self_training", "threshold"), ("self_training", "warmup"),
+                   ("unfreeze", "mode"), ("unfreeze", "stages"), ("dlr", "decay"), ("kd", "alpha"),
+                   ("kd", "teacher_views"), ("kd", "teacher_params")]
+hostile_name = st.one_of(st.sampled_from(["..", ".", "a/b", "/abs", "~", "", " ", "-", "name\n"]), text)
+hostile_path = st.one_of(st.sampled_from(["/nonexistent/w.pth", "/", "/dev/null", "/proc/self/status", "..",
+                                          "~nobody/x", "relative/w.pth", "w.safetensors", "/etc"]), text)
 yaml_breakers = st.sampled_from(["[", "{", "]", "}", ": :", "\t", "- - :", "&a", "*undefined",
                                  "!!python/name:os.system ", "!!python/object/apply:os.system ['true'] ", "'", '"',
                                  "%", "@", "`", "\x00", "key: value\n  bad indent: 1\n"])
@@ -64,7 +73,8 @@ def mutation(draw) -> str:
     """The text of a broken suite."""
     data = yaml.safe_load(yaml.safe_dump(VALID))
     kind = draw(st.sampled_from(["delete", "wrong_type", "unknown_key", "recipe_number", "recipe_junk",
-                                 "unknown_plugin", "bad_pair", "bad_yaml", "seeds"]))
+                                 "unknown_plugin", "bad_pair", "bad_yaml", "seeds", "strategy_param", "name",
+                                 "path"]))
     if kind == "delete":
         del data[draw(st.sampled_from(REQUIRED))]
     elif kind == "wrong_type":
@@ -109,7 +119,22 @@ def mutation(draw) -> str:
     elif kind == "bad_pair":
         data["pairs"] = [draw(bad_pair)]
     elif kind == "seeds":
-        data["seeds"] = draw(st.one_of(st.just([]), st.lists(junk, min_size=1, max_size=3), st.just([1, 1])))
+        data["seeds"] = draw(st.one_of(st.just([]), st.lists(junk, min_size=1, max_size=3), st.just([1, 1]),
+                                       st.just([10**20]), st.just([-1])))
+    elif kind == "strategy_param":
+        strategy, param = draw(st.sampled_from(STRATEGY_PARAMS))
+        data["strategies"] = [{strategy: {param: draw(st.one_of(junk, bad_number))}}]
+    elif kind == "name":
+        data["name"] = draw(hostile_name)
+    elif kind == "path":
+        where = draw(st.sampled_from(["data_root", "weights", "image_folder"]))
+        path = draw(hostile_path)
+        if where == "data_root":
+            data["data_root"] = path
+        elif where == "weights":
+            data["backbones"] = [{"name": "test_efficientnet", "weights": path}]
+        else:
+            data["dataset"], data["dataset_options"] = "image_folder", {"path": path}
     suite = yaml.safe_dump(data, allow_unicode=True, sort_keys=False)
     if kind == "bad_yaml":
         at = draw(st.integers(min_value=0, max_value=len(suite)))

@@ -23,8 +23,8 @@ from tlbench.plugins.hookspecs import hookimpl
 #: public name -> the module that defines it
 _LAZY: dict[str, str] = {
     # strategies
-    **dict.fromkeys(("Strategy", "ParamGroup", "Batch", "StepContext", "StepOutput", "SetupContext"),
-                    "tlbench.training.strategy"),
+    **dict.fromkeys(("Strategy", "ParamGroup", "Batch", "StepContext", "StepOutput", "SetupContext",
+                     "SupervisedParams"), "tlbench.training.strategy"),
     **dict.fromkeys(("TransferModel", "Outputs"), "tlbench.models.transfer"),
     # data
     **dict.fromkeys(("Dataset", "ClassFolderDataset", "Domain", "DomainSpec", "Shift", "array_to_images",
@@ -66,4 +66,5 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from tlbench.reporting.leaderboard import Footnote, Leaderboard
     from tlbench.reporting.reporter import Reporter
     from tlbench.reporting.tracker import Tracker
-    from tlbench.training.strategy import Batch, ParamGroup, SetupContext, StepContext, StepOutput, Strategy
+    from tlbench.training.strategy import (Batch, ParamGroup, SetupContext, StepContext, StepOutput, Strategy,
+                                          SupervisedParams)

@@ -20,18 +20,31 @@ KIND_ALIASES = {"strategies": "strategy", "datasets": "dataset", "shifts": "shif
 
 
 def _csv(text: str) -> list[str]:
-    return [s.strip() for s in text.split(",") if s.strip()]
+    names = [s.strip() for s in text.split(",") if s.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected one or more comma-separated names")
+    return names
 
 
 def _seeds(text: str) -> list[int]:
     try:
-        return [int(s) for s in _csv(text)]
+        seeds = [int(s) for s in text.split(",") if s.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--seeds {text!r}: expected integers like 0,1,2") from None
+        seeds = []
+    if not seeds:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected integers like 0,1,2")
+    return seeds
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line that says where help is, not the whole usage text."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tlbench", description="Benchmark transfer-learning strategies.")
+    p = _Parser(prog="tlbench", description="Benchmark transfer-learning strategies.")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     p.add_argument("--strict-plugins", action="store_true", help="a plugin that fails to load is fatal")
     sub = p.add_subparsers(dest="command", required=True)
@@ -89,14 +102,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     debug = bool(getattr(args, "debug", False))
-    _keep_writes_in_cache(args)
     try:
+        _keep_writes_in_cache(args)
         with _one_line_warnings():
             return _dispatch(args)
     except UserError as exc:
         if debug:
             raise
-        print(f"tlbench: error: {exc}", file=sys.stderr)
+        first = (str(exc).strip().splitlines() or [""])[0]  # a message quoting a library's may span lines
+        print(f"tlbench: error: {first}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("tlbench: interrupted; finished cells are recorded, run the same command to resume", file=sys.stderr)
@@ -107,9 +121,11 @@ def _keep_writes_in_cache(args) -> None:
     """tlbench writes only to the output directory and its cache: matplotlib (imported by the plots
     reporter) would keep its font cache under $HOME, and torch's compiler (whose cache folder timm
     creates as soon as it builds a model) under the temporary folder: point both into tlbench's cache."""
-    from tlbench.data.cache import default_cache_dir
+    from tlbench.data.cache import default_cache_dir, usable_cache_dir
 
-    cache = Path(getattr(args, "cache", None) or default_cache_dir()).expanduser()
+    given = getattr(args, "cache", None)
+    cache = usable_cache_dir(Path(given).expanduser() if given else default_cache_dir(),
+                             "--cache" if given else "the cache folder")
     for var, sub in (("MPLCONFIGDIR", "matplotlib"), ("TORCHINDUCTOR_CACHE_DIR", "inductor"),
                      ("TRITON_CACHE_DIR", "triton")):
         if var not in os.environ:

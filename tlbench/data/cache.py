@@ -22,7 +22,8 @@ from typing import Any
 import torch
 
 from tlbench.data.domains import DEFAULT_SEVERITY, Dataset, Domain, DomainSpec
-from tlbench.data.files import load_checked, save_checked
+from tlbench.data.files import load_checked, save_cached
+from tlbench.errors import UserError
 
 #: bump when the cache file layout changes; old files then simply stop matching
 CACHE_FORMAT = 1
@@ -31,9 +32,30 @@ DEFAULT_MEMORY_BYTES = 4 << 30
 
 
 def default_cache_dir() -> Path:
-    """``$TLBENCH_CACHE``, else ``~/.cache/tlbench``."""
+    """``$TLBENCH_CACHE``, else ``~/.cache/tlbench``; never the file system's root when ``$HOME`` is empty."""
     env = os.environ.get("TLBENCH_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "tlbench"
+    if env:
+        return Path(env).expanduser()
+    home = os.environ.get("HOME")
+    if not home or not Path(home).is_absolute() or Path(home) == Path(home).anchor:
+        raise UserError(f"$HOME is {home!r}, so there is no ~/.cache for tlbench; set TLBENCH_CACHE to a "
+                        "writable folder (or pass --cache DIR)")
+    return Path(home) / ".cache" / "tlbench"
+
+
+def usable_cache_dir(path: Path, what: str = "the cache folder") -> Path:
+    """``path``, created if need be, or a one-line :class:`UserError` if it is a file or cannot be written."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise UserError(f"{what} {path} is a file, not a folder; point TLBENCH_CACHE (or --cache) at a folder") from None
+    except OSError as exc:
+        raise UserError(f"{what} {path} cannot be created ({exc.strerror}); point TLBENCH_CACHE (or --cache) "
+                        "at a writable folder") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise UserError(f"{what} {path} is not writable; point TLBENCH_CACHE (or --cache) at a writable folder")
+    return path
 
 
 class _MemoryLRU:
@@ -176,7 +198,4 @@ def _write(path: Path, key: str, domain: Domain) -> None:
     blob: dict[str, Any] = {"key": key, "name": domain.name, "images": domain.images.contiguous(),
                             "labels": domain.labels, "classes": list(domain.classes),
                             "skipped": list(domain.skipped)}
-    try:
-        save_checked(path, blob)
-    except OSError as exc:  # a read-only or full cache folder costs time, never the run
-        warnings.warn(f"could not write cache file {path} ({exc}); continuing without it", stacklevel=3)
+    save_cached(path, blob)

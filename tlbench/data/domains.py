@@ -253,11 +253,19 @@ def encode_jpeg_roundtrip(image: Tensor, quality: int) -> Tensor:
 
 # -- datasets laid out as <domain>/<class>/<image> ----------------------------------------------
 def class_folder_files(folder: Path) -> dict[str, list[Path]]:
-    """``<folder>/<class>/<image>`` -> {class: sorted image files}; classes sorted, hidden entries ignored."""
+    """``<folder>/<class>/<image>`` -> {class: sorted image files}; classes sorted, hidden entries ignored.
+
+    An image name that is not a regular file (a FIFO would block the decoder forever) is a
+    :class:`UserError` naming it.
+    """
     out: dict[str, list[Path]] = {}
     for sub in sorted(p for p in Path(folder).iterdir() if p.is_dir() and not p.name.startswith(".")):
-        out[sub.name] = sorted(f for f in sub.iterdir()
-                               if f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith("."))
+        files = sorted(f for f in sub.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith("."))
+        odd = next((f for f in files if not f.is_file()), None)
+        if odd is not None:
+            raise UserError(f"{odd} is not a regular file (a folder, a FIFO or a device); remove it or rename it "
+                            "without an image suffix")
+        out[sub.name] = files
     return out
 
 
@@ -293,6 +301,10 @@ class ClassFolderDataset(Dataset):
             if not any(files.values()):
                 raise UserError(f"dataset {self.name!r}: domain {domain!r} has no images in {folder} "
                                 f"(expected {folder}/<class>/<image>{'|'.join(IMAGE_SUFFIXES)})")
+            empty = next((c for c, fs in files.items() if not fs), None)
+            if empty is not None:  # an empty folder, or a link to a folder of folders such as ..
+                raise UserError(f"dataset {self.name!r}: class folder {folder / empty} has no images "
+                                f"({'|'.join(IMAGE_SUFFIXES)}); add images or remove the folder")
             self._files[domain] = files
         return self._files[domain]
 

@@ -70,6 +70,16 @@ def save_checked(path: Path, obj: Any) -> None:
         data.release()
 
 
+def save_cached(path: Path, obj: Any) -> None:
+    """:func:`save_checked` for a cache file: one that cannot be written (a read-only cache, a folder
+    where the file should be) costs time, never the run; it is a warning, and recomputed next time."""
+    try:
+        save_checked(path, obj)
+    except OSError as exc:
+        warnings.warn(f"could not write cache file {path} ({exc.strerror or exc}); continuing without it",
+                      stacklevel=3)
+
+
 def load_checked(path: Path) -> Any:
     """What :func:`save_checked` wrote; ``None`` when absent, and when truncated or tampered
     (with a warning), so the caller rebuilds it."""

@@ -145,8 +145,30 @@ def resolve_pairs(suite, dataset) -> list[tuple[str, str]]:
     """The suite's pairs as (source, target) domain specs with canonical base names."""
     if suite.pairs == "all":
         names = dataset.domains()
-        return [(s, t) for s in names for t in names if s != t]
+        for name in names:
+            _check_domain_name(dataset, name)
+        pairs = [(s, t) for s in names for t in names if s != t]
+        if not pairs:
+            raise UserError(f"pairs: all: dataset {dataset.name!r} has {len(names)} domain(s) "
+                            f"({', '.join(names) or 'none'}), so there is no pair; add a domain or list pairs "
+                            "such as 'digits->digits+rotate:3'")
+        return pairs
+    for name in dataset.domains():
+        if any(name in text for text in suite.pairs):
+            _check_domain_name(dataset, name)
     return [canonical_pair(text, dataset) for text in suite.pairs]
+
+
+def _check_domain_name(dataset, name: str) -> None:
+    """A domain named like a domain spec (``amazon+invert``) would be read as another domain, shifted."""
+    if "+" in name:
+        base = name.split("+")[0]
+        raise UserError(f"dataset {dataset.name!r}: domain {name!r} has '+' in its name, which pairs use for "
+                        f"shifts ({name!r} reads as domain {base!r} shifted); rename it without '+'")
+    for mark in ("->", ","):
+        if mark in name:
+            raise UserError(f"dataset {dataset.name!r}: domain {name!r} has {mark!r} in its name, which separates "
+                            f"pairs; rename it without {mark!r}")
 
 
 def canonical_pair(text: str, dataset) -> tuple[str, str]:

@@ -4,6 +4,7 @@ Layout of an output directory (DomainBed-style, one folder per cell named by its
 
     <out>/cells/<cell_id>/record.json    the cell's record; its presence marks the cell done
     <out>/cells/<cell_id>/curves.json    its training curves (metrics and learning rates at logging points)
+    <out>/cells/<cell_id>/running.json   while the cell runs: who runs it, how many runs died on it before
     <out>/cells/<cell_id>/model.pt       trained weights, only for cells another cell needs (kd teachers)
     <out>/results.csv                    every cell once, exactly RESULT_COLUMNS
     <out>/results.jsonl                  every record, strategy extras included
@@ -15,10 +16,14 @@ the old file or the new one, never half of one.
 
 from __future__ import annotations
 
+import datetime as _dt
 import json
 import math
+import os
+import socket
+import warnings
 from collections.abc import Iterable
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +36,8 @@ RESULT_COLUMNS = (
     "tlbench_version", "cell_id", "started_at",
 )
 STATUSES = ("ok", "failed", "diverged")
+#: statuses a rerun keeps: a failed cell is run again, a diverged one is a result (``--force`` reruns it)
+DONE_STATUSES = ("ok", "diverged")
 
 
 @dataclass
@@ -75,8 +82,29 @@ class CellRecord:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> CellRecord:
-        names = {f.name for f in fields(cls)}
+        """The record a JSON object describes; a ``ValueError`` naming the first field of the wrong shape."""
+        if not isinstance(d, dict):
+            raise ValueError(f"expected a JSON object, got {type(d).__name__}")
+        names = {f.name: f for f in fields(cls)}
+        for name, f in names.items():
+            if name not in d:
+                if f.default is MISSING and f.default_factory is MISSING:
+                    raise ValueError(f"field {name!r} is missing")
+                continue
+            kinds = _FIELD_TYPES[f.type]
+            value = d[name]
+            if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+                raise ValueError(f"field {name!r} is {type(value).__name__}, expected {f.type}")
+        if d["status"] not in STATUSES:
+            raise ValueError(f"status {d['status']!r} is not one of {', '.join(STATUSES)}")
         return cls(**{k: v for k, v in d.items() if k in names})
+
+
+#: the JSON types each annotation of CellRecord accepts (ints are valid floats; null only where optional)
+_FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "str": (str,), "int": (int,), "float | None": (int, float, type(None)), "int | None": (int, type(None)),
+    "dict[str, Any]": (dict,), "dict[str, Any] | None": (dict, type(None)),
+}
 
 
 def _finite(obj: Any) -> Any:
@@ -95,6 +123,7 @@ class ResultsDir:
 
     def __init__(self, root: Path):
         self.root = Path(root)
+        self._warned: set[Path] = set()
 
     def cell_dir(self, cell_id: str) -> Path:
         return self.root / "cells" / cell_id
@@ -108,8 +137,31 @@ class ResultsDir:
     def curves_path(self, cell_id: str) -> Path:
         return self.cell_dir(cell_id) / "curves.json"
 
+    def running_path(self, cell_id: str) -> Path:
+        return self.cell_dir(cell_id) / "running.json"
+
+    def write_running(self, cell_id: str, deaths: int) -> None:
+        """Mark a cell as running (by this process), with how many runs have died on it before."""
+        mark = {"pid": os.getpid(), "host": socket.gethostname(), "deaths": deaths,
+                "since": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+        atomic_write_text(self.running_path(cell_id), json.dumps(mark, sort_keys=True) + "\n")
+
+    def read_deaths(self, cell_id: str) -> int:
+        """How many runs have died while this cell ran (0 without a readable ``running.json``)."""
+        try:
+            deaths = json.loads(self.running_path(cell_id).read_text()).get("deaths", 0)
+        except (OSError, ValueError, AttributeError):
+            return 0
+        return deaths if isinstance(deaths, int) and not isinstance(deaths, bool) else 0
+
     def is_done(self, cell_id: str) -> bool:
-        return self.record_path(cell_id).is_file()
+        """Whether the cell has a result to keep: a valid record that is ok or diverged.
+
+        A failed cell is retried by the next run (its error may have been the machine's: a device
+        asked for that is not there, a damaged teacher, memory); diverging is a result.
+        """
+        record = self.read_record(cell_id)
+        return record is not None and record.status in DONE_STATUSES
 
     def write_record(self, record: CellRecord) -> None:
         """The curves first, then the record that marks the cell done."""
@@ -126,24 +178,30 @@ class ResultsDir:
         return curves if isinstance(curves, dict) else None
 
     def read_record(self, cell_id: str) -> CellRecord | None:
-        try:
-            return CellRecord.from_dict(json.loads(self.record_path(cell_id).read_text()))
-        except (OSError, ValueError):
-            return None
+        """The cell's record; None when there is none or it does not validate (warned about once)."""
+        return self._read(self.record_path(cell_id))
 
     def records(self, *, curves: bool = False) -> list[CellRecord]:
-        """Every record in the directory, ordered by start time (then id) for stable output; with
+        """Every valid record in the directory, ordered by start time (then id) for stable output; with
         ``curves``, each record's curves attached (for reports and ``tlbench curves``)."""
-        out = []
-        for p in sorted((self.root / "cells").glob("*/record.json")):
-            try:
-                record = CellRecord.from_dict(json.loads(p.read_text()))
-            except (OSError, ValueError):
-                continue  # a foreign or unreadable file is not a result
-            if curves:
-                record.curves = self.read_curves(p.parent.name)
-            out.append(record)
-        return sorted(out, key=lambda r: (r.started_at, r.cell_id))
+        found = [self._read(p) for p in sorted((self.root / "cells").glob("*/record.json"))]
+        records = [r for r in found if r is not None]
+        if curves:
+            for r in records:
+                r.curves = self.read_curves(r.cell_id)
+        return sorted(records, key=lambda r: (r.started_at, r.cell_id))
+
+    def _read(self, path: Path) -> CellRecord | None:
+        if not path.exists():
+            return None
+        try:
+            return CellRecord.from_dict(json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, ValueError) as exc:  # not JSON, the wrong shape, a folder: not a result
+            if path not in self._warned:
+                self._warned.add(path)
+                warnings.warn(f"record {path} is not a valid cell record ({_reason(exc)}); "
+                              "its cell is run again", stacklevel=3)
+            return None
 
     def write_tables(self) -> None:
         """Rewrite results.csv and results.jsonl from the records (each cell exactly once)."""
@@ -163,10 +221,25 @@ class ResultsDir:
         atomic_write_text(self.root / "suite.json", json.dumps(resolved, indent=2, sort_keys=True) + "\n")
 
     def read_suite(self) -> dict[str, Any]:
-        try:
-            return json.loads((self.root / "suite.json").read_text())
-        except (OSError, ValueError):
+        """The resolved suite a run wrote; {} (with a warning) when absent, unreadable or not a JSON object."""
+        path = self.root / "suite.json"
+        if not path.exists():
             return {}
+        try:
+            suite = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(suite, dict):
+                raise ValueError(f"expected a JSON object, got {type(suite).__name__}")
+            return suite
+        except (OSError, ValueError) as exc:
+            warnings.warn(f"{path} is not a suite description ({_reason(exc)}); reporting without it", stacklevel=2)
+            return {}
+
+
+def _reason(exc: Exception) -> str:
+    """An exception as a short clause: JSON errors and OS errors say what, without a traceback."""
+    if isinstance(exc, OSError):
+        return exc.strerror or type(exc).__name__
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
 def load_records(dirs: Iterable[Path], *, curves: bool = False) -> list[CellRecord]:

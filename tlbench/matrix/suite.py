@@ -9,17 +9,40 @@ from __future__ import annotations
 
 import copy
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from tlbench.errors import UserError
 
 
+#: the most nodes (mappings, lists, scalars) a suite may expand to, aliases followed: a few hundred
+#: bytes of YAML aliases can otherwise expand to millions of leaves and gigabytes of memory
+MAX_SUITE_NODES = 100_000
+#: seeds seed torch, NumPy and Python generators: 64 bits is what all of them take
+MAX_SEED = 2**63 - 1
+
+
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=False)
+    model_config = ConfigDict(extra="forbid", frozen=False, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        """YAML's true/false are booleans: never let them count as the number 1 or 0."""
+        field = cls.model_fields.get(info.field_name or "")
+        if isinstance(value, bool) and field is not None and _numeric(field.annotation):
+            raise ValueError("expected a number, not a boolean")
+        return value
+
+
+def _numeric(annotation: Any) -> bool:
+    """Whether a field holds a number (int or float, optionally None), not a flag."""
+    args = getattr(annotation, "__args__", None) or (annotation,)
+    return any(a in (int, float) for a in args) and bool not in args
 
 
 class Recipe(_Strict):
@@ -27,7 +50,7 @@ class Recipe(_Strict):
 
     steps: int = Field(1000, ge=1, description="optimizer steps per cell")
     batch_size: int = Field(32, ge=1, description="images per step from each domain (source, and target when used)")
-    lr: float = Field(0.01, gt=0, description="learning rate of the head; the backbone gets backbone_lr_scale times it")
+    lr: float = Field(0.01, gt=0, le=10, description="learning rate of the head; the backbone gets backbone_lr_scale times it")
     backbone_lr_scale: float = Field(0.1, ge=0)
     optimizer: Literal["sgd", "adamw"] = "sgd"
     momentum: float = Field(0.9, ge=0, lt=1)
@@ -105,7 +128,8 @@ class TrackerEntry(_Strict):
 
 
 class Suite(_Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9_.\-]+$")
+    name: str = Field(pattern=r"^[A-Za-z0-9_.\-]+$", description="one plain path segment: the default output "
+                      "folder is results/<name>")
     description: str = ""
     dataset: str
     dataset_options: dict[str, Any] = Field(default_factory=dict)
@@ -114,7 +138,7 @@ class Suite(_Strict):
     pairs: list[str] | Literal["all"]
     backbones: list[BackboneEntry]
     strategies: list[StrategyEntry]
-    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    seeds: list[Annotated[int, Field(ge=0, le=MAX_SEED)]] = Field(default_factory=lambda: [0], min_length=1)
     recipe: Recipe = Field(default_factory=Recipe)
     launcher: LauncherEntry = Field(default_factory=LauncherEntry)
     reports: list[str] | None = Field(None, description="report formats; default: every registered reporter")
@@ -145,6 +169,14 @@ class Suite(_Strict):
                 x = {"name": name, "params": params or {}}
             out.append(x)
         return out
+
+    @field_validator("name")
+    @classmethod
+    def _one_segment(cls, v: str) -> str:
+        if v in (".", ".."):
+            raise ValueError(f"{v!r} is not a name: the output folder is results/<name>, so a name must be "
+                             "one plain path segment such as office31")
+        return v
 
     @field_validator("launcher", mode="before")
     @classmethod
@@ -193,7 +225,7 @@ def read_yaml(path: Path) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError) as exc:
         raise UserError(f"{path}: cannot read suite file ({exc})") from None
     try:
-        data = yaml.safe_load(text)
+        data = _load_suite_text(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
@@ -202,7 +234,52 @@ def read_yaml(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise UserError(f"{path}: a suite must be a mapping of keys (name, dataset, pairs, ...), "
                         f"got {type(data).__name__}")
+    if count_nodes(data, MAX_SUITE_NODES) > MAX_SUITE_NODES:
+        raise UserError(f"{path}: the suite expands to more than {MAX_SUITE_NODES:,} values once its YAML aliases "
+                        "(*name) are followed; write the values out, or use fewer aliases")
     return data
+
+
+class _SuiteLoader(yaml.SafeLoader):
+    """The safe loader, except that a key given twice in one mapping is an error, not "the last one wins"."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"key {key!r} is given twice in one mapping",
+                                                        key_node.start_mark)
+            if isinstance(key, (str, int, float, bool)):
+                seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _load_suite_text(text: str) -> Any:
+    """What ``yaml.safe_load`` does, with :class:`_SuiteLoader` (still the safe constructor)."""
+    loader = _SuiteLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
+def count_nodes(data: Any, limit: int) -> int:
+    """How many values ``data`` holds with aliases followed, counting no further than ``limit + 1``.
+
+    Shared (aliased) lists and mappings are counted every time they appear, as later copies and
+    validation would expand them; a self-referencing alias simply reaches the limit.
+    """
+    count, stack = 0, [data]
+    while stack and count <= limit:
+        item = stack.pop()
+        count += 1
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+    return count
 
 
 def apply_override(data: dict[str, Any], assignment: str, *, origin: str = "--set") -> None:
@@ -228,12 +305,17 @@ def apply_override(data: dict[str, Any], assignment: str, *, origin: str = "--se
     node[parts[-1]] = value
 
 
-def validate(data: dict[str, Any], *, origin: str) -> Suite:
-    """The suite model, or a one-line error naming the first problem's key path."""
+def validate(data: dict[str, Any], *, origin: str, overrides: Sequence[str] = ()) -> Suite:
+    """The suite model, or a one-line error naming the first problem's key path.
+
+    The error is blamed on the ``--set`` assignment that wrote the offending key, if one did,
+    and on ``origin`` (the suite file) otherwise.
+    """
     try:
         return Suite.model_validate(data)
     except ValidationError as exc:
         err = exc.errors()[0]
+        origin = _blame(err["loc"], overrides) or origin
         loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
@@ -246,6 +328,17 @@ def validate(data: dict[str, Any], *, origin: str) -> Suite:
             msg = f"{msg} (got {err['input']!r})"
         more = f" (and {exc.error_count() - 1} more problem(s))" if exc.error_count() > 1 else ""
         raise UserError(f"{origin}: {loc}: {msg}{more}") from None
+
+
+def _blame(loc: tuple, overrides: Sequence[str]) -> str | None:
+    """``--set KEY=VALUE`` for the last assignment whose key path and ``loc`` overlap, else None."""
+    where = [str(p) for p in loc]
+    for assignment in reversed(overrides):
+        parts = [p for p in assignment.partition("=")[0].strip().split(".") if p]
+        n = min(len(parts), len(where))
+        if n and parts[:n] == where[:n]:
+            return f"--set {assignment}"
+    return None
 
 
 def _model_at(loc: tuple) -> type[BaseModel] | None:
@@ -270,16 +363,19 @@ def load_suite(path: Path, *, overrides: list[str] = (), backbones: list[str] | 
     data = copy.deepcopy(data)
     for assignment in overrides:
         apply_override(data, assignment)
-    suite = validate(data, origin=str(path))
+    suite = validate(data, origin=str(path), overrides=overrides)
+    for flag, key, value in (("--pairs", "pairs", pairs), ("--seeds", "seeds", seeds)):
+        if value is not None:  # narrowing is checked like the file: the flag is blamed
+            validate({**data, key: value}, origin=f"{flag} {','.join(map(str, value))}")
     if backbones:
         known = {b.name: b for b in suite.backbones}
         suite.backbones = [known.get(n) or BackboneEntry(name=n) for n in backbones]
     if strategies:
         known = {(s.label or s.name): s for s in suite.strategies}
         suite.strategies = [known.get(n) or StrategyEntry(name=n) for n in strategies]
-    if pairs:
+    if pairs is not None:
         suite.pairs = pairs
-    if seeds:
+    if seeds is not None:
         suite.seeds = seeds
     if data_root:
         suite.data_root = data_root

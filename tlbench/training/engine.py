@@ -86,7 +86,9 @@ class _HookError(Exception):
 def run_cell(task: CellTask) -> CellRecord:
     """Train one cell and always return a record: ok, failed (with the error) or diverged.
 
-    Top-level and picklable, so launchers (processes, Ray, Slurm) can call it in a worker.
+    Top-level and picklable, so launchers (processes, Ray, Slurm) can call it in a worker. Only
+    ``KeyboardInterrupt`` (Ctrl-C, or a launcher stopping its worker) passes through; anything else,
+    ``SystemExit`` included, becomes the cell's failure.
     """
     from tlbench.plugins.registry import format_traceback, get_registry
 
@@ -110,7 +112,7 @@ def run_cell(task: CellTask) -> CellRecord:
     except torch.OutOfMemoryError as exc:
         record = failed_record(task, "failed", f"out of memory: {str(exc).splitlines()[0]}", started,
                                time.perf_counter() - t0)
-    except Exception as exc:
+    except BaseException as exc:  # noqa: BLE001 - a strategy's sys.exit() fails its cell, not the matrix
         message = f"{type(exc).__name__}: {exc}"
         if task.debug:
             message += "\n" + format_traceback(exc)

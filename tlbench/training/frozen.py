@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from tlbench.data.domains import Domain
-from tlbench.data.files import checked_digest, load_checked, save_checked
+from tlbench.data.files import checked_digest, load_checked, save_cached
 from tlbench.models.transfer import TransferModel
 from tlbench.training.augment import Augmenter, FixedViews
 
@@ -58,7 +58,7 @@ class FeatureBank:
         feats = _outputs_per_view(self.model.backbone, batch, len(self.views), len(domain_images), self.bs,
                                   autocast)
         if path is not None:
-            save_checked(path, feats.cpu())
+            save_cached(path, feats.cpu())
         return feats
 
 
@@ -93,7 +93,7 @@ class TeacherViewBank:
 
         logits = _outputs_per_view(self.teacher, batch, self.k, n, self.bs, autocast)
         if path is not None:
-            save_checked(path, {"boxes": views.boxes.cpu(), "flips": views.flips.cpu(), "logits": logits.cpu()})
+            save_cached(path, {"boxes": views.boxes.cpu(), "flips": views.flips.cpu(), "logits": logits.cpu()})
         return views, logits
 
 

@@ -9,7 +9,11 @@ and computes its losses for one batch (:meth:`Strategy.training_step`). It never
 
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
+import math
+import types
+import typing
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
@@ -100,6 +104,56 @@ class NoParams:
     """A strategy without parameters."""
 
 
+@dataclass
+class SupervisedParams:
+    """The parameters of :meth:`Strategy.supervised_step`, for strategies whose step is only that."""
+
+    label_smoothing: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.label_smoothing < 1.0:  # torch accepts [0, 1]; 1 would ignore the labels entirely
+            raise ValueError(f"label_smoothing must lie in [0, 1) (0 is plain cross-entropy), "
+                             f"got {self.label_smoothing!r}")
+
+
+def type_problem(value: Any, annotation: Any) -> str | None:
+    """What is wrong with ``value`` for a ``Params`` field's annotation, or None when it fits.
+
+    Checked before any cell trains, so ``trade_off: abc`` is one line, not a crash hours in. The
+    YAML spellings of numbers are the only coercions: an int is a valid float, a bool is neither,
+    and a float must be finite. Annotations this does not know (a plugin's own classes) pass.
+    """
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if annotation is Any or annotation is typing.Any:
+        return None
+    if origin in (typing.Union, types.UnionType):
+        fits = [type_problem(value, a) for a in args]
+        return None if None in fits else fits[0]
+    if origin is typing.Literal:
+        return None if value in args else f"expected one of {', '.join(map(repr, args))}, got {value!r}"
+    if annotation is type(None):
+        return None if value is None else f"expected null, got {value!r}"
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return f"expected a number, got {value!r}"
+        return None if math.isfinite(value) else f"expected a finite number, got {value!r}"
+    if annotation in (int, bool, str):
+        if isinstance(value, annotation) and (annotation is bool or not isinstance(value, bool)):
+            return None
+        return f"expected {_WORDS[annotation]}, got {value!r}"
+    if origin in (list, tuple, collections.abc.Sequence):
+        if not isinstance(value, (list, tuple)):
+            return f"expected a list, got {value!r}"
+        item = args[0] if args else Any
+        return next((f"item {i}: {p}" for i, v in enumerate(value) if (p := type_problem(v, item))), None)
+    if origin is dict or annotation is dict:
+        return None if isinstance(value, dict) else f"expected a mapping, got {value!r}"
+    return None
+
+
+_WORDS = {int: "a whole number", bool: "true or false", str: "a string"}
+
+
 class Strategy(Plugin, nn.Module):
     """Base class of transfer strategies.
 
@@ -143,6 +197,14 @@ class Strategy(Plugin, nn.Module):
         if unknown:
             raise ValueError(f"unknown parameter(s) {', '.join(unknown)} for strategy {cls.name!r}; "
                              f"valid: {', '.join(fields) or 'none'}")
+        try:
+            hints = typing.get_type_hints(cls.Params)
+        except Exception:  # noqa: BLE001 - annotations a plugin's module cannot resolve: left unchecked
+            hints = {}
+        for key, value in raw.items():
+            problem = type_problem(value, hints.get(key, Any))
+            if problem:
+                raise ValueError(f"{key}: {problem}")
         return cls.Params(**raw)
 
     @classmethod

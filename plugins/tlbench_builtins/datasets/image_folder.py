@@ -31,6 +31,9 @@ class ImageFolder(ClassFolderDataset):
         self.folder = path
 
     def domains(self) -> list[str]:
+        if self.folder.exists() and not self.folder.is_dir():
+            raise UserError(f"dataset 'image_folder': path {self.folder} is a file, not a folder; expected "
+                            f"{self.folder}/<domain>/<class>/<image>")
         if not self.folder.is_dir():
             raise UserError(f"dataset 'image_folder': folder {self.folder} does not exist; expected "
                             f"{self.folder}/<domain>/<class>/<image>")

@@ -72,7 +72,14 @@ class Npz(Dataset):
         return self._num_classes
 
     def check(self) -> None:
-        self.num_classes()
+        """Labels must be the classes 0..K-1 with images of each: a stray label of 200000 would otherwise
+        build a 200,001-class head without a word."""
+        present = set().union(*(np.unique(self._labels(d)).tolist() for d in self.domains()))
+        absent = sorted(set(range(self.num_classes())) - present)
+        if absent:
+            raise UserError(f"dataset 'npz': the largest label is {self.num_classes() - 1}, but {len(absent)} of the "
+                            f"classes 0..{self.num_classes() - 1} have no image in any domain (e.g. {absent[0]}); "
+                            "labels must be 0..K-1 (renumber y)")
 
     def fingerprint(self, domain: str) -> str:
         path = self.files[domain]

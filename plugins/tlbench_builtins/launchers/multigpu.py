@@ -61,8 +61,21 @@ def _environ(values: dict[str, str]) -> Iterator[None]:
 def _worker_main(conn) -> None:
     """A worker's loop: receive (index, execute, task), announce the start, send back the record."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle
-    # SIGTERM from the driver unwinds (SystemExit), so atomic writes remove their temporary files.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    # SIGTERM from the driver unwinds, so atomic writes remove their temporary files; as a
+    # KeyboardInterrupt, the one exception a cell does not turn into its own failure.
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        _serve(conn)
+    except KeyboardInterrupt:
+        sys.exit(143)
+
+
+def _interrupt(*_) -> None:
+    raise KeyboardInterrupt
+
+
+def _serve(conn) -> None:
+    """Train the cells the driver sends until it sends None or goes away."""
     while True:
         try:
             message = conn.recv()

@@ -22,7 +22,8 @@ def md_escape(text: Any) -> str:
 
 
 def pair_label(column: str) -> str:
-    return column.replace("->", "→")
+    """A pair column's heading, escaped: domain names are data (a folder may be called ``<img ...>``)."""
+    return md_escape(column.replace("->", "→"))
 
 
 def _missing(x: Any) -> bool:
@@ -117,7 +118,7 @@ def render(board: Leaderboard) -> str:
     best = "Bold: best measured value of each column."
     out += [best + (f" Cells without (n=…) have n = {board.n_seeds} seeds." if board.n_seeds else ""), ""]
     for note in board.notes:
-        out.append(f"- {md_escape(pair_label(note))}")
+        out.append(f"- {pair_label(note)}")
     if board.notes:
         out.append("")
     if len(board.references):
@@ -130,7 +131,7 @@ def render(board: Leaderboard) -> str:
     if board.footnotes:
         out += ["## Footnotes", ""]
         for fn in board.footnotes:
-            where = "; ".join(md_escape(pair_label(c)) for c in fn.cells)
+            where = "; ".join(pair_label(c) for c in fn.cells)
             out.append(f"{marks((fn.number,))} **{fn.status}** ({where}): {_code(fn.summary)}  ")
         out.append("")
     return "\n".join(out)

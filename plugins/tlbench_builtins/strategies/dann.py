@@ -78,6 +78,8 @@ class Dann(Strategy):
         dropout: float = 0.0
 
         def __post_init__(self) -> None:
+            if self.trade_off < 0:
+                raise UserError(f"dann: params.trade_off must be >= 0, got {self.trade_off}")
             if self.hidden < 1:
                 raise UserError(f"dann: params.hidden must be a positive width, got {self.hidden}")
             if not 0.0 <= self.dropout < 1.0:

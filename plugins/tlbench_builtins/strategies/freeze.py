@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-
-from tlbench import Batch, ParamGroup, StepContext, StepOutput, Strategy, TransferModel, hookimpl
+from tlbench import Batch, ParamGroup, StepContext, StepOutput, Strategy, SupervisedParams, TransferModel, hookimpl
 
 
 class Freeze(Strategy):
@@ -21,9 +18,7 @@ class Freeze(Strategy):
         label_smoothing (0.0): label smoothing of the source cross-entropy.
     """
 
-    @dataclass
-    class Params:
-        label_smoothing: float = 0.0
+    Params = SupervisedParams
 
     name = "freeze"
     target_views = ()

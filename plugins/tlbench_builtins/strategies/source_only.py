@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-
-from tlbench import Batch, StepContext, StepOutput, Strategy, hookimpl
+from tlbench import Batch, StepContext, StepOutput, Strategy, SupervisedParams, hookimpl
 
 
 class SourceOnly(Strategy):
@@ -20,9 +17,7 @@ class SourceOnly(Strategy):
             the published baseline).
     """
 
-    @dataclass
-    class Params:
-        label_smoothing: float = 0.0
+    Params = SupervisedParams
 
     name = "source_only"
     target_views = ()

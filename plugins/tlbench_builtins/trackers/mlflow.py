@@ -16,6 +16,7 @@ on without the tracker.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from pathlib import Path
@@ -46,11 +47,13 @@ class MlflowTracker(Tracker):
     def __init__(self, out_dir, suite, **options):
         super().__init__(out_dir, suite, **options)
         try:
-            from mlflow.entities import Metric, Param, RunTag
+            from mlflow.entities import Metric, Param
             from mlflow.tracking import MlflowClient
         except ImportError as exc:
             raise UserError("tracker 'mlflow' needs the mlflow package: pip install 'tlbench[mlflow]'") from exc
-        self._Metric, self._Param, self._RunTag = Metric, Param, RunTag
+        self._Metric, self._Param = Metric, Param
+        for logger in ("mlflow.store.db.utils", "alembic"):  # "Creating initial MLflow database tables..."
+            logging.getLogger(logger).setLevel(logging.WARNING)
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
         uri = self.options.get("tracking_uri") or os.environ.get("MLFLOW_TRACKING_URI")

@@ -29,7 +29,8 @@ class LocalFile(WeightSource):
         except UserError:
             raise
         except Exception as exc:  # pickled objects refused by weights_only, a truncated file, ...
-            raise UserError(f"cannot load weights file {path} ({type(exc).__name__}: {exc}); "
+            first = (str(exc).strip().splitlines() or [""])[0]  # torch's weights_only refusal is six lines
+            raise UserError(f"cannot load weights file {path} ({type(exc).__name__}: {first}); "
                             f"save a plain state_dict (torch.save(model.state_dict(), path)) or safetensors") from exc
         # checkpoints saved from DataParallel/DistributedDataParallel prefix every key with "module."
         if state and all(k.startswith("module.") for k in state):
