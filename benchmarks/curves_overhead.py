@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def _cells(args, registry):
-    from tlbench.matrix.runner import plan
+    from tlbench.matrix.planning import plan
     from tlbench.matrix.suite import load_suite
 
     suite = load_suite(Path(args.suite), pairs=args.pairs, strategies=args.strategies, seeds=[0],

@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     from tlbench.training.measure import select_device
     from tlbench.plugins.registry import get_registry
     from tlbench.matrix.results import ResultsDir
-    from tlbench.matrix.runner import plan
+    from tlbench.matrix.planning import plan
     from tlbench.matrix.suite import load_suite
 
     device = select_device(args.device)

@@ -7,7 +7,7 @@ import pytest
 from tlbench.matrix.cells import expand_cells, resolve_pairs
 from tlbench.errors import UserError
 from tlbench.plugins.registry import get_registry
-from tlbench.matrix.runner import waves
+from tlbench.matrix.planning import waves
 from tlbench.matrix.suite import load_suite
 
 SUITE = """\

@@ -13,7 +13,7 @@ from torch import nn
 from conftest import TINY_SUITE  # tests/ is on sys.path (pytest rootdir conftest)
 from tlbench.errors import DivergedError, UserError
 from tlbench.matrix.cells import CellTask
-from tlbench.matrix.runner import plan
+from tlbench.matrix.planning import plan
 from tlbench.matrix.suite import load_suite
 from tlbench.plugins.registry import get_registry
 from tlbench.training.augment import Augmenter, FixedViews, Normalizer

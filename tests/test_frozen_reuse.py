@@ -20,7 +20,7 @@ from tlbench.training.engine import train_cell
 from tlbench.training.frozen import TeacherViewBank
 from tlbench.plugins.registry import Registry
 from tlbench.matrix.results import ResultsDir
-from tlbench.matrix.runner import plan
+from tlbench.matrix.planning import plan
 from tlbench.matrix.suite import load_suite
 from tlbench.testing import make_tiny_model
 from tlbench_builtins.strategies.kd import KnowledgeDistillation

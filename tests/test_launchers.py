@@ -139,7 +139,7 @@ def _one_task(tmp_path: Path):
     """A real task of the suite's first cell, as the runner would hand it to a launcher."""
     from tlbench.data.cache import default_cache_dir
     from tlbench.matrix.cells import CellTask
-    from tlbench.matrix.runner import plan
+    from tlbench.matrix.planning import plan
     from tlbench.matrix.suite import load_suite
 
     cells, _ = plan(load_suite(write_suite(tmp_path), strategies=["source_only"]), get_registry())

@@ -12,7 +12,7 @@ import pytest
 
 from tlbench.errors import WeightsUnavailableError
 from tlbench.plugins.registry import get_registry
-from tlbench.matrix.runner import plan
+from tlbench.matrix.planning import plan
 from tlbench.matrix.suite import load_suite
 
 from conftest import ROOT, SHARED_DATA  # tests/ is on sys.path (pytest rootdir conftest)

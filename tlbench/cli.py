@@ -246,7 +246,7 @@ def _plugins(registry) -> int:
 def _prepare(args, registry) -> int:
     from tlbench.data.cache import default_cache_dir, load_domain
     from tlbench.matrix.cells import resolve_pairs
-    from tlbench.matrix.runner import open_dataset
+    from tlbench.matrix.planning import open_dataset
     from tlbench.matrix.suite import load_suite
 
     suite = load_suite(args.suite, pairs=args.pairs, data_root=args.data_root)

