@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tlbench.matrix.cells import Cell, CellTask, canonical_pair, expand_cells, resolve_pairs
+from tlbench.matrix.cells import Cell, CellTask, backbone_pairs, canonical_pair, expand_cells, resolve_pairs
 from tlbench.data.domains import DomainSpec
 from tlbench.errors import RunLockedError, UserError
 from tlbench.matrix.results import CellRecord, ResultsDir
@@ -80,8 +80,6 @@ def open_dataset(suite, registry):
 
 def plan(suite, registry, *, check_data: bool = True) -> tuple[list[Cell], list[tuple[str, str]]]:
     """Check every name and the data before any work; return the cells (teachers first)."""
-    import timm
-
     dataset = open_dataset(suite, registry)
     if check_data:
         dataset.check()
@@ -99,18 +97,26 @@ def plan(suite, registry, *, check_data: bool = True) -> tuple[list[Cell], list[
     for entry in suite.strategies:
         registry.get("strategy", entry.name)
     for b in suite.backbones:
-        if not timm.is_model(b.name):
-            import difflib
-
-            close = difflib.get_close_matches(b.name, timm.list_models(), n=3, cutoff=0.6)
-            raise UserError(f"unknown backbone {b.name!r}; "
-                            + (f"did you mean {', '.join(close)}?" if close else "see 'tlbench list backbones PATTERN'"))
+        _check_backbone(b, suite.recipe, registry)
     registry.get("launcher", suite.launcher.name)
     for fmt in suite.reports or []:
         registry.get("reporter", fmt)
-    cells = expand_cells(suite, registry, pairs)
+    cells = expand_cells(suite, registry, pairs, backbone_pairs(suite, dataset, pairs))
     _check_weights(cells, registry)
     return cells, pairs
+
+
+def _check_backbone(entry, recipe, registry) -> None:
+    """A backbone some provider creates, at a size it accepts, with weights that exist (or random)."""
+    from tlbench.models.backbones import find_provider
+    from tlbench.models.weights import check_pretrained_exists
+
+    provider = find_provider(entry.name, registry)
+    check_pretrained_exists(entry.name, entry.weights, provider)
+    size = provider.input_size(entry.name)
+    if size is not None and size != recipe.image_size:
+        raise UserError(f"backbone {entry.name!r} reads {size}x{size} images only; set recipe.image_size: {size} "
+                        f"(it is {recipe.image_size})")
 
 
 def _check_weights(cells: list[Cell], registry) -> None:
@@ -294,7 +300,7 @@ def _failed_teacher(cell: Cell, out: ResultsDir) -> CellRecord | None:
     import tlbench
 
     why = rec.error if rec else "it did not run"
-    return CellRecord(suite=cell.suite, dataset=cell.dataset, backbone=cell.backbone, strategy=cell.label,
+    return CellRecord(suite=cell.suite, dataset=cell.dataset, backbone=cell.row_backbone, strategy=cell.label,
                       source=cell.source, target=cell.target, seed=cell.seed, status="failed",
                       error=f"teacher cell {cell.teacher.id} ({cell.teacher.describe()}) failed: {why}",
                       torch_version=torch.__version__, tlbench_version=tlbench.__version__, cell_id=cell.id,
@@ -325,6 +331,8 @@ def _suite_meta(suite, pairs: list[tuple[str, str]], registry) -> dict:
     return {
         "name": suite.name, "description": suite.description, "dataset": suite.dataset,
         "pairs": [f"{s}->{t}" for s, t in pairs], "backbones": [b.name for b in suite.backbones],
+        # backbones that run only some pairs: how many (backbone, pair) runs a strategy and seed have
+        "backbone_pair_runs": sum(len(b.pairs) if b.pairs is not None else len(pairs) for b in suite.backbones),
         "strategies": [s.label or s.name for s in suite.strategies], "seeds": suite.seeds,
         "recipe": json.loads(suite.recipe.model_dump_json()),
         "reference": references,
