@@ -14,7 +14,13 @@ import pytest
 
 from tlbench.plugins import hookspecs
 from tlbench.plugins.registry import Registry
-from tlbench.testing import check_dataset, check_reporter, check_shift, check_strategy
+from tlbench.testing import (
+    check_backbone,
+    check_dataset,
+    check_reporter,
+    check_shift,
+    check_strategy,
+)
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "plugins.md"
 TEXT = DOC.read_text(encoding="utf-8")
@@ -77,7 +83,7 @@ def test_hook_is_documented_with_its_exact_signature_and_docstring(name):
     assert render_doc(docs[name]) == expected, f"docs/plugins.md documents {render_doc(docs[name])}, " \
                                                f"hookspecs.py says {expected}"
     assert ast.get_docstring(docs[name]) == inspect.getdoc(SPECS[name]), f"the docstring of {name} differs"
-    assert re.search(rf"^### `{name}`$", section("Hook reference"), re.M), f"no '### `{name}`' heading"
+    assert re.search(rf"^### `{name}`$", section("Hook reference"), re.MULTILINE), f"no '### `{name}`' heading"
 
 
 def test_no_hook_is_documented_that_does_not_exist():
@@ -101,9 +107,10 @@ def test_python_blocks_parse(index):
 
 EXAMPLES = {m.group(1): code for lang, code in FENCE.findall(TEXT)
             if lang == "python" and (m := re.match(r"# example: (\w+)\n", code))}
-CHECKS = {"strategy": check_strategy, "dataset": check_dataset, "shift": check_shift, "reporter": check_reporter}
+CHECKS = {"strategy": check_strategy, "dataset": check_dataset, "shift": check_shift, "reporter": check_reporter,
+          "backbone": check_backbone}
 KIND_OF_HOOK = {"strategy": "register_strategies", "dataset": "register_datasets", "shift": "register_shifts",
-                "reporter": "register_reporters"}
+                "reporter": "register_reporters", "backbone": "register_backbones"}
 
 
 def test_every_checkable_kind_has_an_example():
@@ -126,3 +133,14 @@ def test_example_plugin_registers_and_conforms(kind, tmp_path):
         CHECKS[kind](registry.get(kind, name))
     finally:
         del sys.modules[path.stem]
+
+
+def test_recipe_keys_table_matches_the_recipe_model():
+    from tlbench.matrix.suite import Recipe, recipe_keys_markdown
+
+    text = (DOC.parent / "recipe.md").read_text(encoding="utf-8")
+    table = re.search(r"<!-- recipe-keys:start -->\n(.*?)<!-- recipe-keys:end -->", text, re.DOTALL)
+    assert table, "docs/recipe.md has lost its recipe-keys markers"
+    assert table.group(1) == recipe_keys_markdown(), "docs/recipe.md's table is stale: regenerate it with " \
+                                                      "tlbench.matrix.suite.recipe_keys_markdown()"
+    assert [ln.split("`")[1] for ln in table.group(1).splitlines()[2:]] == list(Recipe.model_fields)

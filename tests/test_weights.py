@@ -10,6 +10,7 @@ import pytest
 from tlbench import UserError, WeightsUnavailableError
 from tlbench.plugins.registry import Registry
 from tlbench.models.weights import create_backbone
+from tlbench_builtins.backbones import timm_models
 from tlbench_builtins.weights import efficientnet_lite, local_file, timm_hub
 
 # ImageNet classes of buildings a photo of a Chinese palace may fairly be called
@@ -23,7 +24,7 @@ needs_lite0 = pytest.mark.skipif(efficientnet_lite.package_file("tf_efficientnet
 @pytest.fixture(scope="module")
 def registry() -> Registry:
     return Registry(entry_points=False, plugins={"local_file": local_file, "efficientnet_lite": efficientnet_lite,
-                                                  "timm_hub": timm_hub})
+                                                  "timm_hub": timm_hub, "timm_models": timm_models})
 
 
 # -- local_file --------------------------------------------------------------------------------------

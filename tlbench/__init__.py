@@ -32,6 +32,8 @@ _LAZY: dict[str, str] = {
                      "resize_uint8"), "tlbench.data.domains"),
     # weights, reports, launchers
     **dict.fromkeys(("WeightSource", "load_state_dict_file"), "tlbench.models.weights"),
+    **dict.fromkeys(("Backbone", "BackboneProvider", "IMAGENET_MEAN", "IMAGENET_STD", "filter_names"),
+                    "tlbench.models.backbones"),
     "Reporter": "tlbench.reporting.reporter",
     "Tracker": "tlbench.reporting.tracker",
     "Launcher": "tlbench.matrix.launcher",
@@ -61,6 +63,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
                                       files_fingerprint, resize_uint8)
     from tlbench.data.files import atomic_write_bytes, atomic_write_text
     from tlbench.matrix.launcher import Launcher
+    from tlbench.models.backbones import IMAGENET_MEAN, IMAGENET_STD, Backbone, BackboneProvider, filter_names
     from tlbench.models.transfer import Outputs, TransferModel
     from tlbench.models.weights import WeightSource, load_state_dict_file
     from tlbench.reporting.leaderboard import Footnote, Leaderboard

@@ -16,7 +16,10 @@ from tlbench.errors import UserError
 
 KIND_ALIASES = {"strategies": "strategy", "datasets": "dataset", "shifts": "shift",
                 "weights": "weight_source", "weight_sources": "weight_source", "reporters": "reporter",
-                "reports": "reporter", "launchers": "launcher", "trackers": "tracker"}
+                "reports": "reporter", "launchers": "launcher", "trackers": "tracker",
+                "backbone_providers": "backbone"}
+#: the width of the name columns of ``tlbench list`` and ``tlbench plugins`` (longer names widen it)
+NAME_WIDTH, PLUGIN_WIDTH = 20, 28
 
 
 def _csv(text: str) -> list[str]:
@@ -47,9 +50,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="tlbench", description="Benchmark transfer-learning strategies.")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     p.add_argument("--strict-plugins", action="store_true", help="a plugin that fails to load is fatal")
+    # the two global flags are accepted after any subcommand too (tlbench list --strict-plugins ...)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
+    common.add_argument("--strict-plugins", action="store_true", default=argparse.SUPPRESS,
+                        help="a plugin that fails to load is fatal")
     sub = p.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="run (or resume) a suite")
+    run = sub.add_parser("run", help="run (or resume) a suite", parents=[common])
     run.add_argument("suite", type=Path)
     run.add_argument("--out", type=Path, help="output directory (default results/<suite name>)")
     run.add_argument("--data-root", help="data root (default: the suite's, then $TLBENCH_DATA_ROOT)")
@@ -68,30 +76,30 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     run.add_argument("--tracker", dest="trackers", action="append", default=[], metavar="NAME",
                      help="also send every finished cell to this tracker (tensorboard, mlflow, ...); repeatable")
-    run.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
-    run.add_argument("--strict-plugins", action="store_true", default=argparse.SUPPRESS)
 
-    rep = sub.add_parser("report", help="write leaderboards from one or more results directories")
+    rep = sub.add_parser("report", help="write leaderboards from one or more results directories", parents=[common])
     rep.add_argument("dirs", type=Path, nargs="+")
     rep.add_argument("--out", type=Path, help="where to write (default: the first directory)")
     rep.add_argument("--formats", type=_csv, help="report formats (default: all registered)")
 
-    cur = sub.add_parser("curves", help="print (or plot) the training curves of finished cells")
+    cur = sub.add_parser("curves", help="print (or plot) the training curves of finished cells", parents=[common])
     cur.add_argument("dirs", type=Path, nargs="+", help="results directories")
     cur.add_argument("--cells", help="shell-style wildcard on a cell's description or id, e.g. '*dann*seed=0'")
     cur.add_argument("--metric", help="only these metrics (a wildcard, e.g. 'lr/*'); default: all")
     cur.add_argument("--png", type=Path, help="draw to this PNG file instead of printing tables")
 
-    ls = sub.add_parser("list", help="list registered names")
-    ls.add_argument("kind", choices=sorted(set(KIND_ALIASES) | {"backbones"}))
+    ls = sub.add_parser("list", help="list registered names", parents=[common])
+    ls.add_argument("kind", choices=sorted(set(KIND_ALIASES) | {"backbones", "backbone_providers"}))
     ls.add_argument("pattern", nargs="?", help="shell-style wildcard, e.g. 'resnet*'")
-    ls.add_argument("--pretrained", action="store_true", help="backbones: only those timm has weights for")
+    ls.add_argument("--pretrained", action="store_true", help="backbones: only those with pretrained weights")
 
-    sub.add_parser("plugins", help="every plugin with its version, the names it registers, and failures")
+    sub.add_parser("plugins", help="every plugin with its version, the names it registers, and failures",
+                   parents=[common])
 
-    data = sub.add_parser("data", help="data utilities")
+    data = sub.add_parser("data", help="data utilities", parents=[common])
     dsub = data.add_subparsers(dest="data_command", required=True)
-    prep = dsub.add_parser("prepare", help="decode a suite's domains into the cache ahead of a run")
+    prep = dsub.add_parser("prepare", help="decode a suite's domains into the cache ahead of a run",
+                           parents=[common])
     prep.add_argument("suite", type=Path)
     prep.add_argument("--data-root")
     prep.add_argument("--cache", type=Path)
@@ -219,27 +227,43 @@ def _curves(args) -> int:
 
 def _list(args, registry) -> int:
     if args.kind == "backbones":
-        import timm
+        from tlbench.models.backbones import list_backbones
 
-        names = timm.list_models(args.pattern or "*", pretrained=args.pretrained)
-        print("\n".join(names))
+        rows = list_backbones(registry, args.pattern, pretrained=args.pretrained)
+        width = max([NAME_WIDTH, *(len(n) for n, _ in rows)])
+        for name, provider in rows:
+            print(f"{name:{width}s} {provider}")
         return 0
     kind = KIND_ALIASES[args.kind]
-    for name in registry.names(kind, args.pattern):
+    names = registry.names(kind, args.pattern)
+    width = max([NAME_WIDTH, *map(len, names)])
+    plugin_width = max([PLUGIN_WIDTH, *(len(registry.entry(kind, n).plugin) for n in names)])
+    for name in names:
         entry = registry.entry(kind, name)
-        doc = (getattr(entry.obj, "__doc__", "") or "").strip().splitlines()
-        print(f"{name:20s} {entry.plugin:28s} {doc[0] if doc else ''}")
+        print(f"{name:{width}s} {entry.plugin:{plugin_width}s} {_summary(entry.obj)}")
     return 0
 
 
+def _summary(obj) -> str:
+    """What ``tlbench list`` says about a plugin: its ``description`` when set, else the first
+    docstring line."""
+    description = getattr(obj, "description", "")
+    if isinstance(description, str) and description.strip():
+        return description.strip()
+    doc = (getattr(obj, "__doc__", "") or "").strip().splitlines()
+    return doc[0] if doc else ""
+
+
 def _plugins(registry) -> int:
-    for info in sorted(registry.plugins.values(), key=lambda i: i.name):
+    infos = sorted(registry.plugins.values(), key=lambda i: i.name)
+    width = max([PLUGIN_WIDTH, *(len(i.name) for i in infos)])
+    for info in infos:
         dist = f"{info.distribution} {info.version}" if info.distribution else "(not from a distribution)"
         names = "; ".join(f"{k}: {', '.join(v)}" for k, v in sorted(info.registered.items())) or "nothing"
         status = "FAILED" if info.errors else "ok"
-        print(f"{info.name:28s} {status:6s} {dist:22s} {names}")
+        print(f"{info.name:{width}s} {status:6s} {dist:22s} {names}")
         for e in info.errors:
-            print(f"{'':28s} error: {e}")
+            print(f"{'':{width}s} error: {e}")
     return 1 if registry.failures() else 0
 
 

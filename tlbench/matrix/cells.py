@@ -32,6 +32,13 @@ class Cell:
     recipe: dict[str, Any]
     shift_seed: int = 0
     teacher: Cell | None = field(default=None, compare=False)
+    #: the leaderboard row of its backbone (the suite's ``label``, default the name); not in the id
+    backbone_label: str = field(default="", compare=False)
+
+    @property
+    def row_backbone(self) -> str:
+        """The backbone column of this cell's record and leaderboard row."""
+        return self.backbone_label or self.backbone
 
     def config(self) -> dict[str, Any]:
         """What determines the result (the suite's name and the data root's location do not)."""
@@ -55,6 +62,23 @@ class Cell:
         return f"{self.backbone} {self.label} {self.pair} seed={self.seed}"
 
 
+def backbone_pairs(suite, dataset, pairs: list[tuple[str, str]]) -> dict[str, list[tuple[str, str]]]:
+    """The pairs each backbone of the suite runs: its own ``pairs`` (checked against the suite's),
+    or all of them."""
+    out: dict[str, list[tuple[str, str]]] = {}
+    for i, b in enumerate(suite.backbones):
+        if b.pairs is None:
+            out[b.name] = list(pairs)
+            continue
+        own = [canonical_pair(text, dataset) for text in b.pairs]
+        stray = [text for text, pair in zip(b.pairs, own) if pair not in pairs]
+        if stray:
+            raise UserError(f"{suite.name}: backbones.{i}.pairs: {stray[0]!r} is not one of the suite's pairs "
+                            f"({', '.join(f'{s}->{t}' for s, t in pairs)})")
+        out[b.name] = [p for p in pairs if p in own]
+    return out
+
+
 @dataclass
 class CellTask:
     """Everything a worker needs to train one cell; picklable, so any launcher can ship it."""
@@ -74,14 +98,15 @@ class CellTask:
         return asdict(self)
 
 
-def expand_cells(suite, registry, domains: list[tuple[str, str]]) -> list[Cell]:
+def expand_cells(suite, registry, domains: list[tuple[str, str]],
+                 pairs_of: dict[str, list[tuple[str, str]]] | None = None) -> list[Cell]:
     """The matrix backbones × strategies × pairs × seeds, plus the teacher cells it depends on.
 
-    ``domains`` are the suite's pairs with domain names already resolved. Teachers come first
-    in the returned list; a teacher that is also a cell of the matrix appears once.
+    ``domains`` are the suite's pairs with domain names already resolved; ``pairs_of`` narrows
+    them per backbone (:func:`backbone_pairs`). Teachers come first in the returned list; a
+    teacher that is also a cell of the matrix appears once.
     """
-    recipe = suite.recipe.model_dump(mode="json")
-    recipe["resize_size"] = suite.recipe.stored_size
+    recipe = suite.recipe.cell_config()
     cells: dict[str, Cell] = {}
     ordered: list[Cell] = []
 
@@ -100,13 +125,13 @@ def expand_cells(suite, registry, domains: list[tuple[str, str]]) -> list[Cell]:
         return Cell(suite=suite.name, dataset=suite.dataset, dataset_options=suite.dataset_options,
                     backbone=backbone.name, weights=backbone.weights, strategy=strategy_name, label=label,
                     params=params, source=src, target=tgt, seed=seed, recipe=recipe,
-                    shift_seed=suite.shift_seed, teacher=teacher)
+                    shift_seed=suite.shift_seed, teacher=teacher, backbone_label=backbone.label or "")
 
     students: list[Cell] = []
     for backbone in suite.backbones:
         for entry in suite.strategies:
             cls = registry.get("strategy", entry.name)
-            for src, tgt in domains:
+            for src, tgt in (pairs_of or {}).get(backbone.name, domains):
                 for seed in suite.seeds:
                     teacher = None
                     if getattr(cls, "needs_teacher", False):
@@ -131,13 +156,14 @@ def _teacher_cell(suite, registry, backbone, student: Cell, make) -> Cell:
     if getattr(t_cls, "needs_teacher", False):
         raise UserError(f"{suite.name}: the teacher of {student.label!r} cannot itself need a teacher "
                         f"({t_strategy!r})")
-    weights = next((b.weights for b in suite.backbones if b.name == t_backbone), backbone.weights
-                   if t_backbone == backbone.name else "auto")
+    entry = next((b for b in suite.backbones if b.name == t_backbone), None)
+    weights = entry.weights if entry else (backbone.weights if t_backbone == backbone.name else "auto")
+    label = entry.label if entry else None
     # A teacher named like a matrix row (same backbone, strategy and params) is that row's cell.
-    label = next((s.label or s.name for s in suite.strategies
-                  if s.name == t_strategy and asdict(t_cls.parse_params(s.params)) ==
-                  asdict(t_cls.parse_params(p.get("teacher_params") or {}))), t_strategy)
-    return make(BackboneEntry(name=t_backbone, weights=weights), t_strategy, label,
+    row = next((s.label or s.name for s in suite.strategies
+                if s.name == t_strategy and asdict(t_cls.parse_params(s.params)) ==
+                asdict(t_cls.parse_params(p.get("teacher_params") or {}))), t_strategy)
+    return make(BackboneEntry(name=t_backbone, weights=weights, label=label), t_strategy, row,
                 p.get("teacher_params") or {}, student.source, student.target, student.seed)
 
 

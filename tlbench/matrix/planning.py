@@ -10,7 +10,7 @@ from pathlib import Path
 
 from tlbench.data.domains import DomainSpec
 from tlbench.errors import UserError
-from tlbench.matrix.cells import Cell, canonical_pair, expand_cells, resolve_pairs
+from tlbench.matrix.cells import Cell, backbone_pairs, canonical_pair, expand_cells, resolve_pairs
 
 
 def open_dataset(suite, registry):
@@ -24,8 +24,6 @@ def open_dataset(suite, registry):
 
 def plan(suite, registry, *, check_data: bool = True) -> tuple[list[Cell], list[tuple[str, str]]]:
     """Check every name and the data before any work; return the cells (teachers first)."""
-    import timm
-
     dataset = open_dataset(suite, registry)
     if check_data:
         dataset.check()
@@ -46,20 +44,28 @@ def plan(suite, registry, *, check_data: bool = True) -> tuple[list[Cell], list[
     for entry in suite.strategies:
         registry.get("strategy", entry.name)
     for b in suite.backbones:
-        if not timm.is_model(b.name):
-            import difflib
-
-            close = difflib.get_close_matches(b.name, timm.list_models(), n=3, cutoff=0.6)
-            raise UserError(f"unknown backbone {b.name!r}; "
-                            + (f"did you mean {', '.join(close)}?" if close else "see 'tlbench list backbones PATTERN'"))
+        _check_backbone(b, suite.recipe, registry)
     registry.get("launcher", suite.launcher.name)
     for fmt in suite.reports or []:
         registry.get("reporter", fmt)
     for tracker in suite.trackers:
         registry.get("tracker", tracker.name)
-    cells = expand_cells(suite, registry, pairs)
+    cells = expand_cells(suite, registry, pairs, backbone_pairs(suite, dataset, pairs))
     _check_weights(cells, registry)
     return cells, pairs
+
+
+def _check_backbone(entry, recipe, registry) -> None:
+    """A backbone some provider creates, at a size it accepts, with weights that exist (or random)."""
+    from tlbench.models.backbones import find_provider
+    from tlbench.models.weights import check_pretrained_exists
+
+    provider = find_provider(entry.name, registry)
+    check_pretrained_exists(entry.name, entry.weights, provider)
+    size = provider.input_size(entry.name)
+    if size is not None and size != recipe.image_size:
+        raise UserError(f"backbone {entry.name!r} reads {size}x{size} images only; set recipe.image_size: {size} "
+                        f"(it is {recipe.image_size})")
 
 
 def _check_weights(cells: list[Cell], registry) -> None:

@@ -84,7 +84,7 @@ def cell_failure_record(cell: Cell, error: str) -> CellRecord:
 
     import tlbench
 
-    return CellRecord(suite=cell.suite, dataset=cell.dataset, backbone=cell.backbone, strategy=cell.label,
+    return CellRecord(suite=cell.suite, dataset=cell.dataset, backbone=cell.row_backbone, strategy=cell.label,
                       source=cell.source, target=cell.target, seed=cell.seed, status="failed", error=error,
                       torch_version=torch.__version__, tlbench_version=tlbench.__version__, cell_id=cell.id,
                       started_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

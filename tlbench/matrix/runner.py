@@ -201,6 +201,8 @@ def _suite_meta(suite, pairs: list[tuple[str, str]], registry) -> dict:
     return {
         "name": suite.name, "description": suite.description, "dataset": suite.dataset,
         "pairs": [f"{s}->{t}" for s, t in pairs], "backbones": [b.name for b in suite.backbones],
+        # backbones that run only some pairs: how many (backbone, pair) runs a strategy and seed have
+        "backbone_pair_runs": sum(len(b.pairs) if b.pairs is not None else len(pairs) for b in suite.backbones),
         "strategies": [s.label or s.name for s in suite.strategies], "seeds": suite.seeds,
         "recipe": json.loads(suite.recipe.model_dump_json()),
         "reference": references,

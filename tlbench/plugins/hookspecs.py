@@ -43,6 +43,11 @@ def register_weight_sources(register: Register) -> None:
 
 
 @hookspec
+def register_backbones(register: Register) -> None:
+    """Register :class:`tlbench.BackboneProvider` subclasses (families of networks created by name)."""
+
+
+@hookspec
 def register_reporters(register: Register) -> None:
     """Register :class:`tlbench.Reporter` subclasses (leaderboard output formats)."""
 

@@ -1,4 +1,4 @@
-"""The registry: which plugin provides which strategy, dataset, shift, weight source, reporter, launcher.
+"""The registry: which plugin provides which strategy, dataset, shift, weight source, backbone, reporter, launcher.
 
 One idea used everywhere (as in timm): ``register`` adds a name, ``names(kind, pattern)`` lists
 them with shell-style wildcards, ``get(kind, name)`` returns the class. Plugins are found through
@@ -48,6 +48,7 @@ KINDS: dict[str, Kind] = {k.name: k for k in (
     Kind("dataset", "register_datasets", "tlbench.Dataset"),
     Kind("shift", "register_shifts", "tlbench.Shift"),
     Kind("weight_source", "register_weight_sources", "tlbench.WeightSource"),
+    Kind("backbone", "register_backbones", "tlbench.BackboneProvider"),
     Kind("reporter", "register_reporters", "tlbench.Reporter"),
     Kind("launcher", "register_launchers", "tlbench.Launcher"),
     Kind("tracker", "register_trackers", "tlbench.Tracker"),

@@ -391,7 +391,8 @@ def _references(refs: list[Any], pairs: list[str]) -> pd.DataFrame:
                             f"acc {{pair: accuracy}} and optional avg; got {ref!r}")
         acc = {str(k): float(v) for k, v in ref["acc"].items() if _finite(v)}
         row: dict[str, Any] = {"backbone": str(ref.get("backbone", "")), "strategy": str(ref.get("strategy", "")),
-                               "source": str(ref.get("source", ""))}
+                               "source": str(ref.get("source", ""))
+                               + (f"; weights: {ref['weights']}" if ref.get("weights") else "")}
         for p in pairs:
             row[f"{p} mean"] = acc.get(p, math.nan)
         published = ref.get("avg")
@@ -414,7 +415,8 @@ def _expected_cells(suite: dict[str, Any], pairs: list[str]) -> int | None:
     parts = [suite.get(k) for k in ("backbones", "strategies", "seeds")]
     if not all(isinstance(x, list) and x for x in parts) or not isinstance(suite.get("pairs"), list):
         return None
-    return len(parts[0]) * len(parts[1]) * len(parts[2]) * len(suite["pairs"])
+    runs = suite.get("backbone_pair_runs") or len(parts[0]) * len(suite["pairs"])
+    return runs * len(parts[1]) * len(parts[2])
 
 
 def _common(values: Iterable[str]) -> str:

@@ -15,8 +15,9 @@ are available in every test session (timm's 99k-parameter ``test_efficientnet``,
 work without pytest. Every failed check raises ``AssertionError`` saying what was wrong.
 
 One module per kind: ``strategies`` (:func:`check_strategy`), ``datasets`` (:func:`check_dataset`,
-:func:`check_shift`), ``reporters`` (:func:`check_reporter`, :func:`sample_records`); the tiny
-parts in ``tiny``.
+:func:`check_shift`), ``backbones`` (:func:`check_backbone`), ``reporters`` (:func:`check_reporter`,
+:func:`sample_records`); the tiny parts in ``tiny``; :func:`run_cli` runs the command line in a
+test (``cli``).
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from collections.abc import Callable
 from torch import nn
 
 from tlbench.models.transfer import TransferModel
+from tlbench.testing.backbones import BACKBONE_CHECK_SIZE, check_backbone
+from tlbench.testing.cli import run_cli
 from tlbench.testing.datasets import DATASET_CHECK_SIZE, SHIFT_CHECK_SHAPES, check_dataset, check_shift
 from tlbench.testing.reporters import check_reporter, sample_records
 from tlbench.testing.strategies import (VALID_TARGET_VIEWS, apply_engine_trainability, check_strategy,
@@ -37,7 +40,8 @@ from tlbench.training.strategy import Batch
 __all__ = [
     "check_strategy", "make_tiny_backbone", "make_tiny_model", "make_tiny_batch",
     "engine_start_step", "apply_engine_trainability", "VALID_TARGET_VIEWS",
-    "check_dataset", "check_shift", "check_reporter", "sample_records",
+    "check_dataset", "check_shift", "check_reporter", "sample_records", "check_backbone", "run_cli",
+    "BACKBONE_CHECK_SIZE",
     "DATASET_CHECK_SIZE", "SHIFT_CHECK_SHAPES",
     "TINY_BACKBONE", "TINY_CLASSES", "TINY_BOTTLENECK", "TINY_IMAGE_SIZE", "TINY_BATCH_SIZE",
 ]

@@ -149,6 +149,22 @@ def _check_groups(cls: type, groups: Any, model: TransferModel, strategy: Strate
         _require(g.weight_decay is None or g.weight_decay >= 0,
                  f"{who}: group {g.name!r} has weight_decay {g.weight_decay}; use None or a value >= 0")
     _require(any(g.start == 0 for g in groups), f"{who}: no group starts at 0, so the first step would train nothing")
+    _check_own_modules_train(who, strategy, seen)
+
+
+def _check_own_modules_train(who: str, strategy: Strategy, grouped: dict[int, str]) -> None:
+    """A module the strategy built (a discriminator, a projection head) must be in some group:
+    left out, it never trains. Parameters the strategy froze itself (``requires_grad=False`` at
+    setup, e.g. an EMA copy) are exempt."""
+    left_out: dict[str, list[str]] = {}
+    for name, p in strategy.named_parameters():
+        if p.requires_grad and id(p) not in grouped:
+            left_out.setdefault(name.split(".")[0], []).append(name)
+    if left_out:
+        module, names = next(iter(left_out.items()))
+        raise AssertionError(f"{who}: its own module {module!r} ({len(names)} parameter(s), e.g. {names[0]}) is in no "
+                             f"parameter group, so it never trains; add a ParamGroup for it in param_groups "
+                             f"(or set requires_grad=False in setup if it must stay fixed)")
 
 
 def _score_recorder(who: str, batch: Batch, calls: list[int]) -> Callable[[Tensor, Tensor, Tensor], None]:

@@ -103,14 +103,27 @@ def cutout(x: Tensor, g: torch.Generator, frac: float = 0.5) -> Tensor:
 
 
 class Normalizer:
-    """uint8/float [0, 255] images -> normalised float, in the backbone's mean/std."""
+    """uint8/float [0, 255] images (N×3×H×W) -> normalised float with the backbone's channels.
 
-    def __init__(self, mean, std, device, dtype=torch.float32):
-        self.scale = (255.0 * torch.tensor(std, device=device, dtype=dtype)).view(1, 3, 1, 1)
-        self.shift = (255.0 * torch.tensor(mean, device=device, dtype=dtype)).view(1, 3, 1, 1)
+    Domains are always stored with three channels; this is the one place they meet the network:
+    a network that reads one channel (``in_chans=1``, the LeNet of the digit benchmarks) gets the
+    mean of the three (a grey digit's three equal channels, a colour image's plain average), and
+    ``mean``/``std`` hold one value per input channel of the network.
+    """
+
+    def __init__(self, mean, std, device, in_chans: int = 3, dtype=torch.float32):
+        if in_chans not in (1, 3) or len(mean) != in_chans or len(std) != in_chans:
+            raise ValueError(f"normalisation needs one mean and std per input channel (1 or 3); "
+                             f"got in_chans={in_chans}, mean={tuple(mean)}, std={tuple(std)}")
+        self.in_chans = in_chans
+        self.scale = (255.0 * torch.tensor(std, device=device, dtype=dtype)).view(1, in_chans, 1, 1)
+        self.shift = (255.0 * torch.tensor(mean, device=device, dtype=dtype)).view(1, in_chans, 1, 1)
 
     def __call__(self, x: Tensor) -> Tensor:
-        return (x.float() - self.shift) / self.scale
+        x = x.float()
+        if self.in_chans == 1 and x.shape[1] != 1:
+            x = x.mean(dim=1, keepdim=True)
+        return (x - self.shift) / self.scale
 
 
 @dataclass
@@ -133,18 +146,26 @@ class Augmenter:
     """The train views a strategy can ask for, all batched: ``weak`` and ``strong``."""
 
     def __init__(self, size: int, normalizer: Normalizer, *, hflip: bool, scale: tuple[float, float],
-                 memory_format=torch.contiguous_format):
+                 random_crop: bool = True, memory_format=torch.contiguous_format):
         self.size, self.normalize, self.hflip, self.scale = size, normalizer, hflip, scale
+        self.random_crop = random_crop
         self.memory_format = memory_format
 
+    def _crop(self, images: Tensor, g: torch.Generator) -> Tensor:
+        """The training crop: a random resized crop, or (``random_crop`` off: the digit papers'
+        protocol, no augmentation) the test view's centre crop."""
+        if not self.random_crop:
+            return center_crop(images, self.size).float()
+        return random_resized_crop(images, self.size, g, scale=self.scale)
+
     def weak(self, images: Tensor, g: torch.Generator) -> Tensor:
-        x = random_resized_crop(images, self.size, g, scale=self.scale)
+        x = self._crop(images, g)
         if self.hflip:
             x = random_hflip(x, g)
         return self.normalize(x).contiguous(memory_format=self.memory_format)
 
     def strong(self, images: Tensor, g: torch.Generator) -> Tensor:
-        x = random_resized_crop(images, self.size, g, scale=self.scale)
+        x = self._crop(images, g)
         if self.hflip:
             x = random_hflip(x, g)
         x = cutout(color_jitter(x, g), g)
@@ -159,7 +180,8 @@ class Augmenter:
 
     def view(self, images: Tensor, boxes: Tensor, flips: Tensor) -> Tensor:
         """The training view of each image given by its crop box and flip (from :meth:`fixed_views`)."""
-        x = hflip_where(crop_boxes(images, boxes, self.size), flips)
+        crops = crop_boxes(images, boxes, self.size) if self.random_crop else center_crop(images, self.size).float()
+        x = hflip_where(crops, flips)
         return self.normalize(x).contiguous(memory_format=self.memory_format)
 
     def test(self, images: Tensor) -> Tensor:

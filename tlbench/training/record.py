@@ -37,6 +37,8 @@ def ok_record(setup: CellSetup, *, evaluation: Evaluation, timing: LoopTiming, m
     cell, recipe = setup.cell, setup.recipe
     extra: dict[str, Any] = dict(metrics)
     extra.update({"timm_version": timm.__version__, "weights": setup.weights_used,
+                  "network": cell.backbone, "backbone_provider": setup.backbone.provider,
+                  "in_chans": setup.backbone.in_chans,
                   "deterministic": setup.deterministic, "precision": "bf16" if setup.precision.bf16 else "fp32",
                   "channels_last": setup.precision.channels_last, "compiled": bool(recipe["compile"]),
                   "feature_cache": frozen.feature_steps > 0, "feature_cache_steps": frozen.feature_steps,
@@ -44,7 +46,7 @@ def ok_record(setup: CellSetup, *, evaluation: Evaluation, timing: LoopTiming, m
                   "train_images": len(setup.data.source_train), "target_images": len(setup.data.target),
                   "train_seconds": timing.seconds, "provenance": provenance})
     return CellRecord(
-        suite=cell.suite, dataset=cell.dataset, backbone=cell.backbone, strategy=cell.label, source=cell.source,
+        suite=cell.suite, dataset=cell.dataset, backbone=cell.row_backbone, strategy=cell.label, source=cell.source,
         target=cell.target, seed=cell.seed, status="ok", target_acc=evaluation.target_acc,
         source_acc=evaluation.source_acc, train_img_per_s=timing.images_per_second,
         eval_img_per_s=evaluation.eval_img_per_s, peak_mem_mb=peak_mem_mb, trainable_params=trainable_params,
@@ -57,7 +59,7 @@ def failed_record(task: CellTask, status: str, error: str, started: str, wall_s:
                   device: str = "", steps: int | None = None) -> CellRecord:
     """The record of a cell that failed or diverged (``status``), with the error that stopped it."""
     cell = task.cell
-    return CellRecord(suite=cell.suite, dataset=cell.dataset, backbone=cell.backbone, strategy=cell.label,
+    return CellRecord(suite=cell.suite, dataset=cell.dataset, backbone=cell.row_backbone, strategy=cell.label,
                       source=cell.source, target=cell.target, seed=cell.seed, status=status, error=error,
                       steps=steps, wall_s=wall_s, device=device, torch_version=torch.__version__,
                       tlbench_version=tlbench.__version__, cell_id=cell.id, started_at=started,

@@ -20,8 +20,9 @@ from tlbench.data.domains import Domain, DomainSpec
 from tlbench.data.files import load_checked
 from tlbench.errors import UserError
 from tlbench.matrix.cells import Cell, CellTask
+from tlbench.models.backbones import Backbone
 from tlbench.models.transfer import TransferModel
-from tlbench.models.weights import create_backbone, model_data_config
+from tlbench.models.weights import load_backbone
 from tlbench.training.augment import Augmenter, Normalizer
 from tlbench.training.schedule import ParamSchedule
 from tlbench.training.strategy import SetupContext, Strategy
@@ -67,6 +68,7 @@ class CellSetup:
     data: CellData
     model: TransferModel
     weights_used: str
+    backbone: Backbone
     strategy: Strategy
     teacher: TransferModel | None
     augmenter: Augmenter
@@ -88,7 +90,7 @@ def set_up_cell(task: CellTask, registry, device: torch.device) -> CellSetup:
     seed_everything(cell.seed, deterministic, device)
 
     data = load_cell_data(cell, task, registry)
-    model, weights_used = build_model(cell.backbone, cell.weights, data.num_classes, recipe, registry)
+    model, weights_used, backbone = build_model(cell.backbone, cell.weights, data.num_classes, recipe, registry)
     strategy = build_strategy(cell, registry)
     strategy.setup(model, SetupContext(data.num_classes, model.feature_dim, model.embed_dim, int(recipe["steps"]),
                                        device, cell.seed))
@@ -103,13 +105,13 @@ def set_up_cell(task: CellTask, registry, device: torch.device) -> CellSetup:
     teacher = None
     if type(strategy).needs_teacher:
         teacher = load_teacher(task, data.num_classes, registry, device, precision.memory_format)
-    cfg = model_data_config(model.backbone)
-    augmenter = Augmenter(recipe["image_size"], Normalizer(cfg["mean"], cfg["std"], device),
+    augmenter = Augmenter(recipe["image_size"], Normalizer(backbone.mean, backbone.std, device, backbone.in_chans),
                           hflip=recipe["hflip"], scale=tuple(recipe["crop_scale"]),
+                          random_crop=recipe.get("train_crop", "random_resized") != "none",
                           memory_format=precision.memory_format)
     schedule = ParamSchedule(strategy.param_groups(model), [model, strategy], model, recipe, device, cell.strategy)
-    return CellSetup(cell, recipe, device, deterministic, precision, data, model, weights_used, strategy, teacher,
-                     augmenter, schedule)
+    return CellSetup(cell, recipe, device, deterministic, precision, data, model, weights_used, backbone, strategy,
+                     teacher, augmenter, schedule)
 
 
 def configure_device(device: torch.device) -> None:
@@ -166,12 +168,15 @@ def load_cell_data(cell: Cell, task: CellTask, registry) -> CellData:
     return CellData(src, holdout, tgt, len(src.classes))
 
 
-def build_model(backbone: str, weights: str, num_classes: int, recipe: dict, registry) -> tuple[TransferModel, str]:
-    """The transfer model on a backbone with the named weights, and the weight source used."""
-    net, source = create_backbone(backbone, weights, registry=registry)
-    model = TransferModel(net, num_classes, bottleneck_dim=recipe["bottleneck_dim"],
-                          backbone_lr_scale=recipe["backbone_lr_scale"], backbone_name=backbone)
-    return model, source
+def build_model(backbone: str, weights: str, num_classes: int, recipe: dict,
+                registry) -> tuple[TransferModel, str, Backbone]:
+    """The transfer model on a backbone with the named weights, the weight source used, and what
+    the backbone's provider said about it (channels, normalisation, stages)."""
+    made, source = load_backbone(backbone, weights, registry=registry)
+    model = TransferModel(made.network, num_classes, bottleneck_dim=recipe["bottleneck_dim"],
+                          backbone_lr_scale=recipe["backbone_lr_scale"], backbone_name=backbone,
+                          feature_dim=made.feature_dim, stages=made.stages)
+    return model, source, made
 
 
 def build_strategy(cell: Cell, registry) -> Strategy:
@@ -186,7 +191,7 @@ def load_teacher(task: CellTask, num_classes: int, registry, device: torch.devic
     teacher_cell = task.cell.teacher
     if teacher_cell is None or not task.teacher_model or not Path(task.teacher_model).is_file():
         raise RuntimeError(f"kd cell {task.cell.id}: the teacher's trained weights are missing")
-    model, _ = build_model(teacher_cell.backbone, "random", num_classes, teacher_cell.recipe, registry)
+    model, _, _ = build_model(teacher_cell.backbone, "random", num_classes, teacher_cell.recipe, registry)
     state = load_checked(Path(task.teacher_model))
     if not isinstance(state, dict):
         raise RuntimeError(f"kd cell {task.cell.id}: the teacher's weights {task.teacher_model} are damaged "

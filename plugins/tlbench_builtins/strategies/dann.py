@@ -39,8 +39,9 @@ def reversal_coefficient(progress: float, gamma: float = 10.0) -> float:
 
 
 class DomainDiscriminator(nn.Sequential):
-    """Source-vs-target classifier on the bottleneck embedding, one logit per image (tllib style:
-    Linear–BN–ReLU–Linear–BN–ReLU–Linear; optional dropout after each ReLU)."""
+    """Source-vs-target classifier on the bottleneck embedding, one logit per image.
+
+    tllib style: Linear–BN–ReLU–Linear–BN–ReLU–Linear; optional dropout after each ReLU."""
 
     def __init__(self, in_features: int, hidden: int = 1024, dropout: float = 0.0):
         def block(n_in: int) -> list[nn.Module]:
@@ -51,8 +52,9 @@ class DomainDiscriminator(nn.Sequential):
 
 
 class Dann(Strategy):
-    """DANN: domain-adversarial neural networks (Ganin et al. 2016, JMLR 17(59),
-    "Domain-Adversarial Training of Neural Networks").
+    """DANN: align the domains adversarially through a gradient reversal layer (Ganin et al. 2016).
+
+    Ganin et al., "Domain-Adversarial Training of Neural Networks", JMLR 17(59), 2016.
 
     Source and target images go through the model as one batch. A domain discriminator learns to
     tell their bottleneck embeddings apart, while a gradient reversal layer between the embedding

@@ -25,8 +25,10 @@ def distillation_loss(student_logits: Tensor, teacher_logits: Tensor, T: float) 
 
 
 class KnowledgeDistillation(Strategy):
-    """Knowledge distillation (Hinton, Vinyals & Dean 2015, "Distilling the Knowledge in a Neural
-    Network"), used here to transfer a domain-adapted teacher into a (typically smaller) student.
+    """Knowledge distillation: a student learns a domain-adapted teacher's soft labels (Hinton et al. 2015).
+
+    Hinton, Vinyals & Dean 2015, "Distilling the Knowledge in a Neural Network", used here to
+    transfer a domain-adapted teacher into a (typically smaller) student.
 
     The runner first trains the teacher cell (backbone ``teacher_backbone``, strategy
     ``teacher_strategy`` with ``teacher_params``, same domain pair and seed) and passes it, in eval

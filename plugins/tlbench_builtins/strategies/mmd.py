@@ -66,8 +66,9 @@ def progressive_weight(progress: float, gamma: float = 10.0) -> float:
 
 
 class Mmd(Strategy):
-    """DAN: deep adaptation networks (Long et al. 2015, ICML, "Learning Transferable Features with
-    Deep Adaptation Networks").
+    """DAN: align the domains' embeddings with a multi-kernel MMD penalty (Long et al. 2015).
+
+    Long et al. 2015, ICML, "Learning Transferable Features with Deep Adaptation Networks".
 
     Source and target images go through the model as one batch; the multi-kernel MMD between the
     source and target bottleneck embeddings is minimised along with the source cross-entropy:

@@ -25,8 +25,9 @@ def masked_pseudo_label_loss(logits_strong: Tensor, labels: Tensor, mask: Tensor
 
 
 class SelfTraining(Strategy):
-    """Self-training with confidence-thresholded pseudo-labels (FixMatch, Sohn et al. 2020,
-    NeurIPS; pseudo-labelling, Lee 2013, ICML workshop).
+    """Self-training: confident pseudo-labels of target images train the strong view (FixMatch).
+
+    FixMatch, Sohn et al. 2020, NeurIPS; pseudo-labelling, Lee 2013, ICML workshop.
 
     Cross-entropy on labelled source images throughout. After a source-only warm-up, each weakly
     augmented target image is labelled by the current model (no gradient; its argmax); images whose

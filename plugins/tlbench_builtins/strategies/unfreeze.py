@@ -11,8 +11,9 @@ MODES = ("together", "gradual")
 
 
 class Unfreeze(Strategy):
-    """Gradual unfreezing (Howard & Ruder 2018, ULMFiT, "gradual unfreezing"; cf. chain-thaw,
-    Felbo et al. 2017).
+    """Gradual unfreezing: the head trains first, the top backbone stages join later (ULMFiT).
+
+    Howard & Ruder 2018, ULMFiT, "gradual unfreezing"; cf. chain-thaw, Felbo et al. 2017.
 
     The head (bottleneck + classifier) trains from the first step at the full learning rate; the
     last ``stages`` backbone stages (counted from the output side, as ``model.backbone_stages()``

@@ -8,8 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tlbench.cli import main
-from tlbench.plugins.registry import Registry
+from tlbench.testing import run_cli
 
 from test_csv_images import write_csv, write_image
 
@@ -20,12 +19,13 @@ installed = pytest.mark.skipif(
 
 
 @installed
-def test_entry_points_register_both_plugins():
-    registry = Registry()  # not strict: another broken package must not fail this test
-    assert registry.get("strategy", "coral").__module__ == "tlbench_coral.coral"
-    assert registry.get("dataset", "csv_images").__module__ == "tlbench_coral.csv_images"
-    info = registry.plugins[registry.entry("strategy", "coral").plugin]
-    assert info.distribution == "tlbench-coral" and info.errors == []
+def test_entry_points_register_every_plugin(capsys):
+    for kind, name, plugin in (("strategies", "coral", "tlbench_coral.coral"),
+                               ("datasets", "csv_images", "tlbench_coral.csv_images")):
+        assert run_cli(["list", kind, name]) == 0
+        assert capsys.readouterr().out.split()[:2] == [name, plugin]
+    assert run_cli(["list", "backbones", "coral_cnn*"]) == 0
+    assert capsys.readouterr().out.split() == ["coral_cnn", "coral_nets"]
 
 
 @installed
@@ -44,16 +44,17 @@ name: csv_coral
 dataset: csv_images
 dataset_options: {{path: {tmp_path / 'data'}}}
 pairs: [day->night]
-backbones: [{{name: test_efficientnet, weights: random}}]
+backbones: [{{name: test_efficientnet, weights: random}}, {{name: coral_cnn, weights: random}}]
 strategies: [source_only, coral]
 recipe: {{steps: 4, batch_size: 6, image_size: 12, resize_size: 12, hflip: false, log_every: 2,
           timing_warmup_steps: 1, source_holdout: 0.2}}
 """)
     out = tmp_path / "out"
-    code = main(["run", str(suite), "--out", str(out), "--cache", str(tmp_path / "cache"), "--quiet"])
+    code = run_cli(["run", str(suite), "--out", str(out), "--cache", str(tmp_path / "cache"), "--quiet"])
     assert code == 0
     df = pd.read_csv(out / "results.csv")
-    assert sorted(df["strategy"]) == ["coral", "source_only"]
+    assert sorted(df["strategy"]) == ["coral", "coral", "source_only", "source_only"]
+    assert sorted(set(df["backbone"])) == ["coral_cnn", "test_efficientnet"]
     assert (df["status"] == "ok").all() and (df["dataset"] == "csv_images").all()
     assert (df["source"] == "day").all() and (df["target"] == "night").all()
     assert df["target_acc"].between(0, 100).all()

@@ -1,0 +1,1 @@
+"""Built-in backbone providers: every timm model, and the digit networks of the DA literature."""
