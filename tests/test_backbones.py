@@ -183,6 +183,6 @@ def test_weights_random_plans_and_a_wrong_size_says_which(tmp_path):
 
 
 def test_an_unknown_backbone_gets_a_did_you_mean_across_providers(registry):
-    with pytest.raises(UserError, match=r"unknown backbone 'lenett'; did you mean lenet\?"):
+    with pytest.raises(UserError, match=r"unknown backbone 'lenett'; did you mean lenet\b"):
         find_provider("lenett", registry)
     assert find_provider("resnet18", registry).name == "timm"

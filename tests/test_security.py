@@ -132,8 +132,8 @@ def test_feature_cache_damage_is_detected_and_rebuilt(tmp_path, how):
     from tlbench.plugins.registry import get_registry
 
     torch.manual_seed(0)
-    model, _ = build_model("test_efficientnet", "random", 10, {"bottleneck_dim": 0, "backbone_lr_scale": 0.1},
-                           get_registry())
+    model, _, _ = build_model("test_efficientnet", "random", 10, {"bottleneck_dim": 0, "backbone_lr_scale": 0.1},
+                              get_registry())
     calls = []
     model.backbone.register_forward_hook(lambda *a: calls.append(1))
     aug = Augmenter(16, Normalizer((0.5,) * 3, (0.25,) * 3, torch.device("cpu")), hflip=False, scale=(0.5, 1.0))

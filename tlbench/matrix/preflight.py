@@ -145,9 +145,10 @@ def activation_bytes(backbone: str, image_size: int, *, registry) -> int:
     """float32 bytes of every layer's output for one image: what a training step keeps per image."""
     import torch
 
-    from tlbench.models.weights import create_backbone
+    from tlbench.models.weights import load_backbone
 
-    model, _ = create_backbone(backbone, "random", registry=registry)
+    made, _ = load_backbone(backbone, "random", registry=registry)
+    model = made.network
     total = 0
 
     def count(_module, _inputs, output) -> None:
@@ -160,7 +161,7 @@ def activation_bytes(backbone: str, image_size: int, *, registry) -> int:
     handles = [m.register_forward_hook(count) for m in leaves]
     try:
         with torch.no_grad():
-            model.eval()(torch.zeros(1, 3, image_size, image_size))
+            model.eval()(torch.zeros(1, made.in_chans, image_size, image_size))
     finally:
         for h in handles:
             h.remove()
