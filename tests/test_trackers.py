@@ -135,6 +135,7 @@ def test_mlflow_holds_one_run_per_cell_with_params_metrics_and_histories(tracked
         history = client.get_metric_history(run.info.run_id, "train/loss")
         assert sorted(m.step for m in history) == [3, 6]
         assert run.info.status == "FINISHED"
+        assert (run.info.end_time - run.info.start_time) / 1000 == pytest.approx(record.wall_s, abs=0.01)
     (board,) = client.search_runs([experiment.experiment_id], "tags.`tlbench.kind` = 'leaderboard'")
     names = {a.path for a in client.list_artifacts(board.info.run_id)}
     assert {"leaderboard.md", "leaderboard.html", "leaderboard.csv"} <= names

@@ -16,6 +16,7 @@ on without the tracker.
 
 from __future__ import annotations
 
+import datetime
 import logging
 import os
 import time
@@ -28,6 +29,14 @@ KIND_TAG = "tlbench.kind"
 #: MLflow's limits for one log_batch call
 MAX_METRICS, MAX_PARAMS = 1000, 100
 MAX_PARAM_CHARS = 6000
+
+
+def _epoch_ms(iso: str) -> int | None:
+    """Milliseconds since the epoch of an ISO 8601 time (a record's ``started_at``), None if unreadable."""
+    try:
+        return int(datetime.datetime.fromisoformat(iso).timestamp() * 1000)
+    except (TypeError, ValueError):
+        return None
 
 
 def _chunks(items: list, size: int) -> list[list]:
@@ -71,7 +80,7 @@ class MlflowTracker(Tracker):
 
     def log_cell(self, cell, record) -> None:
         self._delete_runs(f"tags.`{CELL_TAG}` = '{cell.id}'")
-        start = int(time.time() * 1000)
+        start = _epoch_ms(record.started_at) or int(time.time() * 1000)  # the cell's own start and length
         run = self.client.create_run(self.experiment_id, run_name=cell.describe(), start_time=start, tags={
             CELL_TAG: cell.id, KIND_TAG: "cell", "tlbench.status": record.status,
             "tlbench.device": record.device or "", "tlbench.version": record.tlbench_version or ""})
@@ -86,7 +95,8 @@ class MlflowTracker(Tracker):
             self.client.log_batch(run_id, metrics=chunk)
         if record.error:
             self.client.set_tag(run_id, "tlbench.error", record.error.splitlines()[0][:5000])
-        self.client.set_terminated(run_id, status="FINISHED" if record.status == "ok" else "FAILED")
+        end = start + int(1000 * record.wall_s) if record.wall_s is not None else None
+        self.client.set_terminated(run_id, status="FINISHED" if record.status == "ok" else "FAILED", end_time=end)
 
     def log_reports(self, files: list[Path]) -> None:
         if not files:
