@@ -132,3 +132,11 @@ def test_compiled_backbone_trains_to_the_same_result(tiny_suite, tmp_path):
     assert b["status"] == "ok"
     # Same seed, same data: compiled kernels may round differently, not learn differently.
     assert abs(a["target_acc"] - b["target_acc"]) <= 2.0
+
+
+def test_a_run_without_out_writes_to_runs_never_to_results(tiny_suite, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "results").mkdir()  # as in the repository: committed leaderboards live here
+    assert main(["run", str(tiny_suite), "--quiet", "--strategies", "source_only", "--set", "recipe.steps=2"]) == 0
+    assert (tmp_path / "runs" / "tiny" / "results.csv").is_file()
+    assert list((tmp_path / "results").iterdir()) == []

@@ -18,6 +18,8 @@ KIND_ALIASES = {"strategies": "strategy", "datasets": "dataset", "shifts": "shif
                 "weights": "weight_source", "weight_sources": "weight_source", "reporters": "reporter",
                 "reports": "reporter", "launchers": "launcher", "trackers": "tracker",
                 "backbone_providers": "backbone"}
+#: where ``tlbench run`` writes without ``--out``: a user's own runs, never the committed ``results/``
+DEFAULT_RUNS = Path("runs")
 #: the width of the name columns of ``tlbench list`` and ``tlbench plugins`` (longer names widen it)
 NAME_WIDTH, PLUGIN_WIDTH = 20, 28
 
@@ -59,7 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run (or resume) a suite", parents=[common])
     run.add_argument("suite", type=Path)
-    run.add_argument("--out", type=Path, help="output directory (default results/<suite name>)")
+    run.add_argument("--out", type=Path, help="output directory (default runs/<suite name>: yours, never the "
+                     "committed results/)")
     run.add_argument("--data-root", help="data root (default: the suite's, then $TLBENCH_DATA_ROOT)")
     run.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     run.add_argument("--launcher", help="launcher name (default: the suite's, else local)")
@@ -190,7 +193,7 @@ def _run(args, registry) -> int:
 
     suite = load_suite(args.suite, overrides=args.overrides, backbones=args.backbones, strategies=args.strategies,
                        pairs=args.pairs, seeds=args.seeds, data_root=args.data_root)
-    out = args.out or Path("results") / suite.name
+    out = args.out or DEFAULT_RUNS / suite.name
     launcher_options = {"address": args.ray_address} if args.ray_address else {}
     options = RunOptions(out_dir=out, device=args.device, launcher=args.launcher, force=args.force,
                          quiet=args.quiet, debug=args.debug, strict_plugins=args.strict_plugins,
