@@ -17,11 +17,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from tlbench.errors import UserError
+from tlbench.matrix.suite_yaml import read_yaml
 
 
-#: the most nodes (mappings, lists, scalars) a suite may expand to, aliases followed: a few hundred
-#: bytes of YAML aliases can otherwise expand to millions of leaves and gigabytes of memory
-MAX_SUITE_NODES = 100_000
 #: seeds seed torch, NumPy and Python generators: 64 bits is what all of them take
 MAX_SEED = 2**63 - 1
 
@@ -262,74 +260,6 @@ def _as_list(v: Any) -> Any:
     if isinstance(v, str):
         return [s.strip() for s in v.split(",") if s.strip()]
     return v
-
-
-# -- loading ------------------------------------------------------------------------------------
-def read_yaml(path: Path) -> dict[str, Any]:
-    """Parse a suite file with the safe loader; a syntax error names the line."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UserError(f"{path}: no such suite file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: cannot read suite file ({exc})") from None
-    try:
-        data = _load_suite_text(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise UserError(f"{path}{where}: malformed YAML: {problem}") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{path}: a suite must be a mapping of keys (name, dataset, pairs, ...), "
-                        f"got {type(data).__name__}")
-    if count_nodes(data, MAX_SUITE_NODES) > MAX_SUITE_NODES:
-        raise UserError(f"{path}: the suite expands to more than {MAX_SUITE_NODES:,} values once its YAML aliases "
-                        "(*name) are followed; write the values out, or use fewer aliases")
-    return data
-
-
-class _SuiteLoader(yaml.SafeLoader):
-    """The safe loader, except that a key given twice in one mapping is an error, not "the last one wins"."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: set[Any] = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if isinstance(key, (str, int, float, bool)) and key in seen:
-                raise yaml.constructor.ConstructorError(None, None, f"key {key!r} is given twice in one mapping",
-                                                        key_node.start_mark)
-            if isinstance(key, (str, int, float, bool)):
-                seen.add(key)
-        return super().construct_mapping(node, deep=deep)
-
-
-def _load_suite_text(text: str) -> Any:
-    """What ``yaml.safe_load`` does, with :class:`_SuiteLoader` (still the safe constructor)."""
-    loader = _SuiteLoader(text)
-    try:
-        return loader.get_single_data()
-    finally:
-        loader.dispose()
-
-
-def count_nodes(data: Any, limit: int) -> int:
-    """How many values ``data`` holds with aliases followed, counting no further than ``limit + 1``.
-
-    Shared (aliased) lists and mappings are counted every time they appear, as later copies and
-    validation would expand them; a self-referencing alias simply reaches the limit.
-    """
-    count, stack = 0, [data]
-    while stack and count <= limit:
-        item = stack.pop()
-        count += 1
-        if isinstance(item, dict):
-            stack.extend(item.keys())
-            stack.extend(item.values())
-        elif isinstance(item, (list, tuple)):
-            stack.extend(item)
-    return count
 
 
 def apply_override(data: dict[str, Any], assignment: str, *, origin: str = "--set") -> None:
