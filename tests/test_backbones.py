@@ -169,8 +169,8 @@ def test_weights_auto_on_a_network_without_pretrained_weights_is_one_clear_line(
     path = tmp_path / "s.yaml"
     assert run_cli(["run", str(path), "--out", str(tmp_path / "o"), "--set", "recipe.image_size=28",
                     "--set", "recipe.resize_size=28"]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert err == [f"tlbench: error: {info.value}"]
+    err = capsys.readouterr().err.strip().splitlines()  # warnings about other broken plugins may precede it
+    assert [line for line in err if not line.startswith("tlbench: warning:")] == [f"tlbench: error: {info.value}"]
 
 
 def test_weights_random_plans_and_a_wrong_size_says_which(tmp_path):
@@ -183,6 +183,6 @@ def test_weights_random_plans_and_a_wrong_size_says_which(tmp_path):
 
 
 def test_an_unknown_backbone_gets_a_did_you_mean_across_providers(registry):
-    with pytest.raises(UserError, match=r"unknown backbone 'lenett'; did you mean lenet\b"):
+    with pytest.raises(UserError, match=r"^unknown backbone 'lenett'; did you mean lenet[,?]"):  # closest first
         find_provider("lenett", registry)
     assert find_provider("resnet18", registry).name == "timm"

@@ -242,7 +242,9 @@ class Suite(_Strict):
     @field_validator("seeds", "backbones", "strategies")
     @classmethod
     def _unique(cls, v: list) -> list:
-        keys = [getattr(x, "label", None) or getattr(x, "name", x) for x in v]
+        # a strategy's row is its label; backbones may share a label (one row over different pairs)
+        keys = [(None if isinstance(x, BackboneEntry) else getattr(x, "label", None)) or getattr(x, "name", x)
+                for x in v]
         dupes = sorted({str(k) for k in keys if keys.count(k) > 1})
         if dupes:
             raise ValueError(f"listed twice: {', '.join(dupes)}")

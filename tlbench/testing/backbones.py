@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
@@ -82,7 +80,9 @@ def _check_one(provider: BackboneProvider, name: str, batch_size: int, seed: int
     dead = [n for n, p in params.items() if p.requires_grad and p.grad is None]
     _require(not dead, f"{who}: no gradient reached {dead[:3]}; every parameter must take part in the features")
     model = TransferModel(made.network, 3, bottleneck_dim=8, feature_dim=made.feature_dim, stages=made.stages)
-    _require(math.isfinite(float(model(images).sum())), f"{who}: a TransferModel on it gives non-finite logits")
+    with torch.no_grad():
+        logits = model(images)
+    _require(bool(torch.isfinite(logits).all()), f"{who}: a TransferModel on it gives non-finite logits")
 
 
 def _check_stages(who: str, made: Backbone, params: dict[str, nn.Parameter]) -> None:
