@@ -62,3 +62,11 @@ def test_timm_suites_plan_the_cells_of_their_committed_leaderboards(folder):
     suite = load_suite(ROOT / "suites" / name, data_root=str(SHARED_DATA), **narrow)
     cells, _ = plan(suite, get_registry(), check_data=False)
     assert committed and committed <= {c.id for c in cells}
+
+
+def test_the_digits_suite_narrowed_to_one_pair_plans_only_its_network(tmp_path):
+    """``--pairs`` narrows a suite whose backbones name their own pairs: only the network of that pair runs."""
+    suite = load_suite(ROOT / "suites" / "digits.yaml", pairs=["mnist->usps"], data_root=str(tmp_path))
+    cells, pairs = plan(suite, get_registry(), check_data=False)
+    assert pairs == [("mnist", "usps")]
+    assert {c.backbone for c in cells} == {"lenet"} and {c.pair for c in cells} == {"mnist->usps"}
