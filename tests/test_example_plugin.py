@@ -28,8 +28,9 @@ def test_it_appears_in_plugins_and_lists(capsys):
     main(["plugins"])  # the exit code reflects every installed plugin, not only this one
     lines = capsys.readouterr().out.splitlines()
     ours = [line for line in lines if line.startswith("tlbench_coral.")]
-    assert len(ours) == 2 and all(" ok " in line and "tlbench-coral 0.1.0" in line for line in ours)
+    assert len(ours) == 3 and all(" ok " in line and "tlbench-coral 0.1.0" in line for line in ours)
     assert any("strategy: coral" in line for line in ours) and any("dataset: csv_images" in line for line in ours)
+    assert any("backbone: coral_nets" in line for line in ours)  # its third-party backbone provider
     assert main(["list", "strategies", "co*"]) == 0
     listed = capsys.readouterr().out.splitlines()
     assert [line.split()[:2] for line in listed] == [["coral", "tlbench_coral.coral"]]
