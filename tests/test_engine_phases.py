@@ -21,7 +21,8 @@ from tlbench.training.batches import BatchSource, DomainImages
 from tlbench.training.engine import train_cell
 from tlbench.training.evaluation import PseudoLabelAudit, evaluate
 from tlbench.training.frozen import FrozenOutputs
-from tlbench.training.loop import MetricMeans, NonFiniteCheck, StepObserver, run_steps
+from tlbench.training.curves import CurveRecorder
+from tlbench.training.loop import NonFiniteCheck, StepObserver, run_steps
 from tlbench.training.measure import Stopwatch
 from tlbench.training.schedule import ParamSchedule
 from tlbench.training.setup import set_up_cell
@@ -176,17 +177,22 @@ class _Log(StepObserver):
         self.closed = True
 
 
-def _loop(strategy, observers, steps: int = 5, log_every: int = 2):
+def _loop(strategy, observers, steps: int = 5, log_every: int = 2, recorder: list | None = None):
+    """Run the loop; with ``recorder`` (a list), a CurveRecorder joins the observers and is put in it."""
     schedule = ParamSchedule([ParamGroup("w", [strategy.w])], [strategy], strategy, dict(RECIPE, steps=steps),
                              torch.device("cpu"), "probe")
+    if recorder is not None:
+        recorder.append(CurveRecorder(schedule))
+        observers = [*observers, recorder[0]]
     ctx = StepContext(step=0, total_steps=steps, model=None, device=torch.device("cpu"), num_classes=1)
     return run_steps(strategy, schedule, _Batches(), ctx, contextlib.nullcontext, observers, total_steps=steps,
                      log_every=log_every, warmup_steps=1, device=torch.device("cpu"))
 
 
 def test_the_loop_steps_the_optimizer_and_calls_observers_at_the_right_steps():
-    strategy, log, means = _Constant(), _Log(), MetricMeans()
-    timing = _loop(strategy, [log, means])
+    strategy, log, recorder = _Constant(), _Log(), []
+    timing = _loop(strategy, [log], recorder=recorder)
+    means = recorder[0]  # the record's metric means come from the curves' window sums
     assert log.after == [0, 1, 2, 3, 4] and log.logged == [1, 3, 4] and log.closed
     # SGD on w² with lr 0.1: w ← 0.8 w each step
     assert strategy.w.item() == pytest.approx(0.8 ** 5)

@@ -72,6 +72,13 @@ class CellRecord:
     #: from the worker to the driver, which writes them to ``curves.json`` beside ``record.json``
     curves: dict[str, Any] | None = field(default=None, repr=False, compare=False)
 
+    @property
+    def scored(self) -> bool:
+        """Whether the cell has a result to average and rank: status ok and a finite target accuracy."""
+        acc = self.target_acc
+        return (self.status == "ok" and isinstance(acc, (int, float)) and not isinstance(acc, bool)
+                and math.isfinite(acc))
+
     def row(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in RESULT_COLUMNS}
 

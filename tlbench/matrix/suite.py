@@ -194,9 +194,10 @@ class Suite(_Strict):
                                          description="experiment trackers fed with every finished cell; default none")
     reference: list[Reference] = Field(default_factory=list)
 
-    @field_validator("backbones", mode="before")
+    @field_validator("backbones", "trackers", mode="before")
     @classmethod
-    def _backbones(cls, v: Any) -> Any:
+    def _named_entries(cls, v: Any) -> Any:
+        """A plain string is the entry of that name (``- resnet50``, ``- tensorboard``)."""
         v = _as_list(v)
         if not isinstance(v, list):
             return v  # not a list: let validation name the key and the type expected
@@ -230,14 +231,6 @@ class Suite(_Strict):
     @classmethod
     def _launcher(cls, v: Any) -> Any:
         return {"name": v} if isinstance(v, str) else v
-
-    @field_validator("trackers", mode="before")
-    @classmethod
-    def _trackers(cls, v: Any) -> Any:
-        v = _as_list(v)
-        if not isinstance(v, list):
-            return v
-        return [{"name": x} if isinstance(x, str) else x for x in v]
 
     @field_validator("seeds", "backbones", "strategies")
     @classmethod

@@ -222,24 +222,16 @@ def _row_keys(records: list[CellRecord]) -> list[tuple[str, str]]:
     return list(seen)
 
 
-def _finite(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:
     s = pd.Series(values, dtype="float64")
     return float(s.mean()), float(s.std(ddof=1)) if len(s) > 1 else math.nan
 
 
-def _is_value(r: CellRecord) -> bool:
-    return r.status == "ok" and _finite(r.target_acc)
-
-
 def _cell_status(recs: list[CellRecord]) -> str:
     if not recs:
         return "missing"
-    bad = {"diverged" if r.status == "diverged" else "failed" for r in recs if not _is_value(r)}
-    if any(_is_value(r) for r in recs):
+    bad = {"diverged" if r.status == "diverged" else "failed" for r in recs if not r.scored}
+    if any(r.scored for r in recs):
         return "partial" if bad else "ok"
     return "failed/diverged" if len(bad) == 2 else bad.pop()
 
@@ -254,9 +246,9 @@ def _row_stats(backbone: str, strategy: str, pairs: list[str],
     for p in pairs:
         recs = by_cell.get((backbone, strategy, p), [])
         seeds.update(r.seed for r in recs)
-        values = [float(r.target_acc) for r in recs if _is_value(r)]
+        values = [float(r.target_acc) for r in recs if r.scored]
         for r in recs:
-            if _is_value(r):
+            if r.scored:
                 per_seed.setdefault(r.seed, {})[p] = float(r.target_acc)
         mean, std = _mean_std(values) if values else (math.nan, math.nan)
         row.update({f"{p} mean": mean, f"{p} std": std, f"{p} ci95": stats.ci95_halfwidth(std, len(values)),
@@ -318,7 +310,7 @@ def _footnotes(acc: pd.DataFrame, pairs: list[str],
     rows: list[dict[str, Any]] = []
     for i, row in acc.iterrows():
         for p in pairs:
-            bad = sorted((r for r in by_cell.get((row["backbone"], row["strategy"], p), []) if not _is_value(r)),
+            bad = sorted((r for r in by_cell.get((row["backbone"], row["strategy"], p), []) if not r.scored),
                          key=lambda r: r.seed)
             numbers: list[int] = []
             groups: dict[int, list[int]] = {}
@@ -356,7 +348,7 @@ def _costs(acc: pd.DataFrame, records: list[CellRecord]) -> pd.DataFrame:
         ok = [r for r in recs if r.status == "ok"]
 
         def values(attr: str, pool: list[CellRecord]) -> list[float]:
-            return [float(getattr(r, attr)) for r in pool if _finite(getattr(r, attr))]
+            return [float(getattr(r, attr)) for r in pool if stats.finite_number(getattr(r, attr))]
 
         train, ev, mem, wall = (values("train_img_per_s", ok), values("eval_img_per_s", ok),
                                 values("peak_mem_mb", ok), values("wall_s", recs))
@@ -389,14 +381,14 @@ def _references(refs: list[Any], pairs: list[str]) -> pd.DataFrame:
         if not isinstance(ref, dict) or not isinstance(ref.get("acc"), dict):
             raise UserError(f"suite reference[{i}]: expected a mapping with backbone, strategy, source, "
                             f"acc {{pair: accuracy}} and optional avg; got {ref!r}")
-        acc = {str(k): float(v) for k, v in ref["acc"].items() if _finite(v)}
+        acc = {str(k): float(v) for k, v in ref["acc"].items() if stats.finite_number(v)}
         row: dict[str, Any] = {"backbone": str(ref.get("backbone", "")), "strategy": str(ref.get("strategy", "")),
                                "source": str(ref.get("source", ""))
                                + (f"; weights: {ref['weights']}" if ref.get("weights") else "")}
         for p in pairs:
             row[f"{p} mean"] = acc.get(p, math.nan)
         published = ref.get("avg")
-        if _finite(published):
+        if stats.finite_number(published):
             row[f"{AVG} mean"], row["avg_published"] = float(published), True
         elif pairs and all(p in acc for p in pairs):
             row[f"{AVG} mean"], row["avg_published"] = sum(acc[p] for p in pairs) / len(pairs), False

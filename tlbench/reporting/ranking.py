@@ -5,7 +5,6 @@ The statistics themselves (and the rules, in words) are in :mod:`tlbench.reporti
 
 from __future__ import annotations
 
-import math
 
 import pandas as pd
 
@@ -29,7 +28,7 @@ def matched_results(by_cell: dict[tuple[str, str, str], list[CellRecord]]) -> di
     out: dict[tuple[str, str], dict[tuple[str, int], float]] = {}
     for (backbone, strategy, pair), recs in by_cell.items():
         for r in recs:
-            if r.status == "ok" and r.target_acc is not None and math.isfinite(r.target_acc):
+            if r.scored:
                 out.setdefault((backbone, strategy), {})[(pair, r.seed)] = float(r.target_acc)
     return out
 

@@ -29,6 +29,11 @@ MIN_MATCHED = 6
 Matched = Mapping[tuple[str, int], float]  # (pair, seed) -> target accuracy
 
 
+def finite_number(x: object) -> bool:
+    """A real number that is neither NaN nor infinite (booleans are not numbers here)."""
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
 def ci95_halfwidth(std: float, n: int) -> float:
     """Half-width of the 95 % Student-t confidence interval of a mean of ``n`` values with sample
     standard deviation ``std``; NaN for fewer than two values."""

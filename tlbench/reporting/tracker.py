@@ -9,12 +9,12 @@ code: see :class:`tlbench.matrix.tracking.TrackerFeed`.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from tlbench.errors import UserError
 from tlbench.plugins.registry import Plugin
+from tlbench.reporting.stats import finite_number
 
 if TYPE_CHECKING:
     from tlbench.matrix.cells import Cell
@@ -74,8 +74,8 @@ class Tracker(Plugin):
         """A record's numbers (accuracies, costs, the strategy's metric means) for a run's summary."""
         names = ("target_acc", "source_acc", "train_img_per_s", "eval_img_per_s", "peak_mem_mb", "wall_s",
                  "trainable_params", "total_params", "steps")
-        out = {n: float(getattr(record, n)) for n in names if _number(getattr(record, n))}
-        out.update({f"extra.{k}": float(v) for k, v in sorted(record.extra.items()) if _number(v)})
+        out = {n: float(getattr(record, n)) for n in names if finite_number(getattr(record, n))}
+        out.update({f"extra.{k}": float(v) for k, v in sorted(record.extra.items()) if finite_number(v)})
         return out
 
     @staticmethod
@@ -85,7 +85,3 @@ class Tracker(Plugin):
         steps = curves.get("steps") or []
         return [(name, int(step), float(value)) for name, values in sorted((curves.get("series") or {}).items())
                 for step, value in zip(steps, values) if value is not None]
-
-
-def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

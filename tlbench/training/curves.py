@@ -1,9 +1,11 @@
 """Training curves: every metric a strategy returns, and each group's learning rate, over training.
 
 A :class:`CurveRecorder` is a step observer. Between logging points it only adds the step's metric
-tensors on the device (no host synchronisation); at each logging point it reads the window's means
+tensors on the device (no host synchronisation); at each logging point it reads the window's sums
 in one transfer and appends one point. So a cell's curves cost one small device-to-host copy per
-logging point, where the loop already synchronises for its non-finite check.
+logging point, where the loop already synchronises for its non-finite check. The windows cover every
+step, so the same sums also give each metric's mean over the whole cell (the record's figures): the
+step's metrics are accumulated once, here.
 
 Curves travel with the cell's record to the driver, which writes them beside it
 (``cells/<id>/curves.json``) and feeds them to the trackers.
@@ -63,13 +65,15 @@ class Curves:
 
 class CurveRecorder(StepObserver):
     """Window means of the loss and of every strategy metric, and each parameter group's learning
-    rate, at every logging point (the ``steps`` are 1-based: steps done when the point was taken)."""
+    rate, at every logging point (the ``steps`` are 1-based: steps done when the point was taken);
+    and, from the same sums, each metric's mean over every step (:meth:`means`)."""
 
     def __init__(self, schedule: ParamSchedule):
         self.schedule = schedule
         self.curves = Curves()
         self._sums: dict[str, Tensor | float] = {}
         self._count = 0
+        self._totals: dict[str, float] = {}  # every finished window's sums, on the host
 
     def after_step(self, step: int, loss: Tensor, out: StepOutput) -> None:
         self._add(LOSS, loss.detach())
@@ -86,8 +90,14 @@ class CurveRecorder(StepObserver):
         read = torch.stack([self._sums[n].float().mean() for n in on_device]).tolist() if on_device else []
         values = dict(zip(on_device, read))  # the one host transfer of this logging point
         values.update({n: float(self._sums[n]) for n in names if n not in values})
+        for n, v in values.items():
+            self._totals[n] = self._totals.get(n, 0.0) + v
         point = {n: v / self._count for n, v in values.items()}
         for group in self.schedule.optimizer.param_groups:
             point[f"{LR_PREFIX}{group.get('name', 'group')}"] = float(group["lr"])
         self.curves.add(step + 1, point)
         self._sums, self._count = {}, 0
+
+    def means(self, steps: int) -> dict[str, float]:
+        """Each strategy metric's mean over all ``steps`` (the loss is left to the curves)."""
+        return {n: v / steps for n, v in self._totals.items() if n != LOSS}

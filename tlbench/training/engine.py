@@ -26,7 +26,7 @@ from tlbench.training.batches import BatchSource
 from tlbench.training.curves import CurveRecorder
 from tlbench.training.evaluation import PseudoLabelAudit, evaluate_cell
 from tlbench.training.frozen import prepare_frozen_outputs
-from tlbench.training.loop import MetricMeans, NonFiniteCheck, ProgressBar, StepObserver, run_steps
+from tlbench.training.loop import NonFiniteCheck, ProgressBar, StepObserver, run_steps
 from tlbench.training.measure import PeakMemory, device_name, select_device
 from tlbench.training.record import cell_provenance, failed_record, ok_record
 from tlbench.training.setup import set_up_cell
@@ -57,8 +57,8 @@ def train_cell(task: CellTask, registry=None) -> CellRecord:
     audit = PseudoLabelAudit(tgt_labels)
     ctx = StepContext(step=0, total_steps=setup.total_steps, model=setup.model, device=device,
                       num_classes=data.num_classes, teacher=setup.teacher, score_pseudo_labels=audit)
-    means, curves = MetricMeans(), CurveRecorder(setup.schedule)
-    observers: list[StepObserver] = [NonFiniteCheck(device), means, curves]
+    curves = CurveRecorder(setup.schedule)  # the metrics' means for the record come from its sums too
+    observers: list[StepObserver] = [NonFiniteCheck(device), curves]
     if task.show_progress:
         observers.append(ProgressBar(setup.total_steps, cell.describe()))
     timing = run_steps(strategy, setup.schedule, batches, ctx, setup.autocast, observers,
@@ -69,7 +69,7 @@ def train_cell(task: CellTask, registry=None) -> CellRecord:
     if task.save_model:  # a kd teacher: its students load these weights, checked by their digest
         save_checked(ResultsDir(Path(task.out_dir)).model_path(cell.id),
                      {k: v.detach().cpu() for k, v in setup.model.state_dict().items()})
-    metrics = {**means.means(setup.total_steps), **audit.metrics(), **strategy.extra_metrics()}
+    metrics = {**curves.means(setup.total_steps), **audit.metrics(), **strategy.extra_metrics()}
     return ok_record(setup, evaluation=evaluation, timing=timing, metrics=metrics, curves=curves.curves,
                      provenance=cell_provenance(cell, registry), frozen=frozen, trainable_params=setup.schedule.trainable_params(), peak_mem_mb=memory.peak_mb(),
                      wall_s=time.perf_counter() - t_start, started_at=started, device=device_name(device))

@@ -54,22 +54,6 @@ class NonFiniteCheck(StepObserver):
             raise DivergedError(int(self.bad_step.item()), float(self.bad_value.item()))
 
 
-class MetricMeans(StepObserver):
-    """Sums of every metric the strategy returns, for their means over all steps in the record."""
-
-    def __init__(self) -> None:
-        self.sums: dict[str, Tensor | float] = {}
-
-    def after_step(self, step: int, loss: Tensor, out: StepOutput) -> None:
-        for k, v in out.metrics.items():
-            # a Python number stays on the host: torch.tensor(v, device=cuda) would block on the device
-            v = v.detach().float() if isinstance(v, Tensor) else float(v)
-            self.sums[k] = self.sums.get(k, 0) + v
-
-    def means(self, steps: int) -> dict[str, float]:
-        return {k: float(v / steps) for k, v in self.sums.items()}
-
-
 class ProgressBar(StepObserver):
     """A tqdm bar per cell, updated at logging points with the current loss."""
 
