@@ -55,6 +55,67 @@ def test_setup_splits_a_shared_base_domain_into_disjoint_halves_and_holds_out_so
     assert setup.schedule.optimizer.param_groups  # groups active at step 0 are in the optimizer
 
 
+def test_a_shared_base_domain_is_split_class_by_class_with_every_class_on_both_sides(tmp_path):
+    setup = set_up_cell(_task(tmp_path), get_registry(), torch.device("cpu"))
+    data = setup.data
+    source = torch.cat([data.source_train.labels, data.source_holdout.labels])
+    src_counts = torch.bincount(source, minlength=10)
+    tgt_counts = torch.bincount(data.target.labels, minlength=10)
+    assert (src_counts > 0).all() and (tgt_counts > 0).all()
+    assert ((src_counts - tgt_counts).abs() <= 1).all()  # half of every class on each side
+    assert setup.cell.derived_pair and setup.cell.config()["derived_split"] == "stratified"
+
+
+def test_stratified_split_is_deterministic_disjoint_and_exact_per_class():
+    from tlbench.data.splits import stratified_split
+
+    labels = torch.tensor([0] * 10 + [1] * 3 + [2] * 2 + [3])
+    first, second = stratified_split(labels, 0.3, seed=5)
+    again, _ = stratified_split(labels, 0.3, seed=5)
+    assert torch.equal(first, again)
+    assert not set(first.tolist()) & set(second.tolist())
+    assert sorted(first.tolist() + second.tolist()) == list(range(len(labels)))
+    assert torch.bincount(labels[first], minlength=4).tolist() == [3, 1, 1, 1]  # 2 and 1: never empty
+    assert torch.bincount(labels[second], minlength=4).tolist() == [7, 2, 1, 0]
+    assert not torch.equal(stratified_split(labels, 0.3, seed=6)[0], first)
+
+
+def test_loading_weights_leaves_the_random_stream_as_the_backbone_left_it():
+    """A weight source that draws random numbers (timm's renaming builds a model) or answers from a
+    cache must not move the stream the head is initialised from: a cell in a fresh worker and one
+    after a preflight in the same process start from the same head (issue 20)."""
+    import types
+
+    from tlbench import hookimpl
+    from tlbench.models.weights import WeightSource, load_backbone
+    from tlbench.plugins.registry import Registry
+
+    class Drawing(WeightSource):
+        name, priority = "drawing", 0
+
+        def available(self, model_name, spec):
+            return True
+
+        def state_dict(self, model_name, spec):
+            import timm  # renaming keys by building the model draws from the stream, as a cold cache does
+
+            return timm.create_model(model_name, pretrained=False).state_dict()
+
+    @hookimpl
+    def register_weight_sources(register):
+        register(Drawing)
+
+    registry = Registry()
+    registry.add_plugin("drawing_source", types.SimpleNamespace(register_weight_sources=register_weight_sources))
+    torch.manual_seed(3)
+    load_backbone("resnet18", "random", registry=registry)
+    after_create = torch.get_rng_state()
+    torch.manual_seed(3)
+    _, used = load_backbone("resnet18", "drawing", registry=registry)
+    assert used == "drawing"
+    assert torch.equal(torch.get_rng_state(), after_create)
+
+
 def test_setup_is_the_same_for_the_same_seed(tmp_path):
     a = set_up_cell(_task(tmp_path), get_registry(), torch.device("cpu"))
     b = set_up_cell(_task(tmp_path), get_registry(), torch.device("cpu"))

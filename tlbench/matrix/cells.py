@@ -47,7 +47,16 @@ class Cell:
             "weights": self.weights, "strategy": self.strategy, "params": self.params, "source": self.source,
             "target": self.target, "seed": self.seed, "recipe": self.recipe, "shift_seed": self.shift_seed,
             "teacher": self.teacher.id if self.teacher else None,
+            **({"derived_split": "stratified"} if self.derived_pair else {}),
         }
+
+    @property
+    def derived_pair(self) -> bool:
+        """Source and target derive from one base domain (``digits->digits+invert``): the engine
+        splits its images between them, class by class (the split is part of the cell's id)."""
+        from tlbench.data.domains import DomainSpec
+
+        return DomainSpec.parse(self.source).base == DomainSpec.parse(self.target).base
 
     @property
     def id(self) -> str:

@@ -54,6 +54,10 @@ def load_backbone(model_name: str, weights: str = "auto", *, registry=None) -> t
     ``weights`` is ``auto`` (first available source), ``random`` (explicitly untrained), the name
     of a weight source, or a path to a local file. ``auto`` on a network that has no pretrained
     weights anywhere is an error: training from scratch is what ``weights: random`` says.
+
+    Loading the weights leaves torch's global random stream as the provider's ``create`` left it,
+    whatever the source does and whether it was cached: otherwise a cell's head would start from
+    other numbers in a fresh worker than after a preflight in the same process (issue 20).
     """
     from tlbench.plugins.registry import get_registry
 
@@ -75,7 +79,8 @@ def load_backbone(model_name: str, weights: str = "auto", *, registry=None) -> t
         if not source.available(model_name, weights):
             tried.append(f"{source.name}: {source.hint(model_name) or 'not available'}")
             continue
-        state = source.state_dict(model_name, weights)
+        with torch.random.fork_rng(devices=[]):  # a source that builds a model to rename keys draws from
+            state = source.state_dict(model_name, weights)  # the global stream; a cached one does not
         state = {k: v for k, v in state.items() if not k.startswith(_classifier_prefixes(model))}
         _check_shapes(state, model, f"weights from {source.name}", model_name)
         missing, unexpected = model.load_state_dict(state, strict=False)

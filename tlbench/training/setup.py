@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from tlbench.data.domains import Domain, DomainSpec
+from tlbench.data.domains import Domain
+from tlbench.data.splits import stratified_split
 from tlbench.data.files import load_checked
 from tlbench.errors import UserError
 from tlbench.matrix.cells import Cell, CellTask
@@ -139,7 +140,8 @@ def choose_precision(recipe: dict[str, Any], device: torch.device) -> Precision:
 
 
 def load_cell_data(cell: Cell, task: CellTask, registry) -> CellData:
-    """Load source and target; when both derive from one base domain, give each a disjoint half."""
+    """Load source and target; when both derive from one base domain, give each a disjoint half of
+    every class (:func:`tlbench.data.splits.stratified_split`), the same for every seed."""
     from tlbench.data.cache import load_domain
 
     dataset = registry.get("dataset", cell.dataset)(Path(task.data_root) if task.data_root else None,
@@ -151,11 +153,9 @@ def load_cell_data(cell: Cell, task: CellTask, registry) -> CellData:
     if src.classes != tgt.classes:
         missing = sorted(set(src.classes) ^ set(tgt.classes))
         raise UserError(f"{cell.pair}: source and target classes differ ({', '.join(missing[:5])})")
-    if DomainSpec.parse(cell.source).base == DomainSpec.parse(cell.target).base:
-        g = torch.Generator().manual_seed(0)
-        perm = torch.randperm(len(src), generator=g)
-        half = len(perm) // 2
-        src, tgt = src.subset(perm[:half]), tgt.subset(perm[half:])
+    if cell.derived_pair:  # one base domain on both sides: each class split between them, fixed seed
+        source_half, target_half = stratified_split(src.labels, 0.5, seed=0)
+        src, tgt = src.subset(source_half), tgt.subset(target_half)
     holdout = None
     frac = cell.recipe["source_holdout"]
     if frac > 0:
