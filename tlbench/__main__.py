@@ -1,5 +1,3 @@
-import sys
+from tlbench.cli import entry
 
-from tlbench.cli import main
-
-sys.exit(main())
+entry()

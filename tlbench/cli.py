@@ -110,6 +110,19 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def entry() -> None:
+    """The ``tlbench`` command: start again once with the CPU runtime settings in the environment
+    (:mod:`tlbench.runtime`; ``TLBENCH_CPU_RUNTIME=off`` to skip), then run :func:`main`."""
+    from tlbench.runtime import reexec_with_settings
+
+    try:
+        reexec_with_settings(list(sys.orig_argv[1:]))
+    except UserError as exc:
+        print(f"tlbench: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    sys.exit(main())
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     debug = bool(getattr(args, "debug", False))
@@ -199,6 +212,7 @@ def _run(args, registry) -> int:
                          quiet=args.quiet, debug=args.debug, strict_plugins=args.strict_plugins,
                          cache_dir=args.cache, launcher_options=launcher_options, trackers=args.trackers,
                          keep_stale=args.keep_stale)
+    _hint_missing_allocator(args.device)
     summary = run_suite(suite, options, registry)
     ran = len(summary.records)
     print(f"{summary.total} cells: {ran} run, {summary.skipped} already done, {len(summary.failures)} failed")
@@ -210,6 +224,23 @@ def _run(args, registry) -> int:
     if board:
         print(f"leaderboard: {board}")
     return summary.exit_code
+
+
+def _hint_missing_allocator(device: str) -> None:
+    """The ``tlbench`` command on a CPU without jemalloc or tcmalloc: one warning saying what to install."""
+    from tlbench import runtime
+
+    if not os.environ.get(runtime.APPLIED) or device == "cuda":
+        return  # main() called in-process (tests, notebooks): nothing was applied, nothing to hint
+    hint = runtime.missing_allocator_hint()
+    if hint and (device == "cpu" or not _cuda_available()):
+        print(f"tlbench: warning: {hint}", file=sys.stderr)
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def _curves(args) -> int:

@@ -12,6 +12,7 @@ from tlbench.matrix.cells import Cell, CellTask
 from tlbench.matrix.results import CellRecord
 from tlbench.models.transfer import count_parameters
 from tlbench.plugins.provenance import provenance
+from tlbench.runtime import describe_runtime
 from tlbench.training.curves import Curves
 from tlbench.training.evaluation import Evaluation
 from tlbench.training.frozen import FrozenOutputs
@@ -45,6 +46,8 @@ def ok_record(setup: CellSetup, *, evaluation: Evaluation, timing: LoopTiming, m
                   "teacher_views": frozen.teacher_views, "label": cell.label,
                   "train_images": len(setup.data.source_train), "target_images": len(setup.data.target),
                   "train_seconds": timing.seconds, "provenance": provenance})
+    if setup.device.type == "cpu":
+        extra["cpu_runtime"] = describe_runtime()  # the allocator and OpenMP waits this process ran with
     return CellRecord(
         suite=cell.suite, dataset=cell.dataset, backbone=cell.row_backbone, strategy=cell.label, source=cell.source,
         target=cell.target, seed=cell.seed, status="ok", target_acc=evaluation.target_acc,
