@@ -44,7 +44,8 @@ def ok_record(setup: CellSetup, *, evaluation: Evaluation, timing: LoopTiming, m
                   "feature_cache": frozen.feature_steps > 0, "feature_cache_steps": frozen.feature_steps,
                   "teacher_views": frozen.teacher_views, "label": cell.label,
                   "train_images": len(setup.data.source_train), "target_images": len(setup.data.target),
-                  "train_seconds": timing.seconds, "provenance": provenance})
+                  "train_seconds": timing.seconds,
+                  "provenance": {**provenance, "weights": dict(setup.backbone.weights)}})
     return CellRecord(
         suite=cell.suite, dataset=cell.dataset, backbone=cell.row_backbone, strategy=cell.label, source=cell.source,
         target=cell.target, seed=cell.seed, status="ok", target_acc=evaluation.target_acc,
