@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run (or resume) a suite", parents=[common])
-    run.add_argument("suite", type=Path)
+    run.add_argument("suite", type=Path, help="a suite file, or a shipped suite's name (tlbench list suites)")
     run.add_argument("--out", type=Path, help="output directory (default runs/<suite name>: yours, never the "
                      "committed results/)")
     run.add_argument("--data-root", help="data root (default: the suite's, then $TLBENCH_DATA_ROOT)")
@@ -92,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     cur.add_argument("--png", type=Path, help="draw to this PNG file instead of printing tables")
 
     ls = sub.add_parser("list", help="list registered names", parents=[common])
-    ls.add_argument("kind", choices=sorted(set(KIND_ALIASES) | {"backbones", "backbone_providers"}))
+    ls.add_argument("kind", choices=sorted(set(KIND_ALIASES) | {"backbones", "backbone_providers", "suites"}))
     ls.add_argument("pattern", nargs="?", help="shell-style wildcard, e.g. 'resnet*'")
     ls.add_argument("--pretrained", action="store_true", help="backbones: only those with pretrained weights")
 
@@ -103,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     dsub = data.add_subparsers(dest="data_command", required=True)
     prep = dsub.add_parser("prepare", help="decode a suite's domains into the cache ahead of a run",
                            parents=[common])
-    prep.add_argument("suite", type=Path)
+    prep.add_argument("suite", type=Path, help="a suite file, or a shipped suite's name")
     prep.add_argument("--data-root")
     prep.add_argument("--cache", type=Path)
     prep.add_argument("--pairs", type=_csv)
@@ -202,9 +202,10 @@ def _dispatch(args) -> int:
 
 def _run(args, registry) -> int:
     from tlbench.matrix.runner import RunOptions, run_suite
+    from tlbench.matrix.shipped import resolve_suite
     from tlbench.matrix.suite import load_suite
 
-    suite = load_suite(args.suite, overrides=args.overrides, backbones=args.backbones, strategies=args.strategies,
+    suite = load_suite(resolve_suite(args.suite), overrides=args.overrides, backbones=args.backbones, strategies=args.strategies,
                        pairs=args.pairs, seeds=args.seeds, data_root=args.data_root)
     out = args.out or DEFAULT_RUNS / suite.name
     launcher_options = {"address": args.ray_address} if args.ray_address else {}
@@ -260,6 +261,8 @@ def _curves(args) -> int:
 
 
 def _list(args, registry) -> int:
+    if args.kind == "suites":
+        return _list_suites(args.pattern)
     if args.kind == "backbones":
         from tlbench.models.backbones import list_backbones
 
@@ -275,6 +278,16 @@ def _list(args, registry) -> int:
     for name in names:
         entry = registry.entry(kind, name)
         print(f"{name:{width}s} {entry.plugin:{plugin_width}s} {_summary(entry.obj)}")
+    return 0
+
+
+def _list_suites(pattern: str | None) -> int:
+    from tlbench.matrix.shipped import describe_shipped
+
+    rows = describe_shipped(pattern)
+    width = max([NAME_WIDTH, *(len(n) for n, _ in rows)])
+    for name, description in rows:
+        print(f"{name:{width}s} {description}")
     return 0
 
 
@@ -305,9 +318,10 @@ def _prepare(args, registry) -> int:
     from tlbench.data.cache import default_cache_dir, load_domain
     from tlbench.matrix.cells import resolve_pairs
     from tlbench.matrix.planning import open_dataset
+    from tlbench.matrix.shipped import resolve_suite
     from tlbench.matrix.suite import load_suite
 
-    suite = load_suite(args.suite, pairs=args.pairs, data_root=args.data_root)
+    suite = load_suite(resolve_suite(args.suite), pairs=args.pairs, data_root=args.data_root)
     dataset = open_dataset(suite, registry)
     dataset.check()
     cache = args.cache or default_cache_dir()

@@ -107,6 +107,25 @@ def checked_file_ok(path: Path) -> bool:
         return False
 
 
+#: sha256 of files read but not written by tlbench (weights files), by (path, mtime, size)
+_FILE_DIGESTS: dict[tuple[str, int, int], str] = {}
+
+
+def file_sha256(path: Path) -> str:
+    """The sha256 (hex) of a file's bytes, computed once per process while its path, modification time
+    and size stay the same: every cell's record names its weights file without rereading it each time."""
+    path = Path(path).resolve()
+    stat = path.stat()
+    key = (str(path), stat.st_mtime_ns, stat.st_size)
+    if key not in _FILE_DIGESTS:
+        digest = hashlib.sha256()
+        with path.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+        _FILE_DIGESTS[key] = digest.hexdigest()
+    return _FILE_DIGESTS[key]
+
+
 def checked_digest(path: Path) -> str:
     """The sha256 a file written by :func:`save_checked` declares (its identity in cache keys)."""
     return sidecar(Path(path)).read_text().split()[0]

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 from torch import nn
@@ -46,6 +46,9 @@ class Backbone:
     stages: list[list[str]] | None = None
     #: the provider that created it (set by tlbench when it loads the backbone; recorded per cell)
     provider: str = ""
+    #: the weights loaded into it: ``source``, and the ``file`` read with its ``sha256`` ("" when the
+    #: source read no single file); ``{"source": "random"}`` when untrained (set by tlbench; recorded per cell)
+    weights: dict[str, str] = field(default_factory=dict)
 
 
 class BackboneProvider(Plugin):

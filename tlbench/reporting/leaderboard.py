@@ -34,6 +34,7 @@ from tlbench.matrix.results import CellRecord
 from tlbench.reporting import stats
 from tlbench.reporting.ranking import AVG, critical_difference_summary, matched_results, rank_rows
 from tlbench.reporting.curves import CURVE_COLUMNS, curve_frame
+from tlbench.reporting.mixing import mixed_origins
 
 #: per-column fields of :attr:`Leaderboard.accuracy`, named ``f"{column} {field}"``
 COLUMN_FIELDS = ("mean", "std", "ci95", "n", "best", "status", "notes")
@@ -120,6 +121,10 @@ class Leaderboard:
     #: training curves of the records that carry them, one row per (cell, metric, logging step):
     #: ``backbone``, ``strategy``, ``pair``, ``seed``, ``metric``, ``step``, ``value`` (may be empty)
     curves: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=list(CURVE_COLUMNS)))
+    #: one line naming what differs among the records behind the numbers (device, tlbench, torch, a
+    #: strategy's, dataset's or shift's code) and how many cells each; "" when nothing does. Every
+    #: reporter with a header shows it under that header (:mod:`tlbench.reporting.mixing`)
+    mixed: str = ""
 
     @property
     def columns(self) -> list[str]:
@@ -183,6 +188,7 @@ def build_leaderboard(records: list[CellRecord], suite: dict[str, Any], *,
         cd_text=cd_text,
         environment=_environment(records, date),
         curves=curve_frame(records),
+        mixed=mixed_origins(records),
     )
 
 

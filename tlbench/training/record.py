@@ -45,7 +45,8 @@ def ok_record(setup: CellSetup, *, evaluation: Evaluation, timing: LoopTiming, m
                   "feature_cache": frozen.feature_steps > 0, "feature_cache_steps": frozen.feature_steps,
                   "teacher_views": frozen.teacher_views, "label": cell.label,
                   "train_images": len(setup.data.source_train), "target_images": len(setup.data.target),
-                  "train_seconds": timing.seconds, "provenance": provenance})
+                  "train_seconds": timing.seconds,
+                  "provenance": {**provenance, "weights": dict(setup.backbone.weights)}})
     if setup.device.type == "cpu":
         extra["cpu_runtime"] = describe_runtime()  # the allocator and OpenMP waits this process ran with
     return CellRecord(

@@ -43,6 +43,7 @@ table.ref td,table.ref th{color:#555;font-style:italic}table.ref{border-left:4px
 .status{font-weight:600;text-transform:uppercase;font-size:.8em;color:#a61b1b}
 figure{margin:1rem 0}figure img{max-width:100%;border:1px solid #eee}
 figcaption{color:#666;font-size:.9em}
+.mixed{background:#fff4e0;border-left:4px solid #e0a030;padding:.4rem .7rem;font-weight:600}
 """
 
 #: click a header to sort its table; a cell's data-v (a number) sorts before its text; empty cells go last
@@ -189,6 +190,7 @@ def render(board: Leaderboard) -> str:
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>{esc(board.title)} — tlbench leaderboard</title><style>{CSS}</style></head><body>",
         f"<h1>Leaderboard: {esc(board.title)}</h1>",
+        f'<p class="mixed">{esc(board.mixed)}</p>' if board.mixed else "",
         f'<dl class="meta"><dt>protocol</dt><dd>{esc(board.protocol)}</dd>{env}</dl>',
         "<h2>Target accuracy (%)</h2>",
         f'<p class="notes">{esc(board.stats_text)} Highlighted: best measured value of each column. '

@@ -150,6 +150,7 @@ def cost_table(board: Leaderboard) -> str:
 def render(board: Leaderboard) -> str:
     env = "; ".join(f"{k}: {v}" for k, v in board.environment.items())
     header = [f"% tlbench leaderboard: {tex_escape(board.title)}",
+              *([f"% {tex_escape(board.mixed)}"] if board.mixed else []),
               f"% {tex_escape(env)}",
               r"% Needs \usepackage{booktabs} in the preamble."]
     return "\n".join(header) + "\n\n" + accuracy_table(board) + "\n\n" + cost_table(board) + "\n"

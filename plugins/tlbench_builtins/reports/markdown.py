@@ -112,6 +112,8 @@ def _code(text: str) -> str:
 
 def render(board: Leaderboard) -> str:
     out = [f"# Leaderboard: {md_escape(board.title)}", ""]
+    if board.mixed:
+        out += [f"**{md_escape(board.mixed)}**", ""]
     out += [f"**Protocol:** {board.protocol}.", "", board.stats_text, ""]
     out += ["**Environment:** " + "; ".join(f"{k}: {md_escape(v)}" for k, v in board.environment.items()), ""]
     out += ["## Target accuracy (%)", "", accuracy_table(board), ""]

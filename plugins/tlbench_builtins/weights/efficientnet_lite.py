@@ -125,6 +125,9 @@ class EfficientNetLitePackage(WeightSource):
     def state_dict(self, model_name: str, spec: str) -> dict[str, Tensor]:
         return {k: v for k, v in timm_state_dict(model_name).items() if not k.startswith("classifier.")}
 
+    def weights_file(self, model_name: str, spec: str) -> Path | None:
+        return package_file(model_name)
+
     def hint(self, model_name: str) -> str:
         if model_name not in MODELS:
             return f"only for {', '.join(MODELS)}"

@@ -37,6 +37,9 @@ class LocalFile(WeightSource):
             state = {k[len("module."):]: v for k, v in state.items()}
         return state
 
+    def weights_file(self, model_name: str, spec: str) -> Path | None:
+        return Path(spec).expanduser()
+
     def hint(self, model_name: str) -> str:
         return (f"set weights: /path/to/{model_name}.pth (a timm-named state_dict, .pth/.pt or .safetensors, "
                 f"e.g. saved with torch.save(timm.create_model('{model_name}', pretrained=True).state_dict(), path) "

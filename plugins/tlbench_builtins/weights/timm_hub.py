@@ -121,6 +121,11 @@ class TimmHub(WeightSource):
                 self._unreachable(model_name, cfg, f"{type(exc).__name__}: {str(exc)[:200]}")) from exc
         return model.state_dict()
 
+    def weights_file(self, model_name: str, spec: str) -> Path | None:
+        """The file in the Hugging Face (or torch hub) cache that ``state_dict`` loaded or downloaded."""
+        cfg = pretrained_cfg(model_name)
+        return cached_file(cfg) if cfg is not None else None
+
     def _unreachable(self, model_name: str, cfg, why: str) -> str:
         where = cfg.hf_hub_id or cfg.url
         return (f"could not download pretrained weights for {model_name!r} from the timm hub ({where}): "
