@@ -34,6 +34,9 @@ class Cell:
     teacher: Cell | None = field(default=None, compare=False)
     #: the leaderboard row of its backbone (the suite's ``label``, default the name); not in the id
     backbone_label: str = field(default="", compare=False)
+    #: a point of a sweep: ``values`` (the swept keys, recipe keys as ``recipe.<key>``), ``default``
+    #: (every swept value is its default) and ``order`` (0: every first value); None outside a sweep
+    sweep: dict[str, Any] | None = field(default=None, compare=False)
 
     @property
     def row_backbone(self) -> str:
@@ -112,7 +115,9 @@ def expand_cells(suite, registry, domains: list[tuple[str, str]],
     them per backbone (:func:`backbone_pairs`). Teachers come first in the returned list; a
     teacher that is also a cell of the matrix appears once.
     """
-    recipe = suite.recipe.cell_config()
+    from tlbench.matrix.sweep import strategy_points
+
+    recipes = [(values, r.cell_config()) for values, r in suite.recipe_points()]
     cells: dict[str, Cell] = {}
     ordered: list[Cell] = []
 
@@ -120,9 +125,12 @@ def expand_cells(suite, registry, domains: list[tuple[str, str]],
         if cell.id not in cells:
             cells[cell.id] = cell
             ordered.append(cell)
+        elif cell.sweep and not cells[cell.id].sweep:  # a teacher that is also a point of a sweep
+            ordered[ordered.index(cells[cell.id])] = cells[cell.id] = cell
         return cells[cell.id]
 
-    def make(backbone, strategy_name, label, raw_params, src, tgt, seed, teacher=None) -> Cell:
+    def make(backbone, strategy_name, label, raw_params, src, tgt, seed, teacher=None, recipe=recipes[0][1],
+             sweep=None) -> Cell:
         cls = registry.get("strategy", strategy_name)
         try:
             params = asdict(cls.parse_params(raw_params))
@@ -131,20 +139,23 @@ def expand_cells(suite, registry, domains: list[tuple[str, str]],
         return Cell(suite=suite.name, dataset=suite.dataset, dataset_options=suite.dataset_options,
                     backbone=backbone.name, weights=backbone.weights, strategy=strategy_name, label=label,
                     params=params, source=src, target=tgt, seed=seed, recipe=recipe,
-                    shift_seed=suite.shift_seed, teacher=teacher, backbone_label=backbone.label or "")
+                    shift_seed=suite.shift_seed, teacher=teacher, backbone_label=backbone.label or "", sweep=sweep)
 
     students: list[Cell] = []
     for backbone in suite.backbones:
         for entry in suite.strategies:
             cls = registry.get("strategy", entry.name)
+            label = entry.label or entry.name
+            points = strategy_points(cls, entry.params, recipes, where=f"{suite.name}: strategies.{label}.params")
             for src, tgt in (pairs_of or {}).get(backbone.name, domains):
                 for seed in suite.seeds:
-                    teacher = None
-                    if getattr(cls, "needs_teacher", False):
-                        probe = make(backbone, entry.name, entry.label or entry.name, entry.params, src, tgt, seed)
-                        teacher = add(_teacher_cell(suite, registry, backbone, probe, make))
-                    cell = make(backbone, entry.name, entry.label or entry.name, entry.params, src, tgt, seed, teacher)
-                    students.append(cell)
+                    for params, recipe, sweep in points:
+                        teacher = None
+                        if getattr(cls, "needs_teacher", False):
+                            probe = make(backbone, entry.name, label, params, src, tgt, seed, recipe=recipe)
+                            teacher = add(_teacher_cell(suite, registry, backbone, probe, make))
+                        students.append(make(backbone, entry.name, label, params, src, tgt, seed, teacher,
+                                             recipe=recipe, sweep=sweep))
     for cell in students:
         add(cell)
     return ordered
@@ -166,11 +177,14 @@ def _teacher_cell(suite, registry, backbone, student: Cell, make) -> Cell:
     weights = entry.weights if entry else (backbone.weights if t_backbone == backbone.name else "auto")
     label = entry.label if entry else None
     # A teacher named like a matrix row (same backbone, strategy and params) is that row's cell.
+    from tlbench.matrix.sweep import param_points
+
+    wanted = asdict(t_cls.parse_params(p.get("teacher_params") or {}))
     row = next((s.label or s.name for s in suite.strategies
-                if s.name == t_strategy and asdict(t_cls.parse_params(s.params)) ==
-                asdict(t_cls.parse_params(p.get("teacher_params") or {}))), t_strategy)
+                if s.name == t_strategy and any(asdict(t_cls.parse_params(point)) == wanted
+                                                for point in param_points(t_cls, s.params))), t_strategy)
     return make(BackboneEntry(name=t_backbone, weights=weights, label=label), t_strategy, row,
-                p.get("teacher_params") or {}, student.source, student.target, student.seed)
+                p.get("teacher_params") or {}, student.source, student.target, student.seed, recipe=student.recipe)
 
 
 def resolve_pairs(suite, dataset) -> list[tuple[str, str]]:

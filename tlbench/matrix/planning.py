@@ -44,7 +44,10 @@ def plan(suite, registry, *, check_data: bool = True) -> tuple[list[Cell], list[
     for entry in suite.strategies:
         registry.get("strategy", entry.name)
     for b in suite.backbones:
-        _check_backbone(b, suite.recipe, registry)
+        for _, recipe in suite.recipe_points():
+            _check_backbone(b, recipe, registry)
+    if suite.selection != "last":
+        registry.get("validator", suite.selection)
     registry.get("launcher", suite.launcher.name)
     for fmt in suite.reports or []:
         registry.get("reporter", fmt)

@@ -81,6 +81,8 @@ class Recipe(_Strict):
     deterministic: bool = Field(True, description="deterministic algorithms on the CPU (same seed, same numbers)")
     feature_cache: bool = Field(True, description="serve a frozen backbone's features from a cache instead of "
                                 "recomputing them each step")
+    eval_points: int = Field(1, ge=1, le=100, description="checkpoints evaluated for validators, evenly spaced, "
+                             "the last step included (1: the last only); see docs/selection.md")
 
     @field_validator("channels_last", mode="before")
     @classmethod
@@ -113,7 +115,11 @@ class Recipe(_Strict):
 
 
 #: recipe keys added after cells were first recorded, with their defaults (see Recipe.cell_config)
-RECIPE_KEYS_ADDED_LATER: dict[str, Any] = {"train_crop": "random_resized"}
+RECIPE_KEYS_ADDED_LATER: dict[str, Any] = {"train_crop": "random_resized", "eval_points": 1}
+
+#: recipe keys whose value is a sequence: a sweep of one is a list of lists (tlbench.matrix.sweep)
+RECIPE_SEQUENCE_KEYS = frozenset(k for k, f in Recipe.model_fields.items()
+                                 if getattr(f.annotation, "__origin__", None) in (tuple, list))
 
 
 def recipe_keys_markdown() -> str:
@@ -193,6 +199,51 @@ class Suite(_Strict):
     trackers: list[TrackerEntry] = Field(default_factory=list,
                                          description="experiment trackers fed with every finished cell; default none")
     reference: list[Reference] = Field(default_factory=list)
+    selection: str = Field("last", description="how the main table picks a (parameters, checkpoint) per strategy, "
+                           "pair and seed: last (the default parameters, the last checkpoint) or a validator's "
+                           "name (tlbench list validators)")
+    recipe_sweep: dict[str, list[Any]] = Field(default_factory=dict, description="filled from lists in recipe: "
+                                               "(recipe: {lr: [0.003, 0.01]}); write the lists there")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _lists_in_recipe(cls, data: Any) -> Any:
+        """A list in ``recipe:`` is a sweep: the recipe keeps the first value, ``recipe_sweep`` all of them."""
+        from tlbench.matrix.sweep import split_sweep
+
+        if isinstance(data, dict) and isinstance(data.get("recipe"), dict):
+            try:
+                fixed, axes = split_sweep(data["recipe"], RECIPE_SEQUENCE_KEYS, where="recipe")
+            except UserError as exc:
+                raise ValueError(str(exc)) from None
+            if axes:
+                data = {**data, "recipe": fixed, "recipe_sweep": {**axes, **(data.get("recipe_sweep") or {})}}
+        return data
+
+    @model_validator(mode="after")
+    def _every_recipe_valid(self) -> Suite:
+        self.recipe_points()  # each combination of a recipe sweep is a valid recipe, found now
+        return self
+
+    def recipe_points(self) -> list[tuple[dict[str, Any], Recipe]]:
+        """Every recipe of the suite's sweep with the values that make it (``[({}, recipe)]`` without one)."""
+        from tlbench.matrix.sweep import sweep_points
+
+        unknown = sorted(set(self.recipe_sweep) - set(Recipe.model_fields))
+        if unknown:
+            raise ValueError(f"recipe: unknown key(s) {', '.join(unknown)}; valid: {', '.join(Recipe.model_fields)}")
+        if not self.recipe_sweep:
+            return [({}, self.recipe)]
+        base = self.recipe.model_dump()
+        out = []
+        for values in sweep_points(self.recipe_sweep):
+            try:
+                out.append((values, Recipe.model_validate({**base, **values})))
+            except ValidationError as exc:
+                err = exc.errors()[0]
+                where = ".".join(str(p) for p in err["loc"]) or ", ".join(values)
+                raise ValueError(f"recipe.{where} in the sweep point {values}: {err['msg']}") from None
+        return out
 
     @field_validator("backbones", "trackers", mode="before")
     @classmethod
