@@ -4,6 +4,7 @@ Layout of an output directory (DomainBed-style, one folder per cell named by its
 
     <out>/cells/<cell_id>/record.json    the cell's record; its presence marks the cell done
     <out>/cells/<cell_id>/curves.json    its training curves (metrics and learning rates at logging points)
+    <out>/cells/<cell_id>/evaluations.npz  its checkpoint evaluations, what validators score (tlbench.matrix.evaluations)
     <out>/cells/<cell_id>/running.json   while the cell runs: who runs it, how many runs died on it before
     <out>/cells/<cell_id>/model.pt       trained weights, only for cells another cell needs (kd teachers)
     <out>/results.csv                    every cell once, exactly RESULT_COLUMNS
@@ -27,7 +28,8 @@ from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from tlbench.data.files import atomic_write_text
+from tlbench.data.files import atomic_write_bytes, atomic_write_text
+from tlbench.matrix.evaluations import CheckpointEvaluations
 
 RESULT_COLUMNS = (
     "suite", "dataset", "backbone", "strategy", "source", "target", "seed", "status", "error",
@@ -71,6 +73,9 @@ class CellRecord:
     #: the training curves (``tlbench.training.curves.Curves.to_dict()``): they travel with the record
     #: from the worker to the driver, which writes them to ``curves.json`` beside ``record.json``
     curves: dict[str, Any] | None = field(default=None, repr=False, compare=False)
+    #: the checkpoint evaluations: like the curves, they travel with the record to the driver, which
+    #: writes them to ``evaluations.npz``; records read back from disk leave them there (they are large)
+    evaluations: CheckpointEvaluations | None = field(default=None, repr=False, compare=False)
 
     @property
     def scored(self) -> bool:
@@ -84,7 +89,7 @@ class CellRecord:
 
     def to_json(self) -> str:
         """The record as ``record.json`` and ``results.jsonl`` hold it (curves have their own file)."""
-        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "curves"}
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in _OWN_FILES}
         return json.dumps(_finite(d), sort_keys=True)
 
     @classmethod
@@ -92,7 +97,7 @@ class CellRecord:
         """The record a JSON object describes; a ``ValueError`` naming the first field of the wrong shape."""
         if not isinstance(d, dict):
             raise ValueError(f"expected a JSON object, got {type(d).__name__}")
-        names = {f.name: f for f in fields(cls)}
+        names = {f.name: f for f in fields(cls) if f.name not in _OWN_FILES or f.name == "curves"}
         for name, f in names.items():
             if name not in d:
                 if f.default is MISSING and f.default_factory is MISSING:
@@ -106,6 +111,9 @@ class CellRecord:
             raise ValueError(f"status {d['status']!r} is not one of {', '.join(STATUSES)}")
         return cls(**{k: v for k, v in d.items() if k in names})
 
+
+#: record fields kept in files of their own beside record.json, never in it
+_OWN_FILES = ("curves", "evaluations")
 
 #: the JSON types each annotation of CellRecord accepts (ints are valid floats; null only where optional)
 _FIELD_TYPES: dict[str, tuple[type, ...]] = {
@@ -144,6 +152,9 @@ class ResultsDir:
     def curves_path(self, cell_id: str) -> Path:
         return self.cell_dir(cell_id) / "curves.json"
 
+    def evaluations_path(self, cell_id: str) -> Path:
+        return self.cell_dir(cell_id) / "evaluations.npz"
+
     def running_path(self, cell_id: str) -> Path:
         return self.cell_dir(cell_id) / "running.json"
 
@@ -171,7 +182,9 @@ class ResultsDir:
         return record is not None and record.status in DONE_STATUSES
 
     def write_record(self, record: CellRecord) -> None:
-        """The curves first, then the record that marks the cell done."""
+        """The curves and evaluations first, then the record that marks the cell done."""
+        if record.evaluations is not None:
+            atomic_write_bytes(self.evaluations_path(record.cell_id), record.evaluations.to_bytes())
         if record.curves is not None:
             atomic_write_text(self.curves_path(record.cell_id), json.dumps(_finite(record.curves)) + "\n")
         atomic_write_text(self.record_path(record.cell_id), record.to_json() + "\n")
@@ -183,6 +196,10 @@ class ResultsDir:
         except (OSError, ValueError):
             return None
         return curves if isinstance(curves, dict) else None
+
+    def read_evaluations(self, cell_id: str) -> CheckpointEvaluations | None:
+        """A cell's checkpoint evaluations, or None when it has none (see :func:`read_evaluations`)."""
+        return read_evaluations(self.evaluations_path(cell_id))
 
     def read_record(self, cell_id: str) -> CellRecord | None:
         """The cell's record; None when there is none or it does not validate (warned about once)."""
@@ -258,3 +275,25 @@ def load_records(dirs: Iterable[Path], *, curves: bool = False) -> list[CellReco
             if old is None or r.started_at >= old.started_at:
                 by_id[r.cell_id] = r
     return sorted(by_id.values(), key=lambda r: (r.started_at, r.cell_id))
+
+
+def read_evaluations(path: Path) -> CheckpointEvaluations | None:
+    """The checkpoint evaluations in ``path``; None when there are none, or (warned) when damaged."""
+    if not path.is_file():
+        return None
+    try:
+        return CheckpointEvaluations.from_bytes(path.read_bytes())
+    except (OSError, ValueError) as exc:
+        warnings.warn(f"{path} cannot be read ({_reason(exc)}); that cell is left out of validator "
+                      "selection: rerun it with --force to store its evaluations again", stacklevel=2)
+        return None
+
+
+def evaluation_files(dirs: Iterable[Path]) -> dict[str, Path]:
+    """Every stored ``evaluations.npz`` of several results directories by cell id; a cell found in two
+    directories is the same configuration (its id is a hash of it), so either file serves: the last wins."""
+    found: dict[str, Path] = {}
+    for d in dirs:
+        for path in sorted((Path(d) / "cells").glob("*/evaluations.npz")):
+            found[path.parent.name] = path
+    return found

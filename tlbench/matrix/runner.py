@@ -23,7 +23,7 @@ from tlbench.errors import RunLockedError, UserError
 from tlbench.matrix.cells import CellTask
 from tlbench.matrix.planning import open_dataset, plan, waves
 from tlbench.matrix.preflight import check_device, check_output_dir, preflight
-from tlbench.matrix.results import CellRecord, ResultsDir
+from tlbench.matrix.results import CellRecord, ResultsDir, evaluation_files
 from tlbench.matrix.resume import check_stale, failed_teacher_record, is_skipped, killed_cells
 from tlbench.matrix.tracking import TrackerFeed, tracker_entries
 
@@ -170,7 +170,8 @@ def run_suite(suite, options: RunOptions, registry) -> RunSummary:
                 from tlbench.reporting.write import write_reports
 
                 report_files = write_reports(options.out_dir, out.records(curves=True), out.read_suite(),
-                                             suite.reports, registry=registry)
+                                             suite.reports, registry=registry,
+                                             evaluations=evaluation_files([options.out_dir]))
                 feed.log_reports(report_files)
         finally:
             feed.close()
@@ -204,7 +205,8 @@ def _suite_meta(suite, pairs: list[tuple[str, str]], registry) -> dict:
         # backbones that run only some pairs: how many (backbone, pair) runs a strategy and seed have
         "backbone_pair_runs": sum(len(b.pairs) if b.pairs is not None else len(pairs) for b in suite.backbones),
         "strategies": [s.label or s.name for s in suite.strategies], "seeds": suite.seeds,
-        "recipe": json.loads(suite.recipe.model_dump_json()),
+        "recipe": json.loads(suite.recipe.model_dump_json()), "recipe_sweep": suite.recipe_sweep,
+        "selection": suite.selection,
         "reference": references,
     }
 

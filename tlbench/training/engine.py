@@ -3,7 +3,8 @@
 :func:`train_cell` is the whole path of one cell, one phase a line, each phase a module of
 ``tlbench.training``: setup (``setup``: data split, model, strategy, teacher, parameter groups
 and optimizer) → frozen outputs computed once (``frozen``) → the batch source (``batches``) →
-the step loop with its observers (``loop``) → evaluation (``evaluation``) → the record
+the step loop with its observers (``loop``; checkpoint evaluations, ``checkpoints``, among them) →
+evaluation (``evaluation``, also the last checkpoint's) → the record
 (``record``). :func:`run_cell` wraps it so that every cell ends in a record, whatever happens.
 Device, precision (bf16 autocast on GPU), memory format and timing (warm-up excluded, device
 synchronised) are decided here, so there is one place to make fast; inside the step loop
@@ -23,6 +24,7 @@ from tlbench.errors import DivergedError
 from tlbench.matrix.cells import CellTask
 from tlbench.matrix.results import CellRecord, ResultsDir
 from tlbench.training.batches import BatchSource
+from tlbench.training.checkpoints import CheckpointEvaluator
 from tlbench.training.curves import CurveRecorder
 from tlbench.training.evaluation import PseudoLabelAudit, evaluate_cell
 from tlbench.training.frozen import prepare_frozen_outputs
@@ -58,7 +60,8 @@ def train_cell(task: CellTask, registry=None) -> CellRecord:
     ctx = StepContext(step=0, total_steps=setup.total_steps, model=setup.model, device=device,
                       num_classes=data.num_classes, teacher=setup.teacher, score_pseudo_labels=audit)
     curves = CurveRecorder(setup.schedule)  # the metrics' means for the record come from its sums too
-    observers: list[StepObserver] = [NonFiniteCheck(device), curves]
+    checkpoints = CheckpointEvaluator(setup, tgt_images, tgt_labels, int(recipe.get("eval_points", 1)))
+    observers: list[StepObserver] = [NonFiniteCheck(device), curves, checkpoints]
     if task.show_progress:
         observers.append(ProgressBar(setup.total_steps, cell.describe()))
     timing = run_steps(strategy, setup.schedule, batches, ctx, setup.autocast, observers,
@@ -66,11 +69,13 @@ def train_cell(task: CellTask, registry=None) -> CellRecord:
                        warmup_steps=int(recipe["timing_warmup_steps"]), device=device)
 
     evaluation = evaluate_cell(setup, tgt_images, tgt_labels)
+    evaluations = checkpoints.finish(evaluation)
     if task.save_model:  # a kd teacher: its students load these weights, checked by their digest
         save_checked(ResultsDir(Path(task.out_dir)).model_path(cell.id),
                      {k: v.detach().cpu() for k, v in setup.model.state_dict().items()})
     metrics = {**curves.means(setup.total_steps), **audit.metrics(), **strategy.extra_metrics()}
-    return ok_record(setup, evaluation=evaluation, timing=timing, metrics=metrics, curves=curves.curves,
+    return ok_record(setup, evaluation=evaluation, evaluations=evaluations, timing=timing, metrics=metrics,
+                     curves=curves.curves,
                      provenance=cell_provenance(cell, registry), frozen=frozen, trainable_params=setup.schedule.trainable_params(), peak_mem_mb=memory.peak_mb(),
                      wall_s=time.perf_counter() - t_start, started_at=started, device=device_name(device))
 

@@ -17,42 +17,70 @@ from tlbench.training.setup import CellSetup
 
 
 @dataclass
+class ModelOutputs:
+    """One pass of a model over a set of images, on the host: what accuracies and validators read."""
+
+    logits: Tensor               # N×C float32
+    embedding: Tensor | None     # N×E float32 (the classifier's input); None for a model without forward_all
+    img_per_s: float
+
+
+@dataclass
 class Evaluation:
-    """Accuracies (percent) of the trained model and the evaluation throughput."""
+    """Accuracies (percent) of the trained model, the evaluation throughput, and the outputs behind them
+    (for the last checkpoint's evaluation, :mod:`tlbench.training.checkpoints`)."""
 
     target_acc: float
     eval_img_per_s: float
     source_acc: float | None
+    target_outputs: ModelOutputs | None = None
+    source_outputs: ModelOutputs | None = None
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, images: Tensor, labels: Tensor, augmenter: Augmenter, batch_size: int,
-             device: torch.device, autocast) -> tuple[float, float]:
-    """(accuracy in percent, images per second) of ``model`` on uint8 ``images``."""
+def model_outputs(model: nn.Module, images: Tensor, augmenter: Augmenter, batch_size: int, device: torch.device,
+                  autocast) -> ModelOutputs:
+    """Logits and embeddings of ``model`` on uint8 ``images`` at the test crop, timed (one transfer to the host)."""
     model.eval()
-    correct = torch.zeros((), dtype=torch.long, device=device)
+    full = hasattr(model, "forward_all")
+    logits, embeds = [], []
     watch = Stopwatch(device)
     watch.start()
     for i in range(0, len(images), batch_size):
         x = augmenter.test(images[i:i + batch_size].to(device, non_blocking=True))
         with autocast():
-            logits = model(x)
-        correct += (logits.argmax(1) == labels[i:i + batch_size].to(device)).sum()
+            out = model.forward_all(x) if full else None
+            logits.append((out.logits if full else model(x)).float())
+            if full:
+                embeds.append(out.embedding.float())
     seconds = watch.stop()
-    return 100.0 * correct.item() / len(images), len(images) / max(seconds, 1e-9)
+    return ModelOutputs(torch.cat(logits).cpu(), torch.cat(embeds).cpu() if full else None,
+                        len(images) / max(seconds, 1e-9))
+
+
+def accuracy(logits: Tensor, labels: Tensor) -> float:
+    """Percent of rows whose arg-max is the label."""
+    return 100.0 * (logits.argmax(1) == labels.to(logits.device)).sum().item() / max(len(labels), 1)
+
+
+def evaluate(model: nn.Module, images: Tensor, labels: Tensor, augmenter: Augmenter, batch_size: int,
+             device: torch.device, autocast) -> tuple[float, float]:
+    """(accuracy in percent, images per second) of ``model`` on uint8 ``images``."""
+    out = model_outputs(model, images, augmenter, batch_size, device, autocast)
+    return accuracy(out.logits, labels), out.img_per_s
 
 
 def evaluate_cell(setup: CellSetup, target_images: Tensor, target_labels: Tensor) -> Evaluation:
-    """The last checkpoint on all target images (timed) and on the source's held-out split."""
+    """The current model on all target images (timed) and on the source's held-out split, one pass each."""
     bs = setup.recipe["eval_batch_size"]
-    target_acc, eval_img_per_s = evaluate(setup.model, target_images, target_labels, setup.augmenter, bs,
-                                          setup.device, setup.autocast)
-    source_acc = None
+    target = model_outputs(setup.model, target_images, setup.augmenter, bs, setup.device, setup.autocast)
+    source, source_acc = None, None
     holdout = setup.data.source_holdout
     if holdout is not None:
-        source_acc, _ = evaluate(setup.model, holdout.images.to(setup.device), holdout.labels.to(setup.device),
-                                 setup.augmenter, bs, setup.device, setup.autocast)
-    return Evaluation(target_acc, eval_img_per_s, source_acc)
+        source = model_outputs(setup.model, holdout.images.to(setup.device), setup.augmenter, bs, setup.device,
+                               setup.autocast)
+        source_acc = accuracy(source.logits, holdout.labels)
+    return Evaluation(accuracy(target.logits, target_labels), target.img_per_s, source_acc, target, source)
 
 
 class PseudoLabelAudit:

@@ -29,6 +29,11 @@ class StepObserver:
     def after_step(self, step: int, loss: Tensor, out: StepOutput) -> None:
         """After the optimizer step of ``step``; ``loss`` is the float32 loss that was minimised."""
 
+    def untimed_at(self, step: int) -> bool:
+        """Whether ``after_step`` of ``step`` does work that is not training (a checkpoint evaluation):
+        the loop then runs it with the clock paused, so training throughput stays what training cost."""
+        return False
+
     def at_log_point(self, step: int, loss: Tensor) -> None:
         """After ``step`` when it is a logging point (may read values off the device, or raise)."""
 
@@ -104,7 +109,11 @@ def run_steps(strategy: Strategy, schedule: ParamSchedule, batches: BatchSource,
             loss.backward()
             optimizer.step()
             for observer in observers:
-                observer.after_step(step, loss, out)
+                if observer.untimed_at(step):
+                    with watch.paused():
+                        observer.after_step(step, loss, out)
+                else:
+                    observer.after_step(step, loss, out)
             if (step + 1) % log_every == 0 or step + 1 == total_steps:
                 for observer in observers:
                     observer.at_log_point(step, loss)

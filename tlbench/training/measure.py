@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -84,19 +86,37 @@ class PeakMemory:
 
 
 class Stopwatch:
-    """Wall time between synchronised points (the device's queued work included)."""
+    """Wall time between synchronised points (the device's queued work included), less the time
+    spent inside :meth:`paused` blocks (work that is not what is being timed)."""
 
     def __init__(self, device: torch.device):
         self.device = device
         self.t0 = 0.0
+        self.excluded = 0.0
+        self.running = False
 
     def start(self) -> None:
         synchronize(self.device)
-        self.t0 = time.perf_counter()
+        self.t0, self.excluded, self.running = time.perf_counter(), 0.0, True
 
     def stop(self) -> float:
         synchronize(self.device)
-        return time.perf_counter() - self.t0
+        self.running = False
+        return time.perf_counter() - self.t0 - self.excluded
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Leave the block's time out of the measurement (nothing to do before ``start``)."""
+        if not self.running:
+            yield
+            return
+        synchronize(self.device)
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            synchronize(self.device)
+            self.excluded += time.perf_counter() - t
 
 
 def peak_rss_supported() -> bool:

@@ -9,6 +9,7 @@ import torch
 import tlbench
 from tlbench.data.domains import DomainSpec
 from tlbench.matrix.cells import Cell, CellTask
+from tlbench.matrix.evaluations import CheckpointEvaluations
 from tlbench.matrix.results import CellRecord
 from tlbench.models.transfer import count_parameters
 from tlbench.plugins.provenance import provenance
@@ -29,7 +30,8 @@ def cell_provenance(cell: Cell, registry) -> dict[str, Any]:
             "shifts": {name: provenance(registry, "shift", name) for name in sorted(shifts)}}
 
 
-def ok_record(setup: CellSetup, *, evaluation: Evaluation, timing: LoopTiming, metrics: dict[str, float],
+def ok_record(setup: CellSetup, *, evaluation: Evaluation, evaluations: CheckpointEvaluations | None,
+              timing: LoopTiming, metrics: dict[str, float],
               curves: Curves, provenance: dict[str, Any], frozen: FrozenOutputs, trainable_params: int, peak_mem_mb: float | None,
               wall_s: float, started_at: str, device: str) -> CellRecord:
     """The record of a cell that trained to its last step."""
@@ -49,6 +51,8 @@ def ok_record(setup: CellSetup, *, evaluation: Evaluation, timing: LoopTiming, m
                   "provenance": {**provenance, "weights": dict(setup.backbone.weights)}})
     if setup.device.type == "cpu":
         extra["cpu_runtime"] = describe_runtime()  # the allocator and OpenMP waits this process ran with
+    if cell.sweep:  # a point of a sweep: which values, and whether they are the defaults (selection 'last')
+        extra["sweep"] = dict(cell.sweep)
     return CellRecord(
         suite=cell.suite, dataset=cell.dataset, backbone=cell.row_backbone, strategy=cell.label, source=cell.source,
         target=cell.target, seed=cell.seed, status="ok", target_acc=evaluation.target_acc,
@@ -56,7 +60,7 @@ def ok_record(setup: CellSetup, *, evaluation: Evaluation, timing: LoopTiming, m
         eval_img_per_s=evaluation.eval_img_per_s, peak_mem_mb=peak_mem_mb, trainable_params=trainable_params,
         total_params=count_parameters(setup.model) + count_parameters(setup.strategy), steps=setup.total_steps,
         wall_s=wall_s, device=device, torch_version=torch.__version__, tlbench_version=tlbench.__version__,
-        cell_id=cell.id, started_at=started_at, extra=extra, curves=curves.to_dict())
+        cell_id=cell.id, started_at=started_at, extra=extra, curves=curves.to_dict(), evaluations=evaluations)
 
 
 def failed_record(task: CellTask, status: str, error: str, started: str, wall_s: float | None,
@@ -67,4 +71,4 @@ def failed_record(task: CellTask, status: str, error: str, started: str, wall_s:
                       source=cell.source, target=cell.target, seed=cell.seed, status=status, error=error,
                       steps=steps, wall_s=wall_s, device=device, torch_version=torch.__version__,
                       tlbench_version=tlbench.__version__, cell_id=cell.id, started_at=started,
-                      extra={"label": cell.label})
+                      extra={"label": cell.label, **({"sweep": dict(cell.sweep)} if cell.sweep else {})})

@@ -1,0 +1,85 @@
+"""Checkpoint evaluations: the model's outputs at K evenly spaced points of training, for validators.
+
+A :class:`CheckpointEvaluator` is a step observer. At each point before the last it evaluates the
+model once on every target image and on the source's held-out split (the test crop, no randomness
+drawn, every module's train/eval mode restored afterwards, the clock paused), so training goes on
+exactly as without it. The last point is the engine's final evaluation itself (:meth:`finish`): the
+last checkpoint costs no second pass. What is kept is :class:`tlbench.matrix.evaluations.
+CheckpointEvaluations`; target labels only turn into each point's accuracy, the oracle.
+
+Model selection without target labels needs these outputs (Musgrave et al., "Benchmarking
+Validation Methods for Unsupervised Domain Adaptation", 2021): validators score them afterwards,
+when reports are written, so a new validator rescores finished runs without training again.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from tlbench.matrix.evaluations import CheckpointEvaluations, compact_embeddings
+from tlbench.training.evaluation import Evaluation, ModelOutputs, evaluate_cell
+from tlbench.training.loop import StepObserver
+from tlbench.training.setup import CellSetup
+from tlbench.training.strategy import StepOutput
+
+
+def checkpoint_steps(total_steps: int, points: int) -> list[int]:
+    """``points`` evenly spaced step counts in 1..total_steps, the last step included (fewer when
+    training has fewer steps than points)."""
+    return sorted({max(1, round(total_steps * (i + 1) / points)) for i in range(points)})
+
+
+class CheckpointEvaluator(StepObserver):
+    """Evaluates the model at ``checkpoint_steps``; the last point comes from the final evaluation."""
+
+    def __init__(self, setup: CellSetup, target_images: Tensor, target_labels: Tensor, points: int):
+        self.setup, self.target_images, self.target_labels = setup, target_images, target_labels
+        self.steps = checkpoint_steps(setup.total_steps, points)
+        self._due = set(self.steps[:-1])  # 0-based steps after which to evaluate are step_done - 1
+        self._points: list[tuple[int, float, ModelOutputs, ModelOutputs | None]] = []
+
+    def untimed_at(self, step: int) -> bool:
+        return step + 1 in self._due
+
+    def after_step(self, step: int, loss: Tensor, out: StepOutput) -> None:
+        if step + 1 in self._due:
+            modes = _modes(self.setup.model, self.setup.strategy)
+            try:
+                self._add(step + 1, evaluate_cell(self.setup, self.target_images, self.target_labels))
+            finally:
+                for module, training in modes:
+                    module.training = training
+
+    def finish(self, evaluation: Evaluation) -> CheckpointEvaluations:
+        """The evaluations, the final ``evaluation`` (of the last step) as the last point."""
+        self._add(self.setup.total_steps, evaluation)
+        target_embed = np.stack([_embed(p[2]) for p in self._points])
+        holdout = self.setup.data.source_holdout
+        empty = ModelOutputs(torch.zeros(0, self._points[0][2].logits.shape[1]), None, 0.0)
+        source = [p[3] or empty for p in self._points]
+        return CheckpointEvaluations(
+            steps=np.array([p[0] for p in self._points], dtype=np.int64),
+            target_acc=np.array([p[1] for p in self._points], dtype=np.float64),
+            target_logits=np.stack([p[2].logits.numpy().astype(np.float16) for p in self._points]),
+            target_embed=target_embed,
+            source_logits=np.stack([o.logits.numpy().astype(np.float16) for o in source]),
+            source_embed=np.stack([_embed(o) if len(o.logits) else np.zeros((0, target_embed.shape[2]), np.float16)
+                                   for o in source]),
+            source_labels=(holdout.labels.cpu().numpy().astype(np.int64) if holdout is not None
+                           else np.zeros(0, np.int64)))
+
+    def _add(self, step: int, evaluation: Evaluation) -> None:
+        self._points.append((step, evaluation.target_acc, evaluation.target_outputs, evaluation.source_outputs))
+
+
+def _embed(outputs: ModelOutputs) -> np.ndarray:
+    if outputs.embedding is None:  # a model without embeddings: its logits stand in for them
+        return compact_embeddings(outputs.logits.numpy())
+    return compact_embeddings(outputs.embedding.numpy())
+
+
+def _modes(*roots: nn.Module) -> list[tuple[nn.Module, bool]]:
+    """Every module's train/eval flag (frozen norm layers stay in eval mode during training)."""
+    return [(m, m.training) for root in roots for m in root.modules()]
