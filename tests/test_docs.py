@@ -20,6 +20,7 @@ from tlbench.testing import (
     check_reporter,
     check_shift,
     check_strategy,
+    check_validator,
 )
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "plugins.md"
@@ -108,9 +109,9 @@ def test_python_blocks_parse(index):
 EXAMPLES = {m.group(1): code for lang, code in FENCE.findall(TEXT)
             if lang == "python" and (m := re.match(r"# example: (\w+)\n", code))}
 CHECKS = {"strategy": check_strategy, "dataset": check_dataset, "shift": check_shift, "reporter": check_reporter,
-          "backbone": check_backbone}
+          "backbone": check_backbone, "validator": check_validator}
 KIND_OF_HOOK = {"strategy": "register_strategies", "dataset": "register_datasets", "shift": "register_shifts",
-                "reporter": "register_reporters", "backbone": "register_backbones"}
+                "reporter": "register_reporters", "backbone": "register_backbones", "validator": "register_validators"}
 
 
 def test_every_checkable_kind_has_an_example():

@@ -36,6 +36,7 @@ _LAZY: dict[str, str] = {
                     "tlbench.models.backbones"),
     "Reporter": "tlbench.reporting.reporter",
     "Tracker": "tlbench.reporting.tracker",
+    **dict.fromkeys(("Validator", "ValidatorInputs", "softmax", "entropy"), "tlbench.reporting.validator"),
     "Launcher": "tlbench.matrix.launcher",
     **dict.fromkeys(("Leaderboard", "Footnote"), "tlbench.reporting.leaderboard"),
     **dict.fromkeys(("atomic_write_text", "atomic_write_bytes"), "tlbench.data.files"),
@@ -69,5 +70,6 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from tlbench.reporting.leaderboard import Footnote, Leaderboard
     from tlbench.reporting.reporter import Reporter
     from tlbench.reporting.tracker import Tracker
+    from tlbench.reporting.validator import Validator, ValidatorInputs, entropy, softmax
     from tlbench.training.strategy import (Batch, ParamGroup, SetupContext, StepContext, StepOutput, Strategy,
                                           SupervisedParams)

@@ -63,6 +63,11 @@ def register_trackers(register: Register) -> None:
 
 
 @hookspec
+def register_validators(register: Register) -> None:
+    """Register :class:`tlbench.Validator` subclasses (score checkpoints without target labels, for selection)."""
+
+
+@hookspec
 def before_cell(cell: Cell) -> None:
     """Called just before a cell trains, in the process that trains it."""
 

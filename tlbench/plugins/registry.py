@@ -52,6 +52,7 @@ KINDS: dict[str, Kind] = {k.name: k for k in (
     Kind("reporter", "register_reporters", "tlbench.Reporter"),
     Kind("launcher", "register_launchers", "tlbench.Launcher"),
     Kind("tracker", "register_trackers", "tlbench.Tracker"),
+    Kind("validator", "register_validators", "tlbench.Validator"),
 )}
 
 

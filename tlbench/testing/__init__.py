@@ -16,7 +16,7 @@ work without pytest. Every failed check raises ``AssertionError`` saying what wa
 
 One module per kind: ``strategies`` (:func:`check_strategy`), ``datasets`` (:func:`check_dataset`,
 :func:`check_shift`), ``backbones`` (:func:`check_backbone`), ``reporters`` (:func:`check_reporter`,
-:func:`sample_records`); the tiny parts in ``tiny``; :func:`run_cli` runs the command line in a
+:func:`sample_records`), ``validators`` (:func:`check_validator`); the tiny parts in ``tiny``; :func:`run_cli` runs the command line in a
 test (``cli``).
 """
 
@@ -33,11 +33,13 @@ from tlbench.testing.datasets import DATASET_CHECK_SIZE, SHIFT_CHECK_SHAPES, che
 from tlbench.testing.reporters import check_reporter, sample_records
 from tlbench.testing.strategies import (VALID_TARGET_VIEWS, apply_engine_trainability, check_strategy,
                                         engine_start_step)
+from tlbench.testing.validators import check_validator, random_inputs
 from tlbench.testing.tiny import (TINY_BACKBONE, TINY_BATCH_SIZE, TINY_BOTTLENECK, TINY_CLASSES, TINY_IMAGE_SIZE,
                                   make_tiny_backbone, make_tiny_batch, make_tiny_model)
 from tlbench.training.strategy import Batch
 
 __all__ = [
+    "check_validator", "random_inputs",
     "check_strategy", "make_tiny_backbone", "make_tiny_model", "make_tiny_batch",
     "engine_start_step", "apply_engine_trainability", "VALID_TARGET_VIEWS",
     "check_dataset", "check_shift", "check_reporter", "sample_records", "check_backbone", "run_cli",
