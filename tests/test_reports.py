@@ -29,7 +29,7 @@ PLUGINS = {"markdown": markdown_plugin, "csv": csv_plugin, "html": html_plugin, 
            "plots": plots_plugin}
 #: in writing order: plots (order -10), then csv, latex, markdown (order 0, by name), html (order 10)
 FILES = ["accuracy_vs_throughput.png", "pair_accuracy.png", "leaderboard.csv", "costs.csv", "references.csv",
-         "failures.csv", "leaderboard.tex", "leaderboard.md", "leaderboard.html"]
+         "failures.csv", "validators.csv", "selection.csv", "leaderboard.tex", "leaderboard.md", "leaderboard.html"]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 #: names full of HTML and LaTeX specials, as a backbone, a strategy, a domain and an error could be
 EVIL_BACKBONE = '<img src=x onerror=alert(1)>_a%b&c#d$e{f}g~h^i\\j'

@@ -17,6 +17,7 @@ from tlbench.errors import UserError
 KIND_ALIASES = {"strategies": "strategy", "datasets": "dataset", "shifts": "shift",
                 "weights": "weight_source", "weight_sources": "weight_source", "reporters": "reporter",
                 "reports": "reporter", "launchers": "launcher", "trackers": "tracker",
+                "validators": "validator",
                 "backbone_providers": "backbone"}
 #: where ``tlbench run`` writes without ``--out``: a user's own runs, never the committed ``results/``
 DEFAULT_RUNS = Path("runs")
@@ -74,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE")
     run.add_argument("--cache", type=Path, help="decoded-image cache (default $TLBENCH_CACHE or ~/.cache/tlbench)")
     run.add_argument("--force", action="store_true", help="rerun cells that are already done")
+    run.add_argument("--dry-run", action="store_true", help="print the number of cells (and, from the records of "
+                     "similar finished cells, an estimate of the time) without running anything")
     run.add_argument("--keep-stale", action="store_true",
                      help="keep finished cells whose strategy, dataset or shift code changed since they ran")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -84,6 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("dirs", type=Path, nargs="+")
     rep.add_argument("--out", type=Path, help="where to write (default: the first directory)")
     rep.add_argument("--formats", type=_csv, help="report formats (default: all registered)")
+    rep.add_argument("--selection", help="re-select the main table's parameters and checkpoints from the stored "
+                     "checkpoint evaluations: last or a validator (tlbench list validators); default: the suite's")
 
     cur = sub.add_parser("curves", help="print (or plot) the training curves of finished cells", parents=[common])
     cur.add_argument("dirs", type=Path, nargs="+", help="results directories")
@@ -185,7 +190,7 @@ def _dispatch(args) -> int:
     if args.command == "report":
         from tlbench.reporting.write import report_dirs
 
-        files = report_dirs(args.dirs, args.out, args.formats)
+        files = report_dirs(args.dirs, args.out, args.formats, selection=args.selection)
         for f in files:
             print(f)
         return 0
@@ -208,6 +213,15 @@ def _run(args, registry) -> int:
     suite = load_suite(resolve_suite(args.suite), overrides=args.overrides, backbones=args.backbones, strategies=args.strategies,
                        pairs=args.pairs, seeds=args.seeds, data_root=args.data_root)
     out = args.out or DEFAULT_RUNS / suite.name
+    if args.dry_run:
+        from tlbench.matrix.estimate import estimate
+        from tlbench.matrix.planning import plan
+        from tlbench.matrix.results import ResultsDir
+
+        cells, _ = plan(suite, registry)
+        for line in estimate(cells, ResultsDir(out), force=args.force).lines():
+            print(line)
+        return 0
     launcher_options = {"address": args.ray_address} if args.ray_address else {}
     options = RunOptions(out_dir=out, device=args.device, launcher=args.launcher, force=args.force,
                          quiet=args.quiet, debug=args.debug, strict_plugins=args.strict_plugins,

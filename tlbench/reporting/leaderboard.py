@@ -35,19 +35,26 @@ from tlbench.reporting import stats
 from tlbench.reporting.ranking import AVG, critical_difference_summary, matched_results, rank_rows
 from tlbench.reporting.curves import CURVE_COLUMNS, curve_frame
 from tlbench.reporting.mixing import mixed_origins
+from tlbench.reporting.selection import CHOSEN_COLUMNS, LAST, VALIDATOR_COLUMNS, Selection, selection_text
 
 #: per-column fields of :attr:`Leaderboard.accuracy`, named ``f"{column} {field}"``
 COLUMN_FIELDS = ("mean", "std", "ci95", "n", "best", "status", "notes")
 #: cell statuses in :attr:`Leaderboard.accuracy` (``f"{column} status"``)
 CELL_STATUSES = ("ok", "partial", "failed", "diverged", "failed/diverged", "missing")
 
-PROTOCOL = ("last checkpoint; target labels never used for training or model selection; "
+PROTOCOL = ("{selection}; target labels never used for training{or_selection}; "
             "accuracy on all target images")
 STATS_TEXT = ("Each cell: mean ± sample std (ddof=1) of target accuracy (%) over seeds whose cell finished "
               "ok; n = number of those seeds. Avg: mean of the per-pair means, only when every pair has a value; "
               "its std is over the per-seed averages, only when every seed has every pair. ci95 (in the CSV): "
               "half-width of the 95 % Student-t confidence interval of the mean.")
 
+
+#: what the validator table's numbers mean (every report format states it)
+VALIDATOR_TEXT = ("Each strategy, pair and seed chooses among its candidates (every checkpoint of every cell of "
+                  "its sweep). Regret: the oracle's target accuracy minus that of the validator's choice, mean over "
+                  "groups. Rank correlation: Spearman's between the validator's scores and target accuracy within "
+                  "a group, mean over groups. The oracle uses target labels: a reference, never a method.")
 
 
 @dataclass
@@ -125,6 +132,25 @@ class Leaderboard:
     #: strategy's, dataset's or shift's code) and how many cells each; "" when nothing does. Every
     #: reporter with a header shows it under that header (:mod:`tlbench.reporting.mixing`)
     mixed: str = ""
+    #: the selection rule of the main table (``last`` or a validator's name; see ``tlbench.reporting.selection``)
+    selection: str = LAST
+    #: per backbone, strategy, pair and seed the chosen candidate: ``params`` (the swept values, or
+    #: "default"), ``step``, ``target_acc``, ``oracle_acc`` (the best of its candidates), ``candidates``
+    #: (how many checkpoints it chose among), ``cell_id``
+    chosen: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=list(CHOSEN_COLUMNS)))
+    #: per validator: ``uses_target_labels`` (the oracle: True), ``mean_regret`` (points below the
+    #: oracle's choice), ``rank_correlation`` (mean within-group Spearman), ``groups``, ``selected``
+    validators: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=list(VALIDATOR_COLUMNS)))
+
+    @property
+    def validator_text(self) -> str:
+        return VALIDATOR_TEXT
+
+    @property
+    def has_choices(self) -> bool:
+        """Whether any strategy, pair and seed had more than one candidate (a sweep, several checkpoints):
+        only then do the selection and validator tables say something."""
+        return bool(len(self.chosen)) and bool((self.chosen["candidates"] > 1).any())
 
     @property
     def columns(self) -> list[str]:
@@ -138,12 +164,15 @@ class Leaderboard:
 
 # -- building ---------------------------------------------------------------------------------------
 def build_leaderboard(records: list[CellRecord], suite: dict[str, Any], *,
-                      date: str | None = None) -> Leaderboard:
-    """The leaderboard of ``records`` under ``suite`` (the dict of ``<out>/suite.json``)."""
+                      date: str | None = None, selection: Selection | None = None) -> Leaderboard:
+    """The leaderboard of ``records`` under ``suite`` (the dict of ``<out>/suite.json``); with a
+    ``selection``, of the records it chose (one per strategy, pair and seed), with its tables."""
     suite = suite or {}
+    if selection is not None:
+        records = selection.records
     records, duplicates = _dedupe(records)
     pairs = _pairs(records, suite)
-    notes: list[str] = []
+    notes: list[str] = list(selection.notes) if selection else []
     if duplicates:
         notes.append(f"{duplicates} record(s) repeated the same backbone/strategy/pair/seed; "
                      "the newest of each was kept.")
@@ -181,7 +210,7 @@ def build_leaderboard(records: list[CellRecord], suite: dict[str, Any], *,
         footnotes=footnotes,
         n_seeds=len({r.seed for r in records}),
         notes=notes,
-        protocol=PROTOCOL,
+        protocol=protocol_text(selection.rule if selection else LAST),
         stats_text=f"{STATS_TEXT} {rank_text}",
         rank_text=rank_text,
         critical_difference=cd,
@@ -189,7 +218,17 @@ def build_leaderboard(records: list[CellRecord], suite: dict[str, Any], *,
         environment=_environment(records, date),
         curves=curve_frame(records),
         mixed=mixed_origins(records),
+        **({"selection": selection.rule, "chosen": selection.chosen, "validators": selection.validators}
+           if selection else {}),
     )
+
+
+def protocol_text(rule: str) -> str:
+    """The protocol line under a selection rule: the oracle's says that it used target labels."""
+    from tlbench.reporting.selection import ORACLE
+
+    return PROTOCOL.format(selection=selection_text(rule),
+                           or_selection="" if rule == ORACLE else " or model selection")
 
 
 def _pair(r: CellRecord) -> str:

@@ -6,16 +6,20 @@ from pathlib import Path
 from typing import Any
 
 from tlbench.errors import UserError
-from tlbench.matrix.results import CellRecord, ResultsDir, load_records
+from tlbench.matrix.results import CellRecord, ResultsDir, evaluation_files, load_records, read_evaluations
 from tlbench.reporting.leaderboard import build_leaderboard
+from tlbench.reporting.selection import LAST, select
 
 
 def write_reports(out_dir: Path, records: list[CellRecord], suite: dict[str, Any],
-                  formats: list[str] | None = None, registry: Any = None) -> list[Path]:
+                  formats: list[str] | None = None, registry: Any = None, *,
+                  evaluations: dict[str, Path] | None = None, selection: str | None = None) -> list[Path]:
     """Build the leaderboard and let every reporter (or those in ``formats``) write into ``out_dir``.
 
-    Reporters run in a fixed order: by their ``order`` attribute, then by name, so a reporter
-    whose files another embeds (plots, for the HTML page) runs first.
+    The main table's (parameters, checkpoint) come from ``selection`` (default: the suite's, else
+    ``last``), scored on the stored checkpoint ``evaluations`` (cell id -> file). Reporters run in a
+    fixed order: by their ``order`` attribute, then by name, so a reporter whose files another embeds
+    (plots, for the HTML page) runs first.
     """
     if registry is None:
         from tlbench.plugins.registry import get_registry
@@ -23,7 +27,11 @@ def write_reports(out_dir: Path, records: list[CellRecord], suite: dict[str, Any
     names = list(dict.fromkeys(formats)) if formats else registry.names("reporter")
     reporters = [registry.get("reporter", n) for n in names]  # an unknown name fails before any work
     reporters = sorted(zip(names, reporters), key=lambda nr: (getattr(nr[1], "order", 0), nr[0]))
-    board = build_leaderboard(records, suite)
+    validators = {n: registry.get("validator", n)() for n in registry.names("validator")}
+    files = evaluations or {}
+    chosen = select(records, selection or str(suite.get("selection") or LAST), validators,
+                    lambda cell_id: read_evaluations(files[cell_id]) if cell_id in files else None)
+    board = build_leaderboard(records, suite, selection=chosen)
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"report folder {out_dir} is a file, not a folder; give another --out")
@@ -38,11 +46,12 @@ def write_reports(out_dir: Path, records: list[CellRecord], suite: dict[str, Any
 
 
 def report_dirs(dirs: list[Path], out: Path | None, formats: list[str] | None = None,
-                registry: Any = None) -> list[Path]:
+                registry: Any = None, selection: str | None = None) -> list[Path]:
     """Report on one or several results directories, merged (``tlbench report DIR [DIR...]``).
 
     Only finished cells (their ``record.json``) are read, so a run still going can be reported on.
-    The suite is the first ``suite.json`` found; the reference rows are the union of all.
+    The suite is the first ``suite.json`` found; the reference rows are the union of all. ``selection``
+    re-selects from the stored checkpoint evaluations (``tlbench report --selection NAME``).
     """
     dirs = [Path(d) for d in dirs]
     if not dirs:
@@ -68,4 +77,5 @@ def report_dirs(dirs: list[Path], out: Path | None, formats: list[str] | None = 
             if ref not in refs:
                 refs.append(ref)
     suite["reference"] = refs
-    return write_reports(Path(out), records, suite, formats, registry)
+    return write_reports(Path(out), records, suite, formats, registry, evaluations=evaluation_files(dirs),
+                         selection=selection)

@@ -6,7 +6,9 @@
   separated), and ``missing`` (pairs without a value, ``;`` separated);
 * ``costs.csv`` — throughput, memory, wall time and parameters per row;
 * ``references.csv`` — published numbers (never mixed into the leaderboard);
-* ``failures.csv`` — every failed or diverged cell with its error text and footnote number.
+* ``failures.csv`` — every failed or diverged cell with its error text and footnote number;
+* ``validators.csv`` — each validator's mean regret and rank correlation (``uses_target_labels``: the oracle);
+* ``selection.csv`` — per strategy, pair and seed the chosen parameters and checkpoint.
 
 Every file is written even when it has no rows, so a later report never leaves a stale one.
 """
@@ -39,6 +41,8 @@ class CsvReporter(Reporter):
             "costs.csv": board.costs,
             "references.csv": board.references,
             "failures.csv": board.failures,
+            "validators.csv": board.validators,
+            "selection.csv": board.chosen,
         }
         paths = []
         for name, df in tables.items():

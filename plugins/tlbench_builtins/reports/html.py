@@ -183,6 +183,28 @@ def figures(board: Leaderboard, *, curves: bool = False) -> str:
     return "".join(out)
 
 
+def selection_sections(board: Leaderboard) -> list[str]:
+    """The validator table and the chosen candidates, when there was a choice to make."""
+    if not board.has_choices:
+        return []
+    rows = "".join(
+        f"<tr><td>{esc(v['validator'])}{' <strong>(uses target labels)</strong>' if v['uses_target_labels'] else ''}"
+        f"</td>{_td_number(v['mean_regret'], '.2f')}{_td_number(v['rank_correlation'], '.2f')}"
+        f'<td class="num">{int(v["groups"])}</td><td>{"yes" if v["selected"] else ""}</td></tr>'
+        for _, v in board.validators.iterrows())
+    chosen = "".join(
+        f"<tr><td>{esc(c['backbone'])}</td><td>{esc(c['strategy'])}</td><td>{pair_label(c['pair'])}</td>"
+        f'<td class="num">{int(c["seed"])}</td><td>{esc(c["params"])}</td><td class="num">{int(c["step"])}</td>'
+        f"{_td_number(c['target_acc'], '.1f')}{_td_number(c['oracle_acc'], '.1f')}</tr>"
+        for _, c in board.chosen.iterrows())
+    return ["<h2>Validators</h2>", f'<p class="notes">{esc(board.validator_text)}</p>',
+            "<table><thead><tr><th>Validator</th><th>Mean regret (points)</th><th>Rank correlation</th>"
+            f"<th>Groups</th><th>Main table</th></tr></thead><tbody>{rows}</tbody></table>",
+            f"<h2>Chosen parameters and checkpoints (selection: {esc(board.selection)})</h2>",
+            "<table><thead><tr><th>Backbone</th><th>Strategy</th><th>Pair</th><th>Seed</th><th>Parameters</th>"
+            f"<th>Step</th><th>Target acc</th><th>Oracle acc</th></tr></thead><tbody>{chosen}</tbody></table>"]
+
+
 def render(board: Leaderboard) -> str:
     env = "".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in board.environment.items())
     parts = [
@@ -208,6 +230,7 @@ def render(board: Leaderboard) -> str:
         parts += ["<h2>Critical difference</h2>", f'<p class="notes">{esc(board.cd_text)}</p>',
                   "<table><thead><tr><th>Backbone</th><th>Strategy</th><th>Average rank</th>"
                   f"<th>Within CD of the best</th></tr></thead><tbody>{rows}</tbody></table>"]
+    parts += selection_sections(board)
     parts += ["<h2>Cost</h2>",
               '<p class="notes">Throughput and memory: ok cells only (mean; memory: max). Wall time: every cell.</p>',
               cost_table(board)]

@@ -147,13 +147,32 @@ def cost_table(board: Leaderboard) -> str:
     return "\n".join(lines)
 
 
+def validator_table(board: Leaderboard) -> str:
+    """Each validator's mean regret and rank correlation; the oracle marked as using target labels."""
+    lines = [
+        r"\begin{table}[t]", r"\centering", r"\small",
+        rf"\caption{{Validators on {tex_escape(board.dataset or board.suite)}: mean regret against the oracle "
+        r"(points) and mean within-group Spearman correlation with target accuracy. The oracle uses target "
+        r"labels.}",
+        rf"\label{{{_label(board, 'validators')}}}",
+        r"\begin{tabular}{lrrr}", r"\toprule", r"Validator & Regret & Rank corr. & Groups \\", r"\midrule",
+    ]
+    for _, v in board.validators.iterrows():
+        name = tex_escape(v["validator"]) + (r" (uses target labels)" if v["uses_target_labels"] else "")
+        lines.append(" & ".join([name, _num(v["mean_regret"], ".2f"), _num(v["rank_correlation"], ".2f"),
+                                 str(int(v["groups"]))]) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
+    return "\n".join(lines)
+
+
 def render(board: Leaderboard) -> str:
     env = "; ".join(f"{k}: {v}" for k, v in board.environment.items())
     header = [f"% tlbench leaderboard: {tex_escape(board.title)}",
               *([f"% {tex_escape(board.mixed)}"] if board.mixed else []),
               f"% {tex_escape(env)}",
               r"% Needs \usepackage{booktabs} in the preamble."]
-    return "\n".join(header) + "\n\n" + accuracy_table(board) + "\n\n" + cost_table(board) + "\n"
+    tables = [accuracy_table(board), *([validator_table(board)] if board.has_choices else []), cost_table(board)]
+    return "\n".join(header) + "\n\n" + "\n\n".join(tables) + "\n"
 
 
 class LatexReporter(Reporter):

@@ -97,6 +97,31 @@ def cost_table(board: Leaderboard) -> str:
     return _table(rows, headers, ["left", "left", *["right"] * 7, "center"])
 
 
+def validator_table(board: Leaderboard) -> str:
+    headers = ["Validator", "Mean regret (points)", "Rank correlation", "Groups", "Main table"]
+    rows = [[md_escape(v["validator"]) + (" (uses target labels)" if v["uses_target_labels"] else ""),
+             number(v["mean_regret"], ".2f"), number(v["rank_correlation"], ".2f"), str(v["groups"]),
+             "yes" if v["selected"] else ""] for _, v in board.validators.iterrows()]
+    return _table(rows, headers, ["left", "right", "right", "right", "left"])
+
+
+def chosen_table(board: Leaderboard) -> str:
+    headers = ["Backbone", "Strategy", "Pair", "Seed", "Parameters", "Step", "Target acc", "Oracle acc"]
+    rows = [[md_escape(c["backbone"]), md_escape(c["strategy"]), pair_label(c["pair"]), str(c["seed"]),
+             md_escape(c["params"]), str(c["step"]), number(c["target_acc"], ".1f"), number(c["oracle_acc"], ".1f")]
+            for _, c in board.chosen.iterrows()]
+    return _table(rows, headers, ["left", "left", "left", "right", "left", "right", "right", "right"])
+
+
+def selection_sections(board: Leaderboard) -> list[str]:
+    """The validator table and the chosen candidates, when there was a choice to make."""
+    if not board.has_choices:
+        return []
+    return ["## Validators", "", board.validator_text, "", validator_table(board), "",
+            f"## Chosen parameters and checkpoints (selection: {md_escape(board.selection)})", "",
+            chosen_table(board), ""]
+
+
 def _table(rows: list[list[str]], headers: list[str], align: list[str]) -> str:
     return tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True, colalign=align)
 
@@ -128,6 +153,7 @@ def render(board: Leaderboard) -> str:
                 reference_table(board), ""]
     if len(board.critical_difference):
         out += ["## Critical difference", "", board.cd_text, "", critical_difference_table(board), ""]
+    out += selection_sections(board)
     out += ["## Cost", "", "Throughput and memory: ok cells only (mean; memory: max). "
             "Wall time: every cell.", "", cost_table(board), ""]
     if board.footnotes:

@@ -1,0 +1,213 @@
+"""Selection: which (parameters, checkpoint) each strategy, pair and seed reports, and how well validators choose.
+
+The candidates of one strategy, pair and seed are every checkpoint of every cell of its sweep (one
+cell and its last checkpoint without a sweep or checkpoint evaluations). A rule picks one:
+
+* ``last`` (the default, tlbench's behaviour before sweeps): the cell with the default parameters
+  (else every list's first value), its last checkpoint;
+* a validator's name: the candidate it scores highest (ties: the earlier one in sweep order, then
+  the earlier checkpoint). A group with nothing the validator can score keeps ``last`` (counted in a note);
+* ``oracle``: the best target accuracy, which needs target labels: a reference, not a method.
+
+The validator table measures every validator against the oracle over all groups (Musgrave et al.,
+"Benchmarking Validation Methods for Unsupervised Domain Adaptation", 2021): the mean regret (the
+oracle's accuracy minus the accuracy of the validator's choice, points) and the mean Spearman rank
+correlation between its scores and target accuracy within a group. Everything here reads stored
+checkpoint evaluations: ``tlbench report --selection NAME`` re-selects without training.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from tlbench.errors import UserError
+from tlbench.matrix.evaluations import CheckpointEvaluations
+from tlbench.matrix.results import CellRecord
+from tlbench.reporting.validator import Validator, ValidatorInputs
+
+LAST = "last"
+ORACLE = "oracle"
+CHOSEN_COLUMNS = ("backbone", "strategy", "pair", "seed", "params", "step", "target_acc", "oracle_acc", "candidates",
+                  "cell_id")
+VALIDATOR_COLUMNS = ("validator", "uses_target_labels", "mean_regret", "rank_correlation", "groups", "selected")
+
+
+@dataclass
+class Candidate:
+    """One checkpoint of one cell: what it scored and what it reached."""
+
+    record: CellRecord
+    step: int
+    target_acc: float
+    source_acc: float | None
+    scores: dict[str, float]
+    last: bool  # the cell's last checkpoint
+
+
+@dataclass
+class Selection:
+    """The records the main table shows (one per strategy, pair and seed) and the tables behind them."""
+
+    rule: str
+    records: list[CellRecord]
+    chosen: pd.DataFrame
+    validators: pd.DataFrame
+    notes: list[str] = field(default_factory=list)
+
+
+def score_checkpoint(validator: Validator, evaluations: CheckpointEvaluations, k: int) -> float:
+    """A validator's score of checkpoint ``k``: target labels reach only a ``uses_target_labels`` one,
+    and only as the accuracy; every other validator gets :class:`ValidatorInputs`, which has none."""
+    if validator.uses_target_labels:
+        return float(validator.score_target_accuracy(float(evaluations.target_acc[k])))
+    return float(validator.score(ValidatorInputs.at(evaluations, k)))
+
+
+def select(records: list[CellRecord], rule: str, validators: dict[str, Validator],
+           load: Callable[[str], CheckpointEvaluations | None]) -> Selection:
+    """Choose one candidate per strategy, pair and seed by ``rule`` (``last`` or a name in ``validators``)."""
+    if rule != LAST and rule not in validators:
+        raise UserError(f"selection {rule!r} is not a validator; use last or one of: {', '.join(sorted(validators))} "
+                        "(tlbench list validators)")
+    groups: dict[tuple, list[CellRecord]] = {}
+    for r in records:
+        groups.setdefault((r.backbone, r.strategy, r.source, r.target, r.seed), []).append(r)
+    failing: set[str] = set()
+    out, chosen_rows, fallback = [], [], 0
+    per_group: list[list[Candidate]] = []
+    for key, recs in groups.items():
+        recs.sort(key=_sweep_order)
+        ok = [r for r in recs if r.scored]
+        if not ok:  # nothing to choose: the newest failure keeps its footnote
+            out.append(max(recs, key=lambda r: r.started_at))
+            continue
+        candidates = [c for r in ok for c in _candidates(r, validators, load, failing)]
+        per_group.append(candidates)
+        pick = _choose(candidates, rule)
+        if pick is None:
+            fallback += 1
+            pick = _choose(candidates, LAST)
+        out.append(_chosen_record(pick, rule))
+        chosen_rows.append({"backbone": key[0], "strategy": key[1], "pair": f"{key[2]}->{key[3]}", "seed": key[4],
+                            "params": _params_text(pick.record), "step": pick.step, "target_acc": pick.target_acc,
+                            "oracle_acc": max(c.target_acc for c in candidates), "candidates": len(candidates),
+                            "cell_id": pick.record.cell_id})
+    notes = []
+    if fallback:
+        notes.append(f"selection {rule}: {fallback} strategy/pair/seed group(s) had no checkpoint it could score "
+                     "(no stored checkpoint evaluations, or no held-out source split); they show the last checkpoint.")
+    swept = len(records) - len(groups)
+    if swept > 0:
+        notes.append(f"{len(records)} cells for {len(groups)} strategy/pair/seed entries (a sweep); the costs are "
+                     "those of the chosen cells.")
+    names = [n for n in sorted(validators) if n not in failing]
+    return Selection(rule, out, pd.DataFrame(chosen_rows, columns=list(CHOSEN_COLUMNS)),
+                     validator_table(per_group, names, validators, rule), notes)
+
+
+def _sweep_order(r: CellRecord) -> tuple:
+    sweep = r.extra.get("sweep") if isinstance(r.extra, dict) else None
+    order = sweep.get("order", 0) if isinstance(sweep, dict) else 0
+    return (order if isinstance(order, int) else 0, r.started_at)
+
+
+def _is_default(r: CellRecord) -> bool:
+    sweep = r.extra.get("sweep") if isinstance(r.extra, dict) else None
+    return not isinstance(sweep, dict) or bool(sweep.get("default"))
+
+
+def _candidates(r: CellRecord, validators: dict[str, Validator], load, failing: set[str]) -> list[Candidate]:
+    evaluations = load(r.cell_id)
+    if evaluations is None or not len(evaluations):
+        oracle = {n: v.score_target_accuracy(float(r.target_acc)) for n, v in validators.items() if v.uses_target_labels}
+        return [Candidate(r, int(r.steps or 0), float(r.target_acc), r.source_acc, oracle, True)]
+    out = []
+    for k in range(len(evaluations)):
+        scores = {}
+        for name, v in validators.items():
+            if name in failing:
+                continue
+            try:
+                scores[name] = score_checkpoint(v, evaluations, k)
+            except Exception as exc:  # noqa: BLE001 - a broken validator plugin costs its column, not the report
+                failing.add(name)
+                warnings.warn(f"validator {name!r} raised {type(exc).__name__}: {exc}; it is left out of this report",
+                              stacklevel=2)
+        labels = evaluations.source_labels
+        src = (100.0 * float(np.mean(evaluations.source_logits[k].argmax(1) == labels)) if len(labels) else None)
+        out.append(Candidate(r, int(evaluations.steps[k]), float(evaluations.target_acc[k]), src, scores,
+                             k == len(evaluations) - 1))
+    return out
+
+
+def _choose(candidates: list[Candidate], rule: str) -> Candidate | None:
+    if rule == LAST:
+        last = [c for c in candidates if c.last]
+        defaults = [c for c in last if _is_default(c.record)] or last[:1]
+        if _swept(c.record for c in defaults):
+            return defaults[0]  # the first default point of the sweep
+        return max(defaults, key=lambda c: c.record.started_at)  # no sweep: the newest, as always
+    best, best_score = None, -math.inf
+    for c in candidates:
+        s = c.scores.get(rule, math.nan)
+        if math.isfinite(s) and s > best_score:
+            best, best_score = c, s
+    return best
+
+
+def _swept(records) -> bool:
+    return any(isinstance(r.extra, dict) and "sweep" in r.extra for r in records)
+
+
+def _chosen_record(c: Candidate, rule: str) -> CellRecord:
+    extra = {**c.record.extra, "selection": {"rule": rule, "step": c.step, "params": _params_text(c.record)}}
+    return dataclasses.replace(c.record, target_acc=c.target_acc, source_acc=c.source_acc, extra=extra)
+
+
+def _params_text(r: CellRecord) -> str:
+    sweep = r.extra.get("sweep") if isinstance(r.extra, dict) else None
+    values = sweep.get("values") if isinstance(sweep, dict) else None
+    return ", ".join(f"{k}={v}" for k, v in values.items()) if isinstance(values, dict) and values else "default"
+
+
+def validator_table(groups: list[list[Candidate]], names: list[str], validators: dict[str, Validator],
+                    rule: str) -> pd.DataFrame:
+    """Mean regret against the oracle and mean within-group Spearman correlation, per validator."""
+    from scipy.stats import spearmanr
+
+    rows = []
+    for name in names:
+        regrets, rhos = [], []
+        for candidates in groups:
+            scored = [c for c in candidates if math.isfinite(c.scores.get(name, math.nan))]
+            if not scored:
+                continue
+            pick = _choose(scored, name)
+            regrets.append(max(c.target_acc for c in candidates) - pick.target_acc)
+            scores, accs = [c.scores[name] for c in scored], [c.target_acc for c in scored]
+            if len(scored) >= 3 and len(set(scores)) > 1 and len(set(accs)) > 1:
+                rhos.append(float(spearmanr(scores, accs).statistic))
+        rows.append({"validator": name, "uses_target_labels": bool(validators[name].uses_target_labels),
+                     "mean_regret": float(np.mean(regrets)) if regrets else math.nan,
+                     "rank_correlation": float(np.mean(rhos)) if rhos else math.nan,
+                     "groups": len(regrets), "selected": name == rule})
+    df = pd.DataFrame(rows, columns=list(VALIDATOR_COLUMNS))
+    return df.sort_values(["uses_target_labels", "mean_regret"], kind="stable").reset_index(drop=True)
+
+
+def selection_text(rule: str) -> str:
+    """The protocol line of a leaderboard under ``rule``."""
+    if rule == LAST:
+        return "last checkpoint"  # of the default parameters, where a sweep lists several
+    if rule == ORACLE:
+        return ("parameters and checkpoint chosen by the ORACLE, i.e. with target labels: an upper bound, "
+                "not a result a user could reproduce")
+    return f"parameters and checkpoint chosen per strategy, pair and seed by the validator {rule!r} (no target labels)"
