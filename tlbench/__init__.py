@@ -29,7 +29,7 @@ _LAZY: dict[str, str] = {
     # data
     **dict.fromkeys(("Dataset", "ClassFolderDataset", "Domain", "DomainSpec", "Shift", "array_to_images",
                      "class_folder_files", "decode_image_files", "encode_jpeg_roundtrip", "files_fingerprint",
-                     "resize_uint8"), "tlbench.data.domains"),
+                     "resize_uint8", "split_folders"), "tlbench.data.domains"),
     # weights, reports, launchers
     **dict.fromkeys(("WeightSource", "load_state_dict_file"), "tlbench.models.weights"),
     **dict.fromkeys(("Backbone", "BackboneProvider", "IMAGENET_MEAN", "IMAGENET_STD", "filter_names"),
@@ -61,7 +61,7 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
     from tlbench.data.domains import (ClassFolderDataset, Dataset, Domain, DomainSpec, Shift, array_to_images,
                                       class_folder_files, decode_image_files, encode_jpeg_roundtrip,
-                                      files_fingerprint, resize_uint8)
+                                      files_fingerprint, resize_uint8, split_folders)
     from tlbench.data.files import atomic_write_bytes, atomic_write_text
     from tlbench.matrix.launcher import Launcher
     from tlbench.models.backbones import IMAGENET_MEAN, IMAGENET_STD, Backbone, BackboneProvider, filter_names

@@ -26,7 +26,7 @@ from tlbench.data.files import load_checked, save_cached
 from tlbench.errors import UserError
 
 #: bump when the cache file layout changes; old files then simply stop matching
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: domains keep their dataset's official train/test split
 #: the in-process LRU keeps at most this many bytes of decoded images (env TLBENCH_MEMORY_CACHE_MB)
 DEFAULT_MEMORY_BYTES = 4 << 30
 
@@ -119,7 +119,7 @@ def load_domain(dataset: Dataset, spec: DomainSpec | str, size: int, *, cache_di
     full_key = f"{key}|{'+'.join(f'{n}:{s}' for n, s in spec.shifts)}|seed={shift_seed if spec.shifts else 0}"
     hit = _memory.get(full_key)
     if hit is not None:
-        return Domain(str(spec), hit.images, hit.labels, hit.classes, hit.skipped)
+        return hit.renamed(str(spec))
     domain = _memory.get(key)
     if domain is None:
         domain = _load_base(dataset, base, size, key, cache_dir)
@@ -134,7 +134,7 @@ def load_domain(dataset: Dataset, spec: DomainSpec | str, size: int, *, cache_di
             raise RuntimeError(f"shift {name!r} returned {tuple(out.shape)} {out.dtype}, "
                                f"expected {tuple(images.shape)} torch.uint8")
         images = out
-    result = Domain(str(spec), images, domain.labels, domain.classes, domain.skipped)
+    result = domain.renamed(str(spec), images)
     if spec.shifts:
         _memory.put(full_key, result)
     return result
@@ -191,11 +191,12 @@ def _read(path: Path, key: str) -> Domain | None:
     if not isinstance(blob, dict) or blob.get("key") != key:
         warnings.warn(f"cache file {path} was written for another key; rebuilding it", stacklevel=3)
         return None
-    return Domain(blob["name"], blob["images"], blob["labels"], list(blob["classes"]), list(blob["skipped"]))
+    return Domain(blob["name"], blob["images"], blob["labels"], list(blob["classes"]), list(blob["skipped"]),
+                  blob.get("split"))
 
 
 def _write(path: Path, key: str, domain: Domain) -> None:
     blob: dict[str, Any] = {"key": key, "name": domain.name, "images": domain.images.contiguous(),
                             "labels": domain.labels, "classes": list(domain.classes),
-                            "skipped": list(domain.skipped)}
+                            "skipped": list(domain.skipped), "split": domain.split}
     save_cached(path, blob)

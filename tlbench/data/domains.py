@@ -27,15 +27,25 @@ from tlbench.plugins.registry import Plugin
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
+#: values of :attr:`Domain.split`: an image of the dataset's official training or test split
+TRAIN, TEST = 0, 1
+
+
 @dataclass
 class Domain:
-    """Decoded images of one domain: ``images`` uint8 N×3×S×S, ``labels`` int64 N."""
+    """Decoded images of one domain: ``images`` uint8 N×3×S×S, ``labels`` int64 N.
+
+    ``split`` is the dataset's own train/test split when it has one (uint8 N: :data:`TRAIN` or
+    :data:`TEST`, e.g. USPS's 7,291 + 2,007, or an image folder's ``train/`` and ``test/``), else
+    None; the fine-tuning protocol honours it instead of drawing its own.
+    """
 
     name: str
     images: Tensor
     labels: Tensor
     classes: list[str]
     skipped: list[str] = field(default_factory=list)  # files skipped as unreadable, with reasons
+    split: Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.images.dtype != torch.uint8 or self.images.dim() != 4 or self.images.shape[1] != 3:
@@ -45,12 +55,22 @@ class Domain:
             raise ValueError(f"domain {self.name!r}: {len(self.images)} images but {len(self.labels)} labels")
         if len(self.images) == 0:
             raise UserError(f"domain {self.name!r} has no images")
+        if self.split is not None and (len(self.split) != len(self.labels)
+                                       or not bool(((self.split == TRAIN) | (self.split == TEST)).all())):
+            raise ValueError(f"domain {self.name!r}: split must hold {TRAIN} (train) or {TEST} (test) for each "
+                             f"of its {len(self.labels)} images")
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def subset(self, index: Tensor, name: str | None = None) -> Domain:
-        return Domain(name or self.name, self.images[index], self.labels[index], self.classes, self.skipped)
+        split = None if self.split is None else self.split[index]
+        return Domain(name or self.name, self.images[index], self.labels[index], self.classes, self.skipped, split)
+
+    def renamed(self, name: str, images: Tensor | None = None) -> Domain:
+        """The same labels, classes and split under another name (and, for a shifted domain, other pixels)."""
+        return Domain(name, self.images if images is None else images, self.labels, self.classes, self.skipped,
+                      self.split)
 
 
 class Dataset(Plugin):
@@ -269,13 +289,27 @@ def class_folder_files(folder: Path) -> dict[str, list[Path]]:
     return out
 
 
+def split_folders(folder: Path) -> tuple[Path, Path] | None:
+    """``(train, test)`` when ``folder`` holds its own split as ``train/`` and ``test/`` (or ``val/``)
+    folders of class folders, else None. With both ``test/`` and ``val/``, ``test/`` is the test split."""
+    train = folder / "train"
+    test = next((folder / n for n in ("test", "val") if (folder / n).is_dir()), None)
+    if not train.is_dir() or test is None:
+        return None
+    if not any(p.is_dir() and not p.name.startswith(".") for p in train.iterdir()):
+        return None  # train/ holds images: it is a class called train, not a split
+    return train, test
+
+
 class ClassFolderDataset(Dataset):
     """A dataset whose domains are folders of class folders (Office-31, Office-Home, DomainNet, ...).
 
     A subclass implements :meth:`domains` and :meth:`domain_folder`; this class lists the files,
     checks that every domain has the same classes (labels are indices into the sorted class
     names, so a class missing from one domain would silently shift every label after it) and
-    decodes. Option ``on_bad_image``: ``error`` (default) or ``skip``.
+    decodes. A domain folder that holds ``train/`` and ``test/`` (or ``val/``) folders of class
+    folders has that official split (:func:`split_folders`), which the fine-tuning protocol
+    honours. Option ``on_bad_image``: ``error`` (default) or ``skip``.
     """
 
     option_help: ClassVar[dict[str, str]] = {
@@ -288,6 +322,7 @@ class ClassFolderDataset(Dataset):
             raise UserError(f"dataset {self.name!r}: on_bad_image must be 'error' or 'skip', "
                             f"got {self.options['on_bad_image']!r}")
         self._files: dict[str, dict[str, list[Path]]] = {}
+        self._test_files: dict[str, set[Path]] = {}
 
     def domain_folder(self, domain: str) -> Path:
         """The folder holding the class folders of a canonical domain (a :class:`UserError` if missing)."""
@@ -297,7 +332,7 @@ class ClassFolderDataset(Dataset):
         """{class: image files} of one domain, listed once per dataset object."""
         if domain not in self._files:
             folder = self.domain_folder(domain)
-            files = class_folder_files(folder)
+            files, self._test_files[domain] = self._split_class_files(folder)
             if not any(files.values()):
                 raise UserError(f"dataset {self.name!r}: domain {domain!r} has no images in {folder} "
                                 f"(expected {folder}/<class>/<image>{'|'.join(IMAGE_SUFFIXES)})")
@@ -307,6 +342,19 @@ class ClassFolderDataset(Dataset):
                                 f"({'|'.join(IMAGE_SUFFIXES)}); add images or remove the folder")
             self._files[domain] = files
         return self._files[domain]
+
+    def _split_class_files(self, folder: Path) -> tuple[dict[str, list[Path]], set[Path]]:
+        """{class: files} of a domain folder and which files are its official test split (none without one)."""
+        split = split_folders(folder)
+        if split is None:
+            return class_folder_files(folder), set()
+        train, test = class_folder_files(split[0]), class_folder_files(split[1])
+        for have, lack in ((train, split[1]), (test, split[0])):
+            missing = sorted(set(have) - set(class_folder_files(lack)))
+            if missing:
+                raise UserError(f"dataset {self.name!r}: class {missing[0]!r} is missing from {lack}; its train/ "
+                                f"and {split[1].name}/ folders need the same class folders")
+        return {c: train[c] + test[c] for c in train}, {f for fs in test.values() for f in fs}
 
     def classes(self) -> list[str]:
         """The sorted class names, the same in every domain, or a :class:`UserError` naming the odd one."""
@@ -335,4 +383,6 @@ class ClassFolderDataset(Dataset):
             paths += files
             labels += [index[cls]] * len(files)
         images, kept, skipped = decode_image_files(paths, size, on_error=self.options.get("on_bad_image", "error"))
-        return Domain(domain, images, torch.tensor(labels, dtype=torch.int64)[kept], classes, skipped)
+        test = self._test_files.get(domain)
+        split = torch.tensor([TEST if p in test else TRAIN for p in paths], dtype=torch.uint8)[kept] if test else None
+        return Domain(domain, images, torch.tensor(labels, dtype=torch.int64)[kept], classes, skipped, split)

@@ -1,11 +1,15 @@
-"""Any image dataset laid out as ``<folder>/<domain>/<class>/<image>``: bring your own domains."""
+"""Any image dataset laid out as ``<folder>/<domain>/<class>/<image>``: bring your own domains.
+
+A folder that holds ``train/`` and ``test/`` (or ``val/``) folders of class folders is one
+domain, named after the folder, with that official split; so is any domain folder laid out so.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, ClassVar
 
-from tlbench import ClassFolderDataset, UserError, hookimpl
+from tlbench import ClassFolderDataset, UserError, hookimpl, split_folders
 
 
 class ImageFolder(ClassFolderDataset):
@@ -37,6 +41,8 @@ class ImageFolder(ClassFolderDataset):
         if not self.folder.is_dir():
             raise UserError(f"dataset 'image_folder': folder {self.folder} does not exist; expected "
                             f"{self.folder}/<domain>/<class>/<image>")
+        if split_folders(self.folder) is not None:  # <folder>/{train,test}/<class>/<image>: one task
+            return [self.folder.name]
         names = sorted(p.name for p in self.folder.iterdir() if p.is_dir() and not p.name.startswith("."))
         if not names:
             raise UserError(f"dataset 'image_folder': {self.folder} has no domain folders; expected "
@@ -44,6 +50,8 @@ class ImageFolder(ClassFolderDataset):
         return names
 
     def domain_folder(self, domain: str) -> Path:
+        if split_folders(self.folder) is not None:
+            return self.folder
         return self.folder / domain
 
 

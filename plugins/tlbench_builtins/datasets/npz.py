@@ -1,5 +1,8 @@
 """Domains stored as NumPy archives: ``x`` (uint8 N×H×W or N×H×W×3) and ``y`` (integer labels).
 
+An optional ``split`` array (0 train, 1 test per image, as USPS ships its 7,291 + 2,007) is the
+domain's official split, which the fine-tuning protocol honours.
+
 The digit benchmarks (MNIST, USPS, MNIST-M, SVHN) are usually distributed, or easily saved,
 this way. Classes are the label values ``"0"`` to the largest label over all the domains.
 """
@@ -44,7 +47,7 @@ class Npz(Dataset):
     def domains(self) -> list[str]:
         return list(self.files)
 
-    def _arrays(self, domain: str, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
+    def _arrays(self, domain: str, keys: tuple[str, ...], optional: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
         path = self.files[domain]
         if not path.is_file():
             raise UserError(f"dataset 'npz': file {path} of domain {domain!r} does not exist")
@@ -54,7 +57,7 @@ class Npz(Dataset):
                 if missing:
                     raise UserError(f"dataset 'npz': {path} has no array {missing[0]!r} (has: "
                                     f"{', '.join(archive.files)}); expected x (uint8 images) and y (labels)")
-                return {k: archive[k] for k in keys}
+                return {k: archive[k] for k in (*keys, *optional) if k in archive.files}
         except (OSError, ValueError, zipfile.BadZipFile) as exc:
             raise UserError(f"dataset 'npz': cannot read {path} ({type(exc).__name__}: {exc})") from exc
 
@@ -88,7 +91,7 @@ class Npz(Dataset):
         return files_fingerprint([path])
 
     def load(self, domain: str, size: int) -> Domain:
-        arrays = self._arrays(domain, ("x", "y"))
+        arrays = self._arrays(domain, ("x", "y"), optional=("split",))
         x, y = arrays["x"], self._labels(domain)
         if len(x) != len(y):
             raise UserError(f"dataset 'npz': {self.files[domain]} has {len(x)} images but {len(y)} labels")
@@ -97,7 +100,17 @@ class Npz(Dataset):
         except UserError as exc:
             raise UserError(f"dataset 'npz': x in {self.files[domain]}: {exc}") from None
         classes = [str(i) for i in range(self.num_classes())]
-        return Domain(domain, resize_uint8(images, size), torch.from_numpy(y.astype(np.int64)), classes)
+        return Domain(domain, resize_uint8(images, size), torch.from_numpy(y.astype(np.int64)), classes,
+                      split=self._split(domain, arrays.get("split"), len(y)))
+
+    def _split(self, domain: str, split: np.ndarray | None, n: int) -> torch.Tensor | None:
+        """The archive's official split (0 train, 1 test), checked, or None when it has none."""
+        if split is None:
+            return None
+        if split.shape != (n,) or not np.isin(split, (0, 1)).all():
+            raise UserError(f"dataset 'npz': split in {self.files[domain]} must hold 0 (train) or 1 (test) for each "
+                            f"of its {n} images, got shape {split.shape}; fix it or remove the array")
+        return torch.from_numpy(split.astype(np.uint8))
 
 
 @hookimpl
