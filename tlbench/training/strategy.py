@@ -169,6 +169,11 @@ class Strategy(Plugin, nn.Module):
       backbone parameter trains (all of ``freeze``, the head-only phase of ``unfreeze``) the engine
       then serves features of the frozen backbone, computed once and cached, instead of images.
     - ``needs_teacher``: True when ``ctx.teacher`` must be a trained model (``kd``).
+    - ``protocols``: the suite protocols the strategy is sound under: ``"uda"`` (a labelled source
+      and an unlabelled target domain) and/or ``"finetune"`` (one labelled task; its target views
+      are the training images whose labels a budget holds back). A suite pairing it with another
+      is refused at validation. Default ``("uda",)``: a method that aligns two domains (DANN, MMD)
+      has no second domain to align under fine-tuning.
     """
 
     plugin_kind: ClassVar[str] = "strategy"
@@ -178,6 +183,7 @@ class Strategy(Plugin, nn.Module):
     trains_backbone: ClassVar[bool] = True
     accepts_features: ClassVar[bool] = False
     needs_teacher: ClassVar[bool] = False
+    protocols: ClassVar[tuple[str, ...]] = ("uda",)
 
     def __init__(self, params: Any = None, **overrides: Any):
         super().__init__()

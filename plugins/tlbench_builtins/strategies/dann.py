@@ -88,6 +88,7 @@ class Dann(Strategy):
                 raise UserError(f"dann: params.dropout must lie in [0, 1), got {self.dropout}")
 
     name = "dann"
+    protocols = ("uda",)  # it aligns a source with a target domain: fine-tuning has one domain
     target_views = ("weak",)
     trains_backbone = True
 

@@ -32,6 +32,7 @@ class DiscriminativeLR(Strategy):
                 raise UserError(f"dlr: params.decay must lie in (0, 1], got {self.decay}")
 
     name = "dlr"
+    protocols = ("uda", "finetune")
     target_views = ()
     trains_backbone = True
 

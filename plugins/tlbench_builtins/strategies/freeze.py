@@ -21,6 +21,7 @@ class Freeze(Strategy):
     Params = SupervisedParams
 
     name = "freeze"
+    protocols = ("uda", "finetune")
     target_views = ()
     trains_backbone = False
     accepts_features = True

@@ -35,6 +35,10 @@ class KnowledgeDistillation(Strategy):
     mode, as ``ctx.teacher``. Each step runs teacher (no gradient) and student on the source and
     the weakly augmented target images; loss = ``alpha`` * T² * KL(teacher ‖ student at
     temperature T) over source and target images + (1 - ``alpha``) * CE(source labels).
+    Under protocol ``finetune`` the teacher (typically a larger ``teacher_backbone`` with
+    ``teacher_strategy: source_only``) is fine-tuned on the same task, budget and seed, and the
+    "target" images are the task's unlabelled training images: the deployment recipe of
+    distilling a large fine-tuned model into a small one.
 
     The teacher never trains, so its work can be done once: with ``teacher_views`` K > 0 the engine
     draws K fixed augmented views (random resized crop and flip) of every image, computes the
@@ -75,6 +79,7 @@ class KnowledgeDistillation(Strategy):
                 raise UserError(f"kd: params.teacher_params must be a mapping, got {self.teacher_params!r}")
 
     name = "kd"
+    protocols = ("uda", "finetune")
     target_views = ("weak",)
     trains_backbone = True
     needs_teacher = True

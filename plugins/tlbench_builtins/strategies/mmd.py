@@ -103,6 +103,7 @@ class Mmd(Strategy):
                                 f"multipliers, got {list(self.alphas)}")
 
     name = "mmd"
+    protocols = ("uda",)  # it aligns a source with a target domain: fine-tuning has one domain
     target_views = ("weak",)
     trains_backbone = True
 

@@ -27,7 +27,9 @@ def masked_pseudo_label_loss(logits_strong: Tensor, labels: Tensor, mask: Tensor
 class SelfTraining(Strategy):
     """Self-training: confident pseudo-labels of target images train the strong view (FixMatch).
 
-    FixMatch, Sohn et al. 2020, NeurIPS; pseudo-labelling, Lee 2013, ICML workshop.
+    FixMatch, Sohn et al. 2020, NeurIPS; pseudo-labelling, Lee 2013, ICML workshop. Under
+    protocol ``finetune`` the target images are the training images whose labels the budget
+    holds back, which is FixMatch's own semi-supervised setting.
 
     Cross-entropy on labelled source images throughout. After a source-only warm-up, each weakly
     augmented target image is labelled by the current model (no gradient; its argmax); images whose
@@ -61,6 +63,7 @@ class SelfTraining(Strategy):
                                 f"got {self.warmup}")
 
     name = "self_training"
+    protocols = ("uda", "finetune")
     target_views = ("weak", "strong")
     trains_backbone = True
 

@@ -20,6 +20,7 @@ class SourceOnly(Strategy):
     Params = SupervisedParams
 
     name = "source_only"
+    protocols = ("uda", "finetune")
     target_views = ()
     trains_backbone = True
 

@@ -54,6 +54,7 @@ class Unfreeze(Strategy):
                 raise UserError(f"unfreeze: params.until must lie in [at, 1] = [{self.at}, 1], got {self.until}")
 
     name = "unfreeze"
+    protocols = ("uda", "finetune")
     target_views = ()
     trains_backbone = True
     accepts_features = True
