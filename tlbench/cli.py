@@ -233,7 +233,7 @@ def _run(args, registry) -> int:
     print(f"{summary.total} cells: {ran} run, {summary.skipped} already done, {len(summary.failures)} failed")
     for r in summary.failures:
         first = r.error.splitlines()[0] if r.error else ""
-        print(f"  {r.status}: {r.backbone} {r.strategy} {r.source}->{r.target} seed={r.seed}: {first}")
+        print(f"  {r.status}: {r.backbone} {r.strategy} {r.column} seed={r.seed}: {first}")
     board = next((f for f in summary.report_files if f.name == "leaderboard.md"), None)
     print(f"results: {out / 'results.csv'}")
     if board:

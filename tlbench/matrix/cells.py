@@ -1,5 +1,8 @@
 """Cells: one (backbone, strategy + params, source, target, seed, recipe) of a matrix.
 
+Under protocol ``finetune`` a cell's source and target are both its task, and its label budget
+is one more axis; those keys enter the id only for finetune cells, so uda cells keep theirs.
+
 A cell's id is a hash of its resolved configuration, so an output directory knows what is done
 whatever order or subset of the matrix a later command asks for. A ``kd`` cell depends on its
 teacher's cell, which is an ordinary cell of its own (and reused when the matrix has it).
@@ -14,6 +17,7 @@ from typing import Any
 
 from tlbench.data.domains import parse_pair
 from tlbench.errors import UserError
+from tlbench.matrix.results import column_label
 
 
 @dataclass(frozen=True)
@@ -37,6 +41,18 @@ class Cell:
     #: a point of a sweep: ``values`` (the swept keys, recipe keys as ``recipe.<key>``), ``default``
     #: (every swept value is its default) and ``order`` (0: every first value); None outside a sweep
     sweep: dict[str, Any] | None = field(default=None, compare=False)
+    protocol: str = "uda"
+    budget: str = ""  # finetune: the label budget ('10%', '5-shot')
+    score_on: str = "test"  # finetune: the split scored (test, or validation carved from the training split)
+
+    @property
+    def finetune(self) -> bool:
+        return self.protocol == "finetune"
+
+    @property
+    def task(self) -> str:
+        """A finetune cell's task (its source and target); empty for uda cells."""
+        return self.source if self.finetune else ""
 
     @property
     def row_backbone(self) -> str:
@@ -51,6 +67,8 @@ class Cell:
             "target": self.target, "seed": self.seed, "recipe": self.recipe, "shift_seed": self.shift_seed,
             "teacher": self.teacher.id if self.teacher else None,
             **({"derived_split": "stratified"} if self.derived_pair else {}),
+            **({"protocol": self.protocol, "budget": self.budget, "score_on": self.score_on,
+                "test_split": _test_split_rule()} if self.finetune else {}),
         }
 
     @property
@@ -59,7 +77,7 @@ class Cell:
         splits its images between them, class by class (the split is part of the cell's id)."""
         from tlbench.data.domains import DomainSpec
 
-        return DomainSpec.parse(self.source).base == DomainSpec.parse(self.target).base
+        return not self.finetune and DomainSpec.parse(self.source).base == DomainSpec.parse(self.target).base
 
     @property
     def id(self) -> str:
@@ -68,10 +86,18 @@ class Cell:
 
     @property
     def pair(self) -> str:
-        return f"{self.source}->{self.target}"
+        """The leaderboard column: ``source->target``, or ``task budget`` under finetune."""
+        return column_label(self.protocol, self.source, self.target, self.budget)
 
     def describe(self) -> str:
         return f"{self.backbone} {self.label} {self.pair} seed={self.seed}"
+
+
+def _test_split_rule() -> str:
+    """How a task without an official split is divided (its change would change every finetune result)."""
+    from tlbench.data.splits import SPLIT_SEED, TEST_FRACTION, VALIDATION_FRACTION
+
+    return f"official, else stratified test={TEST_FRACTION} seed={SPLIT_SEED}; validation={VALIDATION_FRACTION}"
 
 
 def backbone_pairs(suite, dataset, pairs: list[tuple[str, str]]) -> dict[str, list[tuple[str, str]]]:
@@ -129,9 +155,14 @@ def expand_cells(suite, registry, domains: list[tuple[str, str]],
             ordered[ordered.index(cells[cell.id])] = cells[cell.id] = cell
         return cells[cell.id]
 
+    protocol = getattr(suite, "protocol", "uda")
+    finetune = {"protocol": protocol, "score_on": suite.score_on} if protocol == "finetune" else {}
+    budgets = suite.budgets if finetune else [""]
+
     def make(backbone, strategy_name, label, raw_params, src, tgt, seed, teacher=None, recipe=recipes[0][1],
-             sweep=None) -> Cell:
+             sweep=None, budget="") -> Cell:
         cls = registry.get("strategy", strategy_name)
+        check_protocol(cls, protocol, registry, f"{suite.name}: strategies.{label}")
         try:
             params = asdict(cls.parse_params(raw_params))
         except (TypeError, ValueError) as exc:
@@ -139,7 +170,8 @@ def expand_cells(suite, registry, domains: list[tuple[str, str]],
         return Cell(suite=suite.name, dataset=suite.dataset, dataset_options=suite.dataset_options,
                     backbone=backbone.name, weights=backbone.weights, strategy=strategy_name, label=label,
                     params=params, source=src, target=tgt, seed=seed, recipe=recipe,
-                    shift_seed=suite.shift_seed, teacher=teacher, backbone_label=backbone.label or "", sweep=sweep)
+                    shift_seed=suite.shift_seed, teacher=teacher, backbone_label=backbone.label or "", sweep=sweep,
+                    budget=budget, **finetune)
 
     students: list[Cell] = []
     for backbone in suite.backbones:
@@ -148,14 +180,15 @@ def expand_cells(suite, registry, domains: list[tuple[str, str]],
             label = entry.label or entry.name
             points = strategy_points(cls, entry.params, recipes, where=f"{suite.name}: strategies.{label}.params")
             for src, tgt in (pairs_of or {}).get(backbone.name, domains):
-                for seed in suite.seeds:
-                    for params, recipe, sweep in points:
-                        teacher = None
-                        if getattr(cls, "needs_teacher", False):
-                            probe = make(backbone, entry.name, label, params, src, tgt, seed, recipe=recipe)
-                            teacher = add(_teacher_cell(suite, registry, backbone, probe, make))
-                        students.append(make(backbone, entry.name, label, params, src, tgt, seed, teacher,
-                                             recipe=recipe, sweep=sweep))
+                for budget in budgets:
+                    for seed in suite.seeds:
+                        for params, recipe, sweep in points:
+                            args = (backbone, entry.name, label, params, src, tgt, seed)
+                            teacher = None
+                            if getattr(cls, "needs_teacher", False):
+                                probe = make(*args, recipe=recipe, budget=budget)
+                                teacher = add(_teacher_cell(suite, registry, backbone, probe, make))
+                            students.append(make(*args, teacher, recipe=recipe, sweep=sweep, budget=budget))
     for cell in students:
         add(cell)
     return ordered
@@ -184,11 +217,44 @@ def _teacher_cell(suite, registry, backbone, student: Cell, make) -> Cell:
                 if s.name == t_strategy and any(asdict(t_cls.parse_params(point)) == wanted
                                                 for point in param_points(t_cls, s.params))), t_strategy)
     return make(BackboneEntry(name=t_backbone, weights=weights, label=label), t_strategy, row,
-                p.get("teacher_params") or {}, student.source, student.target, student.seed, recipe=student.recipe)
+                p.get("teacher_params") or {}, student.source, student.target, student.seed, recipe=student.recipe,
+                budget=student.budget)
+
+
+def check_protocol(cls, protocol: str, registry, where: str) -> None:
+    """A strategy paired with a protocol it does not declare (``Strategy.protocols``) is one line
+    naming both, the protocols it supports and the strategies that support this one."""
+    supported = tuple(getattr(cls, "protocols", ("uda",)))
+    if protocol in supported:
+        return
+    others = [n for n in registry.names("strategy")
+              if protocol in getattr(registry.get("strategy", n), "protocols", ("uda",))]
+    raise UserError(f"{where}: strategy {cls.name!r} does not support protocol {protocol!r} (it supports "
+                    f"{', '.join(supported) or 'none'}); strategies that support {protocol}: "
+                    f"{', '.join(others) or 'none installed'}")
+
+
+def resolve_tasks(suite, dataset) -> list[tuple[str, str]]:
+    """A finetune suite's tasks as (task, task) "pairs" with canonical names: each task is its own
+    source (the labelled training split) and target (its test split)."""
+    from tlbench.data.domains import DomainSpec
+
+    names = dataset.domains() if suite.tasks == "all" else list(suite.tasks)
+    out: list[tuple[str, str]] = []
+    for text in names:
+        spec = DomainSpec.parse(text)
+        task = str(type(spec)(dataset.resolve(spec.base), spec.shifts))
+        if (task, task) in out:
+            raise UserError(f"tasks: {text!r} names task {task!r} twice")
+        out.append((task, task))
+    return out
 
 
 def resolve_pairs(suite, dataset) -> list[tuple[str, str]]:
-    """The suite's pairs as (source, target) domain specs with canonical base names."""
+    """The suite's pairs as (source, target) domain specs with canonical base names (a finetune
+    suite's tasks, each as its own pair: :func:`resolve_tasks`)."""
+    if getattr(suite, "protocol", "uda") == "finetune":
+        return resolve_tasks(suite, dataset)
     if suite.pairs == "all":
         names = dataset.domains()
         for name in names:

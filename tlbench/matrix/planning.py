@@ -31,7 +31,7 @@ def plan(suite, registry, *, check_data: bool = True) -> tuple[list[Cell], list[
     for i, ref in enumerate(suite.reference):
         for key in ref.acc:
             try:
-                canonical_pair(key, dataset)
+                _check_reference_column(key, suite, dataset, pairs)
             except UserError as exc:
                 raise UserError(f"{suite.name}: reference.{i}.acc: {exc}") from None
     for src, tgt in pairs:
@@ -56,6 +56,16 @@ def plan(suite, registry, *, check_data: bool = True) -> tuple[list[Cell], list[
     cells = expand_cells(suite, registry, pairs, backbone_pairs(suite, dataset, pairs))
     _check_weights(cells, registry)
     return cells, pairs
+
+
+def _check_reference_column(key: str, suite, dataset, pairs: list[tuple[str, str]]) -> None:
+    """A reference names a pair (uda) or one of the columns ``task budget`` (finetune)."""
+    if suite.protocol != "finetune":
+        canonical_pair(key, dataset)
+        return
+    columns = [f"{task} {budget}" for task, _ in pairs for budget in suite.budgets]
+    if key not in columns:
+        raise UserError(f"{key!r} is not a column of this suite; columns: {', '.join(columns)}")
 
 
 def _check_backbone(entry, recipe, registry) -> None:

@@ -10,6 +10,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from tlbench.data.budgets import Budget
+from tlbench.data.domains import Domain
+from tlbench.data.tasks import split_task
 from tlbench.errors import UserError
 from tlbench.matrix.cells import Cell
 from tlbench.matrix.planning import open_dataset
@@ -34,6 +37,7 @@ def preflight(suite, cells: list[Cell], registry, cache_dir: Path | None, device
     dataset = open_dataset(suite, registry)
     classes: dict[str, list[str]] = {}
     labels: dict[str, set[int]] = {}
+    loaded: dict[str, Domain] = {}
     for cell in cells:
         for spec in (cell.source, cell.target):
             if spec in classes:
@@ -57,6 +61,7 @@ def preflight(suite, cells: list[Cell], registry, cache_dir: Path | None, device
                               f"image(s) skipped (on_bad_image: skip), e.g. {domain.skipped[0]}", stacklevel=2)
             classes[spec] = list(domain.classes)
             labels[spec] = set(domain.labels.unique().tolist())
+            loaded[spec] = domain
         if classes[cell.source] != classes[cell.target]:
             src, tgt = set(classes[cell.source]), set(classes[cell.target])
             only_src, only_tgt = sorted(src - tgt), sorted(tgt - src)
@@ -66,6 +71,8 @@ def preflight(suite, cells: list[Cell], registry, cache_dir: Path | None, device
             raise UserError(f"pair {cell.pair}: source and target have different classes "
                             f"({detail or 'same names, different order'}); every domain needs the same classes")
         _check_target_classes(cell, labels)
+        if cell.finetune:  # a budget the training split cannot give, a class without training images
+            split_task(loaded[cell.source], Budget.parse(cell.budget), cell.seed, cell.score_on)
     _preflight_weights(cells, registry)
     if _trains_on_cpu(device):
         _preflight_memory(cells, registry, available_memory())

@@ -35,7 +35,7 @@ RESULT_COLUMNS = (
     "suite", "dataset", "backbone", "strategy", "source", "target", "seed", "status", "error",
     "target_acc", "source_acc", "train_img_per_s", "eval_img_per_s", "peak_mem_mb",
     "trainable_params", "total_params", "steps", "wall_s", "device", "torch_version",
-    "tlbench_version", "cell_id", "started_at",
+    "tlbench_version", "cell_id", "started_at", "protocol", "task", "budget", "train_images", "test_images",
 )
 STATUSES = ("ok", "failed", "diverged")
 #: statuses a rerun keeps: a failed cell is run again, a diverged one is a result (``--force`` reruns it)
@@ -69,6 +69,13 @@ class CellRecord:
     tlbench_version: str = ""
     cell_id: str = ""
     started_at: str = ""
+    #: uda, or finetune: then ``task`` and ``budget`` (``10%``, ``5-shot``) name its leaderboard column
+    protocol: str = "uda"
+    task: str = ""
+    budget: str = ""
+    #: images of the training split (finetune: labelled and held back) and of the scored split
+    train_images: int | None = None
+    test_images: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     #: the training curves (``tlbench.training.curves.Curves.to_dict()``): they travel with the record
     #: from the worker to the driver, which writes them to ``curves.json`` beside ``record.json``
@@ -76,6 +83,11 @@ class CellRecord:
     #: the checkpoint evaluations: like the curves, they travel with the record to the driver, which
     #: writes them to ``evaluations.npz``; records read back from disk leave them there (they are large)
     evaluations: CheckpointEvaluations | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def column(self) -> str:
+        """Its leaderboard column: ``source->target``, or ``task budget`` under finetune (as ``Cell.pair``)."""
+        return column_label(self.protocol, self.source, self.target, self.budget)
 
     @property
     def scored(self) -> bool:
@@ -110,6 +122,11 @@ class CellRecord:
         if d["status"] not in STATUSES:
             raise ValueError(f"status {d['status']!r} is not one of {', '.join(STATUSES)}")
         return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def column_label(protocol: str, source: str, target: str, budget: str) -> str:
+    """A cell's leaderboard column: ``source->target`` (uda), ``task budget`` (finetune: source is the task)."""
+    return f"{source} {budget}" if protocol == "finetune" else f"{source}->{target}"
 
 
 #: record fields kept in files of their own beside record.json, never in it

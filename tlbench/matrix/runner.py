@@ -23,7 +23,7 @@ from tlbench.errors import RunLockedError, UserError
 from tlbench.matrix.cells import CellTask
 from tlbench.matrix.planning import open_dataset, plan, waves
 from tlbench.matrix.preflight import check_device, check_output_dir, preflight
-from tlbench.matrix.results import CellRecord, ResultsDir, evaluation_files
+from tlbench.matrix.results import CellRecord, ResultsDir, column_label, evaluation_files
 from tlbench.matrix.resume import check_stale, failed_teacher_record, is_skipped, killed_cells
 from tlbench.matrix.tracking import TrackerFeed, tracker_entries
 
@@ -185,7 +185,7 @@ def _write(out: ResultsDir, record: CellRecord, records: list[CellRecord], progr
     records.append(record)
     progress.update(1)
     if record.status != "ok":
-        progress.write(f"cell {record.cell_id} {record.backbone} {record.strategy} {record.source}->{record.target} "
+        progress.write(f"cell {record.cell_id} {record.backbone} {record.strategy} {record.column} "
                        f"seed={record.seed}: {record.status}: {record.error.splitlines()[0] if record.error else ''}")
 
 
@@ -194,16 +194,21 @@ def _suite_meta(suite, pairs: list[tuple[str, str]], registry) -> dict:
     from tlbench.matrix.cells import canonical_pair
 
     dataset = open_dataset(suite, registry)
+    finetune = suite.protocol == "finetune"
     references = []
     for ref in suite.reference:
         r = ref.model_dump()
-        r["acc"] = {"->".join(canonical_pair(k, dataset)): v for k, v in ref.acc.items()}
+        if not finetune:  # finetune references name their columns ('amazon 10%') as written
+            r["acc"] = {"->".join(canonical_pair(k, dataset)): v for k, v in ref.acc.items()}
         references.append(r)
+    # the leaderboard's columns: pairs, or task × budget
+    columns = [column_label(suite.protocol, s, t, b) for s, t in pairs for b in (suite.budgets if finetune else [""])]
     return {
         "name": suite.name, "description": suite.description, "dataset": suite.dataset,
-        "pairs": [f"{s}->{t}" for s, t in pairs], "backbones": [b.name for b in suite.backbones],
+        "protocol": suite.protocol, "pairs": columns, "backbones": [b.name for b in suite.backbones],
+        **({"tasks": [s for s, _ in pairs], "budgets": suite.budgets, "score_on": suite.score_on} if finetune else {}),
         # backbones that run only some pairs: how many (backbone, pair) runs a strategy and seed have
-        "backbone_pair_runs": sum(len(b.pairs) if b.pairs is not None else len(pairs) for b in suite.backbones),
+        "backbone_pair_runs": sum(len(b.pairs) if b.pairs is not None else len(columns) for b in suite.backbones),
         "strategies": [s.label or s.name for s in suite.strategies], "seeds": suite.seeds,
         "recipe": json.loads(suite.recipe.model_dump_json()), "recipe_sweep": suite.recipe_sweep,
         "selection": suite.selection,

@@ -15,7 +15,9 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
+from tlbench.data.budgets import Budget
 from tlbench.errors import UserError
 from tlbench.matrix.suite_yaml import read_yaml
 
@@ -181,6 +183,16 @@ class TrackerEntry(_Strict):
     options: dict[str, Any] = Field(default_factory=dict)
 
 
+#: the protocols a suite may name, in words (the leaderboard's header says them)
+PROTOCOLS: dict[str, str] = {
+    "uda": "unsupervised domain adaptation: labelled source images and unlabelled target images, accuracy on "
+           "all target images",
+    "finetune": "fine-tuning on a labelled task: the pretrained backbone is the source; a label budget of the "
+                "task's training split trains, the held-back training images are unlabelled, accuracy on the "
+                "task's test split",
+}
+
+
 class Suite(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.\-]+$", description="one plain path segment: the default output "
                       "folder is results/<name>")
@@ -189,7 +201,16 @@ class Suite(_Strict):
     dataset_options: dict[str, Any] = Field(default_factory=dict)
     data_root: str | None = None
     shift_seed: int = 0
-    pairs: list[str] | Literal["all"]
+    protocol: Literal["uda", "finetune"] = Field("uda", description="uda: domain pairs (pairs:); finetune: "
+                                                 "labelled tasks (tasks:) under label budgets (budgets:)")
+    pairs: list[str] | Literal["all"] | None = Field(None, description="protocol uda: SOURCE->TARGET pairs, or all")
+    tasks: list[str] | Literal["all"] | None = Field(None, description="protocol finetune: the domains trained and "
+                                                     "tested on their own split, or all")
+    budgets: list[str] = Field(default_factory=lambda: ["100%"], min_length=1,
+                               description="protocol finetune: label budgets, a share ('10%') or per class ('5-shot')")
+    score_on: Literal["test", "validation"] = Field(
+        "test", description="protocol finetune: test (the task's test split) or validation (a fixed stratified "
+        "share of the training split, for choosing a recipe without test labels)")
     backbones: list[BackboneEntry]
     strategies: list[StrategyEntry]
     seeds: list[Annotated[int, Field(ge=0, le=MAX_SEED)]] = Field(default_factory=lambda: [0], min_length=1)
@@ -294,12 +315,57 @@ class Suite(_Strict):
             raise ValueError(f"listed twice: {', '.join(dupes)}")
         return v
 
-    @field_validator("pairs")
+    @field_validator("pairs", "tasks")
     @classmethod
-    def _pairs(cls, v: Any) -> Any:
+    def _pairs(cls, v: Any, info: ValidationInfo) -> Any:
         if isinstance(v, list) and not v:
-            raise ValueError("at least one pair is needed, or 'all'")
+            raise ValueError(f"at least one {info.field_name[:-1]} is needed, or 'all'")
         return v
+
+    @field_validator("budgets", mode="before")
+    @classmethod
+    def _budgets(cls, v: Any) -> Any:
+        """Budgets in their canonical text (``10%``, ``5-shot``), each once."""
+        v = _as_list(v)
+        if not isinstance(v, list):
+            return v
+        try:
+            out = [str(Budget.parse(str(b))) for b in v]
+        except UserError as exc:
+            raise ValueError(str(exc)) from None
+        dupes = sorted({b for b in out if out.count(b) > 1})
+        if dupes:
+            raise ValueError(f"listed twice: {', '.join(dupes)}")
+        return out
+
+    @model_validator(mode="after")
+    def _protocol_keys(self) -> Suite:
+        """Each protocol names its own matrix axis: pairs for uda, tasks and budgets for finetune."""
+        if self.protocol == "uda":
+            if self.pairs is None:
+                raise _suite_error("pairs: required key is missing (protocol uda trains on pairs such as A->W; "
+                                   "for a labelled task set protocol: finetune and name tasks)")
+            given = [k for k in ("tasks", "budgets", "score_on") if k in self.model_fields_set]
+            if given:
+                raise _suite_error(f"{given[0]}: applies to protocol finetune only; set protocol: finetune, or "
+                                   "remove it and name pairs")
+        else:
+            if self.tasks is None:
+                raise _suite_error("tasks: required key is missing (protocol finetune trains on labelled tasks "
+                                   "such as [amazon, webcam], or all)")
+            if self.pairs is not None:
+                raise _suite_error("pairs: protocol finetune names tasks, not pairs; move the domains to tasks "
+                                   "(or set protocol: uda)")
+            with_pairs = next((b.name for b in self.backbones if b.pairs is not None), None)
+            if with_pairs:
+                raise _suite_error(f"backbones.{with_pairs}.pairs: protocol finetune runs every backbone on every "
+                                   "task; remove pairs (narrow the run with --set tasks=[...])")
+        return self
+
+
+def _suite_error(message: str) -> PydanticCustomError:
+    """A suite-level error that names its own key (validation shows it without a location prefix)."""
+    return PydanticCustomError("suite_key", message)
 
 
 def _as_list(v: Any) -> Any:
@@ -353,6 +419,8 @@ def validate(data: dict[str, Any], *, origin: str, overrides: Sequence[str] = ()
         elif "input" in err and not isinstance(err["input"], (dict, list)):
             msg = f"{msg} (got {err['input']!r})"
         more = f" (and {exc.error_count() - 1} more problem(s))" if exc.error_count() > 1 else ""
+        if err["type"] == "suite_key":  # a whole-suite rule: the message names its key itself
+            raise UserError(f"{origin}: {msg}{more}") from None
         raise UserError(f"{origin}: {loc}: {msg}{more}") from None
 
 

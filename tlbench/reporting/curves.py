@@ -23,7 +23,7 @@ CURVE_COLUMNS = ("backbone", "strategy", "pair", "seed", "metric", "step", "valu
 
 def describe(record: CellRecord) -> str:
     """A cell's description, as progress bars and trackers name it."""
-    return f"{record.backbone} {record.strategy} {record.source}->{record.target} seed={record.seed}"
+    return f"{record.backbone} {record.strategy} {record.column} seed={record.seed}"
 
 
 def curve_frame(records: list[CellRecord]) -> pd.DataFrame:
@@ -36,7 +36,7 @@ def curve_frame(records: list[CellRecord]) -> pd.DataFrame:
         for metric, values in sorted((r.curves.get("series") or {}).items()):
             for step, value in zip(steps, values):
                 if value is not None:
-                    rows.append((r.backbone, r.strategy, f"{r.source}->{r.target}", r.seed, metric, int(step),
+                    rows.append((r.backbone, r.strategy, r.column, r.seed, metric, int(step),
                                  float(value)))
     return pd.DataFrame(rows, columns=list(CURVE_COLUMNS))
 

@@ -44,6 +44,12 @@ CELL_STATUSES = ("ok", "partial", "failed", "diverged", "failed/diverged", "miss
 
 PROTOCOL = ("{selection}; target labels never used for training{or_selection}; "
             "accuracy on all target images")
+#: the header of a finetune leaderboard: the protocol in words (suite ``protocol: finetune``)
+FINETUNE_PROTOCOL = ("fine-tuning on a labelled task: the pretrained backbone is the source; each column is a "
+                     "task and a label budget (a share or a number per class of its training split, drawn per seed, "
+                     "stratified), the training images whose labels are held back are served unlabelled; "
+                     "{selection}; test labels never used for training{or_selection}; accuracy on the task's test "
+                     "split (the dataset's own, else a fixed stratified 30 %), which no seed changes")
 STATS_TEXT = ("Each cell: mean ± sample std (ddof=1) of target accuracy (%) over seeds whose cell finished "
               "ok; n = number of those seeds. Avg: mean of the per-pair means, only when every pair has a value; "
               "its std is over the per-seed averages, only when every seed has every pair. ci95 (in the CSV): "
@@ -180,7 +186,7 @@ def build_leaderboard(records: list[CellRecord], suite: dict[str, Any], *,
     rows = _row_keys(records)
     by_cell: dict[tuple[str, str, str], list[CellRecord]] = {}
     for r in records:
-        by_cell.setdefault((r.backbone, r.strategy, _pair(r)), []).append(r)
+        by_cell.setdefault((r.backbone, r.strategy, r.column), []).append(r)
 
     data = [_row_stats(b, s, pairs, by_cell) for b, s in rows]
     acc = _accuracy_frame(data, pairs)
@@ -210,7 +216,7 @@ def build_leaderboard(records: list[CellRecord], suite: dict[str, Any], *,
         footnotes=footnotes,
         n_seeds=len({r.seed for r in records}),
         notes=notes,
-        protocol=protocol_text(selection.rule if selection else LAST),
+        protocol=protocol_text(selection.rule if selection else LAST, _protocols(records, suite)),
         stats_text=f"{STATS_TEXT} {rank_text}",
         rank_text=rank_text,
         critical_difference=cd,
@@ -223,16 +229,20 @@ def build_leaderboard(records: list[CellRecord], suite: dict[str, Any], *,
     )
 
 
-def protocol_text(rule: str) -> str:
-    """The protocol line under a selection rule: the oracle's says that it used target labels."""
+def protocol_text(rule: str, protocols: Sequence[str] = ("uda",)) -> str:
+    """The protocol line under a selection rule, in words for each protocol of the board (uda,
+    finetune); the oracle's says that it used target labels."""
     from tlbench.reporting.selection import ORACLE
 
-    return PROTOCOL.format(selection=selection_text(rule),
-                           or_selection="" if rule == ORACLE else " or model selection")
+    texts = {"uda": PROTOCOL, "finetune": FINETUNE_PROTOCOL}
+    return "; and ".join(texts.get(p, p).format(selection=selection_text(rule),
+                                               or_selection="" if rule == ORACLE else " or model selection")
+                         for p in protocols or ("uda",))
 
 
-def _pair(r: CellRecord) -> str:
-    return f"{r.source}->{r.target}"
+def _protocols(records: list[CellRecord], suite: dict[str, Any]) -> list[str]:
+    """The suite's protocol, else the records' (a merged report of both names both)."""
+    return [str(suite["protocol"])] if suite.get("protocol") else list(dict.fromkeys(r.protocol for r in records))
 
 
 def _dedupe(records: Iterable[CellRecord]) -> tuple[list[CellRecord], int]:
@@ -240,7 +250,7 @@ def _dedupe(records: Iterable[CellRecord]) -> tuple[list[CellRecord], int]:
     keep: dict[tuple, CellRecord] = {}
     dupes = 0
     for r in records:
-        key = (r.backbone, r.strategy, r.source, r.target, r.seed)
+        key = (r.backbone, r.strategy, r.column, r.seed)
         old = keep.get(key)
         if old is not None:
             dupes += 1
@@ -255,8 +265,8 @@ def _pairs(records: list[CellRecord], suite: dict[str, Any]) -> list[str]:
     listed = suite.get("pairs")
     out = [str(p) for p in listed] if isinstance(listed, list) else []
     for r in records:
-        if _pair(r) not in out:
-            out.append(_pair(r))
+        if r.column not in out:
+            out.append(r.column)
     return out
 
 

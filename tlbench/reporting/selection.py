@@ -79,7 +79,7 @@ def select(records: list[CellRecord], rule: str, validators: dict[str, Validator
                         "(tlbench list validators)")
     groups: dict[tuple, list[CellRecord]] = {}
     for r in records:
-        groups.setdefault((r.backbone, r.strategy, r.source, r.target, r.seed), []).append(r)
+        groups.setdefault((r.backbone, r.strategy, r.column, r.seed), []).append(r)
     failing: set[str] = set()
     out, chosen_rows, fallback = [], [], 0
     per_group: list[list[Candidate]] = []

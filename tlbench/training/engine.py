@@ -49,18 +49,23 @@ def train_cell(task: CellTask, registry=None) -> CellRecord:
 
     g = torch.Generator(device=device).manual_seed(cell.seed)
     src_images, src_labels = data.source_train.images.to(device), data.source_train.labels.to(device)
-    tgt_images = data.target.images.to(device)
-    tgt_labels = data.target.labels.to(device)  # for evaluation and the pseudo-label audit only
-    frozen = prepare_frozen_outputs(setup, setup.schedule, src_images, tgt_images,
+    # the unlabelled images target views come from: the target (uda), the held-back training images (finetune)
+    pool_images = data.served_target.images.to(device)
+    pool_labels = data.served_target.labels.to(device)  # for the pseudo-label audit only
+    frozen = prepare_frozen_outputs(setup, setup.schedule, src_images, pool_images,
                                     Path(task.cache_dir) if task.cache_dir else None, task.teacher_model)
-    batches = BatchSource.build(src_images, src_labels, tgt_images, frozen, target_views=type(strategy).target_views,
+    batches = BatchSource.build(src_images, src_labels, pool_images, frozen, target_views=type(strategy).target_views,
                                 augmenter=setup.augmenter, recipe=recipe, g=g)
 
-    audit = PseudoLabelAudit(tgt_labels)
+    audit = PseudoLabelAudit(pool_labels)
     ctx = StepContext(step=0, total_steps=setup.total_steps, model=setup.model, device=device,
                       num_classes=data.num_classes, teacher=setup.teacher, score_pseudo_labels=audit)
     curves = CurveRecorder(setup.schedule)  # the metrics' means for the record come from its sums too
-    checkpoints = CheckpointEvaluator(setup, tgt_images, tgt_labels, int(recipe.get("eval_points", 1)))
+    if data.served_target is data.target:  # uda: every target image, the ones it was served, is scored
+        scored_images, scored_labels = pool_images, pool_labels
+    else:  # finetune: the task's test (or validation) split, never served
+        scored_images, scored_labels = data.target.images.to(device), data.target.labels.to(device)
+    checkpoints = CheckpointEvaluator(setup, scored_images, scored_labels, int(recipe.get("eval_points", 1)))
     observers: list[StepObserver] = [NonFiniteCheck(device), curves, checkpoints]
     if task.show_progress:
         observers.append(ProgressBar(setup.total_steps, cell.describe()))
@@ -68,7 +73,7 @@ def train_cell(task: CellTask, registry=None) -> CellRecord:
                        total_steps=setup.total_steps, log_every=int(recipe["log_every"]),
                        warmup_steps=int(recipe["timing_warmup_steps"]), device=device)
 
-    evaluation = evaluate_cell(setup, tgt_images, tgt_labels)
+    evaluation = evaluate_cell(setup, scored_images, scored_labels)
     evaluations = checkpoints.finish(evaluation)
     if task.save_model:  # a kd teacher: its students load these weights, checked by their digest
         save_checked(ResultsDir(Path(task.out_dir)).model_path(cell.id),

@@ -149,7 +149,8 @@ def prepare_frozen_outputs(setup: CellSetup, schedule: ParamSchedule, src_images
     fixed views, each computed once per (network, domain, views) and kept in the disk cache.
 
     Whether each is used follows from the configuration alone (never from the cache's state),
-    so a cell's numbers do not depend on what happened to be cached.
+    so a cell's numbers do not depend on what happened to be cached. ``tgt_images`` are those of
+    ``setup.data.served_target`` (the unlabelled images the target views come from).
     """
     cell, recipe, strategy, teacher = setup.cell, setup.recipe, setup.strategy, setup.teacher
     views = type(strategy).target_views
@@ -163,14 +164,14 @@ def prepare_frozen_outputs(setup: CellSetup, schedule: ParamSchedule, src_images
         out.feature_steps = steps
         out.source_features = bank.features(src_images, domain_key(setup.data.source_train), setup.autocast)
         if views:
-            out.target_features = bank.features(tgt_images, domain_key(setup.data.target), setup.autocast)
+            out.target_features = bank.features(tgt_images, domain_key(setup.data.served_target), setup.autocast)
     if teacher is not None and strategy.teacher_views:
         out.teacher_views = strategy.teacher_views
         tbank = TeacherViewBank(teacher, setup.augmenter, out.teacher_views, recipe["eval_batch_size"], cache_dir,
                                 key=f"teacher={checked_digest(Path(teacher_model))}")
         out.source_teacher = tbank.build(src_images, domain_key(setup.data.source_train), setup.autocast)
         if views:
-            out.target_teacher = tbank.build(tgt_images, domain_key(setup.data.target), setup.autocast)
+            out.target_teacher = tbank.build(tgt_images, domain_key(setup.data.served_target), setup.autocast)
     return out
 
 

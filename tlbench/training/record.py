@@ -53,6 +53,11 @@ def ok_record(setup: CellSetup, *, evaluation: Evaluation, evaluations: Checkpoi
         extra["cpu_runtime"] = describe_runtime()  # the allocator and OpenMP waits this process ran with
     if cell.sweep:  # a point of a sweep: which values, and whether they are the defaults (selection 'last')
         extra["sweep"] = dict(cell.sweep)
+    split = setup.data.task_split
+    if split is not None:  # finetune: how the task was cut
+        extra.update({"labelled_images": len(split.labelled), "unlabelled_images": len(split.unlabelled),
+                      "official_split": split.official, "score_on": cell.score_on})
+    train_images = split.train_size if split is not None else len(setup.data.source_train)
     return CellRecord(
         suite=cell.suite, dataset=cell.dataset, backbone=cell.row_backbone, strategy=cell.label, source=cell.source,
         target=cell.target, seed=cell.seed, status="ok", target_acc=evaluation.target_acc,
@@ -60,7 +65,13 @@ def ok_record(setup: CellSetup, *, evaluation: Evaluation, evaluations: Checkpoi
         eval_img_per_s=evaluation.eval_img_per_s, peak_mem_mb=peak_mem_mb, trainable_params=trainable_params,
         total_params=count_parameters(setup.model) + count_parameters(setup.strategy), steps=setup.total_steps,
         wall_s=wall_s, device=device, torch_version=torch.__version__, tlbench_version=tlbench.__version__,
-        cell_id=cell.id, started_at=started_at, extra=extra, curves=curves.to_dict(), evaluations=evaluations)
+        cell_id=cell.id, started_at=started_at, **protocol_fields(cell), train_images=train_images,
+        test_images=len(setup.data.target), extra=extra, curves=curves.to_dict(), evaluations=evaluations)
+
+
+def protocol_fields(cell: Cell) -> dict[str, str]:
+    """The record's protocol, task and budget (empty task and budget under uda)."""
+    return {"protocol": cell.protocol, "task": cell.task, "budget": cell.budget}
 
 
 def failed_record(task: CellTask, status: str, error: str, started: str, wall_s: float | None,
@@ -71,4 +82,5 @@ def failed_record(task: CellTask, status: str, error: str, started: str, wall_s:
                       source=cell.source, target=cell.target, seed=cell.seed, status=status, error=error,
                       steps=steps, wall_s=wall_s, device=device, torch_version=torch.__version__,
                       tlbench_version=tlbench.__version__, cell_id=cell.id, started_at=started,
+                      **protocol_fields(cell),
                       extra={"label": cell.label, **({"sweep": dict(cell.sweep)} if cell.sweep else {})})

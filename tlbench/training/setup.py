@@ -16,8 +16,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from tlbench.data.budgets import Budget
 from tlbench.data.domains import Domain
 from tlbench.data.splits import stratified_split
+from tlbench.data.tasks import TaskSplit, split_task
 from tlbench.data.files import load_checked
 from tlbench.errors import UserError
 from tlbench.matrix.cells import Cell, CellTask
@@ -31,12 +33,25 @@ from tlbench.training.strategy import SetupContext, Strategy
 
 @dataclass
 class CellData:
-    """The decoded domains of a cell, split the way the protocol says."""
+    """The decoded domains of a cell, split the way the protocol says.
+
+    ``target`` is what the cell is scored on; ``unlabelled`` what its strategy's target views are
+    drawn from, without labels: None under uda (the target itself), the held-back training images
+    under finetune. ``task_split`` keeps a finetune cell's positions in its task (for records and
+    the tests that hold the split to its promises).
+    """
 
     source_train: Domain
     source_holdout: Domain | None
     target: Domain
     num_classes: int
+    unlabelled: Domain | None = None
+    task_split: TaskSplit | None = None
+
+    @property
+    def served_target(self) -> Domain:
+        """The images served as unlabelled target views (their labels only ever reach the audit)."""
+        return self.target if self.unlabelled is None else self.unlabelled
 
 
 @dataclass(frozen=True)
@@ -149,6 +164,8 @@ def load_cell_data(cell: Cell, task: CellTask, registry) -> CellData:
     size = cell.recipe["resize_size"]
     cache = Path(task.cache_dir) if task.cache_dir else None
     src = load_domain(dataset, cell.source, size, cache_dir=cache, shift_seed=cell.shift_seed, registry=registry)
+    if cell.finetune:
+        return finetune_data(src, cell)
     tgt = load_domain(dataset, cell.target, size, cache_dir=cache, shift_seed=cell.shift_seed, registry=registry)
     if src.classes != tgt.classes:
         missing = sorted(set(src.classes) ^ set(tgt.classes))
@@ -166,6 +183,18 @@ def load_cell_data(cell: Cell, task: CellTask, registry) -> CellData:
             holdout = src.subset(perm[:n_hold], name=f"{src.name} (held out)")
             src = src.subset(perm[n_hold:])
     return CellData(src, holdout, tgt, len(src.classes))
+
+
+def finetune_data(domain: Domain, cell: Cell) -> CellData:
+    """A finetune cell's task cut by :func:`tlbench.data.tasks.split_task`: the labelled budget trains,
+    the held-back training images are served unlabelled (with a 100 % budget there are none, so the
+    labelled images themselves are), and the test (or validation) split is scored."""
+    parts = split_task(domain, Budget.parse(cell.budget), cell.seed, cell.score_on)
+    labelled = domain.subset(parts.labelled, name=f"{domain.name} (labelled {cell.budget})")
+    pool = parts.unlabelled if len(parts.unlabelled) else parts.labelled
+    unlabelled = domain.subset(pool, name=f"{domain.name} (unlabelled)")
+    scored = domain.subset(parts.scored, name=f"{domain.name} ({cell.score_on})")
+    return CellData(labelled, None, scored, len(domain.classes), unlabelled=unlabelled, task_split=parts)
 
 
 def build_model(backbone: str, weights: str, num_classes: int, recipe: dict,
