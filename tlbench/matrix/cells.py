@@ -203,6 +203,8 @@ def _teacher_cell(suite, registry, backbone, student: Cell, make) -> Cell:
     if not t_strategy:
         raise UserError(f"{suite.name}: strategy {student.label!r} needs params.teacher_strategy")
     t_cls = registry.get("strategy", t_strategy)
+    check_protocol(t_cls, getattr(suite, "protocol", "uda"), registry,
+                   f"{suite.name}: strategies.{student.label}.params.teacher_strategy")
     if getattr(t_cls, "needs_teacher", False):
         raise UserError(f"{suite.name}: the teacher of {student.label!r} cannot itself need a teacher "
                         f"({t_strategy!r})")

@@ -342,13 +342,13 @@ class Suite(_Strict):
     def _protocol_keys(self) -> Suite:
         """Each protocol names its own matrix axis: pairs for uda, tasks and budgets for finetune."""
         if self.protocol == "uda":
-            if self.pairs is None:
-                raise _suite_error("pairs: required key is missing (protocol uda trains on pairs such as A->W; "
-                                   "for a labelled task set protocol: finetune and name tasks)")
             given = [k for k in ("tasks", "budgets", "score_on") if k in self.model_fields_set]
             if given:
                 raise _suite_error(f"{given[0]}: applies to protocol finetune only; set protocol: finetune, or "
                                    "remove it and name pairs")
+            if self.pairs is None:
+                raise _suite_error("pairs: required key is missing (protocol uda trains on pairs such as A->W; "
+                                   "for a labelled task set protocol: finetune and name tasks)")
         else:
             if self.tasks is None:
                 raise _suite_error("tasks: required key is missing (protocol finetune trains on labelled tasks "
