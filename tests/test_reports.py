@@ -28,8 +28,9 @@ from tlbench.plugins.registry import Registry
 PLUGINS = {"markdown": markdown_plugin, "csv": csv_plugin, "html": html_plugin, "latex": latex_plugin,
            "plots": plots_plugin}
 #: in writing order: plots (order -10), then csv, latex, markdown (order 0, by name), html (order 10)
-FILES = ["accuracy_vs_throughput.png", "pair_accuracy.png", "leaderboard.csv", "costs.csv", "references.csv",
-         "failures.csv", "validators.csv", "selection.csv", "leaderboard.tex", "leaderboard.md", "leaderboard.html"]
+FILES = ["accuracy_vs_throughput.png", "accuracy_vs_eval_throughput.png", "pair_accuracy.png", "leaderboard.csv",
+         "costs.csv", "references.csv", "failures.csv", "validators.csv", "selection.csv", "leaderboard.tex",
+         "leaderboard.md", "leaderboard.html"]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 #: names full of HTML and LaTeX specials, as a backbone, a strategy, a domain and an error could be
 EVIL_BACKBONE = '<img src=x onerror=alert(1)>_a%b&c#d$e{f}g~h^i\\j'
@@ -156,7 +157,7 @@ def test_html_is_self_contained_sortable_and_embeds_the_plots(report):
     assert [t for t, _ in page.tags].count("script") == 1 and "addEventListener" in page.scripts[0]
     assert not re.search(r"(src|href)=\"(https?:)?//", text) and "@import" not in text
     imgs = [a["src"] for t, a in page.tags if t == "img"]
-    assert len(imgs) == 2
+    assert len(imgs) == 3
     for src in imgs:
         assert src.startswith("data:image/png;base64,")
         assert base64.b64decode(src.split(",", 1)[1])[:8] == PNG_SIGNATURE
@@ -186,7 +187,7 @@ def test_html_embeds_only_plots_of_the_same_run(tmp_path, registry):
     write_reports(tmp_path, make_records(), SUITE, ["html"], registry=registry)
     assert "data:image/png" not in (tmp_path / "leaderboard.html").read_text()
     write_reports(tmp_path, make_records(), SUITE, ["html", "plots"], registry=registry)
-    assert (tmp_path / "leaderboard.html").read_text().count("data:image/png;base64,") == 2
+    assert (tmp_path / "leaderboard.html").read_text().count("data:image/png;base64,") == 3
 
 
 # -- LaTeX --------------------------------------------------------------------------------------------
@@ -252,7 +253,7 @@ def test_latex_escapes_specials_in_data(tmp_path, registry):
 
 # -- plots --------------------------------------------------------------------------------------------
 def test_plots_are_valid_pngs(report):
-    for name in ("accuracy_vs_throughput.png", "pair_accuracy.png"):
+    for name in ("accuracy_vs_throughput.png", "accuracy_vs_eval_throughput.png", "pair_accuracy.png"):
         path = report[0] / name
         assert path.read_bytes()[:8] == PNG_SIGNATURE
         image = matplotlib.image.imread(path)

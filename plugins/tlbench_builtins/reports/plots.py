@@ -1,4 +1,5 @@
-"""``plots`` reporter: ``accuracy_vs_throughput.png``, ``pair_accuracy.png`` and, for runs that
+"""``plots`` reporter: ``accuracy_vs_throughput.png`` (training img/s), ``accuracy_vs_eval_throughput.png``
+(evaluation img/s: the deployment trade-off), ``pair_accuracy.png`` and, for runs that
 recorded training curves, ``curves_<backbone>_<strategy>.png`` (every metric per pair, mean and
 min–max over seeds).
 
@@ -61,16 +62,27 @@ def _no_data(ax, text: str) -> None:
 
 
 def accuracy_vs_throughput(board: Leaderboard) -> bytes:
+    """Avg accuracy against training img/s: what each strategy costs to train."""
+    return _accuracy_vs(board, "train_img_per_s", "training")
+
+
+def accuracy_vs_eval_throughput(board: Leaderboard) -> bytes:
+    """Avg accuracy against evaluation img/s: the deployment trade-off (a kd student against its
+    teacher, a small backbone against a large one; Hinton et al. 2015)."""
+    return _accuracy_vs(board, "eval_img_per_s", "evaluation")
+
+
+def _accuracy_vs(board: Leaderboard, cost: str, kind: str) -> bytes:
     merged = board.accuracy.merge(board.costs, on=["backbone", "strategy"], how="left")
-    rows = [r for _, r in merged.iterrows() if _finite(r["Avg mean"]) and _finite(r["train_img_per_s"])]
+    rows = [r for _, r in merged.iterrows() if _finite(r["Avg mean"]) and _finite(r[cost])]
     fig = Figure(figsize=(8.0, 5.5))
     ax = fig.add_subplot()
     if not rows:
-        _no_data(ax, "no row has both an Avg accuracy and a training throughput yet")
+        _no_data(ax, f"no row has both an Avg accuracy and an {kind} throughput yet")
         return _png(fig)
     strategies = list(dict.fromkeys(r["strategy"] for r in rows))
     backbones = list(dict.fromkeys(r["backbone"] for r in rows))
-    points = [(float(r["train_img_per_s"]), float(r["Avg mean"])) for r in rows]
+    points = [(float(r[cost]), float(r["Avg mean"])) for r in rows]
     front = pareto_front(points)
     fx, fy = [points[i][0] for i in front], [points[i][1] for i in front]
     ax.plot(fx, fy, "-", color="#444", lw=1.2, zorder=1, drawstyle="steps-pre" if len(front) > 1 else "default")
@@ -90,9 +102,9 @@ def accuracy_vs_throughput(board: Leaderboard) -> bytes:
     if min(xs) > 0 and max(xs) / min(xs) > 20:
         ax.set_xscale("log")
     ax.margins(x=0.15, y=0.12)
-    ax.set_xlabel("training throughput (images / s)")
+    ax.set_xlabel(f"{kind} throughput (images / s)")
     ax.set_ylabel("Avg target accuracy (%)")
-    ax.set_title(f"{board.title}: accuracy vs training throughput")
+    ax.set_title(f"{board.title}: accuracy vs {kind} throughput")
     ax.grid(True, alpha=0.3)
     ax.legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     return _png(fig)
@@ -145,6 +157,7 @@ def pair_accuracy(board: Leaderboard) -> bytes:
 
 FIGURES = {
     "accuracy_vs_throughput.png": accuracy_vs_throughput,
+    "accuracy_vs_eval_throughput.png": accuracy_vs_eval_throughput,
     "pair_accuracy.png": pair_accuracy,
 }
 
@@ -191,7 +204,8 @@ def strategy_curves(board: Leaderboard, backbone: str, strategy: str, rows) -> b
 
 class PlotsReporter(Reporter):
     name = "plots"
-    description = "accuracy_vs_throughput.png (with Pareto front), pair_accuracy.png, training curves"
+    description = ("accuracy_vs_throughput.png and accuracy_vs_eval_throughput.png (with Pareto fronts), "
+                   "pair_accuracy.png, training curves")
     order = -10  # the HTML page embeds these
 
     def write(self, board: Leaderboard, out_dir: Path) -> list[Path]:
