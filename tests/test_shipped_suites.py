@@ -24,10 +24,23 @@ def test_there_are_suites_to_check():
     assert {p.name for p in SUITES} >= {"quickstart.yaml", "digits.yaml", "digits_lite0.yaml", "office31.yaml"}
 
 
+def _my_images(folder: Path) -> list[str]:
+    """The template for a user's own folder, pointed at a tiny one with train/ and test/."""
+    from PIL import Image
+
+    for part in ("train", "test"):
+        for cls in ("cat", "dog"):
+            (folder / part / cls).mkdir(parents=True)
+            for i in range(2):
+                Image.new("RGB", (4, 4)).save(folder / part / cls / f"{i}.png")
+    return [f"dataset_options.path={folder}"]
+
+
 @pytest.mark.parametrize("path", SUITES, ids=lambda p: p.name)
-def test_suite_validates_and_expands(path: Path):
+def test_suite_validates_and_expands(path: Path, tmp_path: Path):
     has_data = SHARED_DATA.is_dir()  # without it, names and the matrix are still checked; the files are not
-    suite = load_suite(path, data_root=str(SHARED_DATA))
+    overrides = _my_images(tmp_path / "my_images") if path.name == "my_images.yaml" else []
+    suite = load_suite(path, data_root=str(SHARED_DATA), overrides=overrides)
     try:
         cells, pairs = plan(suite, get_registry(), check_data=has_data)
     except WeightsUnavailableError as exc:
