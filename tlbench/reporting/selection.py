@@ -96,7 +96,7 @@ def select(records: list[CellRecord], rule: str, validators: dict[str, Validator
             fallback += 1
             pick = _choose(candidates, LAST)
         out.append(_chosen_record(pick, rule))
-        chosen_rows.append({"backbone": key[0], "strategy": key[1], "pair": f"{key[2]}->{key[3]}", "seed": key[4],
+        chosen_rows.append({"backbone": key[0], "strategy": key[1], "pair": key[2], "seed": key[3],
                             "params": _params_text(pick.record), "step": pick.step, "target_acc": pick.target_acc,
                             "oracle_acc": max(c.target_acc for c in candidates), "candidates": len(candidates),
                             "cell_id": pick.record.cell_id})
