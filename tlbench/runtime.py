@@ -66,20 +66,17 @@ def choice(environ: Mapping[str, str] = os.environ) -> str:
 
 
 def find_library(allocator: str) -> str | None:
-    """The shared library of ``jemalloc`` or ``tcmalloc`` on this machine, or None.
+    """The soname of ``jemalloc``'s or ``tcmalloc``'s shared library on this machine, or None; the
+    dynamic loader resolves a bare soname in ``LD_PRELOAD`` on its own search path.
 
-    (Debian/Ubuntu: ``apt install libjemalloc2`` or ``libtcmalloc-minimal4``; conda: ``jemalloc``.)
+    (Debian/Ubuntu: ``apt install libjemalloc2`` or ``libtcmalloc-minimal4``.)
     """
-    name = ctypes.util.find_library(LIBRARIES[allocator])
-    if name is None:
-        return None
-    for folder in ("/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu", "/lib/aarch64-linux-gnu",
-                   "/usr/lib/aarch64-linux-gnu", "/usr/lib64", "/usr/lib", "/usr/local/lib",
-                   str(Path(sys.prefix) / "lib")):
-        path = Path(folder) / name
-        if path.is_file():
-            return str(path)
-    return name  # a bare soname: the loader finds it on its own search path
+    return ctypes.util.find_library(LIBRARIES[allocator])
+
+
+def _user_allocator(environ: Mapping[str, str]) -> bool:
+    """The user chose the allocator already: a preloaded library or a malloc tunable of their own."""
+    return bool(environ.get("LD_PRELOAD", "").strip()) or "glibc.malloc." in environ.get("GLIBC_TUNABLES", "")
 
 
 def settings(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
@@ -94,8 +91,7 @@ def settings(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
     out: dict[str, str] = {}
     if "OMP_WAIT_POLICY" not in environ and "GOMP_SPINCOUNT" not in environ:
         out["OMP_WAIT_POLICY"] = "PASSIVE"  # (GOMP_SPINCOUNT=300000 restores libgomp's own default)
-    user_allocator = environ.get("LD_PRELOAD", "").strip() or "glibc.malloc." in environ.get("GLIBC_TUNABLES", "")
-    if user_allocator:
+    if _user_allocator(environ):
         return out
     if wanted == "glibc":
         return {**out, "GLIBC_TUNABLES": _with_glibc_tunables(environ.get("GLIBC_TUNABLES", ""))}
@@ -122,9 +118,8 @@ def _with_glibc_tunables(existing: str) -> str:
 
 def missing_allocator_hint(environ: Mapping[str, str] = os.environ) -> str | None:
     """One line for a user whose CPU runs would be faster with a caching allocator installed."""
-    if choice(environ) != "auto" or not sys.platform.startswith("linux") or "LD_PRELOAD" in settings(environ):
-        return None
-    if environ.get("LD_PRELOAD", "").strip() or "glibc.malloc." in environ.get("GLIBC_TUNABLES", ""):
+    if choice(environ) != "auto" or not sys.platform.startswith("linux") or _user_allocator(environ) \
+            or "LD_PRELOAD" in settings(environ):
         return None
     return ("no caching allocator found, so CPU training steps spend much of their time in the kernel (about 2x "
             "slower at 224 px): apt install libjemalloc2 (or libtcmalloc-minimal4), or set "
