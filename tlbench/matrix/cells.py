@@ -143,7 +143,10 @@ def expand_cells(suite, registry, domains: list[tuple[str, str]],
     """
     from tlbench.matrix.sweep import strategy_points
 
-    recipes = [(values, r.cell_config()) for values, r in suite.recipe_points()]
+    def recipes_of(backbone) -> list[tuple[dict, dict]]:
+        return [(values, r.cell_config()) for values, r in suite.recipe_points(backbone)]
+
+    recipes = recipes_of(None)
     cells: dict[str, Cell] = {}
     ordered: list[Cell] = []
 
@@ -178,7 +181,8 @@ def expand_cells(suite, registry, domains: list[tuple[str, str]],
         for entry in suite.strategies:
             cls = registry.get("strategy", entry.name)
             label = entry.label or entry.name
-            points = strategy_points(cls, entry.params, recipes, where=f"{suite.name}: strategies.{label}.params")
+            points = strategy_points(cls, entry.params, recipes_of(backbone),
+                                     where=f"{suite.name}: strategies.{label}.params")
             for src, tgt in (pairs_of or {}).get(backbone.name, domains):
                 for budget in budgets:
                     for seed in suite.seeds:

@@ -44,7 +44,7 @@ def plan(suite, registry, *, check_data: bool = True) -> tuple[list[Cell], list[
     for entry in suite.strategies:
         registry.get("strategy", entry.name)
     for b in suite.backbones:
-        for _, recipe in suite.recipe_points():
+        for _, recipe in suite.recipe_points(b):
             _check_backbone(b, recipe, registry)
     if suite.selection != "last":
         registry.get("validator", suite.selection)

@@ -85,6 +85,15 @@ class Recipe(_Strict):
                                 "recomputing them each step")
     eval_points: int = Field(1, ge=1, le=100, description="checkpoints evaluated for validators, evenly spaced, "
                              "the last step included (1: the last only); see docs/selection.md")
+    eval_points_images: int = Field(1000, ge=0, description="target images the checkpoint evaluations read: a "
+                                    "fixed random subset of this many (drawn from a constant seed, never from labels, "
+                                    "the same at every checkpoint); 0: every image. The main table always reads every "
+                                    "target image")
+    input_mean: Literal["backbone", "domains"] = Field(
+        "backbone", description="the mean subtracted from every input: backbone: its provider's constants; "
+        "domains: the mean pixel (per channel) of the cell's source training images and unlabelled target "
+        "images, a label-free statistic (the usual implementation of Ganin et al.'s MNIST->MNIST-M "
+        "experiment); the scale stays the backbone's std")
 
     @field_validator("channels_last", mode="before")
     @classmethod
@@ -117,7 +126,8 @@ class Recipe(_Strict):
 
 
 #: recipe keys added after cells were first recorded, with their defaults (see Recipe.cell_config)
-RECIPE_KEYS_ADDED_LATER: dict[str, Any] = {"train_crop": "random_resized", "eval_points": 1}
+RECIPE_KEYS_ADDED_LATER: dict[str, Any] = {"train_crop": "random_resized", "eval_points": 1,
+                                            "eval_points_images": 1000, "input_mean": "backbone"}
 
 #: recipe keys whose value is a sequence: a sweep of one is a list of lists (tlbench.matrix.sweep)
 RECIPE_SEQUENCE_KEYS = frozenset(k for k, f in Recipe.model_fields.items()
@@ -153,6 +163,8 @@ class BackboneEntry(_Strict):
                                     "e.g. each digit pair on the network its paper used")
     label: str | None = Field(None, description="row name in leaderboards (default: name); backbones that share "
                               "a label and run different pairs form one row")
+    recipe: dict[str, Any] = Field(default_factory=dict, description="recipe keys this backbone's cells set "
+                                   "otherwise than the suite's recipe (e.g. the input normalisation its paper used)")
 
 
 class StrategyEntry(_Strict):
@@ -244,26 +256,40 @@ class Suite(_Strict):
     @model_validator(mode="after")
     def _every_recipe_valid(self) -> Suite:
         self.recipe_points()  # each combination of a recipe sweep is a valid recipe, found now
+        for entry in self.backbones:
+            if entry.recipe:
+                self.recipe_points(entry)
         return self
 
-    def recipe_points(self) -> list[tuple[dict[str, Any], Recipe]]:
-        """Every recipe of the suite's sweep with the values that make it (``[({}, recipe)]`` without one)."""
+    def recipe_points(self, backbone: BackboneEntry | None = None) -> list[tuple[dict[str, Any], Recipe]]:
+        """Every recipe of the suite's sweep with the values that make it (``[({}, recipe)]`` without one),
+        with ``backbone``'s own recipe keys (``backbones[].recipe``) over the suite's."""
         from tlbench.matrix.sweep import sweep_points
 
         unknown = sorted(set(self.recipe_sweep) - set(Recipe.model_fields))
         if unknown:
             raise ValueError(f"recipe: unknown key(s) {', '.join(unknown)}; valid: {', '.join(Recipe.model_fields)}")
-        if not self.recipe_sweep:
+        overrides = dict(backbone.recipe) if backbone is not None else {}
+        where = f"backbones.{backbone.name}.recipe" if overrides else "recipe"
+        unknown = sorted(set(overrides) - set(Recipe.model_fields))
+        if unknown:
+            raise ValueError(f"{where}: unknown key(s) {', '.join(unknown)}; valid: {', '.join(Recipe.model_fields)}")
+        swept = sorted(set(overrides) & set(self.recipe_sweep))
+        if swept:
+            raise ValueError(f"{where}: {', '.join(swept)} is swept in the suite's recipe; sweep it there or set "
+                             f"it here, not both")
+        if not self.recipe_sweep and not overrides:
             return [({}, self.recipe)]
-        base = self.recipe.model_dump()
+        base = {**self.recipe.model_dump(), **overrides}
         out = []
-        for values in sweep_points(self.recipe_sweep):
+        for values in sweep_points(self.recipe_sweep) if self.recipe_sweep else [{}]:
             try:
                 out.append((values, Recipe.model_validate({**base, **values})))
             except ValidationError as exc:
                 err = exc.errors()[0]
-                where = ".".join(str(p) for p in err["loc"]) or ", ".join(values)
-                raise ValueError(f"recipe.{where} in the sweep point {values}: {err['msg']}") from None
+                key = ".".join(str(p) for p in err["loc"])
+                point = f" in the sweep point {values}" if values else ""
+                raise ValueError(f"{where}.{key}{point}: {err['msg']}") from None
         return out
 
     @field_validator("backbones", "trackers", mode="before")
@@ -359,7 +385,7 @@ class Suite(_Strict):
             with_pairs = next((b.name for b in self.backbones if b.pairs is not None), None)
             if with_pairs:
                 raise _suite_error(f"backbones.{with_pairs}.pairs: protocol finetune runs every backbone on every "
-                                   "task; remove pairs (narrow the run with --set tasks=[...])")
+                                   "task; remove pairs (narrow the run with --tasks)")
         return self
 
 
@@ -451,14 +477,15 @@ def _model_at(loc: tuple) -> type[BaseModel] | None:
 
 def load_suite(path: Path, *, overrides: list[str] = (), backbones: list[str] | None = None,
                strategies: list[str] | None = None, pairs: list[str] | None = None,
-               seeds: list[int] | None = None, data_root: str | None = None) -> Suite:
+               seeds: list[int] | None = None, data_root: str | None = None,
+               tasks: list[str] | None = None) -> Suite:
     """Read, narrow and validate a suite. Command-line narrowing never edits the file."""
     data = read_yaml(path)
     data = copy.deepcopy(data)
     for assignment in overrides:
         apply_override(data, assignment)
     suite = validate(data, origin=str(path), overrides=overrides)
-    for flag, key, value in (("--pairs", "pairs", pairs), ("--seeds", "seeds", seeds)):
+    for flag, key, value in (("--pairs", "pairs", pairs), ("--tasks", "tasks", tasks), ("--seeds", "seeds", seeds)):
         if value is not None:  # narrowing is checked like the file: the flag is blamed
             validate({**data, key: value}, origin=f"{flag} {','.join(map(str, value))}")
     if backbones:
@@ -469,6 +496,8 @@ def load_suite(path: Path, *, overrides: list[str] = (), backbones: list[str] | 
         suite.strategies = [known.get(n) or StrategyEntry(name=n) for n in strategies]
     if pairs is not None:
         suite.pairs = pairs
+    if tasks is not None:
+        suite.tasks = tasks
     if seeds is not None:
         suite.seeds = seeds
     if data_root:

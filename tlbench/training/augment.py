@@ -111,13 +111,18 @@ class Normalizer:
     ``mean``/``std`` hold one value per input channel of the network.
     """
 
-    def __init__(self, mean, std, device, in_chans: int = 3, dtype=torch.float32):
+    def __init__(self, mean, std, device, in_chans: int = 3, dtype=torch.float32, from_backbone: bool = True):
         if in_chans not in (1, 3) or len(mean) != in_chans or len(std) != in_chans:
             raise ValueError(f"normalisation needs one mean and std per input channel (1 or 3); "
                              f"got in_chans={in_chans}, mean={tuple(mean)}, std={tuple(std)}")
-        self.in_chans = in_chans
+        self.in_chans, self.from_backbone = in_chans, from_backbone
         self.scale = (255.0 * torch.tensor(std, device=device, dtype=dtype)).view(1, in_chans, 1, 1)
         self.shift = (255.0 * torch.tensor(mean, device=device, dtype=dtype)).view(1, in_chans, 1, 1)
+
+    def key(self) -> str:
+        """What distinguishes this normalisation in a cache key ("" for the backbone's own constants,
+        so that caches written before ``recipe.input_mean`` stay valid)."""
+        return "" if self.from_backbone else f"|mean={self.shift.flatten().tolist()}"
 
     def __call__(self, x: Tensor) -> Tensor:
         x = x.float()

@@ -160,7 +160,8 @@ def prepare_frozen_outputs(setup: CellSetup, schedule: ParamSchedule, src_images
             and "strong" not in views and teacher is None):
         bank = FeatureBank(setup.model, setup.augmenter, ["center", "flip"] if recipe["hflip"] else ["center"],
                            recipe["eval_batch_size"], cache_dir,
-                           key=f"{cell.backbone}|{setup.weights_used}|{cell.weights}|{recipe['image_size']}")
+                           key=f"{cell.backbone}|{setup.weights_used}|{cell.weights}|{recipe['image_size']}"
+                               f"{setup.augmenter.normalize.key()}")
         out.feature_steps = steps
         out.source_features = bank.features(src_images, domain_key(setup.data.source_train), setup.autocast)
         if views:
@@ -168,7 +169,7 @@ def prepare_frozen_outputs(setup: CellSetup, schedule: ParamSchedule, src_images
     if teacher is not None and strategy.teacher_views:
         out.teacher_views = strategy.teacher_views
         tbank = TeacherViewBank(teacher, setup.augmenter, out.teacher_views, recipe["eval_batch_size"], cache_dir,
-                                key=f"teacher={checked_digest(Path(teacher_model))}")
+                                key=f"teacher={checked_digest(Path(teacher_model))}{setup.augmenter.normalize.key()}")
         out.source_teacher = tbank.build(src_images, domain_key(setup.data.source_train), setup.autocast)
         if views:
             out.target_teacher = tbank.build(tgt_images, domain_key(setup.data.served_target), setup.autocast)

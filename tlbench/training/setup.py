@@ -121,13 +121,32 @@ def set_up_cell(task: CellTask, registry, device: torch.device) -> CellSetup:
     teacher = None
     if type(strategy).needs_teacher:
         teacher = load_teacher(task, data.num_classes, registry, device, precision.memory_format)
-    augmenter = Augmenter(recipe["image_size"], Normalizer(backbone.mean, backbone.std, device, backbone.in_chans),
+    normalizer = Normalizer(input_mean(recipe, data, backbone), backbone.std, device, backbone.in_chans,
+                            from_backbone=recipe.get("input_mean", "backbone") == "backbone")
+    augmenter = Augmenter(recipe["image_size"], normalizer,
                           hflip=recipe["hflip"], scale=tuple(recipe["crop_scale"]),
                           random_crop=recipe.get("train_crop", "random_resized") != "none",
                           memory_format=precision.memory_format)
     schedule = ParamSchedule(strategy.param_groups(model), [model, strategy], model, recipe, device, cell.strategy)
     return CellSetup(cell, recipe, device, deterministic, precision, data, model, weights_used, backbone, strategy,
                      teacher, augmenter, schedule)
+
+
+def input_mean(recipe: dict, data: CellData, backbone: Backbone) -> tuple[float, ...]:
+    """The mean subtracted from the inputs, one value per input channel of the network, in [0, 1].
+
+    ``recipe.input_mean: domains`` takes the mean pixel of the source's training images and of the
+    unlabelled target images the strategy is served (no label is read), as the common
+    implementation of Ganin et al.'s MNIST->MNIST-M experiment does (pumpikano/tf-dann's
+    ``pixel_mean`` over both training sets); otherwise the backbone's own constants.
+    """
+    if recipe.get("input_mean", "backbone") != "domains":
+        return tuple(backbone.mean)
+    images = [data.source_train.images, data.served_target.images]
+    total = sum(x.to(torch.float64).sum(dim=(0, 2, 3)) for x in images)
+    count = sum(x.shape[0] * x.shape[2] * x.shape[3] for x in images)
+    mean = (total / count / 255.0).tolist()
+    return (sum(mean) / 3,) if backbone.in_chans == 1 else tuple(mean)
 
 
 def configure_device(device: torch.device) -> None:
