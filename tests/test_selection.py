@@ -85,6 +85,21 @@ def test_regret_is_the_oracle_best_minus_the_choice(sweep):
     assert -1 <= table.loc["im", "rank_correlation"] <= 1
 
 
+def test_the_checkpoint_table_holds_every_candidate_and_reproduces_the_regrets(sweep):
+    records, stored = sweep
+    chosen = select(records, LAST, _validators(), stored.get)
+    table = chosen.checkpoints
+    assert len(table) == 2 * 3 * 5 and table["last"].sum() == 6
+    assert sorted(table["target_acc"]) == sorted(float(a) for e in stored.values() for a in e.target_acc)
+    for name in ("im", "snd", "oracle"):
+        regrets = []
+        for _, group in table.groupby("seed"):
+            pick = group.loc[group[name].idxmax()]  # idxmax: the first of equal scores, as select's ties
+            regrets.append(group["target_acc"].max() - pick["target_acc"])
+        expected = chosen.validators.set_index("validator").loc[name, "mean_regret"]
+        assert np.mean(regrets) == pytest.approx(expected)
+
+
 def test_records_without_evaluations_keep_their_last_checkpoint():
     old = _record("old", 0, 55.0, strategy="source_only")
     chosen = select([old], "snd", _validators(), lambda cid: None)

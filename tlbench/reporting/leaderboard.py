@@ -35,7 +35,8 @@ from tlbench.reporting import stats
 from tlbench.reporting.ranking import AVG, critical_difference_summary, matched_results, rank_rows
 from tlbench.reporting.curves import CURVE_COLUMNS, curve_frame
 from tlbench.reporting.mixing import mixed_origins
-from tlbench.reporting.selection import CHOSEN_COLUMNS, LAST, VALIDATOR_COLUMNS, Selection, selection_text
+from tlbench.reporting.selection import (CHECKPOINT_COLUMNS, CHOSEN_COLUMNS, LAST, VALIDATOR_COLUMNS, Selection,
+                                        selection_text)
 
 #: per-column fields of :attr:`Leaderboard.accuracy`, named ``f"{column} {field}"``
 COLUMN_FIELDS = ("mean", "std", "ci95", "n", "best", "status", "notes")
@@ -147,6 +148,8 @@ class Leaderboard:
     #: per validator: ``uses_target_labels`` (the oracle: True), ``mean_regret`` (points below the
     #: oracle's choice), ``rank_correlation`` (mean within-group Spearman), ``groups``, ``selected``
     validators: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=list(VALIDATOR_COLUMNS)))
+    #: every candidate checkpoint with each validator's score (``tlbench.reporting.selection.checkpoint_table``)
+    checkpoints: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=list(CHECKPOINT_COLUMNS)))
 
     @property
     def validator_text(self) -> str:
@@ -224,8 +227,8 @@ def build_leaderboard(records: list[CellRecord], suite: dict[str, Any], *,
         environment=_environment(records, date),
         curves=curve_frame(records),
         mixed=mixed_origins(records),
-        **({"selection": selection.rule, "chosen": selection.chosen, "validators": selection.validators}
-           if selection else {}),
+        **({"selection": selection.rule, "chosen": selection.chosen, "validators": selection.validators,
+            "checkpoints": selection.checkpoints} if selection else {}),
     )
 
 

@@ -38,6 +38,9 @@ ORACLE = "oracle"
 CHOSEN_COLUMNS = ("backbone", "strategy", "pair", "seed", "params", "step", "target_acc", "oracle_acc", "candidates",
                   "cell_id")
 VALIDATOR_COLUMNS = ("validator", "uses_target_labels", "mean_regret", "rank_correlation", "groups", "selected")
+#: the leading columns of the checkpoint table; every validator's score follows, one column each
+CHECKPOINT_COLUMNS = ("backbone", "strategy", "pair", "seed", "params", "step", "last", "target_acc", "source_acc",
+                      "cell_id")
 
 
 @dataclass
@@ -61,6 +64,9 @@ class Selection:
     chosen: pd.DataFrame
     validators: pd.DataFrame
     notes: list[str] = field(default_factory=list)
+    #: every candidate with every validator's score (CHECKPOINT_COLUMNS, then one column per validator):
+    #: what the validator table is computed from, small enough to commit beside it
+    checkpoints: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=list(CHECKPOINT_COLUMNS)))
 
 
 def score_checkpoint(validator: Validator, evaluations: CheckpointEvaluations, k: int) -> float:
@@ -110,7 +116,18 @@ def select(records: list[CellRecord], rule: str, validators: dict[str, Validator
                      "those of the chosen cells.")
     names = [n for n in sorted(validators) if n not in failing]
     return Selection(rule, out, pd.DataFrame(chosen_rows, columns=list(CHOSEN_COLUMNS)),
-                     validator_table(per_group, names, validators, rule), notes)
+                     validator_table(per_group, names, validators, rule), notes,
+                     checkpoint_table(per_group, names))
+
+
+def checkpoint_table(groups: list[list[Candidate]], names: list[str]) -> pd.DataFrame:
+    """One row per candidate: where it comes from, its target and source accuracy, each validator's score."""
+    rows = [{"backbone": c.record.backbone, "strategy": c.record.strategy, "pair": c.record.column,
+             "seed": c.record.seed, "params": _params_text(c.record), "step": c.step, "last": c.last,
+             "target_acc": c.target_acc, "source_acc": c.source_acc, "cell_id": c.record.cell_id,
+             **{n: c.scores.get(n, math.nan) for n in names}}
+            for candidates in groups for c in candidates]
+    return pd.DataFrame(rows, columns=[*CHECKPOINT_COLUMNS, *names])
 
 
 def _sweep_order(r: CellRecord) -> tuple:

@@ -1,10 +1,15 @@
 """Checkpoint evaluations: the model's outputs at K evenly spaced points of training, for validators.
 
 A :class:`CheckpointEvaluator` is a step observer. At each point before the last it evaluates the
-model once on every target image and on the source's held-out split (the test crop, no randomness
-drawn, every module's train/eval mode restored afterwards, the clock paused), so training goes on
-exactly as without it. The last point is the engine's final evaluation itself (:meth:`finish`): the
-last checkpoint costs no second pass. What is kept is :class:`tlbench.matrix.evaluations.
+model once on the checkpoint subset of the target (``recipe.eval_points_images``, 1,000 by default:
+a fixed random subset drawn from a constant seed, never from labels, so every checkpoint and every
+cell on that target read the same images; all of them when the target is no larger) and on the
+source's held-out split (the test crop, no randomness drawn, every module's train/eval mode restored
+afterwards, the clock paused), so training goes on exactly as without it. The last point is the
+engine's final evaluation itself, cut to the same subset (:meth:`finish`): the last checkpoint costs
+no second pass. Evaluating every image of a large target at every point would cost more than the
+training of a short schedule (on the digits suite, 21-42 % of a cell's wall time for USPS's 9,298
+images; benchmarks/RESULTS.md). What is kept is :class:`tlbench.matrix.evaluations.
 CheckpointEvaluations`; target labels only turn into each point's accuracy, the oracle.
 
 Model selection without target labels needs these outputs (Musgrave et al., "Benchmarking
@@ -14,15 +19,31 @@ when reports are written, so a new validator rescores finished runs without trai
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from tlbench.matrix.evaluations import CheckpointEvaluations, compact_embeddings
-from tlbench.training.evaluation import Evaluation, ModelOutputs, evaluate_cell
+from tlbench.matrix.suite import RECIPE_KEYS_ADDED_LATER
+from tlbench.training.evaluation import Evaluation, ModelOutputs, accuracy, evaluate_cell
 from tlbench.training.loop import StepObserver
 from tlbench.training.setup import CellSetup
 from tlbench.training.strategy import StepOutput
+
+
+#: the seed of the checkpoint subset: a constant, so the subset depends on the target's size only
+SUBSET_SEED = 0
+
+
+def checkpoint_subset(n: int, cap: int) -> Tensor | None:
+    """Sorted positions of the ``cap`` target images checkpoints read, or None for all of them
+    (``cap`` 0, or a target of at most ``cap`` images)."""
+    if cap <= 0 or n <= cap:
+        return None
+    g = torch.Generator().manual_seed(SUBSET_SEED)
+    return torch.randperm(n, generator=g)[:cap].sort().values
 
 
 def checkpoint_steps(total_steps: int, points: int) -> list[int]:
@@ -35,6 +56,11 @@ class CheckpointEvaluator(StepObserver):
     """Evaluates the model at ``checkpoint_steps``; the last point comes from the final evaluation."""
 
     def __init__(self, setup: CellSetup, target_images: Tensor, target_labels: Tensor, points: int):
+        cap = setup.recipe.get("eval_points_images", RECIPE_KEYS_ADDED_LATER["eval_points_images"])  # absent: default
+        self.subset = checkpoint_subset(len(target_images), int(cap))
+        if self.subset is not None:
+            index = self.subset.to(target_images.device)
+            target_images, target_labels = target_images[index], target_labels[index]
         self.setup, self.target_images, self.target_labels = setup, target_images, target_labels
         self.steps = checkpoint_steps(setup.total_steps, points)
         self._due = set(self.steps[:-1])  # 0-based steps after which to evaluate are step_done - 1
@@ -53,8 +79,9 @@ class CheckpointEvaluator(StepObserver):
                     module.training = training
 
     def finish(self, evaluation: Evaluation) -> CheckpointEvaluations:
-        """The evaluations, the final ``evaluation`` (of the last step) as the last point."""
-        self._add(self.setup.total_steps, evaluation)
+        """The evaluations, the final ``evaluation`` (of the last step, on every target image) as the
+        last point, cut to the checkpoint subset."""
+        self._add(self.setup.total_steps, self._on_subset(evaluation))
         target_embed = np.stack([_embed(p[2]) for p in self._points])
         holdout = self.setup.data.source_holdout
         empty = ModelOutputs(torch.zeros(0, self._points[0][2].logits.shape[1]), None, 0.0)
@@ -69,6 +96,22 @@ class CheckpointEvaluator(StepObserver):
                                    for o in source]),
             source_labels=(holdout.labels.cpu().numpy().astype(np.int64) if holdout is not None
                            else np.zeros(0, np.int64)))
+
+    @property
+    def target_images_read(self) -> int:
+        """How many target images each checkpoint read (for the record)."""
+        return len(self.target_labels)
+
+    def _on_subset(self, evaluation: Evaluation) -> Evaluation:
+        if self.subset is None:
+            return evaluation
+        out = evaluation.target_outputs
+        index = self.subset.to(out.logits.device)
+        logits = out.logits[index]
+        embedding = out.embedding[index] if out.embedding is not None else None
+        acc = accuracy(logits, self.target_labels)
+        return dataclasses.replace(evaluation, target_acc=acc,
+                                   target_outputs=ModelOutputs(logits, embedding, out.img_per_s))
 
     def _add(self, step: int, evaluation: Evaluation) -> None:
         self._points.append((step, evaluation.target_acc, evaluation.target_outputs, evaluation.source_outputs))

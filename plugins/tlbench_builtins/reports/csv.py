@@ -8,7 +8,9 @@
 * ``references.csv`` — published numbers (never mixed into the leaderboard);
 * ``failures.csv`` — every failed or diverged cell with its error text and footnote number;
 * ``validators.csv`` — each validator's mean regret and rank correlation (``uses_target_labels``: the oracle);
-* ``selection.csv`` — per strategy, pair and seed the chosen parameters and checkpoint.
+* ``selection.csv`` — per strategy, pair and seed the chosen parameters and checkpoint;
+* ``checkpoints.csv`` — every candidate checkpoint with its target accuracy and each validator's score
+  (what ``validators.csv`` is computed from; written when there was a choice).
 
 Every file is written even when it has no rows, so a later report never leaves a stale one.
 """
@@ -44,6 +46,8 @@ class CsvReporter(Reporter):
             "validators.csv": board.validators,
             "selection.csv": board.chosen,
         }
+        if board.has_choices:
+            tables["checkpoints.csv"] = board.checkpoints
         paths = []
         for name, df in tables.items():
             path = out_dir / name
