@@ -293,6 +293,17 @@ def test_uda_cell_ids_carry_no_finetune_keys_and_finetune_ids_do(tmp_path):
     assert len({c.id for c in ft}) == 2 and ft[0].config()["budget"] == "10%"
 
 
+def test_tasks_flag_narrows_a_finetune_suite_and_is_refused_by_a_uda_one(tmp_path, capsys):
+    text = FINETUNE.replace("tasks: [digits]", "tasks: [digits, digits+invert]")
+    cells, _ = plan(load_suite(_suite(tmp_path, text), tasks=["digits+invert"]), Registry())
+    assert {c.task for c in cells} == {"digits+invert"} and len(cells) == 2
+    uda = tmp_path / "uda.yaml"
+    uda.write_text(TINY_SUITE)
+    assert main(["run", str(uda), "--tasks", "digits", "--out", str(tmp_path / "o"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--tasks digits" in err[0] and "protocol finetune only" in err[0], err
+
+
 # -- end to end ------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def finetune_run(tmp_path_factory):

@@ -71,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--backbones", type=_csv)
     run.add_argument("--strategies", type=_csv)
     run.add_argument("--pairs", type=_csv, help="e.g. 'A->W,W->A'")
+    run.add_argument("--tasks", type=_csv, help="protocol finetune: e.g. 'amazon,webcam'")
     run.add_argument("--seeds", type=_seeds)
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE")
     run.add_argument("--cache", type=Path, help="decoded-image cache (default $TLBENCH_CACHE or ~/.cache/tlbench)")
@@ -211,7 +212,7 @@ def _run(args, registry) -> int:
     from tlbench.matrix.suite import load_suite
 
     suite = load_suite(resolve_suite(args.suite), overrides=args.overrides, backbones=args.backbones, strategies=args.strategies,
-                       pairs=args.pairs, seeds=args.seeds, data_root=args.data_root)
+                       pairs=args.pairs, tasks=args.tasks, seeds=args.seeds, data_root=args.data_root)
     out = args.out or DEFAULT_RUNS / suite.name
     if args.dry_run:
         from tlbench.matrix.estimate import estimate
