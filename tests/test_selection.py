@@ -3,6 +3,7 @@ and a report re-selects exactly what the run selected."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -14,7 +15,7 @@ from tests.conftest import TINY_SUITE
 from tlbench.matrix.evaluations import CheckpointEvaluations
 from tlbench.matrix.results import CellRecord, ResultsDir
 from tlbench.plugins.registry import get_registry
-from tlbench.reporting.selection import LAST, select
+from tlbench.reporting.selection import LAST, LAST_ROW, select
 
 
 def _validators():
@@ -85,6 +86,22 @@ def test_regret_is_the_oracle_best_minus_the_choice(sweep):
     assert -1 <= table.loc["im", "rank_correlation"] <= 1
 
 
+def test_a_chosen_last_checkpoint_shows_the_records_accuracy_on_every_target_image(sweep):
+    records, stored = sweep
+    # the records' accuracy reads every target image; the stored last point only the checkpoint images
+    records = [dataclasses.replace(r, target_acc=r.target_acc + 0.5) for r in records]
+    chosen = select(records, LAST, _validators(), stored.get)
+    by_id = {r.cell_id: r for r in records}
+    assert all(r.target_acc == by_id[r.cell_id].target_acc for r in chosen.records)
+    assert all(row.target_acc == by_id[row.cell_id].target_acc - 0.5 for row in chosen.chosen.itertuples())
+    early = select(records, "oracle", _validators(), stored.get)
+    for r in early.records:
+        step = r.extra["selection"]["step"]
+        ev = stored[r.cell_id]
+        expected = by_id[r.cell_id].target_acc if step == ev.steps[-1] else float(ev.target_acc[list(ev.steps).index(step)])
+        assert r.target_acc == pytest.approx(expected)
+
+
 def test_the_checkpoint_table_holds_every_candidate_and_reproduces_the_regrets(sweep):
     records, stored = sweep
     chosen = select(records, LAST, _validators(), stored.get)
@@ -98,6 +115,12 @@ def test_the_checkpoint_table_holds_every_candidate_and_reproduces_the_regrets(s
             regrets.append(group["target_acc"].max() - pick["target_acc"])
         expected = chosen.validators.set_index("validator").loc[name, "mean_regret"]
         assert np.mean(regrets) == pytest.approx(expected)
+    # the yardstick row: the default parameters' last checkpoint, no validator
+    default = table[table["last"] & (table["params"] == "trade_off=1.0")].set_index("seed")["target_acc"]
+    regrets = [group["target_acc"].max() - default[seed] for seed, group in table.groupby("seed")]
+    row = chosen.validators.set_index("validator").loc[LAST_ROW]
+    assert row["mean_regret"] == pytest.approx(np.mean(regrets)) and row["selected"]
+    assert math.isnan(row["rank_correlation"]) and not row["uses_target_labels"]
 
 
 def test_records_without_evaluations_keep_their_last_checkpoint():

@@ -61,7 +61,9 @@ STATS_TEXT = ("Each cell: mean ± sample std (ddof=1) of target accuracy (%) ove
 VALIDATOR_TEXT = ("Each strategy, pair and seed chooses among its candidates (every checkpoint of every cell of "
                   "its sweep). Regret: the oracle's target accuracy minus that of the validator's choice, mean over "
                   "groups. Rank correlation: Spearman's between the validator's scores and target accuracy within "
-                  "a group, mean over groups. The oracle uses target labels: a reference, never a method.")
+                  "a group, mean over groups. The oracle uses target labels: a reference, never a method. Accuracies "
+                  "here are on each cell's checkpoint images (every target image up to recipe.eval_points_images, "
+                  "else a fixed random subset of that many).")
 
 
 @dataclass
