@@ -30,7 +30,7 @@ def test_every_checkpoint_reads_the_same_subset_and_the_last_is_cut_to_it():
     ev, labels = _evaluator()
     index = checkpoint_subset(12, 5)
     assert torch.equal(ev.target_images[:, 0, 0, 0].long(), index) and torch.equal(ev.target_labels, labels[index])
-    assert ev.target_images_read == 5
+    assert len(ev.target_labels) == 5
     # the final evaluation reads every image; its logits predict class 0 everywhere
     logits = torch.zeros(12, 3)
     logits[:, 0] = 1.0
@@ -47,9 +47,9 @@ def test_a_cell_recipe_without_the_key_gets_its_default():
     setup = types.SimpleNamespace(recipe={}, total_steps=10)
     images = torch.zeros(1500, 3, 2, 2, dtype=torch.uint8)
     ev = CheckpointEvaluator(setup, images, torch.zeros(1500, dtype=torch.int64), points=5)
-    assert ev.target_images_read == 1000
+    assert len(ev.target_images) == len(ev.target_labels) == 1000
 
 
 def test_a_target_no_larger_than_the_cap_is_read_whole():
     ev, labels = _evaluator(n=4, cap=5)
-    assert ev.subset is None and ev.target_images_read == 4
+    assert ev.subset is None and len(ev.target_images) == len(ev.target_labels) == 4

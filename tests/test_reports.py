@@ -29,7 +29,8 @@ PLUGINS = {"markdown": markdown_plugin, "csv": csv_plugin, "html": html_plugin, 
            "plots": plots_plugin}
 #: in writing order: plots (order -10), then csv, latex, markdown (order 0, by name), html (order 10)
 FILES = ["accuracy_vs_throughput.png", "accuracy_vs_eval_throughput.png", "pair_accuracy.png", "leaderboard.csv",
-         "costs.csv", "references.csv", "failures.csv", "validators.csv", "selection.csv", "leaderboard.tex",
+         "costs.csv", "references.csv", "failures.csv", "validators.csv", "selection.csv", "checkpoints.csv",
+         "leaderboard.tex",
          "leaderboard.md", "leaderboard.html"]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 #: names full of HTML and LaTeX specials, as a backbone, a strategy, a domain and an error could be

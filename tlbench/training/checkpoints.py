@@ -97,11 +97,6 @@ class CheckpointEvaluator(StepObserver):
             source_labels=(holdout.labels.cpu().numpy().astype(np.int64) if holdout is not None
                            else np.zeros(0, np.int64)))
 
-    @property
-    def target_images_read(self) -> int:
-        """How many target images each checkpoint read (for the record)."""
-        return len(self.target_labels)
-
     def _on_subset(self, evaluation: Evaluation) -> Evaluation:
         if self.subset is None:
             return evaluation

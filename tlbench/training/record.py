@@ -51,7 +51,7 @@ def ok_record(setup: CellSetup, *, evaluation: Evaluation, evaluations: Checkpoi
                   "provenance": {**provenance, "weights": dict(setup.backbone.weights)}})
     if setup.device.type == "cpu":
         extra["cpu_runtime"] = describe_runtime()  # the allocator and OpenMP waits this process ran with
-    if evaluations is not None and len(evaluations) and evaluations.target_logits.ndim == 3:
+    if evaluations is not None and len(evaluations):
         extra["checkpoint_target_images"] = int(evaluations.target_logits.shape[1])  # recipe.eval_points_images
     if cell.sweep:  # a point of a sweep: which values, and whether they are the defaults (selection 'last')
         extra["sweep"] = dict(cell.sweep)

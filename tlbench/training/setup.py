@@ -121,8 +121,9 @@ def set_up_cell(task: CellTask, registry, device: torch.device) -> CellSetup:
     teacher = None
     if type(strategy).needs_teacher:
         teacher = load_teacher(task, data.num_classes, registry, device, precision.memory_format)
-    normalizer = Normalizer(input_mean(recipe, data, backbone), backbone.std, device, backbone.in_chans,
-                            from_backbone=recipe.get("input_mean", "backbone") == "backbone")
+    own_mean = input_mean(recipe, data, backbone)
+    normalizer = Normalizer(own_mean or backbone.mean, backbone.std, device, backbone.in_chans,
+                            from_backbone=own_mean is None)
     augmenter = Augmenter(recipe["image_size"], normalizer,
                           hflip=recipe["hflip"], scale=tuple(recipe["crop_scale"]),
                           random_crop=recipe.get("train_crop", "random_resized") != "none",
@@ -132,18 +133,19 @@ def set_up_cell(task: CellTask, registry, device: torch.device) -> CellSetup:
                      teacher, augmenter, schedule)
 
 
-def input_mean(recipe: dict, data: CellData, backbone: Backbone) -> tuple[float, ...]:
-    """The mean subtracted from the inputs, one value per input channel of the network, in [0, 1].
+def input_mean(recipe: dict, data: CellData, backbone: Backbone) -> tuple[float, ...] | None:
+    """The mean subtracted from the inputs, one value per input channel of the network, in [0, 1];
+    None for the backbone's own constants (the default).
 
     ``recipe.input_mean: domains`` takes the mean pixel of the source's training images and of the
     unlabelled target images the strategy is served (no label is read), as the common
     implementation of Ganin et al.'s MNIST->MNIST-M experiment does (pumpikano/tf-dann's
-    ``pixel_mean`` over both training sets); otherwise the backbone's own constants.
+    ``pixel_mean`` over both training sets).
     """
     if recipe.get("input_mean", "backbone") != "domains":
-        return tuple(backbone.mean)
+        return None
     images = [data.source_train.images, data.served_target.images]
-    total = sum(x.to(torch.float64).sum(dim=(0, 2, 3)) for x in images)
+    total = sum(x.sum(dim=(0, 2, 3), dtype=torch.int64) for x in images).double()  # exact, no float copy
     count = sum(x.shape[0] * x.shape[2] * x.shape[3] for x in images)
     mean = (total / count / 255.0).tolist()
     return (sum(mean) / 3,) if backbone.in_chans == 1 else tuple(mean)

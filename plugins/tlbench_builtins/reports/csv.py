@@ -10,7 +10,7 @@
 * ``validators.csv`` — each validator's mean regret and rank correlation (``uses_target_labels``: the oracle);
 * ``selection.csv`` — per strategy, pair and seed the chosen parameters and checkpoint;
 * ``checkpoints.csv`` — every candidate checkpoint with its target accuracy and each validator's score
-  (what ``validators.csv`` is computed from; written when there was a choice).
+  (what ``validators.csv`` is computed from).
 
 Every file is written even when it has no rows, so a later report never leaves a stale one.
 """
@@ -45,9 +45,8 @@ class CsvReporter(Reporter):
             "failures.csv": board.failures,
             "validators.csv": board.validators,
             "selection.csv": board.chosen,
+            "checkpoints.csv": board.checkpoints,
         }
-        if board.has_choices:
-            tables["checkpoints.csv"] = board.checkpoints
         paths = []
         for name, df in tables.items():
             path = out_dir / name
