@@ -59,7 +59,12 @@ class Recipe(_Strict):
     weight_decay: float = Field(1e-3, ge=0, description="L2 weight decay of every group (a group may set its own)")
     lr_gamma: float = Field(10.0, ge=0, description="lr * (1 + lr_gamma * p) ** -lr_decay, p = fraction of training")
     lr_decay: float = Field(0.75, ge=0, description="exponent of the learning-rate decay (see lr_gamma)")
-    bottleneck_dim: int = Field(256, ge=0, description="0 for no bottleneck")
+    bottleneck_dim: int = Field(256, ge=0, description="units of each bottleneck layer; 0 for no bottleneck")
+    bottleneck_layers: int = Field(1, ge=1, le=8, description="Linear-norm-ReLU layers of the bottleneck (Ganin et "
+                                   "al.'s MNIST label predictor: 2 of 100 units, no norm)")
+    bottleneck_norm: Literal["batch", "none"] = Field(
+        "batch", description="batch: BatchNorm after each bottleneck Linear (TLlib's ImageClassifier); none: "
+        "Linear-ReLU only (Ganin et al.'s label predictor: its statistics are not the source batches')")
     image_size: int = Field(224, ge=8, le=1024, description="training and test crop size")
     resize_size: int | None = Field(None, ge=8, le=2048, description="stored image size; default image_size*256/224")
     crop_scale: tuple[float, float] = Field((0.08, 1.0), description="area range (low, high) of the random "
@@ -127,7 +132,8 @@ class Recipe(_Strict):
 
 #: recipe keys added after cells were first recorded, with their defaults (see Recipe.cell_config)
 RECIPE_KEYS_ADDED_LATER: dict[str, Any] = {"train_crop": "random_resized", "eval_points": 1,
-                                            "eval_points_images": 1000, "input_mean": "backbone"}
+                                            "eval_points_images": 1000, "input_mean": "backbone",
+                                            "bottleneck_layers": 1, "bottleneck_norm": "batch"}
 
 #: recipe keys whose value is a sequence: a sweep of one is a list of lists (tlbench.matrix.sweep)
 RECIPE_SEQUENCE_KEYS = frozenset(k for k, f in Recipe.model_fields.items()

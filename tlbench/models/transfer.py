@@ -1,7 +1,9 @@
 """The network every strategy trains: a provider's backbone, then the harness's head.
 
 The head is the standard domain-adaptation one: a bottleneck (Linear–BatchNorm–ReLU, 256 units
-by default) and a linear classifier. Every model exposes the same few methods, whatever the
+by default, TLlib's ``ImageClassifier``) and a linear classifier; the bottleneck may stack layers
+and drop the norm (Ganin et al., JMLR 2016, Fig. 4: the MNIST label predictor is fc 100, fc 100
+without normalisation). Every model exposes the same few methods, whatever the
 backbone: ``forward``, ``forward_all`` (features, embedding, logits), ``head_parameters`` and
 ``backbone_stages`` (the stages the backbone's provider declared, or timm's ``group_matcher``).
 """
@@ -29,7 +31,7 @@ class TransferModel(nn.Module):
     """
 
     def __init__(self, backbone: nn.Module, num_classes: int, *, bottleneck_dim: int = 256,
-                 backbone_lr_scale: float = 0.1, backbone_name: str = "",
+                 bottleneck_layers: int = 1, bottleneck_norm: str = "batch", backbone_lr_scale: float = 0.1, backbone_name: str = "",
                  feature_dim: int | None = None, stages: list[list[str]] | None = None):
         super().__init__()
         self.backbone = backbone
@@ -39,8 +41,8 @@ class TransferModel(nn.Module):
         self.stage_names = stages
         self.num_classes = num_classes
         if bottleneck_dim > 0:
-            self.bottleneck: nn.Module = nn.Sequential(
-                nn.Linear(self.feature_dim, bottleneck_dim), nn.BatchNorm1d(bottleneck_dim), nn.ReLU(inplace=True))
+            self.bottleneck: nn.Module = make_bottleneck(self.feature_dim, bottleneck_dim, bottleneck_layers,
+                                                         bottleneck_norm)
             self.embed_dim = bottleneck_dim
         else:
             self.bottleneck = nn.Identity()
@@ -75,6 +77,23 @@ class TransferModel(nn.Module):
             return backbone_stages(self.backbone)
         params = dict(self.backbone.named_parameters())
         return [[params[n] for n in names] for names in self.stage_names]
+
+
+def make_bottleneck(in_dim: int, dim: int, layers: int = 1, norm: str = "batch") -> nn.Sequential:
+    """``layers`` times Linear(→dim), BatchNorm1d (``norm="batch"``) or nothing (``"none"``), ReLU.
+
+    One layer with BatchNorm is TLlib's bottleneck; the parameter names of that default
+    (``0.weight``, ``1.running_mean``, ...) are the ones earlier checkpoints hold.
+    """
+    if norm not in ("batch", "none"):
+        raise ValueError(f"bottleneck norm must be 'batch' or 'none', got {norm!r}")
+    modules: list[nn.Module] = []
+    for i in range(layers):
+        modules.append(nn.Linear(in_dim if i == 0 else dim, dim))
+        if norm == "batch":
+            modules.append(nn.BatchNorm1d(dim))
+        modules.append(nn.ReLU(inplace=True))
+    return nn.Sequential(*modules)
 
 
 def backbone_stages(backbone: nn.Module) -> list[list[nn.Parameter]]:

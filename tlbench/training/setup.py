@@ -224,6 +224,8 @@ def build_model(backbone: str, weights: str, num_classes: int, recipe: dict,
     the backbone's provider said about it (channels, normalisation, stages)."""
     made, source = load_backbone(backbone, weights, registry=registry)
     model = TransferModel(made.network, num_classes, bottleneck_dim=recipe["bottleneck_dim"],
+                          bottleneck_layers=recipe.get("bottleneck_layers", 1),
+                          bottleneck_norm=recipe.get("bottleneck_norm", "batch"),
                           backbone_lr_scale=recipe["backbone_lr_scale"], backbone_name=backbone,
                           feature_dim=made.feature_dim, stages=made.stages)
     return model, source, made
