@@ -112,6 +112,22 @@ def test_data_prepare_fills_the_cache(tiny_suite, tmp_path, capsys):
     assert list((cache / "domains").rglob("*.pt")), "the decoded domain was not written to the cache"
 
 
+def test_data_prepare_decodes_every_size_the_cells_read(tmp_path, capsys):
+    """A backbone's own recipe with another stored size is prepared at that size too."""
+    from conftest import TINY_SUITE
+
+    suite = tmp_path / "two_sizes.yaml"
+    suite.write_text(TINY_SUITE.replace(
+        "  - name: test_efficientnet\n    weights: random\n",
+        "  - name: test_efficientnet\n    weights: random\n"
+        "  - {name: test_resnet, weights: random, recipe: {image_size: 20, resize_size: 22}}\n"))
+    assert main(["data", "prepare", str(suite), "--cache", str(tmp_path / "cache")]) == 0
+    out = capsys.readouterr().out
+    for size in (18, 22):
+        assert f"digits: 1797 images, 10 classes, {size}px" in out
+        assert f"digits+invert: 1797 images, 10 classes, {size}px" in out
+
+
 def test_list_filters_with_wildcards(capsys):
     assert main(["list", "strategies", "*m*"]) == 0
     names = [line.split()[0] for line in capsys.readouterr().out.splitlines()]

@@ -17,6 +17,7 @@ from conftest import TINY_SUITE  # tests/ is on sys.path (pytest rootdir conftes
 from tlbench.training.augment import Augmenter, Normalizer
 from tlbench.matrix.cells import CellTask
 from tlbench.training.engine import train_cell
+from tlbench.data.files import load_checked
 from tlbench.training.frozen import TeacherViewBank
 from tlbench.plugins.registry import Registry
 from tlbench.matrix.results import ResultsDir
@@ -94,6 +95,30 @@ def test_unfreeze_trains_on_cached_features_until_the_first_stage_joins(tmp_path
     assert _train(freeze_cells[0], registry, tmp_path).extra["feature_cache"] is True
     assert feature_file.stat().st_mtime_ns == stamp
     assert len(list((tmp_path / "cache" / "features").glob("*.pt"))) == 1
+
+
+def test_a_weights_file_replaced_under_the_same_path_gets_its_own_features(tmp_path):
+    import timm
+
+    SEEN.clear()
+    weights = tmp_path / "backbone.pth"
+
+    def train_freeze_on(seed: int) -> Path:
+        torch.manual_seed(seed)
+        torch.save(timm.create_model("test_efficientnet", num_classes=0).state_dict(), weights)
+        cells, registry = _cells(tmp_path, "strategies: [freeze]\n")
+        cell = dataclasses.replace(cells[0], weights=str(weights))
+        record = _train(cell, registry, tmp_path)
+        assert record.status == "ok", record.error
+        return record
+
+    first = train_freeze_on(0)
+    second = train_freeze_on(1)
+    assert first.extra["provenance"]["weights"]["sha256"] != second.extra["provenance"]["weights"]["sha256"]
+    # the second file's features were computed from it, not served from the first file's cache
+    files = sorted((tmp_path / "cache" / "features").glob("*.pt"))
+    assert len(files) == 2
+    assert not torch.equal(load_checked(files[0]), load_checked(files[1]))
 
 
 def test_unfreeze_without_the_feature_cache_sees_images_throughout(tmp_path):

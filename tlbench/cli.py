@@ -330,25 +330,22 @@ def _plugins(registry) -> int:
 
 
 def _prepare(args, registry) -> int:
+    """Decode every domain at every stored size the suite's cells read (a backbone's own recipe or a
+    swept size included), so the run starts from the cache."""
     from tlbench.data.cache import default_cache_dir, load_domain
-    from tlbench.matrix.cells import resolve_pairs
-    from tlbench.matrix.planning import open_dataset
+    from tlbench.matrix.planning import open_dataset, plan
     from tlbench.matrix.shipped import resolve_suite
     from tlbench.matrix.suite import load_suite
 
     suite = load_suite(resolve_suite(args.suite), pairs=args.pairs, data_root=args.data_root)
+    cells, _ = plan(suite, registry)
     dataset = open_dataset(suite, registry)
-    dataset.check()
     cache = args.cache or default_cache_dir()
-    seen = set()
-    for pair in resolve_pairs(suite, dataset):
-        for spec in pair:
-            if spec in seen:
-                continue
-            seen.add(spec)
-            dom = load_domain(dataset, spec, suite.recipe.stored_size, cache_dir=cache,
-                              shift_seed=suite.shift_seed, registry=registry)
-            print(f"{spec}: {len(dom)} images, {len(dom.classes)} classes, {suite.recipe.stored_size}px -> {cache}")
+    wanted = sorted({(spec, int(cell.recipe["resize_size"]), cell.shift_seed)
+                     for cell in cells for spec in (cell.source, cell.target)})
+    for spec, size, shift_seed in wanted:
+        dom = load_domain(dataset, spec, size, cache_dir=cache, shift_seed=shift_seed, registry=registry)
+        print(f"{spec}: {len(dom)} images, {len(dom.classes)} classes, {size}px -> {cache}")
     return 0
 
 

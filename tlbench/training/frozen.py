@@ -160,8 +160,8 @@ def prepare_frozen_outputs(setup: CellSetup, schedule: ParamSchedule, src_images
             and "strong" not in views and teacher is None):
         bank = FeatureBank(setup.model, setup.augmenter, ["center", "flip"] if recipe["hflip"] else ["center"],
                            recipe["eval_batch_size"], cache_dir,
-                           key=f"{cell.backbone}|{setup.weights_used}|{cell.weights}|{recipe['image_size']}"
-                               f"{setup.augmenter.normalize.key()}")
+                           key=f"{cell.backbone}|{setup.weights_used}|{cell.weights}|{weights_digest(setup)}|"
+                               f"{recipe['image_size']}{setup.augmenter.normalize.key()}")
         out.feature_steps = steps
         out.source_features = bank.features(src_images, domain_key(setup.data.source_train), setup.autocast)
         if views:
@@ -174,6 +174,12 @@ def prepare_frozen_outputs(setup: CellSetup, schedule: ParamSchedule, src_images
         if views:
             out.target_teacher = tbank.build(tgt_images, domain_key(setup.data.served_target), setup.autocast)
     return out
+
+
+def weights_digest(setup: CellSetup) -> str:
+    """The sha256 of the weights file the backbone loaded ('' for random or hub weights): a file
+    replaced under the same source name must not serve the old file's cached features."""
+    return str(dict(setup.backbone.weights).get("sha256", ""))
 
 
 def frozen_backbone_steps(model: TransferModel, schedule: ParamSchedule) -> int:
