@@ -61,26 +61,3 @@ def test_the_recipe_builds_the_head_it_names():
 def test_a_bad_bottleneck_is_one_line_naming_the_key(recipe, message):
     with pytest.raises(UserError, match=message):
         _cells(**recipe)
-
-
-def test_align_on_features_keeps_the_reversed_gradient_out_of_the_label_predictor():
-    """Ganin et al.'s layout: dann's discriminator reads the backbone's features, so the domain loss
-    reaches the backbone and not the bottleneck (the label predictor)."""
-    from tlbench.training.strategy import SetupContext
-    from tlbench_builtins.strategies.dann import Dann
-
-    def domain_grads(align_on):
-        torch.manual_seed(0)
-        model = TransferModel(nn.Sequential(nn.Flatten(), nn.Linear(12, 768)), 10, bottleneck_dim=100,
-                              bottleneck_layers=2, bottleneck_norm="none", align_on=align_on, feature_dim=768)
-        dann = Dann(Dann.Params())
-        dann.setup(model, SetupContext(10, model.feature_dim, model.embed_dim, 10, torch.device("cpu"), 0,
-                                       align_dim=model.align_dim))
-        out = model.forward_all(torch.randn(8, 3, 2, 2))  # images (a 2-D input would be taken as features)
-        dann.discriminator(out.aligned).sum().backward()
-        return dann.discriminator[0].in_features, model.bottleneck[0].weight.grad, model.backbone[1].weight.grad
-
-    width, bottleneck_grad, backbone_grad = domain_grads("features")
-    assert width == 768 and bottleneck_grad is None and backbone_grad.abs().sum() > 0
-    width, bottleneck_grad, _ = domain_grads("embedding")
-    assert width == 100 and bottleneck_grad.abs().sum() > 0

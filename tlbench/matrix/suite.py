@@ -65,10 +65,6 @@ class Recipe(_Strict):
     bottleneck_norm: Literal["batch", "none"] = Field(
         "batch", description="batch: BatchNorm after each bottleneck Linear (TLlib's ImageClassifier); none: "
         "Linear-ReLU only (Ganin et al.'s label predictor: its statistics are not the source batches')")
-    align_on: Literal["embedding", "features"] = Field(
-        "embedding", description="what domain alignment (dann's discriminator, mmd's kernel) reads: embedding: the "
-        "bottleneck's output (TLlib); features: the backbone's output, so the bottleneck is the label predictor "
-        "and gets no alignment gradient (Ganin et al.'s domain classifier on the feature extractor)")
     image_size: int = Field(224, ge=8, le=1024, description="training and test crop size")
     resize_size: int | None = Field(None, ge=8, le=2048, description="stored image size; default image_size*256/224")
     crop_scale: tuple[float, float] = Field((0.08, 1.0), description="area range (low, high) of the random "
@@ -137,8 +133,7 @@ class Recipe(_Strict):
 #: recipe keys added after cells were first recorded, with their defaults (see Recipe.cell_config)
 RECIPE_KEYS_ADDED_LATER: dict[str, Any] = {"train_crop": "random_resized", "eval_points": 1,
                                             "eval_points_images": 1000, "input_mean": "backbone",
-                                            "bottleneck_layers": 1, "bottleneck_norm": "batch",
-                                            "align_on": "embedding"}
+                                            "bottleneck_layers": 1, "bottleneck_norm": "batch"}
 
 #: recipe keys whose value is a sequence: a sweep of one is a list of lists (tlbench.matrix.sweep)
 RECIPE_SEQUENCE_KEYS = frozenset(k for k, f in Recipe.model_fields.items()

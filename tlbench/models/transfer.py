@@ -6,10 +6,6 @@ and drop the norm (Ganin et al., JMLR 2016, Fig. 4: the MNIST label predictor is
 without normalisation). Every model exposes the same few methods, whatever the
 backbone: ``forward``, ``forward_all`` (features, embedding, logits), ``head_parameters`` and
 ``backbone_stages`` (the stages the backbone's provider declared, or timm's ``group_matcher``).
-Domain alignment (``dann``'s discriminator, ``mmd``'s kernel) reads ``Outputs.aligned``: the
-embedding (TLlib: the bottleneck belongs to the feature extractor) or, with ``align_on="features"``,
-the backbone's features (Ganin et al.: the domain classifier sits on the feature extractor, and the
-label predictor above it gets no reversed gradient).
 """
 
 from __future__ import annotations
@@ -25,11 +21,6 @@ class Outputs:
     features: Tensor   # pooled backbone features (N×D)
     embedding: Tensor  # bottleneck output (N×E)
     logits: Tensor     # class scores (N×C)
-    aligned: Tensor | None = None  # what domain alignment reads: the embedding, or the features (align_on)
-
-    def __post_init__(self) -> None:
-        if self.aligned is None:
-            self.aligned = self.embedding
 
 
 class TransferModel(nn.Module):
@@ -40,8 +31,7 @@ class TransferModel(nn.Module):
     """
 
     def __init__(self, backbone: nn.Module, num_classes: int, *, bottleneck_dim: int = 256,
-                 bottleneck_layers: int = 1, bottleneck_norm: str = "batch", align_on: str = "embedding",
-                 backbone_lr_scale: float = 0.1, backbone_name: str = "",
+                 bottleneck_layers: int = 1, bottleneck_norm: str = "batch", backbone_lr_scale: float = 0.1, backbone_name: str = "",
                  feature_dim: int | None = None, stages: list[list[str]] | None = None):
         super().__init__()
         self.backbone = backbone
@@ -58,10 +48,6 @@ class TransferModel(nn.Module):
             self.bottleneck = nn.Identity()
             self.embed_dim = self.feature_dim
         self.classifier = nn.Linear(self.embed_dim, num_classes)
-        if align_on not in ("embedding", "features"):
-            raise ValueError(f"align_on must be 'embedding' or 'features', got {align_on!r}")
-        self.align_on = align_on
-        self.align_dim = self.feature_dim if align_on == "features" else self.embed_dim
 
     def features(self, x: Tensor) -> Tensor:
         """Pooled backbone features; a 2-D input is taken as features already."""
@@ -72,7 +58,7 @@ class TransferModel(nn.Module):
     def forward_all(self, x: Tensor) -> Outputs:
         f = self.features(x)
         e = self.bottleneck(f)
-        return Outputs(f, e, self.classifier(e), f if self.align_on == "features" else e)
+        return Outputs(f, e, self.classifier(e))
 
     def forward(self, x: Tensor) -> Tensor:
         return self.classifier(self.bottleneck(self.features(x)))

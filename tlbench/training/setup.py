@@ -109,7 +109,7 @@ def set_up_cell(task: CellTask, registry, device: torch.device) -> CellSetup:
     model, weights_used, backbone = build_model(cell.backbone, cell.weights, data.num_classes, recipe, registry)
     strategy = build_strategy(cell, registry)
     strategy.setup(model, SetupContext(data.num_classes, model.feature_dim, model.embed_dim, int(recipe["steps"]),
-                                       device, cell.seed, align_dim=model.align_dim))
+                                       device, cell.seed))
     precision = choose_precision(recipe, device)
     model.to(device, memory_format=precision.memory_format)
     if recipe["compile"]:
@@ -226,7 +226,6 @@ def build_model(backbone: str, weights: str, num_classes: int, recipe: dict,
     model = TransferModel(made.network, num_classes, bottleneck_dim=recipe["bottleneck_dim"],
                           bottleneck_layers=recipe.get("bottleneck_layers", 1),
                           bottleneck_norm=recipe.get("bottleneck_norm", "batch"),
-                          align_on=recipe.get("align_on", "embedding"),
                           backbone_lr_scale=recipe["backbone_lr_scale"], backbone_name=backbone,
                           feature_dim=made.feature_dim, stages=made.stages)
     return model, source, made

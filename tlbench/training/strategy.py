@@ -97,11 +97,6 @@ class SetupContext:
     total_steps: int
     device: torch.device
     seed: int
-    align_dim: int = 0  # the width of Outputs.aligned (0: embed_dim, the embedding is aligned)
-
-    def __post_init__(self) -> None:
-        if not self.align_dim:
-            self.align_dim = self.embed_dim
 
 
 @dataclass

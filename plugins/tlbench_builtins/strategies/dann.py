@@ -39,7 +39,7 @@ def reversal_coefficient(progress: float, gamma: float = 10.0) -> float:
 
 
 class DomainDiscriminator(nn.Sequential):
-    """Source-vs-target classifier on the aligned representation, one logit per image.
+    """Source-vs-target classifier on the bottleneck embedding, one logit per image.
 
     tllib style: Linear–BN–ReLU–Linear–BN–ReLU–Linear; optional dropout after each ReLU."""
 
@@ -57,9 +57,9 @@ class Dann(Strategy):
     Ganin et al., "Domain-Adversarial Training of Neural Networks", JMLR 17(59), 2016.
 
     Source and target images go through the model as one batch. A domain discriminator learns to
-    tell their bottleneck embeddings apart (or the backbone's features, with ``recipe.align_on:
-    features`` as in the paper's own networks), while a gradient reversal layer between them and
-    the discriminator makes the feature extractor learn to confuse it, aligning the two domains. Loss = CE(source) + ``trade_off`` * BCE(domain), the domain loss being the mean of
+    tell their bottleneck embeddings apart, while a gradient reversal layer between the embedding
+    and the discriminator makes the feature extractor learn to confuse it, aligning the two
+    domains. Loss = CE(source) + ``trade_off`` * BCE(domain), the domain loss being the mean of
     the source (label 1) and target (label 0) binary cross-entropies. The reversal coefficient
     follows ``2 / (1 + exp(-gamma * p)) - 1`` with ``p`` the fraction of training done. The
     discriminator is the strategy's own module and trains at the full learning rate.
@@ -93,7 +93,7 @@ class Dann(Strategy):
     trains_backbone = True
 
     def setup(self, model: TransferModel, ctx: SetupContext) -> None:
-        self.discriminator = DomainDiscriminator(ctx.align_dim, self.params.hidden, self.params.dropout)
+        self.discriminator = DomainDiscriminator(ctx.embed_dim, self.params.hidden, self.params.dropout)
 
     def training_step(self, batch: Batch, ctx: StepContext) -> StepOutput:
         if batch.target is None:
@@ -104,7 +104,7 @@ class Dann(Strategy):
         cls_loss = F.cross_entropy(logits_s, batch.source_labels)
 
         coeff = reversal_coefficient(ctx.progress, self.params.gamma)
-        domain_logits = self.discriminator(reverse_gradient(out.aligned, coeff)).squeeze(1)
+        domain_logits = self.discriminator(reverse_gradient(out.embedding, coeff)).squeeze(1)
         is_source = torch.zeros_like(domain_logits)
         is_source[:n_source] = 1.0
         d_s, d_t = domain_logits[:n_source], domain_logits[n_source:]

@@ -71,8 +71,7 @@ class Mmd(Strategy):
     Long et al. 2015, ICML, "Learning Transferable Features with Deep Adaptation Networks".
 
     Source and target images go through the model as one batch; the multi-kernel MMD between the
-    source and target bottleneck embeddings (the backbone's features with ``recipe.align_on:
-    features``) is minimised along with the source cross-entropy:
+    source and target bottleneck embeddings is minimised along with the source cross-entropy:
     loss = CE(source) + λ(p) * MK-MMD², where λ rises from 0 to ``trade_off`` along the progressive
     schedule ``2 / (1 + exp(-10 p)) - 1`` (p = fraction of training done) that Long et al. use for
     their MMD-based successor JAN (ICML 2017) after DANN: early in training the embeddings are not
@@ -115,7 +114,7 @@ class Mmd(Strategy):
         out = ctx.model.forward_all(torch.cat([batch.source, batch.target]))
         logits_s = out.logits[:n_source]
         cls_loss = F.cross_entropy(logits_s, batch.source_labels)
-        transfer = mk_mmd(out.aligned[:n_source], out.aligned[n_source:], self.params.alphas,
+        transfer = mk_mmd(out.embedding[:n_source], out.embedding[n_source:], self.params.alphas,
                           linear=self.params.linear)
         weight = self.params.trade_off * (progressive_weight(ctx.progress) if self.params.ramp else 1.0)
         loss = cls_loss + weight * transfer
