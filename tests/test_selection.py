@@ -165,6 +165,15 @@ def test_reselection_from_stored_evaluations_equals_selection_during_the_run(tmp
     for name in ("leaderboard.csv", "selection.csv", "validators.csv"):
         assert (again / name).read_text() == (out / name).read_text(), name
     assert "## Validators" in (out / "leaderboard.md").read_text()
+    # a fresh clone has the committed checkpoints.csv, not the git-ignored evaluations: the same tables
+    for path in (out / "cells").glob("*/evaluations.npz"):
+        path.unlink()
+    clone = tmp_path / "clone"
+    assert main(["report", str(out), "--selection", "im", "--out", str(clone)]) == 0
+    assert main(["report", str(out)]) == 0  # in place, under the suite's selection (im)
+    for name in ("leaderboard.csv", "selection.csv", "validators.csv", "checkpoints.csv"):
+        assert (clone / name).read_text() == (again / name).read_text(), name
+        assert (out / name).read_text() == (again / name).read_text(), name
     oracle = tmp_path / "oracle"
     assert main(["report", str(out), "--selection", "oracle", "--out", str(oracle)]) == 0
     assert "ORACLE" in (oracle / "leaderboard.md").read_text()
@@ -179,3 +188,18 @@ def test_reselection_from_stored_evaluations_equals_selection_during_the_run(tmp
     assert main(["run", str(suite), "--out", str(out), "--dry-run", "--set", "recipe.lr=[0.01,0.02]"]) == 0
     text = capsys.readouterr().out
     assert "6 cells: 3 to run, 3 already done" in text and "estimated time" in text
+
+
+def test_a_stored_checkpoint_table_keeps_ids_that_look_like_numbers(tmp_path):
+    from tlbench.reporting.selection import CHECKPOINT_COLUMNS, read_checkpoint_tables
+
+    row = {"backbone": "b", "strategy": "dann", "pair": "x->y", "seed": 0, "params": "default", "step": 10,
+           "last": True, "target_acc": 55.5, "heldout_source_acc": 90.0, "im": 0.25}
+    rows = [{**row, "cell_id": cid} for cid in ("0123456789012345", "1e10000000000000")]
+    import pandas as pd
+    pd.DataFrame(rows, columns=[*CHECKPOINT_COLUMNS, "im"]).to_csv(tmp_path / "checkpoints.csv", index=False)
+    stored = read_checkpoint_tables([tmp_path])
+    assert sorted(stored) == ["0123456789012345", "1e10000000000000"]
+    chosen = select([_record("0123456789012345", 0, 60.0)], "im", _validators(), lambda cid: None, stored)
+    assert chosen.records[0].target_acc == 60.0  # the last checkpoint keeps the record's accuracy
+    assert chosen.chosen.loc[0, "step"] == 10 and chosen.notes == []

@@ -167,11 +167,13 @@ def run_suite(suite, options: RunOptions, registry) -> RunSummary:
         report_files = []
         try:
             if options.reports:
+                from tlbench.reporting.selection import read_checkpoint_tables
                 from tlbench.reporting.write import write_reports
 
                 report_files = write_reports(options.out_dir, out.records(curves=True), out.read_suite(),
                                              suite.reports, registry=registry,
-                                             evaluations=evaluation_files([options.out_dir]))
+                                             evaluations=evaluation_files([options.out_dir]),
+                                             stored_checkpoints=read_checkpoint_tables([options.out_dir]))
                 feed.log_reports(report_files)
         finally:
             feed.close()

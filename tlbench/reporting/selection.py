@@ -13,7 +13,10 @@ The validator table measures every validator against the oracle over all groups 
 "Benchmarking Validation Methods for Unsupervised Domain Adaptation", 2021): the mean regret (the
 oracle's accuracy minus the accuracy of the validator's choice, points) and the mean Spearman rank
 correlation between its scores and target accuracy within a group. Everything here reads stored
-checkpoint evaluations: ``tlbench report --selection NAME`` re-selects without training.
+checkpoint evaluations: ``tlbench report --selection NAME`` re-selects without training. Where a
+cell's ``evaluations.npz`` is absent (results folders commit ``checkpoints.csv``, not the
+evaluations), its candidates are the rows ``checkpoints.csv`` holds for it: the same steps,
+accuracies and scores, so a report on a fresh clone reproduces the committed tables.
 """
 
 from __future__ import annotations
@@ -21,8 +24,9 @@ from __future__ import annotations
 import dataclasses
 import math
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -79,9 +83,32 @@ def score_checkpoint(validator: Validator, evaluations: CheckpointEvaluations, k
     return float(validator.score(ValidatorInputs.at(evaluations, k)))
 
 
+#: a cell's rows of a stored checkpoint table (cell id -> rows as dicts), where its evaluations are absent
+StoredCandidates = dict[str, list[dict[str, Any]]]
+
+
+def read_checkpoint_tables(dirs: Iterable[Path]) -> StoredCandidates:
+    """The rows of every ``checkpoints.csv`` of ``dirs`` by cell id (a later folder's rows win)."""
+    found: StoredCandidates = {}
+    for d in dirs:
+        path = Path(d) / "checkpoints.csv"
+        if not path.is_file() or path.stat().st_size == 0:
+            continue
+        table = pd.read_csv(path, dtype={"cell_id": str, "params": str})  # ids of digits only stay text
+        if not set(CHECKPOINT_COLUMNS) <= set(table.columns):
+            continue  # not a checkpoint table of this version: nothing to reuse
+        for cell_id, rows in table.groupby("cell_id", sort=False):
+            found[str(cell_id)] = rows.to_dict("records")
+    return found
+
+
 def select(records: list[CellRecord], rule: str, validators: dict[str, Validator],
-           load: Callable[[str], CheckpointEvaluations | None]) -> Selection:
-    """Choose one candidate per strategy, pair and seed by ``rule`` (``last`` or a name in ``validators``)."""
+           load: Callable[[str], CheckpointEvaluations | None],
+           stored: StoredCandidates | None = None) -> Selection:
+    """Choose one candidate per strategy, pair and seed by ``rule`` (``last`` or a name in ``validators``).
+
+    ``load`` gives a cell's checkpoint evaluations; ``stored``, its rows of an earlier checkpoint table,
+    read where ``load`` has none."""
     if rule != LAST and rule not in validators:
         raise UserError(f"selection {rule!r} is not a validator; use last or one of: {', '.join(sorted(validators))} "
                         "(tlbench list validators)")
@@ -97,7 +124,7 @@ def select(records: list[CellRecord], rule: str, validators: dict[str, Validator
         if not ok:  # nothing to choose: the newest failure keeps its footnote
             out.append(max(recs, key=lambda r: r.started_at))
             continue
-        candidates = [c for r in ok for c in _candidates(r, validators, load, failing)]
+        candidates = [c for r in ok for c in _candidates(r, validators, load, failing, stored or {})]
         per_group.append(candidates)
         pick = _choose(candidates, rule)
         if pick is None:
@@ -143,8 +170,11 @@ def _is_default(r: CellRecord) -> bool:
     return not isinstance(sweep, dict) or bool(sweep.get("default"))
 
 
-def _candidates(r: CellRecord, validators: dict[str, Validator], load, failing: set[str]) -> list[Candidate]:
+def _candidates(r: CellRecord, validators: dict[str, Validator], load, failing: set[str],
+                stored: StoredCandidates) -> list[Candidate]:
     evaluations = load(r.cell_id)
+    if (evaluations is None or not len(evaluations)) and stored.get(r.cell_id):
+        return _stored_candidates(r, stored[r.cell_id], validators)
     if evaluations is None or not len(evaluations):
         oracle = {n: v.score_target_accuracy(float(r.target_acc)) for n, v in validators.items() if v.uses_target_labels}
         return [Candidate(r, int(r.steps or 0), float(r.target_acc), r.source_acc, oracle, True)]
@@ -164,6 +194,21 @@ def _candidates(r: CellRecord, validators: dict[str, Validator], load, failing: 
         src = (100.0 * float(np.mean(evaluations.source_logits[k].argmax(1) == labels)) if len(labels) else None)
         out.append(Candidate(r, int(evaluations.steps[k]), float(evaluations.target_acc[k]), src, scores,
                              k == len(evaluations) - 1))
+    return out
+
+
+def _stored_candidates(r: CellRecord, rows: list[dict[str, Any]], validators: dict[str, Validator]) -> list[Candidate]:
+    """A cell's candidates from its checkpoint-table rows: a validator without a column there (added
+    since) scores nothing, and its groups keep ``last``."""
+    def number(value: Any) -> float | None:
+        return float(value) if value is not None and math.isfinite(float(value)) else None
+
+    out = []
+    for row in sorted(rows, key=lambda row: int(row["step"])):
+        scores = {n: float(row[n]) for n in validators if number(row.get(n)) is not None}
+        last = row["last"] if isinstance(row["last"], bool) else str(row["last"]).lower() == "true"
+        out.append(Candidate(r, int(row["step"]), float(row["target_acc"]), number(row.get("heldout_source_acc")),
+                             scores, bool(last)))
     return out
 
 

@@ -8,16 +8,18 @@ from typing import Any
 from tlbench.errors import UserError
 from tlbench.matrix.results import CellRecord, ResultsDir, evaluation_files, load_records, read_evaluations
 from tlbench.reporting.leaderboard import build_leaderboard
-from tlbench.reporting.selection import LAST, select
+from tlbench.reporting.selection import LAST, StoredCandidates, read_checkpoint_tables, select
 
 
 def write_reports(out_dir: Path, records: list[CellRecord], suite: dict[str, Any],
                   formats: list[str] | None = None, registry: Any = None, *,
-                  evaluations: dict[str, Path] | None = None, selection: str | None = None) -> list[Path]:
+                  evaluations: dict[str, Path] | None = None, selection: str | None = None,
+                  stored_checkpoints: StoredCandidates | None = None) -> list[Path]:
     """Build the leaderboard and let every reporter (or those in ``formats``) write into ``out_dir``.
 
     The main table's (parameters, checkpoint) come from ``selection`` (default: the suite's, else
-    ``last``), scored on the stored checkpoint ``evaluations`` (cell id -> file). Reporters run in a
+    ``last``), scored on the stored checkpoint ``evaluations`` (cell id -> file), else on a cell's rows of
+    the folder's earlier ``checkpoints.csv`` (``stored_checkpoints``). Reporters run in a
     fixed order: by their ``order`` attribute, then by name, so a reporter whose files another embeds
     (plots, for the HTML page) runs first.
     """
@@ -30,7 +32,8 @@ def write_reports(out_dir: Path, records: list[CellRecord], suite: dict[str, Any
     validators = {n: registry.get("validator", n)() for n in registry.names("validator")}
     files = evaluations or {}
     chosen = select(records, selection or str(suite.get("selection") or LAST), validators,
-                    lambda cell_id: read_evaluations(files[cell_id]) if cell_id in files else None)
+                    lambda cell_id: read_evaluations(files[cell_id]) if cell_id in files else None,
+                    stored_checkpoints)
     board = build_leaderboard(records, suite, selection=chosen)
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
@@ -78,4 +81,4 @@ def report_dirs(dirs: list[Path], out: Path | None, formats: list[str] | None = 
                 refs.append(ref)
     suite["reference"] = refs
     return write_reports(Path(out), records, suite, formats, registry, evaluations=evaluation_files(dirs),
-                         selection=selection)
+                         selection=selection, stored_checkpoints=read_checkpoint_tables(dirs))
