@@ -72,6 +72,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sync-debug", action="store_true",
                    help="CUDA: count the engine's synchronising calls (torch.cuda.set_sync_debug_mode) by source line")
     p.add_argument("--json", default=None, help="write the figures to this JSON file")
+    p.add_argument("--profile", type=Path, default=None,
+                   help="instead of the comparison: run the engine's cell once under torch.profiler and write "
+                        "its operators by own time (training and the cell's evaluation together) to this file")
+    p.add_argument("--profile-rows", type=int, default=30, help="operators in the --profile table")
     return p.parse_args(argv)
 
 
@@ -113,6 +117,29 @@ def measure_engine(args, linked: Path, cache_dir: Path, registry) -> dict:
             "deterministic": record.extra["deterministic"], "peak_mem_mb": record.peak_mem_mb,
             "train_images": record.extra["train_images"], "cell_wall_s": time.perf_counter() - t0,
             **({"synchronising_calls": syncs} if syncs is not None else {})}
+
+
+def profile_engine(args, linked: Path, cache_dir: Path, registry) -> int:
+    """The engine's cell once under torch.profiler: which operators its time goes to (their own time,
+    so a convolution's backward is not counted again in its callers)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = torch.cuda.is_available() and args.device != "cpu"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        engine = measure_engine(args, linked, cache_dir, registry)
+    table = prof.key_averages().table(sort_by="self_cuda_time_total" if cuda else "self_cpu_time_total",
+                                      row_limit=args.profile_rows)
+    from tlbench.training.measure import select_device
+
+    env = environment(select_device(args.device))
+    text = (f"# {args.backbone} {args.strategy} {args.image_size}px, {engine['images_per_step']} images/step, "
+            f"{args.warmup}+{args.steps} steps, under the profiler: {engine['img_per_s']:.1f} img/s "
+            f"({engine['cell_wall_s']:.0f} s the cell); {env['device']}, torch threads {env['torch_threads']}\n"
+            f"# command: {' '.join([Path(sys.argv[0]).name] + sys.argv[1:])}\n{table}\n")
+    args.profile.write_text(text)
+    print(text)
+    return 0
 
 
 @contextlib.contextmanager
@@ -257,6 +284,8 @@ def main(argv: list[str] | None = None) -> int:
     cache_dir = args.cache_dir or default_cache_dir()
     registry = get_registry()
     linked, data_desc = data_folders(args, cache_dir)
+    if args.profile:
+        return profile_engine(args, linked, cache_dir, registry)
 
     engines, baselines = [], []
     for _ in range(max(1, args.repeat)):

@@ -42,3 +42,28 @@ def test_same_suite_seed_and_device_give_the_same_numbers(tmp_path, capsys):
                  "--set", "recipe.deterministic=false"]) == 0
     (c,) = _records(tmp_path / "c").values()
     assert c["extra"]["deterministic"] is False
+
+
+def test_deterministic_mode_keeps_new_tensors_unfilled_and_its_numbers_do_not_depend_on_it():
+    """torch's NaN fill of new tensors (a debugging aid of deterministic mode) is off: it costs time and
+    no result depends on it, which the same seeded step with the fill on shows."""
+    import torch
+    import torch.utils.deterministic as torch_determinism
+
+    from tlbench.testing import make_tiny_model
+    from tlbench.training.setup import seed_everything
+
+    def one_step(fill: bool) -> torch.Tensor:
+        seed_everything(0, True, torch.device("cpu"))
+        assert torch.are_deterministic_algorithms_enabled() and not torch_determinism.fill_uninitialized_memory
+        torch_determinism.fill_uninitialized_memory = fill
+        model = make_tiny_model()
+        x = torch.rand(4, 3, 16, 16)
+        torch.nn.functional.cross_entropy(model(x), torch.tensor([0, 1, 2, 0])).backward()
+        return torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+
+    try:
+        assert torch.equal(one_step(fill=True), one_step(fill=False))
+    finally:
+        torch.use_deterministic_algorithms(False)
+        torch_determinism.fill_uninitialized_memory = True

@@ -160,11 +160,21 @@ def configure_device(device: torch.device) -> None:
 
 
 def seed_everything(seed: int, deterministic: bool, device: torch.device) -> None:
+    """Seed every stream; on the CPU, deterministic algorithms (``recipe.deterministic``).
+
+    Deterministic mode also fills every new tensor with NaN by default (a debugging aid that makes a
+    read of uninitialised memory visible; torch.utils.deterministic.fill_uninitialized_memory). No
+    kernel's result depends on it, and it cost a 224 px dann step on the CPU a sixth of its throughput
+    (benchmarks/RESULTS.md, "The NaN fill of deterministic mode"), so it is off: the same numbers, faster.
+    """
+    import torch.utils.deterministic as torch_determinism
+
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
     if device.type == "cpu":
         torch.use_deterministic_algorithms(deterministic, warn_only=True)
+        torch_determinism.fill_uninitialized_memory = False
 
 
 def choose_precision(recipe: dict[str, Any], device: torch.device) -> Precision:
