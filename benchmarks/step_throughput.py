@@ -124,14 +124,14 @@ def profile_engine(args, linked: Path, cache_dir: Path, registry) -> int:
     so a convolution's backward is not counted again in its callers)."""
     from torch.profiler import ProfilerActivity, profile
 
+    from tlbench.training.measure import select_device
+
     cuda = torch.cuda.is_available() and args.device != "cpu"
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     with profile(activities=activities) as prof:
         engine = measure_engine(args, linked, cache_dir, registry)
     table = prof.key_averages().table(sort_by="self_cuda_time_total" if cuda else "self_cpu_time_total",
                                       row_limit=args.profile_rows)
-    from tlbench.training.measure import select_device
-
     env = environment(select_device(args.device))
     text = (f"# {args.backbone} {args.strategy} {args.image_size}px, {engine['images_per_step']} images/step, "
             f"{args.warmup}+{args.steps} steps, under the profiler: {engine['img_per_s']:.1f} img/s "

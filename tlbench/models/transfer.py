@@ -31,7 +31,8 @@ class TransferModel(nn.Module):
     """
 
     def __init__(self, backbone: nn.Module, num_classes: int, *, bottleneck_dim: int = 256,
-                 bottleneck_layers: int = 1, bottleneck_norm: str = "batch", backbone_lr_scale: float = 0.1, backbone_name: str = "",
+                 bottleneck_layers: int = 1, bottleneck_norm: str = "batch",
+                 backbone_lr_scale: float = 0.1, backbone_name: str = "",
                  feature_dim: int | None = None, stages: list[list[str]] | None = None):
         super().__init__()
         self.backbone = backbone

@@ -205,7 +205,7 @@ def _stored_candidates(r: CellRecord, rows: list[dict[str, Any]], validators: di
 
     out = []
     for row in sorted(rows, key=lambda row: int(row["step"])):
-        scores = {n: float(row[n]) for n in validators if number(row.get(n)) is not None}
+        scores = {n: s for n in validators if (s := number(row.get(n))) is not None}
         last = row["last"] if isinstance(row["last"], bool) else str(row["last"]).lower() == "true"
         out.append(Candidate(r, int(row["step"]), float(row["target_acc"]), number(row.get("heldout_source_acc")),
                              scores, bool(last)))

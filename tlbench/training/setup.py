@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.utils.deterministic as torch_determinism
 
 from tlbench.data.budgets import Budget
 from tlbench.data.domains import Domain
@@ -167,8 +168,6 @@ def seed_everything(seed: int, deterministic: bool, device: torch.device) -> Non
     kernel's result depends on it, and it cost a 224 px dann step on the CPU a sixth of its throughput
     (benchmarks/RESULTS.md, "The NaN fill of deterministic mode"), so it is off: the same numbers, faster.
     """
-    import torch.utils.deterministic as torch_determinism
-
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
