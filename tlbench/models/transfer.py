@@ -35,6 +35,7 @@ class TransferModel(nn.Module):
                  backbone_lr_scale: float = 0.1, backbone_name: str = "",
                  feature_dim: int | None = None, stages: list[list[str]] | None = None):
         super().__init__()
+        activations_out_of_place(backbone)
         self.backbone = backbone
         self.backbone_name = backbone_name
         self.backbone_lr_scale = backbone_lr_scale
@@ -116,6 +117,33 @@ def set_batchnorm_eval_where_frozen(module: nn.Module) -> None:
             frozen = all(not p.requires_grad for p in m.parameters(recurse=False))
             if frozen:
                 m.eval()
+
+
+#: activations whose in-place form makes autograd copy its input: their backward reads the input
+#: (hardtanh_backward(grad, self), silu's, hardswish's, mish's), which the in-place op overwrites, so
+#: autograd saves a clone first. ReLU, LeakyReLU, ELU, CELU and SELU read their output instead.
+INPLACE_COPIES_INPUT = (nn.Hardtanh, nn.SiLU, nn.Hardswish, nn.Hardsigmoid, nn.Mish)  # nn.ReLU6 is a Hardtanh
+#: timm's own activation modules of the same kind (timm.layers.activations), by class name
+TIMM_INPLACE_COPIES_INPUT = frozenset({"Swish", "HardSwish", "HardSigmoid", "Mish", "HardMish", "HardTanh"})
+
+
+def activations_out_of_place(module: nn.Module) -> int:
+    """Turn off ``inplace`` on the activations whose in-place form costs a copy in training; the
+    number of modules changed.
+
+    Under autograd an in-place ReLU6 (EfficientNet-Lite, MobileNetV2) or SiLU (EfficientNet) clones
+    its input before overwriting it, because its backward needs that input: a full extra copy of
+    every activation, 13 % of a 224 px Lite0 ``dann`` cell's CPU time in the profile
+    (benchmarks/RESULTS.md, "In-place activations"). Out of place, the input is kept instead of a
+    copy of it (the same memory) and the values are bit for bit the same.
+    """
+    changed = 0
+    for m in module.modules():
+        kind = isinstance(m, INPLACE_COPIES_INPUT) or type(m).__name__ in TIMM_INPLACE_COPIES_INPUT
+        if kind and getattr(m, "inplace", False):
+            m.inplace = False
+            changed += 1
+    return changed
 
 
 def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
