@@ -9,15 +9,16 @@ import torch
 import torch.nn.functional as F
 
 from tlbench.plugins.registry import Registry
-from tlbench_builtins.shifts import corruptions, photo_blend
+from tlbench_builtins.shifts import binarize, corruptions, photo_blend
 
 RANDOM = {"noise", "rotate", "photo_blend"}          # use the generator
-FIXED = {"blur", "contrast", "brightness", "invert", "jpeg"}  # the same for every seed
+FIXED = {"blur", "contrast", "brightness", "invert", "jpeg", "binarize"}  # the same for every seed
 
 
 @pytest.fixture(scope="module")
 def registry() -> Registry:
-    return Registry(entry_points=False, plugins={"corruptions": corruptions, "photo_blend": photo_blend})
+    return Registry(entry_points=False, plugins={"corruptions": corruptions, "photo_blend": photo_blend,
+                                                    "binarize": binarize})
 
 
 @pytest.fixture(scope="module")
@@ -99,6 +100,19 @@ def test_invert_is_its_own_inverse(registry, photos):
     assert corruptions.Invert.has_severity is False
     once = _apply(registry, "invert", photos)
     assert torch.equal(once, 255 - photos) and torch.equal(_apply(registry, "invert", once), photos)
+
+
+def test_binarize_whitens_every_pixel_that_is_not_black(registry):
+    """tf-dann's MNIST: ``images > 0``; a faint anti-aliased edge (1 of 255) becomes stroke, black stays."""
+    grey = torch.tensor([0, 1, 128, 255], dtype=torch.uint8).view(1, 1, 2, 2).expand(1, 3, 2, 2).contiguous()
+    out = _apply(registry, "binarize", grey)
+    assert out[0, :, 0, 0].tolist() == [0, 0, 0]
+    assert out[0, :, 0, 1].tolist() == out[0, :, 1, 0].tolist() == out[0, :, 1, 1].tolist() == [255, 255, 255]
+    colour = torch.zeros(1, 3, 1, 1, dtype=torch.uint8)
+    colour[0, 2] = 7  # one channel lit: the pixel is lit, and stays grey
+    assert _apply(registry, "binarize", colour).flatten().tolist() == [255, 255, 255]
+    assert torch.equal(_apply(registry, "binarize", out), out)  # binary images are kept as they are
+    assert binarize.Binarize.has_severity is False
 
 
 @pytest.mark.parametrize("severity", [1, 3, 5])

@@ -77,6 +77,15 @@ def test_timm_suites_plan_the_cells_of_their_committed_leaderboards(folder):
     assert committed and committed <= {c.id for c in cells}
 
 
+def test_the_committed_digits_leaderboard_is_exactly_what_its_suite_plans():
+    """results/digits holds the cells of suites/digits.yaml at seeds 0, 1, 2, no more and no fewer: a
+    recipe changed in the suite without its cells retrained (or left over from an earlier recipe) fails."""
+    committed = {p.name for p in (ROOT / "results" / "digits" / "cells").iterdir()}
+    suite = load_suite(ROOT / "suites" / "digits.yaml", data_root=str(SHARED_DATA), seeds=[0, 1, 2])
+    cells, _ = plan(suite, get_registry(), check_data=False)
+    assert committed == {c.id for c in cells}
+
+
 def test_the_digits_suite_narrowed_to_one_pair_plans_only_its_network(tmp_path):
     """``--pairs`` narrows a suite whose backbones name their own pairs: only the network of that pair runs."""
     suite = load_suite(ROOT / "suites" / "digits.yaml", pairs=["mnist->usps"], data_root=str(tmp_path))
