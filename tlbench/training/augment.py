@@ -9,7 +9,10 @@ FixMatch-style self-training.
 
 from __future__ import annotations
 
+import functools
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import torch
@@ -39,7 +42,7 @@ def random_crop_boxes(n: int, h: int, w: int, g: torch.Generator, *,
 
 
 def crop_boxes(images: Tensor, boxes: Tensor, size: int) -> Tensor:
-    """Each image's box (N×4, x0 y0 x1 y1) bilinearly resampled to ``size`` (one ``roi_align`` call).
+    """Each image's box (N×4, x0 y0 x1 y1) bilinearly resampled to ``size`` (``roi_align``).
 
     Returns float images in [0, 255].
     """
@@ -47,8 +50,24 @@ def crop_boxes(images: Tensor, boxes: Tensor, size: int) -> Tensor:
 
     index = torch.arange(len(images), device=images.device, dtype=boxes.dtype)[:, None]
     rois = torch.cat([index, boxes.to(images.device)], dim=1)
-    return roi_align(images.float(), rois, output_size=(size, size), spatial_scale=1.0, sampling_ratio=2,
-                     aligned=True)
+    x = images.float()
+
+    def crop(part: Tensor) -> Tensor:
+        return roi_align(x, part, output_size=(size, size), spatial_scale=1.0, sampling_ratio=2, aligned=True)
+
+    threads = torch.get_num_threads() if x.device.type == "cpu" else 1
+    if threads < 2 or len(rois) < 2:
+        return crop(rois)
+    # torchvision's CPU roi_align is one serial loop over the boxes: split them over torch's threads
+    # (the op releases the GIL). Each box is resampled alone, so the result is bit for bit the same.
+    pool = _crop_pool(threads, os.getpid())
+    return torch.cat(list(pool.map(crop, rois.tensor_split(min(threads, len(rois))))))
+
+
+@functools.lru_cache(maxsize=4)
+def _crop_pool(threads: int, pid: int) -> ThreadPoolExecutor:
+    """One pool per thread count and process: a forked worker does not inherit its parent's threads."""
+    return ThreadPoolExecutor(max_workers=threads, thread_name_prefix="tlbench-crop")
 
 
 def random_resized_crop(images: Tensor, size: int, g: torch.Generator, *,
