@@ -123,8 +123,9 @@ def set_batchnorm_eval_where_frozen(module: nn.Module) -> None:
 #: (hardtanh_backward(grad, self), silu's, hardswish's, mish's), which the in-place op overwrites, so
 #: autograd saves a clone first. ReLU, LeakyReLU, ELU, CELU and SELU read their output instead.
 INPLACE_COPIES_INPUT = (nn.Hardtanh, nn.SiLU, nn.Hardswish, nn.Hardsigmoid, nn.Mish)  # nn.ReLU6 is a Hardtanh
-#: timm's own activation modules of the same kind (timm.layers.activations), by class name
-TIMM_INPLACE_COPIES_INPUT = frozenset({"Swish", "HardSwish", "HardSigmoid", "Mish", "HardMish", "HardTanh"})
+#: timm's own activation modules of the same kind (timm.layers.activations), by class name; its Mish
+#: keeps no ``inplace``, its Sigmoid and Tanh read their output
+TIMM_INPLACE_COPIES_INPUT = frozenset({"Swish", "HardSwish", "HardSigmoid", "HardMish"})
 
 
 def activations_out_of_place(module: nn.Module) -> int:
