@@ -8,11 +8,16 @@ Arms alternate, ``--repeats`` rounds, and the median is reported.
 (a) allocator, quiet machine, 2 threads: ``off`` (glibc defaults), ``glibc`` (tunables), ``jemalloc``,
     ``tcmalloc`` (the latter two where installed: ``apt install libjemalloc2 libtcmalloc-minimal4``).
 (b) threads with one competing busy process (a Python loop on one core): 1 thread, 2 threads with
-    OpenMP's default spin-then-sleep waits, with a shorter spin (``GOMP_SPINCOUNT=10000``), and with
-    ``OMP_WAIT_POLICY=PASSIVE``; and the same four on the quiet machine (best allocator installed).
+    OpenMP's default spin-then-sleep waits (300,000 spins), with shorter spins (``GOMP_SPINCOUNT``
+    10,000 and 50,000), with ``OMP_WAIT_POLICY=PASSIVE`` and ``ACTIVE``; then the 2-thread arms on
+    the quiet machine (best allocator installed).
+(c) ``pair``: two identical training processes at once, each arm's setting in both (1 thread, default
+    waits, ``PASSIVE``): the figure is each process's img/s.
 
     python benchmarks/cpu_runtime.py --data-root ../shared/datasets --steps 4 --warmup 2 --repeats 1 \\
         --json benchmarks/out/cpu_runtime.json
+    python benchmarks/cpu_runtime.py --data-root ../shared/datasets --parts threads --steps 8 --warmup 2 --repeats 2
+    python benchmarks/cpu_runtime.py --data-root ../shared/datasets --parts pair --steps 4 --warmup 1 --repeats 1
 
 Default cell: Office-31 amazon->webcam, tf_efficientnet_lite0 (random weights: speed does not
 depend on them), 224 px, ``dann``, 32 + 32 images a step. Run it on a quiet machine.
@@ -33,7 +38,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 OUR_VARS = ("LD_PRELOAD", "GLIBC_TUNABLES", "MALLOC_CONF", "OMP_WAIT_POLICY", "OMP_NUM_THREADS", "GOMP_SPINCOUNT",
-            "TLBENCH_CPU_RUNTIME", "_TLBENCH_CPU_RUNTIME_APPLIED")
+            "TLBENCH_CPU_RUNTIME", "_TLBENCH_CPU_RUNTIME_APPLIED", "_TLBENCH_BUSY_CORES_AT_START")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -47,7 +52,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=12, help="measured steps per arm (after the warm-up)")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--repeats", type=int, default=2, help="rounds of every arm, alternating")
-    p.add_argument("--parts", default="allocator,threads", help="allocator, threads or both")
+    p.add_argument("--parts", default="allocator,threads", help="comma-separated: allocator, threads, pair")
     p.add_argument("--json", default=None)
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     return p.parse_args(argv)
@@ -133,6 +138,25 @@ def run_arms(args, arms: dict[str, dict[str, str]], *, competing: bool) -> dict[
             last = runs[name][-1]
             print(f"{name:32s} {last['train_img_per_s']:7.1f} img/s  user {last['user_s']:6.1f} s  "
                   f"sys {last['sys_s']:5.1f} s", file=sys.stderr, flush=True)
+    return summarise(runs)
+
+
+def run_pairs(args, arms: dict[str, dict[str, str]]) -> dict[str, dict]:
+    """Each arm as two identical processes started together; every process's figures."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    runs: dict[str, list[dict]] = {name: [] for name in arms}
+    for _ in range(args.repeats):
+        for name, env in arms.items():
+            with ThreadPoolExecutor(2) as pool:
+                both = list(pool.map(lambda _: measure(args, env), range(2)))
+            runs[name] += both
+            figures = ", ".join(f"{r['train_img_per_s']:.1f}" for r in both)
+            print(f"{name:32s} {figures} img/s (two at once)", file=sys.stderr, flush=True)
+    return summarise(runs)
+
+
+def summarise(runs: dict[str, list[dict]]) -> dict[str, dict]:
     return {name: {"img_per_s_median": statistics.median(r["train_img_per_s"] for r in rs),
                    "sys_s_median": statistics.median(r["sys_s"] for r in rs),
                    "user_s_median": statistics.median(r["user_s"] for r in rs), "runs": rs}
@@ -158,15 +182,23 @@ def main(argv=None) -> None:
             figures["speedup_vs_off"] = figures["img_per_s_median"] / base
     if "threads" in parts:
         allocator = "jemalloc" if arm_env("jemalloc", threads=1, wait=None) else "glibc"
-        arms = {"1 thread": arm_env(allocator, threads=1, wait=None),
-                "2 threads, default waits": arm_env(allocator, threads=2, wait=None),
-                "2 threads, GOMP_SPINCOUNT=10000": arm_env(allocator, threads=2, wait=None, spincount=10000),
-                "2 threads, OMP_WAIT_POLICY=PASSIVE": arm_env(allocator, threads=2, wait="PASSIVE")}
+        two = {"2 threads, default waits": arm_env(allocator, threads=2, wait=None),
+               "2 threads, GOMP_SPINCOUNT=10000": arm_env(allocator, threads=2, wait=None, spincount=10000),
+               "2 threads, GOMP_SPINCOUNT=50000": arm_env(allocator, threads=2, wait=None, spincount=50000),
+               "2 threads, OMP_WAIT_POLICY=PASSIVE": arm_env(allocator, threads=2, wait="PASSIVE"),
+               "2 threads, OMP_WAIT_POLICY=ACTIVE": arm_env(allocator, threads=2, wait="ACTIVE")}
         result["threads_allocator"] = allocator
-        result["threads_competing"] = run_arms(args, arms, competing=True)
-        result["threads_quiet"] = run_arms(args, arms, competing=False)
+        result["threads_competing"] = run_arms(args, {"1 thread": arm_env(allocator, threads=1, wait=None), **two},
+                                               competing=True)
+        result["threads_quiet"] = run_arms(args, two, competing=False)
+    if "pair" in parts:
+        allocator = "jemalloc" if arm_env("jemalloc", threads=1, wait=None) else "glibc"
+        result["pair"] = run_pairs(args, {"1 thread": arm_env(allocator, threads=1, wait=None),
+                                          "2 threads, default waits": arm_env(allocator, threads=2, wait=None),
+                                          "2 threads, OMP_WAIT_POLICY=PASSIVE": arm_env(allocator, threads=2,
+                                                                                        wait="PASSIVE")})
     summary = {part: {name: round(f["img_per_s_median"], 1) for name, f in result[part].items()}
-               for part in ("allocator", "threads_competing", "threads_quiet") if part in result}
+               for part in ("allocator", "threads_competing", "threads_quiet", "pair") if part in result}
     print(json.dumps(summary, indent=2))
     write_json(args.json, result)
 

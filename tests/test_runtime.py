@@ -21,7 +21,6 @@ pytestmark = pytest.mark.skipif(not LINUX, reason="the allocator and OpenMP sett
 
 def test_glibc_tunables_stop_fresh_mmaps_and_trimming():
     env = runtime.settings({"TLBENCH_CPU_RUNTIME": "glibc"})
-    assert env["OMP_WAIT_POLICY"] == "PASSIVE"
     tunables = dict(t.split("=") for t in env["GLIBC_TUNABLES"].split(":"))
     assert tunables["glibc.malloc.mmap_max"] == "0"
     assert int(tunables["glibc.malloc.trim_threshold"]) >= 2**40
@@ -39,7 +38,7 @@ def test_off_sets_nothing():
 
 def test_auto_without_a_caching_allocator_keeps_glibcs_defaults_and_says_what_to_install(monkeypatch):
     monkeypatch.setattr(runtime, "find_library", lambda name: None)
-    assert runtime.settings({}) == {"OMP_WAIT_POLICY": "PASSIVE"}
+    assert runtime.settings({}) == {}
     assert "apt install libjemalloc2" in runtime.missing_allocator_hint({})
     assert runtime.missing_allocator_hint({"TLBENCH_CPU_RUNTIME": "off"}) is None
     assert runtime.missing_allocator_hint({"LD_PRELOAD": "/opt/libjemalloc.so"}) is None
@@ -49,11 +48,36 @@ def test_auto_without_a_caching_allocator_keeps_glibcs_defaults_and_says_what_to
 
 
 def test_the_users_allocator_and_wait_policy_are_never_overridden():
-    env = runtime.settings({"LD_PRELOAD": "/opt/my/libtcmalloc.so", "OMP_WAIT_POLICY": "ACTIVE"})
+    env = runtime.settings({"LD_PRELOAD": "/opt/my/libtcmalloc.so", "OMP_WAIT_POLICY": "ACTIVE"}, machine_busy=True)
     assert env == {}
-    env = runtime.settings({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"})
+    env = runtime.settings({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}, machine_busy=True)
     assert env == {"OMP_WAIT_POLICY": "PASSIVE"}
-    assert "OMP_WAIT_POLICY" not in runtime.settings({"GOMP_SPINCOUNT": "300000"})
+    assert "OMP_WAIT_POLICY" not in runtime.settings({"GOMP_SPINCOUNT": "300000"}, machine_busy=True)
+
+
+def test_threads_wait_passively_only_on_a_busy_machine():
+    assert "OMP_WAIT_POLICY" not in runtime.settings({})  # idle: libgomp's spin-then-sleep
+    assert runtime.settings({}, machine_busy=True)["OMP_WAIT_POLICY"] == "PASSIVE"
+    assert runtime.settings({"TLBENCH_CPU_RUNTIME": "off"}, machine_busy=True) == {}
+
+
+def test_busy_cores_counts_steal_as_busy_and_iowait_as_idle(monkeypatch):
+    monkeypatch.setattr(runtime.os, "cpu_count", lambda: 2)
+    # cpu  user nice system idle iowait irq softirq steal
+    stats = iter(["cpu  100 0 50 800 40 0 0 10 0 0\ncpu0 ...", "cpu  160 0 60 860 80 0 0 40 0 0\ncpu0 ..."])
+    busy = runtime.busy_cores(0.0, read_stat=lambda: next(stats))
+    assert busy == pytest.approx((60 + 10 + 30) / (60 + 10 + 60 + 40 + 30) * 2)
+    assert runtime.busy_cores(0.0, read_stat=lambda: "garbage") is None
+
+
+def test_busy_cores_sees_a_competing_process():
+    rival = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        busy = runtime.busy_cores(0.5)
+    finally:
+        rival.kill()
+        rival.wait()
+    assert busy is not None and busy >= runtime.BUSY_CORES
 
 
 def test_auto_prefers_an_installed_jemalloc(monkeypatch):
@@ -75,7 +99,8 @@ def _run_command(tmp_path, **env_changes) -> dict:
     suite = tmp_path / "suite.yaml"
     suite.write_text(TINY_SUITE.replace("strategies: [source_only, dann]", "strategies: [source_only]"))
     env = {k: v for k, v in os.environ.items() if k not in
-           ("LD_PRELOAD", "GLIBC_TUNABLES", "MALLOC_CONF", "OMP_WAIT_POLICY", runtime.SWITCH, runtime.APPLIED)}
+           ("LD_PRELOAD", "GLIBC_TUNABLES", "MALLOC_CONF", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", runtime.SWITCH,
+            runtime.APPLIED, runtime.BUSY_AT_START)}
     env.update(env_changes)
     out = tmp_path / "out"
     subprocess.run([sys.executable, "-m", "tlbench", "run", str(suite), "--out", str(out), "--quiet"],
@@ -88,7 +113,18 @@ def test_the_command_starts_again_with_the_settings_and_its_record_says_so(tmp_p
     described = _run_command(tmp_path, TLBENCH_CPU_RUNTIME="glibc")
     assert described["allocator"] == "glibc"
     assert "glibc.malloc.mmap_max=0" in described["allocator_settings"]
-    assert described["omp_wait_policy"] == "PASSIVE"
+    busy = float(described["busy_cores_at_start"])
+    assert described["omp_wait_policy"] == ("PASSIVE" if busy >= runtime.BUSY_CORES else "default")
+
+
+def test_the_command_started_on_a_busy_machine_waits_passively(tmp_path):
+    rival = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        described = _run_command(tmp_path)
+    finally:
+        rival.kill()
+        rival.wait()
+    assert described["omp_wait_policy"] == "PASSIVE" and float(described["busy_cores_at_start"]) >= runtime.BUSY_CORES
 
 
 @pytest.mark.skipif(runtime.find_library("jemalloc") is None, reason="jemalloc is not installed here "

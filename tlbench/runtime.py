@@ -12,9 +12,13 @@ Why (issue 17, measured in benchmarks/RESULTS.md):
   (as its own launcher ``torch.backends.xeon.run_cpu`` does); where neither is installed,
   glibc's own tunables (no fresh mmaps, no trimming) keep the memory in the heap for reuse.
 - **Threads that wait.** torch's CPU build runs its intra-op threads on GNU OpenMP, whose idle
-  threads spin before they sleep. With as many threads as cores and one other busy process, a
-  spinning thread takes the core its partner needs, and a step gets many times slower.
-  ``OMP_WAIT_POLICY=PASSIVE`` makes waiting threads sleep at once.
+  threads spin (300,000 times) before they sleep. On an idle machine the spin pays: a waiting thread
+  starts the next operator at once instead of being woken, and a 224 px Lite0 ``dann`` step ran
+  5-15 % faster than with ``OMP_WAIT_POLICY=PASSIVE`` (threads sleep at once). With as many
+  threads as cores and other busy processes, a spinning thread can take the core its partner needs
+  (reported as steps many times slower on these 2-core VMs). So the wait policy follows the machine
+  at start (:func:`busy_cores`): libgomp's default when the other processes keep less than half a
+  core busy, ``PASSIVE`` otherwise. Either way the numbers are the same; only the time differs.
 
 Both must be in the environment when the process starts (the dynamic loader reads
 ``LD_PRELOAD`` and ``GLIBC_TUNABLES``; libgomp reads ``OMP_WAIT_POLICY`` when torch loads it), so
@@ -38,6 +42,12 @@ from pathlib import Path
 SWITCH = "TLBENCH_CPU_RUNTIME"
 #: set in the re-executed process, so it does not re-execute again
 APPLIED = "_TLBENCH_CPU_RUNTIME_APPLIED"
+#: the other processes' busy cores measured at start, for the records (:func:`describe_runtime`)
+BUSY_AT_START = "_TLBENCH_BUSY_CORES_AT_START"
+#: at or above this many cores kept busy by other processes, OpenMP's threads wait passively
+BUSY_CORES = 0.5
+#: how long the start samples the machine's load
+LOAD_SAMPLE_S = 0.25
 CHOICES = ("auto", "jemalloc", "tcmalloc", "glibc", "off")
 
 #: jemalloc keeping every freed page for reuse (no decay). Not the PyTorch guide's settings
@@ -79,18 +89,44 @@ def _user_allocator(environ: Mapping[str, str]) -> bool:
     return bool(environ.get("LD_PRELOAD", "").strip()) or "glibc.malloc." in environ.get("GLIBC_TUNABLES", "")
 
 
-def settings(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
+def cpu_times(stat: str) -> tuple[int, int]:
+    """(busy, total) jiffies of all CPUs from the text of ``/proc/stat``: idle and iowait are idle;
+    steal (time the hypervisor gave another guest) counts as busy; guest time is inside user time."""
+    fields = [int(v) for v in stat.splitlines()[0].split()[1:9]]
+    total = sum(fields)
+    return total - fields[3] - fields[4], total
+
+
+def busy_cores(sample_s: float = LOAD_SAMPLE_S, read_stat=lambda: Path("/proc/stat").read_text()) -> float | None:
+    """How many cores the machine's other processes keep busy, sampled over ``sample_s`` seconds
+    while this process sleeps; None where ``/proc/stat`` cannot be read."""
+    import time
+
+    try:
+        busy0, total0 = cpu_times(read_stat())
+        time.sleep(sample_s)
+        busy1, total1 = cpu_times(read_stat())
+    except (OSError, ValueError, IndexError):
+        return None
+    if total1 <= total0:
+        return 0.0
+    return (busy1 - busy0) / (total1 - total0) * (os.cpu_count() or 1)
+
+
+def settings(environ: Mapping[str, str] = os.environ, *, machine_busy: bool = False) -> dict[str, str]:
     """The environment variables to add for the switch's choice; empty when off or off Linux.
 
-    What the user set is kept: an existing ``LD_PRELOAD`` or malloc tunable means the allocator is
-    the user's choice, an existing ``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT`` the wait policy.
+    ``machine_busy``: other processes keep cores busy (:func:`busy_cores`), so OpenMP's threads
+    wait passively instead of spinning. What the user set is kept: an existing ``LD_PRELOAD`` or
+    malloc tunable means the allocator is the user's choice, an existing ``OMP_WAIT_POLICY`` or
+    ``GOMP_SPINCOUNT`` the wait policy.
     """
     wanted = choice(environ)
     if wanted == "off" or not sys.platform.startswith("linux"):
         return {}
     out: dict[str, str] = {}
-    if "OMP_WAIT_POLICY" not in environ and "GOMP_SPINCOUNT" not in environ:
-        out["OMP_WAIT_POLICY"] = "PASSIVE"  # (GOMP_SPINCOUNT=300000 restores libgomp's own default)
+    if machine_busy and "OMP_WAIT_POLICY" not in environ and "GOMP_SPINCOUNT" not in environ:
+        out["OMP_WAIT_POLICY"] = "PASSIVE"
     if _user_allocator(environ):
         return out
     if wanted == "glibc":
@@ -131,8 +167,13 @@ def reexec_with_settings(argv: list[str]) -> None:
     there is nothing to set, when it already ran, or where the process cannot be re-executed."""
     if os.environ.get(APPLIED) or "torch" in sys.modules:
         return
-    extra = settings()
+    busy = None
+    if choice() != "off" and "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
+        busy = busy_cores()
+    extra = settings(machine_busy=busy is not None and busy >= BUSY_CORES)
     os.environ[APPLIED] = "1"
+    if busy is not None:
+        os.environ[BUSY_AT_START] = f"{busy:.2f}"
     if not extra:
         return
     os.environ.update(extra)
@@ -161,4 +202,6 @@ def describe_runtime() -> dict[str, str]:
         tunables = [t for t in os.environ.get("GLIBC_TUNABLES", "").split(":") if t.startswith("glibc.malloc.")]
         out["allocator_settings"] = ":".join(tunables) or "defaults"
     out["omp_wait_policy"] = os.environ.get("OMP_WAIT_POLICY", "default")
+    if os.environ.get(BUSY_AT_START):
+        out["busy_cores_at_start"] = os.environ[BUSY_AT_START]
     return out
