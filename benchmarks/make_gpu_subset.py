@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import lzma
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -72,7 +73,31 @@ def main(argv: list[str] | None = None) -> int:
         pack_weights(name, out / "weights")
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     print(f"wrote {out} ({size / 2**20:.1f} MiB)")
+    tree = working_tree_bytes()
+    if tree is not None:
+        total = (tree + size) / 2**20
+        print(f"with the working tree the device tool copies ({tree / 2**20:.1f} MiB): {total:.1f} MiB of its "
+              f"{DEVICE_LIMIT_MIB} MiB (wheels downloaded into {out} afterwards come on top)")
+        if total > DEVICE_LIMIT_MIB:
+            print(f"over the device's {DEVICE_LIMIT_MIB} MiB: pack fewer weights (tf_efficientnet_lite0 alone until the "
+                  f"plan reaches kd) or fewer domains", file=sys.stderr)
+            return 1
     return 0
+
+
+#: what the device tool carries in all: the working tree and the carried paths
+DEVICE_LIMIT_MIB = 64
+
+
+def working_tree_bytes() -> int | None:
+    """Bytes of what the device tool copies with the working tree (git's tracked files and untracked
+    ones it does not ignore); None outside a git checkout."""
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
+                            capture_output=True, check=False)
+    if listed.returncode != 0:
+        return None
+    paths = (REPO / p for p in listed.stdout.decode().split("\0") if p)
+    return sum(p.stat().st_size for p in paths if p.is_file())
 
 
 def pack_weights(model_name: str, folder: Path) -> Path:

