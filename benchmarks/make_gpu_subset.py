@@ -33,6 +33,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_common import REPO, default_data_root, find_class_folder  # noqa: E402
 
+#: what the device tool carries in all: the working tree and the carried paths
+DEVICE_LIMIT_MIB = 64
+
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -83,10 +86,6 @@ def main(argv: list[str] | None = None) -> int:
                   f"plan reaches kd) or fewer domains", file=sys.stderr)
             return 1
     return 0
-
-
-#: what the device tool carries in all: the working tree and the carried paths
-DEVICE_LIMIT_MIB = 64
 
 
 def working_tree_bytes() -> int | None:

@@ -51,6 +51,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = Path("examples/domain_adaptation/image_classification")
 DOMAINS = {"A": "amazon", "D": "dslr", "W": "webcam"}
+#: seconds between TLlib's stop and the next run (2.63x run of 2026-12-02: tlbench saw 0.35 busy cores without it)
+SETTLE_S = 3.0
 STEP_TIME = re.compile(r"Epoch: \[0\]\[\s*(\d+)/\d+\]\s+Time\s+([0-9.]+)")
 
 BOOT = '''"""Run TLlib's dann.py with timm's pretrained weights taken offline (written by tlbench's peer_tllib.py)."""
@@ -138,6 +140,7 @@ def run_tllib(example: Path, root: Path, args, env: dict[str, str]) -> dict:
                 proc.terminate()
                 break
     proc.wait()
+    time.sleep(SETTLE_S)  # its loader workers exit after it, and tlbench reads the machine's load at start
     timed = [t for i, t in times.items() if i >= args.warmup]
     if not timed:
         raise SystemExit("TLlib printed no step times; its last lines:\n" + "".join(tail))
