@@ -61,6 +61,14 @@ def test_threads_wait_passively_only_on_a_busy_machine():
     assert runtime.settings({"TLBENCH_CPU_RUNTIME": "off"}, machine_busy=True) == {}
 
 
+def test_only_the_command_that_trains_samples_the_load():
+    from tlbench.cli import subcommand
+
+    assert subcommand(["--debug", "run", "suites/quickstart.yaml", "--seeds", "0"]) == "run"
+    assert subcommand(["list", "strategies"]) == "list"
+    assert subcommand(["--strict-plugins"]) is None
+
+
 def test_busy_cores_counts_steal_as_busy_and_iowait_as_idle(monkeypatch):
     monkeypatch.setattr(runtime.os, "cpu_count", lambda: 2)
     # cpu  user nice system idle iowait irq softirq steal

@@ -116,13 +116,18 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def subcommand(argv: list[str]) -> str | None:
+    """The subcommand's name: the first argument that is not an option (the top-level options are flags)."""
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
 def entry() -> None:
     """The ``tlbench`` command: start again once with the CPU runtime settings in the environment
     (:mod:`tlbench.runtime`; ``TLBENCH_CPU_RUNTIME=off`` to skip), then run :func:`main`."""
     from tlbench.runtime import reexec_with_settings
 
     try:
-        reexec_with_settings(list(sys.orig_argv[1:]))
+        reexec_with_settings(list(sys.orig_argv[1:]), trains=subcommand(sys.argv[1:]) == "run")
     except UserError as exc:
         print(f"tlbench: error: {exc}", file=sys.stderr)
         sys.exit(2)

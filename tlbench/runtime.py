@@ -34,6 +34,7 @@ from __future__ import annotations
 import ctypes.util
 import os
 import sys
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -100,8 +101,6 @@ def cpu_times(stat: str) -> tuple[int, int]:
 def busy_cores(sample_s: float = LOAD_SAMPLE_S, read_stat=lambda: Path("/proc/stat").read_text()) -> float | None:
     """How many cores the machine's other processes keep busy, sampled over ``sample_s`` seconds
     while this process sleeps; None where ``/proc/stat`` cannot be read."""
-    import time
-
     try:
         busy0, total0 = cpu_times(read_stat())
         time.sleep(sample_s)
@@ -111,6 +110,11 @@ def busy_cores(sample_s: float = LOAD_SAMPLE_S, read_stat=lambda: Path("/proc/st
     if total1 <= total0:
         return 0.0
     return (busy1 - busy0) / (total1 - total0) * (os.cpu_count() or 1)
+
+
+def _user_wait_policy(environ: Mapping[str, str]) -> bool:
+    """The user chose how OpenMP's threads wait."""
+    return "OMP_WAIT_POLICY" in environ or "GOMP_SPINCOUNT" in environ
 
 
 def settings(environ: Mapping[str, str] = os.environ, *, machine_busy: bool = False) -> dict[str, str]:
@@ -125,7 +129,7 @@ def settings(environ: Mapping[str, str] = os.environ, *, machine_busy: bool = Fa
     if wanted == "off" or not sys.platform.startswith("linux"):
         return {}
     out: dict[str, str] = {}
-    if machine_busy and "OMP_WAIT_POLICY" not in environ and "GOMP_SPINCOUNT" not in environ:
+    if machine_busy and not _user_wait_policy(environ):
         out["OMP_WAIT_POLICY"] = "PASSIVE"
     if _user_allocator(environ):
         return out
@@ -162,13 +166,17 @@ def missing_allocator_hint(environ: Mapping[str, str] = os.environ) -> str | Non
             f"{SWITCH}=glibc (faster, up to twice the memory); {SWITCH}=off silences this")
 
 
-def reexec_with_settings(argv: list[str]) -> None:
+def reexec_with_settings(argv: list[str], *, trains: bool = True) -> None:
     """Start this command again with :func:`settings` in its environment, once; returns when
-    there is nothing to set, when it already ran, or where the process cannot be re-executed."""
+    there is nothing to set, when it already ran, or where the process cannot be re-executed.
+
+    ``trains``: the command trains (``tlbench run``), so the machine's load is sampled to choose
+    OpenMP's waits; the other commands do not wait for it.
+    """
     if os.environ.get(APPLIED) or "torch" in sys.modules:
         return
     busy = None
-    if choice() != "off" and "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
+    if trains and choice() != "off" and not _user_wait_policy(os.environ):
         busy = busy_cores()
     extra = settings(machine_busy=busy is not None and busy >= BUSY_CORES)
     os.environ[APPLIED] = "1"
