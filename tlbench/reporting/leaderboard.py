@@ -124,7 +124,7 @@ class Leaderboard:
     #: device, torch, timm, tlbench (values seen in the records) and report date
     environment: dict[str, str]
     #: files the reporters of this ``write_reports`` call wrote so far, in order: a later reporter
-    #: may embed an earlier one's (the HTML page embeds the plots' PNGs)
+    #: may use an earlier one's (the HTML page links the plots' PNGs)
     written: list[Path] = field(default_factory=list)
     #: how the ``rank`` column was decided (stated under every table)
     rank_text: str = ""

@@ -22,7 +22,7 @@ class Reporter(Plugin):
     name: ClassVar[str] = ""
     #: a one-line description for ``tlbench list reporters``
     description: ClassVar[str] = ""
-    #: reporters run by ascending ``order`` (then name): one whose files others embed runs first
+    #: reporters run by ascending ``order`` (then name): one whose files others use runs first
     order: ClassVar[int] = 0
 
     def write(self, board: Leaderboard, out_dir: Path) -> list[Path]:

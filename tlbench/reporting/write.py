@@ -20,7 +20,7 @@ def write_reports(out_dir: Path, records: list[CellRecord], suite: dict[str, Any
     The main table's (parameters, checkpoint) come from ``selection`` (default: the suite's, else
     ``last``), scored on the stored checkpoint ``evaluations`` (cell id -> file), else on a cell's rows of
     the folder's earlier ``checkpoints.csv`` (``stored_checkpoints``). Reporters run in a
-    fixed order: by their ``order`` attribute, then by name, so a reporter whose files another embeds
+    fixed order: by their ``order`` attribute, then by name, so a reporter whose files another uses
     (plots, for the HTML page) runs first.
     """
     if registry is None:

@@ -6,7 +6,9 @@ min–max over seeds).
 Figures are drawn on :class:`matplotlib.figure.Figure` objects rendered by the Agg canvas
 directly: headless, and without ``pyplot`` there is no process-wide backend to switch, so loading
 this plugin never changes the backend of a notebook or application that imports tlbench.
-Runs before the other reporters (``order = -10``) so the HTML page can embed the PNGs.
+Runs before the other reporters (``order = -10``) so the HTML page can link the PNGs. Each PNG is
+stored with a 256-colour palette: line plots lose nothing visible and the files shrink to about a
+third (the committed reports' PNGs: 5.1 MiB as RGBA, 1.8 as palettes).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pathlib import Path
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
+from PIL import Image
 
 from tlbench import Leaderboard, Reporter, atomic_write_bytes, hookimpl
 
@@ -50,10 +53,14 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
 
 
 def _png(fig: Figure) -> bytes:
+    """The figure as a PNG with a 256-colour palette (median cut: deterministic, so reports rebuild byte for byte)."""
     FigureCanvasAgg(fig)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight", metadata={"Software": None})
-    return buf.getvalue()
+    rgba = io.BytesIO()
+    fig.savefig(rgba, format="png", dpi=110, bbox_inches="tight", metadata={"Software": None})
+    palette = Image.open(rgba).convert("RGB").quantize(256, method=Image.Quantize.MEDIANCUT)
+    out = io.BytesIO()
+    palette.save(out, format="png", optimize=True)
+    return out.getvalue()
 
 
 def _no_data(ax, text: str) -> None:
