@@ -47,6 +47,9 @@ PLAN = [("seed 0, adaptation", ["source_only", "dann", "mmd", "self_training"], 
 GUESS_S = {"source_only": 60, "freeze": 30, "unfreeze": 60, "dlr": 60, "dann": 75, "mmd": 75, "self_training": 75,
            "kd": 90, "teacher": 110}
 SMOKE_GUESS_S = 15
+#: how the carried folder is made (benchmarks/gpu_office31.sh's header, benchmarks/RESULTS.md)
+MAKE_CARRY = ("python benchmarks/make_gpu_subset.py --office31-domains amazon,dslr,webcam --digits '' --quality 65 "
+              f"--weights {BACKBONE},{TEACHER} --out .tlbench-cache/gpu-o31")
 SMOKE_SET = ["recipe.steps=2", "recipe.image_size=32", "recipe.resize_size=36", "recipe.eval_batch_size=128",
              "recipe.log_every=1"]
 #: seconds kept back for tlbench report, the README and the tarball
@@ -115,6 +118,18 @@ class Estimator:
         return est
 
 
+def carried_data(data_root: Path) -> str:
+    """What the cells read: the carried copy as make_gpu_subset.py's manifest describes it, else the folder."""
+    try:
+        office31 = json.loads((data_root / "carry.json").read_text())["office31"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"Office-31 as found in {data_root.name}/ (no carry.json: not made by make_gpu_subset.py)"
+    if not office31.get("max_side"):
+        return "Office-31's original JPEGs (copied by make_gpu_subset.py)"
+    return (f"Office-31 re-encoded at {office31['max_side']} px, JPEG quality {office31['quality']} "
+            "(benchmarks/make_gpu_subset.py)")
+
+
 def card_name() -> str:
     try:
         out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
@@ -163,12 +178,11 @@ def main(argv: list[str] | None = None) -> int:
     missing = [d for d in ("amazon", "dslr", "webcam") if not (args.data_root / "office31" / d).is_dir()]
     if missing:
         raise SystemExit(f"gpu_office31: no office31/{{{','.join(missing)}}} under {args.data_root}; make the carried copy "
-                         f"with: python benchmarks/make_gpu_subset.py --office31-domains amazon,dslr,webcam --digits '' "
-                         f"--quality 70 --weights {BACKBONE} --out .tlbench-cache/gpu-o31")
+                         f"with: {MAKE_CARRY}")
     pairs = PAIRS[1:2] if args.smoke else PAIRS  # smoke: D->W, the smallest pair
     card = card_name()
     window = {"started_at": datetime.fromtimestamp(t0, timezone.utc).isoformat(timespec="seconds"), "card": card,
-              "budget_s": args.budget, "calls": [], "stop": "plan complete"}
+              "budget_s": args.budget, "data": carried_data(args.data_root), "calls": [], "stop": "plan complete"}
 
     pretend: set[tuple] = set()  # --dry-run: the cells it would have run, and their estimated seconds
     pretend_s = [0.0]
@@ -187,9 +201,7 @@ def main(argv: list[str] | None = None) -> int:
             break
         piece, (_, strategy, _, _, seed) = todo[0]
         if strategy == "kd" and not teacher_weights_carried():
-            window["stop"] = (f"kd needs {TEACHER}'s offline weights (its teacher's), not carried: "
-                              f"make_gpu_subset.py --weights {BACKBONE},{TEACHER} (over 64 MiB with the working "
-                              f"tree today: benchmarks/RESULTS.md)")
+            window["stop"] = f"kd needs {TEACHER}'s offline weights (its teacher's), not carried: {MAKE_CARRY}"
             print(f"== stopping: {window['stop']}")
             break
         group = [k for name, k in todo if k[1] == strategy and k[4] == seed]
@@ -254,17 +266,18 @@ def report_and_readme(args, window: dict, pairs: list[tuple[str, str]]) -> None:
     lines = ["# Office-31 on a GPU, piece by piece (issue 17)", "",
              "Written by `benchmarks/gpu_office31.sh` after every GPU window (do not edit by hand): the plan of",
              "`benchmarks/gpu_office31.py` on the suite `benchmarks/office31_gpu.yaml` (tf_efficientnet_lite0 with its",
-             "offline ImageNet weights; kd's teacher a tf_efficientnet_lite2 `dann` cell), Office-31 re-encoded at 256 px",
-             "(JPEG quality 70, `benchmarks/make_gpu_subset.py`). The leaderboard: [leaderboard.md](leaderboard.md).", "",
+             "offline ImageNet weights; kd's teacher a tf_efficientnet_lite2 `dann` cell). The leaderboard:",
+             "[leaderboard.md](leaderboard.md). Data: each window's row says what its cells read.", "",
              "| piece | cells done |", "|---|---|"]
     for name, strategies, seed in PLAN:
         n = sum(key(BACKBONE, st, s, t, seed) in done for st in strategies for s, t in pairs)
         lines.append(f"| {name} ({', '.join(strategies)}) | {n} / {len(strategies) * len(pairs)} |")
-    lines += ["", "## Windows", "", "| started (UTC) | card | cells run | wall (s) | why it stopped |", "|---|---|---|---|---|"]
+    lines += ["", "## Windows", "", "| started (UTC) | card | data | cells run | wall (s) | why it stopped |",
+              "|---|---|---|---|---|---|"]
     for w in windows:
         ran = "; ".join(f"{c['strategy']} s{c['seed']} {c['pairs']}" + ("" if c["exit_code"] == 0 else f" (exit {c['exit_code']})")
                         for c in w["calls"]) or "none"
-        lines.append(f"| {w['started_at']} | {w['card']} | {ran} | {w['wall_s']:.0f} | {w['stop']} |")
+        lines.append(f"| {w['started_at']} | {w['card']} | {w.get('data', '')} | {ran} | {w['wall_s']:.0f} | {w['stop']} |")
     checks = [w for w in windows if w.get("gpu_check")]
     if checks:
         lines += ["", "## `benchmarks/gpu_check.sh` in these windows", "",

