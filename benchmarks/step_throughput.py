@@ -76,6 +76,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="instead of the comparison: run the engine's cell once under torch.profiler and write "
                         "its operators by own time (training and the cell's evaluation together) to this file")
     p.add_argument("--profile-rows", type=int, default=30, help="operators in the --profile table")
+    p.add_argument("--profile-shapes", action="store_true",
+                   help="with --profile: a second table of the operators by input shape (which layer's "
+                        "convolution or BatchNorm the time goes to)")
     return p.parse_args(argv)
 
 
@@ -128,10 +131,13 @@ def profile_engine(args, linked: Path, cache_dir: Path, registry) -> int:
 
     cuda = torch.cuda.is_available() and args.device != "cpu"
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
-    with profile(activities=activities) as prof:
+    sort_by = "self_cuda_time_total" if cuda else "self_cpu_time_total"
+    with profile(activities=activities, record_shapes=args.profile_shapes) as prof:
         engine = measure_engine(args, linked, cache_dir, registry)
-    table = prof.key_averages().table(sort_by="self_cuda_time_total" if cuda else "self_cpu_time_total",
-                                      row_limit=args.profile_rows)
+    table = prof.key_averages().table(sort_by=sort_by, row_limit=args.profile_rows)
+    if args.profile_shapes:
+        table += "\n# by input shape\n" + prof.key_averages(group_by_input_shape=True).table(
+            sort_by=sort_by, row_limit=args.profile_rows, max_shapes_column_width=70)
     env = environment(select_device(args.device))
     text = (f"# {args.backbone} {args.strategy} {args.image_size}px, {engine['images_per_step']} images/step, "
             f"{args.warmup}+{args.steps} steps, under the profiler: {engine['img_per_s']:.1f} img/s "
