@@ -154,6 +154,14 @@ class NoDoc(Good):
     name = "no_doc"
 
 
+class WrappedDoc(Good):
+    """A strategy whose summary runs on past the first line (Someone et al. 2024,
+    "A Title That Wraps").
+    """
+
+    name = "wrapped_doc"
+
+
 @pytest.mark.parametrize("cls, message", [
     (CallsBackward, "computed gradients itself"),
     (UnusedModule, "no gradient reached .*strategy.extra"),
@@ -165,6 +173,7 @@ class NoDoc(Good):
     (BadViews, "target_views must be one of"),
     (Infinite, "loss is not finite"),
     (NoDoc, "needs a docstring"),
+    (WrappedDoc, "would print for strategies cut mid-sentence"),
 ])
 def test_check_strategy_names_the_defect(cls, message):
     with pytest.raises(AssertionError, match=message):

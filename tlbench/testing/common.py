@@ -28,6 +28,16 @@ def _check_plugin_name(who: str, name: Any) -> None:
 def _check_docstring(cls: type, what: str) -> None:
     _require(bool((cls.__doc__ or "").strip()),
              f"{cls.__name__} needs a docstring: its first line is what 'tlbench list' shows for {what}")
+    _check_summary_line(cls, what)
+
+
+def _check_summary_line(cls: type, what: str) -> None:
+    """The first docstring line is all that ``tlbench list`` prints: it must be a whole sentence,
+    not the start of one wrapped onto the next line."""
+    first = (cls.__doc__ or "").strip().splitlines()[0].rstrip()
+    _require(first.endswith((".", "!", "?")),
+             f"{cls.__name__}'s docstring starts with {first!r}, which 'tlbench list' would print for {what} cut "
+             "mid-sentence: make the first line one whole sentence ending in a full stop, the rest below it")
 
 
 def _user_error_only(where: str, call: Callable[[], Any]) -> tuple[bool, Any]:

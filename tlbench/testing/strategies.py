@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from tlbench.models.transfer import TransferModel, set_batchnorm_eval_where_frozen
-from tlbench.testing.common import _require
+from tlbench.testing.common import _check_summary_line, _require
 from tlbench.testing.tiny import make_tiny_batch, make_tiny_model
 from tlbench.training.strategy import Batch, ParamGroup, SetupContext, StepContext, StepOutput, Strategy
 
@@ -83,6 +83,7 @@ def _check_metadata(cls: type) -> None:
              f"{who}.name must be a non-empty string without spaces (the name suites use), got {cls.name!r}")
     _require(bool((cls.__doc__ or "").strip()),
              f"{who} needs a docstring naming the method, its paper and each parameter's meaning and default")
+    _check_summary_line(cls, "strategies")
     _require(isinstance(cls.Params, type) and dataclasses.is_dataclass(cls.Params),
              f"{who}.Params must be a dataclass of the strategy's parameters, got {cls.Params!r}")
     missing = [f.name for f in dataclasses.fields(cls.Params)

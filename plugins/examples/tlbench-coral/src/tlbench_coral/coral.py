@@ -39,8 +39,10 @@ def coral_loss(source: Tensor, target: Tensor) -> Tensor:
 
 
 class Coral(Strategy):
-    """Deep CORAL: correlation alignment (Sun & Saenko 2016, ECCV Workshops, "Deep CORAL:
-    Correlation Alignment for Deep Domain Adaptation").
+    """Deep CORAL: align the covariances of source and target features (Sun & Saenko 2016).
+
+    The paper: Sun & Saenko, "Deep CORAL: Correlation Alignment for Deep Domain Adaptation", ECCV
+    Workshops 2016.
 
     Source and target images go through the model as one batch; the loss is
     CE(source) + ``trade_off`` * ``||C_S - C_T||²_F / (4 d²)``, where ``C_S`` and ``C_T`` are the
