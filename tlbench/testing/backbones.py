@@ -16,7 +16,8 @@ BACKBONE_CHECK_SIZE = 32
 def check_backbone(cls: type, names: list[str] | None = None, *, batch_size: int = 4, seed: int = 0) -> None:
     """Check backbone provider ``cls`` on each of ``names`` (default: every name it lists).
 
-    Checks: metadata (``name``, a docstring, an integer ``priority``); ``names()`` lists unique
+    Checks: metadata (``name``, a docstring whose first line is one whole sentence, an integer
+    ``priority``); ``names()`` lists unique
     strings that ``provides`` accepts and ``names(pattern)`` filters; ``create`` returns a
     :class:`tlbench.Backbone` whose ``in_chans`` is 1 or 3 with one ``mean``/``std`` entry per
     channel (std > 0); on N×in_chans×S×S images (S = ``input_size(name)`` or 32) the network

@@ -28,7 +28,8 @@ def check_dataset(cls: type, root: Any = None, **options: Any) -> None:
 
     ``root`` and ``options`` are what a suite would give (its data root and ``dataset_options``)
     and must point at data the dataset can load: a tiny generated tree is best (every domain is
-    loaded, twice for the first one). Checks: metadata (``name``, a docstring, ``option_help``
+    loaded, twice for the first one). Checks: metadata (``name``, a docstring whose first line is one
+    whole sentence, ``option_help``
     a mapping of option names to help texts, ``aliases`` naming listed domains); an unknown option
     is a :class:`tlbench.UserError`; with an empty data root, construction, ``check()`` and
     ``domains()`` fail only with a ``UserError``; with the given data, ``check()`` passes,
@@ -149,7 +150,8 @@ def _check_domain(who: str, name: str, domain: Any) -> None:
 def check_shift(cls: type, *, seed: int = 0) -> None:
     """Check that shift class ``cls`` honours the contract tlbench relies on; ``AssertionError`` if not.
 
-    Checks: metadata (``name`` usable in a domain spec such as ``digits+NAME:3``, a docstring,
+    Checks: metadata (``name`` usable in a domain spec such as ``digits+NAME:3``, a docstring whose
+    first line is one whole sentence,
     boolean ``has_severity``); for random uint8 batches of two sizes and every severity it takes
     (1 to 5; only the default 3 when ``has_severity`` is False), ``apply`` returns uint8 images of
     the input's shape, leaves its input unchanged (domains are shared between cells), and gives the

@@ -40,7 +40,8 @@ def apply_engine_trainability(modules: Iterable[nn.Module], groups: list[ParamGr
 def check_strategy(cls: type, params: Any = None, *, seed: int = 0, total_steps: int = 10) -> None:
     """Check that strategy class ``cls`` honours the engine's contract; ``AssertionError`` if not.
 
-    Checks: metadata (``name``, a docstring, ``Params`` a dataclass whose fields all have defaults,
+    Checks: metadata (``name``, a docstring whose first line is one whole sentence, ``Params`` a
+    dataclass whose fields all have defaults,
     valid ``target_views``, boolean ``trains_backbone``/``accepts_features``/``needs_teacher``); ``setup`` and
     ``param_groups`` work and the groups are well formed (each parameter once, only the model's
     or the strategy's own, no backbone parameter when ``trains_backbone`` is False); at the first
