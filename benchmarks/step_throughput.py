@@ -177,7 +177,7 @@ def baseline_model(args, num_classes: int, device: torch.device, memory_format, 
     from tlbench.training.setup import build_model
 
     recipe = make_recipe(image_size=args.image_size)
-    model, _ = build_model(args.backbone, "random", num_classes, recipe, registry)
+    model, _, _ = build_model(args.backbone, "random", num_classes, recipe, registry)
     return model.to(device, memory_format=memory_format).train()
 
 
