@@ -32,7 +32,9 @@ tlbench's figure is the record's ``train_img_per_s``. A third arm (``--plain-loo
 what any harness can reach with the same kernels: the same network (tlbench's Lite0 model and
 dann's discriminator, channels_last, fp32, the recipe's SGD) trained by a bare
 ``forward -> loss -> backward -> step`` loop on one preloaded batch (no augmentation, no sampling,
-no observers), under tlbench's CPU runtime, its figure taken over the same steps. When even that
+no observers), under tlbench's CPU runtime, its figure taken over the same steps. Each run also reports
+its processes' user and system CPU seconds (page faults show as system time) and TLlib's median and
+slowest step, so a round that one stalled step or a costlier kernel moved can be told from the rest. When even that
 loop is short of a ratio, the ratio needs faster kernels, not a leaner harness. ``--runtime``: ``default`` runs each side as a
 user would (TLlib with glibc's allocator and libgomp's default waits; tlbench with its own CPU runtime:
 a caching allocator and passive waits, ``tlbench/runtime.py``); ``same`` gives TLlib tlbench's settings
@@ -45,6 +47,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import shutil
 import statistics
 import subprocess
@@ -134,7 +137,7 @@ def run_tllib(example: Path, root: Path, args, env: dict[str, str]) -> dict:
            "--seed", "0", "--log", str(example / "logs" / f"run{time.time_ns()}")]
     print("   tllib:", " ".join(cmd), flush=True)
     times: dict[int, float] = {}
-    t0 = time.time()
+    t0, usage0 = time.time(), resource.getrusage(resource.RUSAGE_CHILDREN)
     proc = subprocess.Popen(cmd, cwd=example, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     tail = []
     for line in proc.stdout:
@@ -146,11 +149,20 @@ def run_tllib(example: Path, root: Path, args, env: dict[str, str]) -> dict:
                 proc.terminate()
                 break
     proc.wait()
+    cpu = cpu_seconds(usage0)
     settle()  # its loader workers exit after it, and tlbench reads the machine's load at start
     timed = [t for i, t in times.items() if i >= args.warmup]
     if not timed:
         raise SystemExit("TLlib printed no step times; its last lines:\n" + "".join(tail))
-    return {"img_per_s": 64 / statistics.mean(timed), "steps_timed": len(timed), "wall_s": time.time() - t0}
+    return {"img_per_s": 64 / statistics.mean(timed), "steps_timed": len(timed), "wall_s": time.time() - t0,
+            "step_s_median": statistics.median(timed), "step_s_max": max(timed), **cpu}
+
+
+def cpu_seconds(before: resource.struct_rusage) -> dict[str, float]:
+    """User and system CPU seconds of the child processes reaped since ``before`` (TLlib's: its main process;
+    its loader workers are not reaped by it when it is stopped). System time is where page faults show."""
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return {"user_s": after.ru_utime - before.ru_utime, "sys_s": after.ru_stime - before.ru_stime}
 
 
 def settle() -> None:
@@ -173,14 +185,15 @@ def run_tlbench(work: Path, data_root: Path, args, env: dict[str, str], n: int) 
     out = work / f"tlbench_run{n}"
     cmd = [sys.executable, "-m", "tlbench", "run", str(suite), "--out", str(out), "--device", "cpu", "--quiet"]
     print("   tlbench:", " ".join(cmd), flush=True)
-    t0 = time.time()
+    t0, usage0 = time.time(), resource.getrusage(resource.RUSAGE_CHILDREN)
     subprocess.run(cmd, cwd=REPO, env=env, check=False)
+    cpu = cpu_seconds(usage0)
     recs = [json.loads(f.read_text()) for f in out.glob("cells/*/record.json")]
     if not recs or recs[0].get("status") != "ok":
         raise SystemExit(f"tlbench's dann cell did not finish ok: {recs[0].get('error') if recs else 'no record'}")
     r = recs[0]
     return {"img_per_s": r["train_img_per_s"], "wall_s": time.time() - t0,
-            "runtime": r.get("extra", {}).get("cpu_runtime")}
+            "runtime": r.get("extra", {}).get("cpu_runtime"), **cpu}
 
 
 def plain_loop(steps: int, warmup: int, image_size: int = 224, per_domain: int = 32) -> dict:
@@ -281,8 +294,9 @@ def main(argv: list[str] | None = None) -> int:
             a = run_tllib(example, root, args, tllib_env)
             b = run_tlbench(work, args.data_root.resolve(), args, tlbench_env, n)
             rows.append({"tllib": a, "tlbench": b})
-            line = (f"   TLlib {a['img_per_s']:.1f} img/s, tlbench {b['img_per_s']:.1f} img/s: "
-                    f"{b['img_per_s'] / a['img_per_s']:.2f}x")
+            line = (f"   TLlib {a['img_per_s']:.1f} img/s (median step {a['step_s_median']:.2f} s, slowest "
+                    f"{a['step_s_max']:.2f} s; system time {a['sys_s']:.0f} s), tlbench {b['img_per_s']:.1f} img/s "
+                    f"(system time {b['sys_s']:.0f} s): {b['img_per_s'] / a['img_per_s']:.2f}x")
             if args.plain_loop:
                 c = rows[-1]["plain_loop"] = run_plain_loop(args, tlbench_env)
                 line += f"; plain loop {c['img_per_s']:.1f} img/s: {c['img_per_s'] / a['img_per_s']:.2f}x"
