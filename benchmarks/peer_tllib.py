@@ -2,6 +2,7 @@
 
     python benchmarks/peer_tllib.py /path/to/Transfer-Learning-Library [--steps 25] [--warmup 5] [--rounds 2]
                                     [--data-root ../shared/datasets] [--runtime default|same|off]
+                                    [--no-plain-loop] [--json out.json]
 
 You need a TLlib checkout (``git clone https://github.com/thuml/Transfer-Learning-Library``; measured
 at commit c4aa59e) and Office-31 in the usual layout (``office31/<domain>/images/<class>/*.jpg``); no
@@ -28,14 +29,15 @@ recipe resize 256 → crop 224), 32 source + 32 target images a step, SGD, the C
 two DataLoader workers (``-j 2``); run alternately, ``--rounds`` times. TLlib's figure is its own meter
 (the per-step ``Time`` it prints with ``-p 1``, steps ``--warmup`` to the end: 64 images over the mean
 step time); the process is stopped after its last training step (its validation is not timed).
-tlbench's figure is the record's ``train_img_per_s``. A third arm (``--plain-loop``, on by default) bounds
+tlbench's figure is the record's ``train_img_per_s``. A third arm (on unless ``--no-plain-loop``) bounds
 what any harness can reach with the same kernels: the same network (tlbench's Lite0 model and
 dann's discriminator, channels_last, fp32, the recipe's SGD) trained by a bare
 ``forward -> loss -> backward -> step`` loop on one preloaded batch (no augmentation, no sampling,
-no observers), under tlbench's CPU runtime, its figure taken over the same steps. Each run also reports
-its processes' user and system CPU seconds (page faults show as system time) and TLlib's median and
-slowest step, so a round that one stalled step or a costlier kernel moved can be told from the rest. When even that
-loop is short of a ratio, the ratio needs faster kernels, not a leaner harness. ``--runtime``: ``default`` runs each side as a
+no observers), in its own process under tlbench's CPU runtime, its figure taken over the same steps.
+When even that loop is short of a ratio, the ratio needs faster kernels, not a leaner harness. Each
+run also reports its processes' user and system CPU seconds (page faults show as system time) and
+TLlib's median and slowest step, so a round that one stalled step or a costlier kernel moved can be
+told from the rest. ``--runtime``: ``default`` runs each side as a
 user would (TLlib with glibc's allocator and libgomp's default waits; tlbench with its own CPU runtime:
 a caching allocator and passive waits, ``tlbench/runtime.py``); ``same`` gives TLlib tlbench's settings
 too (``LD_PRELOAD`` etc.); ``off`` runs both with glibc's defaults (``TLBENCH_CPU_RUNTIME=off``).
@@ -242,7 +244,7 @@ def run_plain_loop(args, env: dict[str, str]) -> dict:
     from tlbench import runtime
 
     cmd = [sys.executable, str(Path(__file__).resolve()), "--plain-loop-only", "--steps", str(args.steps),
-           "--warmup", str(args.warmup), "unused"]
+           "--warmup", str(args.warmup)]
     proc_env = dict(env)
     if args.runtime != "off":
         proc_env.update(runtime.settings(env))
@@ -257,7 +259,7 @@ def run_plain_loop(args, env: dict[str, str]) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("tllib", type=Path, help="your Transfer-Learning-Library checkout")
+    p.add_argument("tllib", type=Path, nargs="?", help="your Transfer-Learning-Library checkout")
     p.add_argument("--data-root", type=Path, default=REPO.parent / "shared" / "datasets")
     p.add_argument("--pair", default="A->W")
     p.add_argument("--steps", type=int, default=25, help="training steps of each run (default 25)")
@@ -272,6 +274,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.plain_loop_only:
         print(json.dumps(plain_loop(args.steps, args.warmup)))
         return 0
+    if args.tllib is None:
+        p.error("give the path of your Transfer-Learning-Library checkout")
     if args.warmup >= args.steps:
         raise SystemExit(f"--warmup {args.warmup} leaves no measured step of --steps {args.steps}")
     sys.path.insert(0, str(REPO))
