@@ -1,4 +1,4 @@
-"""The GPU check's throughput script runs end to end (tiny, on the CPU).
+"""The benchmark scripts the performance work relies on run end to end (tiny, on the CPU).
 
 A GPU window is short and rare: a benchmark that breaks when the engine's API moves must fail
 here, not there. ``build_model`` once gained a third return value and the baselines of
@@ -7,6 +7,7 @@ here, not there. ``build_model`` once gained a third return value and the baseli
 
 from __future__ import annotations
 
+import importlib
 import json
 import sys
 
@@ -15,14 +16,22 @@ import pytest
 from conftest import ROOT
 
 
-@pytest.fixture(scope="module")
-def step_throughput():
+def _benchmark_module(name: str):
     sys.path.insert(0, str(ROOT / "benchmarks"))
     try:
-        import step_throughput
-        yield step_throughput
+        return importlib.import_module(name)
     finally:
         sys.path.remove(str(ROOT / "benchmarks"))
+
+
+@pytest.fixture(scope="module")
+def step_throughput():
+    return _benchmark_module("step_throughput")
+
+
+@pytest.fixture(scope="module")
+def harness_cost():
+    return _benchmark_module("harness_cost")
 
 
 @pytest.mark.parametrize("baseline", ["--from-memory", "--workers=0"])
@@ -39,3 +48,24 @@ def test_step_throughput_measures_engine_and_baseline(step_throughput, tmp_path,
     assert result["engine"]["images_per_step"] == 8  # dann: 4 source + 4 target images a step
     assert result["engine"]["img_per_s"] > 0 and result["baseline"]["img_per_s"] > 0
     assert "generated JPEG folder" in result["data"]
+
+
+def test_harness_cost_measures_its_three_arms_in_one_process(harness_cost, tmp_path, tiny_suite):
+    out = tmp_path / "cost.json"
+    rc = harness_cost.main([str(tiny_suite), "--strategies", "dann", "--steps", "2", "--warmup", "1", "--rounds", "2",
+                            "--device", "cpu", "--cache-dir", str(tmp_path / "cache"), "--json", str(out)])
+    assert rc == 0
+    result = json.loads(out.read_text())
+    assert result["images_per_step"] == 16  # dann: 8 source + 8 target images a step
+    assert "dann" in result["cell"]
+    for arm in ("engine", "reused", "batches"):
+        assert len(result[arm]["rounds"]) == 2 and result[arm]["img_per_s"] > 0
+    step = {arm: 16 / result[arm]["img_per_s"] for arm in ("engine", "reused")}
+    assert result["serving_share_of_step"] == pytest.approx((step["engine"] - step["reused"]) / step["engine"])
+
+
+def test_harness_cost_refuses_a_cell_that_starts_on_cached_features(harness_cost, tmp_path, tiny_suite):
+    suite = tmp_path / "freeze.yaml"
+    suite.write_text(tiny_suite.read_text().replace("[source_only, dann]", "[freeze]"))
+    with pytest.raises(SystemExit, match="cached features of a frozen backbone"):
+        harness_cost.main([str(suite), "--device", "cpu", "--cache-dir", str(tmp_path / "cache")])
