@@ -16,10 +16,10 @@ A first round, not measured, touches the memory every arm needs. Then each round
 ``--warmup`` unmeasured steps and ``--steps`` timed ones (device synchronised); the figure of an arm is its
 median over the rounds. The default, one step an arm a round over many rounds, interleaves the arms
 step by step, so that a slow spell of the machine (on a shared VM, tens of percent for minutes) falls on
-all of them alike. Training goes on from arm to arm (speed does not depend on the weights). Per arm it also reports the process's user and system CPU
-seconds a step. Like the ``tlbench`` command, it starts itself again under tlbench's CPU runtime
-(allocator and waits, :mod:`tlbench.runtime`; ``TLBENCH_CPU_RUNTIME=off`` measures without). Run it
-alone on the machine::
+all of them alike. Training goes on from arm to arm (speed does not depend on the weights). Per arm
+it also reports the process's user and system CPU seconds a step. Like the ``tlbench`` command, it
+starts itself again under tlbench's CPU runtime (allocator and waits, :mod:`tlbench.runtime`;
+``TLBENCH_CPU_RUNTIME=off`` measures without). Run it alone on the machine::
 
     .venv/bin/python benchmarks/harness_cost.py suites/office31.yaml --data-root ../shared/datasets \\
         --pairs 'A->W' --backbones tf_efficientnet_lite0 --strategies dann --rounds 16

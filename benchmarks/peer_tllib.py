@@ -34,17 +34,22 @@ what any harness can reach with the same kernels: the same network (tlbench's Li
 dann's discriminator, channels_last, fp32, the recipe's SGD) trained by a bare
 ``forward -> loss -> backward -> step`` loop on one preloaded batch (no augmentation, no sampling,
 no observers), in its own process under tlbench's CPU runtime, its figure taken over the same steps.
-When even that loop is short of a ratio, the ratio needs faster kernels, not a leaner harness. Each
+When even that loop is short of a ratio, the ratio needs faster kernels, not a leaner harness (two
+processes also differ in their memory and moment: ``benchmarks/harness_cost.py`` measures the harness's
+own cost in one process). Each
 run also reports its processes' user and system CPU seconds (page faults show as system time) and
 TLlib's median and slowest step (and which step it was), so a round that one stalled step or a costlier
 kernel moved can be told from the rest; the summary gives the ratio against TLlib's own meter and against
-its median step (its steady pace, stalls left out). On A→W TLlib stalls once at step 24: its
+its median step (its steady pace, stalls left out). Before the first round it measures what the
+machine charges for a fresh page and a copy-on-write page (``benchmarks/page_costs.py``, about a minute):
+TLlib's figure moves with both. On A→W TLlib stalls once at step 24: its
 ``ForeverDataIterator`` starts the target's DataLoader again (new worker processes) when W's 24
 batches are used up, and again every 24 steps (A's every 88) in a longer run; one stall in the
 20 metered steps is about the rate a long A→W run has (14 in 264 steps), so its meter is its pace.
-``--runtime``: ``default`` runs each side as a user would (TLlib with glibc's allocator and libgomp's default waits; tlbench with its own CPU runtime:
-a caching allocator and passive waits, ``tlbench/runtime.py``); ``same`` gives TLlib tlbench's settings
-too (``LD_PRELOAD`` etc.); ``off`` runs both with glibc's defaults (``TLBENCH_CPU_RUNTIME=off``).
+``--runtime``: ``default`` runs each side as a user would (TLlib with glibc's allocator and libgomp's
+default waits; tlbench with its own CPU runtime: a caching allocator, and OpenMP waits chosen from the
+machine's load at start, ``tlbench/runtime.py``); ``same`` gives TLlib tlbench's settings too
+(``LD_PRELOAD`` etc.); ``off`` runs both with glibc's defaults (``TLBENCH_CPU_RUNTIME=off``).
 """
 
 from __future__ import annotations
@@ -294,11 +299,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.runtime == "same":
         tllib_env.update(runtime.settings(base))
     tlbench_env = dict(base, PYTHONPATH=os.pathsep.join([str(REPO), str(REPO / "plugins"), base.get("PYTHONPATH", "")]))
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from page_costs import describe, page_costs
+
     rows = []
     with tempfile.TemporaryDirectory(prefix="tlbench-peer-") as tmp:
         work = Path(tmp)
         example = prepare_tllib(args.tllib.resolve(), work)
         root = prepare_data(args.data_root.resolve(), work)
+        costs = page_costs()  # what TLlib's page faults and loader restarts cost on this machine, now
+        print(f"this machine's memory: {describe(costs)}", flush=True)
+        settle()
         for n in range(args.rounds):
             print(f"== round {n + 1} of {args.rounds}", flush=True)
             a = run_tllib(example, root, args, tllib_env)
@@ -319,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = {"pair": args.pair, "steps": args.steps, "warmup": args.warmup, "runtime": args.runtime, "rounds": rows,
                "tllib_img_per_s": tl, "tlbench_img_per_s": tb, "ratio": tb / tl,
                "tllib_img_per_s_median_step": tl_steady, "ratio_median_step": tb / tl_steady, "tllib_process": tllib_alloc,
-               "tlbench_process": rows[-1]["tlbench"]["runtime"]}
+               "tlbench_process": rows[-1]["tlbench"]["runtime"], "page_costs": costs}
     print(f"\nTLlib dann.py {tl:.1f} img/s ({tllib_alloc}); tlbench dann {tb:.1f} img/s "
           f"({summary['tlbench_process']}); tlbench / TLlib = {tb / tl:.2f}x (medians of {len(rows)} rounds); "
           f"against TLlib's median step ({tl_steady:.1f} img/s, its slowest steps left out): {tb / tl_steady:.2f}x")

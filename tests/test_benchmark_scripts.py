@@ -69,3 +69,14 @@ def test_harness_cost_refuses_a_cell_that_starts_on_cached_features(harness_cost
     suite.write_text(tiny_suite.read_text().replace("[source_only, dann]", "[freeze]"))
     with pytest.raises(SystemExit, match="cached features of a frozen backbone"):
         harness_cost.main([str(suite), "--device", "cpu", "--cache-dir", str(tmp_path / "cache")])
+
+
+def test_page_costs_prices_fresh_and_copied_pages_above_owned_ones(tmp_path):
+    page_costs = _benchmark_module("page_costs")
+    out = tmp_path / "pages.json"
+    assert page_costs.main(["--mib", "16", "--json", str(out)]) == 0
+    costs = json.loads(out.read_text())
+    assert costs["mib"] == 16 and costs["page_bytes"] > 0
+    # a page fault (and a copy) costs more than writing a byte into a page the process owns, on any machine
+    assert costs["fresh_us_per_page"] > 0 and costs["copy_on_write_us_per_page"] > 0
+    assert "copy-on-write" in page_costs.describe(costs)
