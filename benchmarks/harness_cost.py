@@ -59,7 +59,7 @@ def plan_cell(args, registry):
     return cells[0], suite
 
 
-class Cell:
+class CellSteps:
     """The cell's training pieces, built as ``tlbench.training.engine.train_cell`` builds them."""
 
     def __init__(self, task, registry, device: torch.device):
@@ -127,7 +127,7 @@ def cpu_seconds() -> tuple[float, float]:
     return usage.ru_utime, usage.ru_stime
 
 
-def measure(cell: Cell, args) -> dict:
+def measure(cell: CellSteps, args) -> dict:
     arms = {"engine": lambda: cell.train(cell.batches, args.steps, args.warmup),
             "reused": lambda: cell.train(cell.reused, args.steps, args.warmup),
             "batches": lambda: cell.serve(args.steps, args.warmup)}
@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     cell_def, suite = plan_cell(args, registry)
     task = CellTask(cell=cell_def, out_dir=".", data_root=suite.data_root,
                     cache_dir=str(args.cache_dir or default_cache_dir()), device=str(device), show_progress=False)
-    cell = Cell(task, registry, device)
+    cell = CellSteps(task, registry, device)
     print(f"{cell_def.describe()}: {cell.batches.images_per_step} images a step, {args.warmup} + {args.steps} "
           f"steps an arm, {args.rounds} rounds", flush=True)
     result = {"benchmark": "harness_cost", "cell": cell_def.describe(), "recipe": cell_def.recipe,
