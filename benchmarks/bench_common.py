@@ -59,6 +59,16 @@ def make_cell(*, dataset: str, dataset_options: dict[str, Any], source: str, tar
                 target=target, seed=seed, recipe=recipe)
 
 
+def teacherless_cells(suite_path: str | Path, registry, **narrowing: Any):
+    """(cells, suite): the cells a suite plans, narrowed as ``load_suite`` narrows (pairs, strategies,
+    backbones, seeds, data_root, overrides), without the kd cells and the teachers they need."""
+    from tlbench.matrix.planning import plan
+    from tlbench.matrix.suite import load_suite
+
+    suite = load_suite(Path(suite_path), **narrowing)
+    cells, _ = plan(suite, registry)
+    return [c for c in cells if c.teacher is None and not registry.get("strategy", c.strategy).needs_teacher], suite
+
 def run_engine_cell(cell, *, device: str, cache_dir: Path | None, data_root: Path | None, registry):
     """Train one cell with ``tlbench.training.engine.train_cell`` (no progress bar); returns its CellRecord."""
     from tlbench.matrix.cells import CellTask

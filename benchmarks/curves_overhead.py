@@ -26,13 +26,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def _cells(args, registry):
-    from tlbench.matrix.planning import plan
-    from tlbench.matrix.suite import load_suite
+    from bench_common import teacherless_cells
 
-    suite = load_suite(Path(args.suite), pairs=args.pairs, strategies=args.strategies, seeds=[0],
-                       data_root=args.data_root)
-    cells, _ = plan(suite, registry)
-    return [c for c in cells if c.teacher is None and not registry.get("strategy", c.strategy).needs_teacher], suite
+    return teacherless_cells(args.suite, registry, pairs=args.pairs, strategies=args.strategies, seeds=[0],
+                             data_root=args.data_root)
 
 
 def _train(cell, suite, cache: Path, registry, curves: bool):
@@ -46,6 +43,9 @@ def _train(cell, suite, cache: Path, registry, curves: bool):
 
         def __init__(self, schedule):
             self.curves = Curves()
+
+        def means(self, steps: int) -> dict[str, float]:
+            return {}
 
     saved = engine.CurveRecorder
     if not curves:
@@ -101,7 +101,7 @@ def measure_trackers(records, suite_name: str, registry) -> dict:
     return out
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("suite")
     p.add_argument("--data-root")
@@ -110,7 +110,7 @@ def main() -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--json")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     import torch
 
     from bench_common import environment, write_json

@@ -22,16 +22,15 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
 
 def _cells(args, registry):
-    from tlbench.matrix.planning import plan
-    from tlbench.matrix.suite import load_suite
+    from bench_common import teacherless_cells
 
     overrides = [f"recipe.steps={args.steps}"] if args.steps else []
-    suite = load_suite(Path(args.suite), pairs=args.pairs, strategies=args.strategies, seeds=[0],
-                       data_root=args.data_root, overrides=overrides)
-    cells, _ = plan(suite, registry)
-    return [c for c in cells if c.teacher is None and not registry.get("strategy", c.strategy).needs_teacher], suite
+    return teacherless_cells(args.suite, registry, pairs=args.pairs, strategies=args.strategies, seeds=[0],
+                             data_root=args.data_root, overrides=overrides)
 
 
 def _train(cell, points: int, suite, cache: Path, registry):

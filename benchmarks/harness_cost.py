@@ -41,19 +41,15 @@ if __name__ == "__main__":  # before torch loads, as the tlbench command does
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import environment, write_json  # noqa: E402
+from bench_common import environment, teacherless_cells, write_json  # noqa: E402
 
 
 def plan_cell(args, registry):
     """The first cell the narrowed suite plans that trains without a teacher."""
-    from tlbench.matrix.planning import plan
-    from tlbench.matrix.suite import load_suite
-
     split = (lambda s: s.split(",") if s else None)
-    suite = load_suite(Path(args.suite), pairs=split(args.pairs), strategies=split(args.strategies),
-                       backbones=split(args.backbones), seeds=[0], data_root=args.data_root, overrides=args.set)
-    cells, _ = plan(suite, registry)
-    cells = [c for c in cells if c.teacher is None and not registry.get("strategy", c.strategy).needs_teacher]
+    cells, suite = teacherless_cells(args.suite, registry, pairs=split(args.pairs), strategies=split(args.strategies),
+                                     backbones=split(args.backbones), seeds=[0], data_root=args.data_root,
+                                     overrides=args.set)
     if not cells:
         raise SystemExit("the narrowed suite plans no cell without a teacher; narrow it to a strategy such as dann")
     return cells[0], suite

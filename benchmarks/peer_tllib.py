@@ -210,7 +210,7 @@ def run_tlbench(work: Path, data_root: Path, args, env: dict[str, str], n: int) 
 
 
 def plain_loop(steps: int, warmup: int, image_size: int = 224, per_domain: int = 32) -> dict:
-    """The bare training loop of tlbench's ``dann`` network (run in its own process, see ``--plain-loop``)."""
+    """The bare training loop of tlbench's ``dann`` network (the third arm, in its own process: :func:`run_plain_loop`)."""
     import torch
     import torch.nn.functional as F
 

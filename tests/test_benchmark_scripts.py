@@ -80,3 +80,27 @@ def test_page_costs_prices_fresh_and_copied_pages_above_owned_ones(tmp_path):
     # a page fault (and a copy) costs more than writing a byte into a page the process owns, on any machine
     assert costs["fresh_us_per_page"] > 0 and costs["copy_on_write_us_per_page"] > 0
     assert "copy-on-write" in page_costs.describe(costs)
+
+
+def test_curves_overhead_measures_both_arms_and_each_tracker(tmp_path, tiny_suite):
+    # its "without curves" arm once stopped with an AttributeError when the engine took the metrics'
+    # means from the curve recorder
+    curves_overhead = _benchmark_module("curves_overhead")
+    out = tmp_path / "curves.json"
+    assert curves_overhead.main([str(tiny_suite), "--strategies", "dann", "--repeats", "1", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["curves"]["cells"] == 1
+    assert len(result["curves"]["median_cell_wall_s"]["with"]) == 1
+    assert len(result["curves"]["median_cell_wall_s"]["without"]) == 1
+    assert set(result["trackers"]) == {"mlflow", "tensorboard"}
+
+
+def test_eval_points_overhead_trains_each_cell_in_both_arms(tmp_path, tiny_suite):
+    eval_points_overhead = _benchmark_module("eval_points_overhead")
+    out = tmp_path / "points.json"
+    assert eval_points_overhead.main([str(tiny_suite), "--strategies", "dann", "--points", "2", "--repeats", "1",
+                                      "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["cells"]
+    assert len(rows) == 1
+    assert rows[0]["same_final_accuracy"] is True  # checkpoint evaluations do not change training
+    assert rows[0]["evaluations_bytes"] > 0
