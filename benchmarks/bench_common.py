@@ -69,6 +69,7 @@ def teacherless_cells(suite_path: str | Path, registry, **narrowing: Any):
     cells, _ = plan(suite, registry)
     return [c for c in cells if c.teacher is None and not registry.get("strategy", c.strategy).needs_teacher], suite
 
+
 def run_engine_cell(cell, *, device: str, cache_dir: Path | None, data_root: Path | None, registry):
     """Train one cell with ``tlbench.training.engine.train_cell`` (no progress bar); returns its CellRecord."""
     from tlbench.matrix.cells import CellTask
