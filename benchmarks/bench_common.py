@@ -44,19 +44,42 @@ def make_recipe(**overrides: Any) -> dict[str, Any]:
     return recipe
 
 
-def make_cell(*, dataset: str, dataset_options: dict[str, Any], source: str, target: str, backbone: str,
-              weights: str, strategy: str, recipe: dict[str, Any], registry, seed: int = 0):
+def make_cell(
+    *,
+    dataset: str,
+    dataset_options: dict[str, Any],
+    source: str,
+    target: str,
+    backbone: str,
+    weights: str,
+    strategy: str,
+    recipe: dict[str, Any],
+    registry,
+    seed: int = 0,
+):
     """A :class:`tlbench.matrix.cells.Cell` built the way ``expand_cells`` builds one (strategy defaults resolved)."""
     from tlbench.matrix.cells import Cell
 
     cls = registry.get("strategy", strategy)
     if getattr(cls, "needs_teacher", False):
-        raise SystemExit(f"strategy {strategy!r} needs a trained teacher; benchmark it through a suite "
-                         f"(tlbench run) instead")
+        raise SystemExit(
+            f"strategy {strategy!r} needs a trained teacher; benchmark it through a suite (tlbench run) instead"
+        )
     params = asdict(cls.parse_params({}))
-    return Cell(suite="benchmark", dataset=dataset, dataset_options=dataset_options, backbone=backbone,
-                weights=weights, strategy=strategy, label=strategy, params=params, source=source,
-                target=target, seed=seed, recipe=recipe)
+    return Cell(
+        suite="benchmark",
+        dataset=dataset,
+        dataset_options=dataset_options,
+        backbone=backbone,
+        weights=weights,
+        strategy=strategy,
+        label=strategy,
+        params=params,
+        source=source,
+        target=target,
+        seed=seed,
+        recipe=recipe,
+    )
 
 
 def teacherless_cells(suite_path: str | Path, registry, **narrowing: Any):
@@ -75,8 +98,14 @@ def run_engine_cell(cell, *, device: str, cache_dir: Path | None, data_root: Pat
     from tlbench.matrix.cells import CellTask
     from tlbench.training.engine import train_cell
 
-    task = CellTask(cell=cell, out_dir=str(cache_dir or "."), data_root=str(data_root) if data_root else None,
-                    cache_dir=str(cache_dir) if cache_dir else None, device=device, show_progress=False)
+    task = CellTask(
+        cell=cell,
+        out_dir=str(cache_dir or "."),
+        data_root=str(data_root) if data_root else None,
+        cache_dir=str(cache_dir) if cache_dir else None,
+        device=device,
+        show_progress=False,
+    )
     return train_cell(task, registry)
 
 
@@ -104,7 +133,9 @@ def generate_jpeg_folder(folder: Path, *, classes: int = 31, per_class: int = 16
         for i in range(per_class):
             f = rng.uniform(1, 6, size=(3, 2))
             ph = rng.uniform(0, 2 * np.pi, size=3)
-            img = np.stack([127 + 100 * np.sin(2 * np.pi * (f[k, 0] * xx + f[k, 1] * yy) + ph[k]) for k in range(3)], -1)
+            img = np.stack(
+                [127 + 100 * np.sin(2 * np.pi * (f[k, 0] * xx + f[k, 1] * yy) + ph[k]) for k in range(3)], -1
+            )
             img += rng.normal(0, 6, img.shape)
             Image.fromarray(img.clip(0, 255).astype(np.uint8)).save(sub / f"img_{i:03d}.jpg", quality=90)
     done.write_text("ok\n")
@@ -141,9 +172,14 @@ def environment(device: torch.device) -> dict[str, Any]:
     """What the figures depend on: device, threads, versions, load."""
     from tlbench.training.measure import device_name
 
-    env: dict[str, Any] = {"device": device_name(device), "torch_threads": torch.get_num_threads(),
-                           "cpu_count": os.cpu_count(), "python": platform.python_version(),
-                           "torch": torch.__version__, "platform": platform.platform()}
+    env: dict[str, Any] = {
+        "device": device_name(device),
+        "torch_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+    }
     try:
         import timm
         import torchvision

@@ -37,13 +37,23 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-OUR_VARS = ("LD_PRELOAD", "GLIBC_TUNABLES", "MALLOC_CONF", "OMP_WAIT_POLICY", "OMP_NUM_THREADS", "GOMP_SPINCOUNT",
-            "TLBENCH_CPU_RUNTIME", "_TLBENCH_CPU_RUNTIME_APPLIED", "_TLBENCH_BUSY_CORES_AT_START")
+OUR_VARS = (
+    "LD_PRELOAD",
+    "GLIBC_TUNABLES",
+    "MALLOC_CONF",
+    "OMP_WAIT_POLICY",
+    "OMP_NUM_THREADS",
+    "GOMP_SPINCOUNT",
+    "TLBENCH_CPU_RUNTIME",
+    "_TLBENCH_CPU_RUNTIME_APPLIED",
+    "_TLBENCH_BUSY_CORES_AT_START",
+)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--data-root", type=Path, default=None, help="folder holding office31/ (default ../shared/datasets)")
     p.add_argument("--backbone", default="tf_efficientnet_lite0")
     p.add_argument("--strategy", default="dann")
@@ -60,28 +70,56 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def child(args) -> None:
     """One measurement in this process: train the cell, print its figures as one JSON line."""
+    import torch
     from bench_common import default_data_root, make_cell, make_recipe, run_engine_cell
 
     from tlbench.data.cache import default_cache_dir
     from tlbench.plugins.registry import get_registry
     from tlbench.runtime import describe_runtime
 
-    import torch
-
     registry = get_registry()
-    recipe = make_recipe(steps=args.steps + args.warmup, timing_warmup_steps=args.warmup, batch_size=args.batch_size,
-                         image_size=args.image_size, log_every=1000, source_holdout=0.0)
-    cell = make_cell(dataset="office31", dataset_options={}, source="amazon", target="webcam",
-                     backbone=args.backbone, weights="random", strategy=args.strategy, recipe=recipe,
-                     registry=registry)
+    recipe = make_recipe(
+        steps=args.steps + args.warmup,
+        timing_warmup_steps=args.warmup,
+        batch_size=args.batch_size,
+        image_size=args.image_size,
+        log_every=1000,
+        source_holdout=0.0,
+    )
+    cell = make_cell(
+        dataset="office31",
+        dataset_options={},
+        source="amazon",
+        target="webcam",
+        backbone=args.backbone,
+        weights="random",
+        strategy=args.strategy,
+        recipe=recipe,
+        registry=registry,
+    )
     before = resource.getrusage(resource.RUSAGE_SELF)
     t0 = time.perf_counter()
-    record = run_engine_cell(cell, device="cpu", cache_dir=default_cache_dir(), registry=registry,
-                             data_root=args.data_root or default_data_root())
+    record = run_engine_cell(
+        cell,
+        device="cpu",
+        cache_dir=default_cache_dir(),
+        registry=registry,
+        data_root=args.data_root or default_data_root(),
+    )
     after = resource.getrusage(resource.RUSAGE_SELF)
-    print(json.dumps({"train_img_per_s": record.train_img_per_s, "wall_s": time.perf_counter() - t0,
-                      "user_s": after.ru_utime - before.ru_utime, "sys_s": after.ru_stime - before.ru_stime,
-                      "max_rss_mb": after.ru_maxrss / 1024, "threads": torch.get_num_threads(), **describe_runtime()}))
+    print(
+        json.dumps(
+            {
+                "train_img_per_s": record.train_img_per_s,
+                "wall_s": time.perf_counter() - t0,
+                "user_s": after.ru_utime - before.ru_utime,
+                "sys_s": after.ru_stime - before.ru_stime,
+                "max_rss_mb": after.ru_maxrss / 1024,
+                "threads": torch.get_num_threads(),
+                **describe_runtime(),
+            }
+        )
+    )
 
 
 def arm_env(allocator: str, *, threads: int, wait: str | None, spincount: int | None = None) -> dict[str, str] | None:
@@ -108,9 +146,23 @@ def arm_env(allocator: str, *, threads: int, wait: str | None, spincount: int | 
 
 
 def measure(args, env: dict[str, str]) -> dict:
-    cmd = [sys.executable, __file__, "--child", "--steps", str(args.steps), "--warmup", str(args.warmup),
-           "--backbone", args.backbone, "--strategy", args.strategy, "--image-size", str(args.image_size),
-           "--batch-size", str(args.batch_size)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        "--steps",
+        str(args.steps),
+        "--warmup",
+        str(args.warmup),
+        "--backbone",
+        args.backbone,
+        "--strategy",
+        args.strategy,
+        "--image-size",
+        str(args.image_size),
+        "--batch-size",
+        str(args.batch_size),
+    ]
     if args.data_root:
         cmd += ["--data-root", str(args.data_root)]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
@@ -136,8 +188,12 @@ def run_arms(args, arms: dict[str, dict[str, str]], *, competing: bool) -> dict[
                     rival.kill()
                     rival.wait()
             last = runs[name][-1]
-            print(f"{name:32s} {last['train_img_per_s']:7.1f} img/s  user {last['user_s']:6.1f} s  "
-                  f"sys {last['sys_s']:5.1f} s", file=sys.stderr, flush=True)
+            print(
+                f"{name:32s} {last['train_img_per_s']:7.1f} img/s  user {last['user_s']:6.1f} s  "
+                f"sys {last['sys_s']:5.1f} s",
+                file=sys.stderr,
+                flush=True,
+            )
     return summarise(runs)
 
 
@@ -157,10 +213,15 @@ def run_pairs(args, arms: dict[str, dict[str, str]]) -> dict[str, dict]:
 
 
 def summarise(runs: dict[str, list[dict]]) -> dict[str, dict]:
-    return {name: {"img_per_s_median": statistics.median(r["train_img_per_s"] for r in rs),
-                   "sys_s_median": statistics.median(r["sys_s"] for r in rs),
-                   "user_s_median": statistics.median(r["user_s"] for r in rs), "runs": rs}
-            for name, rs in runs.items()}
+    return {
+        name: {
+            "img_per_s_median": statistics.median(r["train_img_per_s"] for r in rs),
+            "sys_s_median": statistics.median(r["sys_s"] for r in rs),
+            "user_s_median": statistics.median(r["user_s"] for r in rs),
+            "runs": rs,
+        }
+        for name, rs in runs.items()
+    }
 
 
 def main(argv=None) -> None:
@@ -169,36 +230,51 @@ def main(argv=None) -> None:
         child(args)
         return
     from bench_common import write_json
+
     from tlbench.training.measure import processor_model
 
     parts = set(args.parts.split(","))
-    result: dict = {"processor": processor_model(), "cpu_count": os.cpu_count(), "args": {k: str(v) for k, v in vars(args).items()}}
+    result: dict = {
+        "processor": processor_model(),
+        "cpu_count": os.cpu_count(),
+        "args": {k: str(v) for k, v in vars(args).items()},
+    }
     if "allocator" in parts:
         arms = {f"{a}, 2 threads": arm_env(a, threads=2, wait=None) for a in ("off", "glibc", "jemalloc", "tcmalloc")}
         arms = {k: v for k, v in arms.items() if v is not None}
         result["allocator"] = run_arms(args, arms, competing=False)
         base = result["allocator"]["off, 2 threads"]["img_per_s_median"]
-        for name, figures in result["allocator"].items():
+        for figures in result["allocator"].values():
             figures["speedup_vs_off"] = figures["img_per_s_median"] / base
     if "threads" in parts:
         allocator = "jemalloc" if arm_env("jemalloc", threads=1, wait=None) else "glibc"
-        two = {"2 threads, default waits": arm_env(allocator, threads=2, wait=None),
-               "2 threads, GOMP_SPINCOUNT=10000": arm_env(allocator, threads=2, wait=None, spincount=10000),
-               "2 threads, GOMP_SPINCOUNT=50000": arm_env(allocator, threads=2, wait=None, spincount=50000),
-               "2 threads, OMP_WAIT_POLICY=PASSIVE": arm_env(allocator, threads=2, wait="PASSIVE"),
-               "2 threads, OMP_WAIT_POLICY=ACTIVE": arm_env(allocator, threads=2, wait="ACTIVE")}
+        two = {
+            "2 threads, default waits": arm_env(allocator, threads=2, wait=None),
+            "2 threads, GOMP_SPINCOUNT=10000": arm_env(allocator, threads=2, wait=None, spincount=10000),
+            "2 threads, GOMP_SPINCOUNT=50000": arm_env(allocator, threads=2, wait=None, spincount=50000),
+            "2 threads, OMP_WAIT_POLICY=PASSIVE": arm_env(allocator, threads=2, wait="PASSIVE"),
+            "2 threads, OMP_WAIT_POLICY=ACTIVE": arm_env(allocator, threads=2, wait="ACTIVE"),
+        }
         result["threads_allocator"] = allocator
-        result["threads_competing"] = run_arms(args, {"1 thread": arm_env(allocator, threads=1, wait=None), **two},
-                                               competing=True)
+        result["threads_competing"] = run_arms(
+            args, {"1 thread": arm_env(allocator, threads=1, wait=None), **two}, competing=True
+        )
         result["threads_quiet"] = run_arms(args, two, competing=False)
     if "pair" in parts:
         allocator = "jemalloc" if arm_env("jemalloc", threads=1, wait=None) else "glibc"
-        result["pair"] = run_pairs(args, {"1 thread": arm_env(allocator, threads=1, wait=None),
-                                          "2 threads, default waits": arm_env(allocator, threads=2, wait=None),
-                                          "2 threads, OMP_WAIT_POLICY=PASSIVE": arm_env(allocator, threads=2,
-                                                                                        wait="PASSIVE")})
-    summary = {part: {name: round(f["img_per_s_median"], 1) for name, f in result[part].items()}
-               for part in ("allocator", "threads_competing", "threads_quiet", "pair") if part in result}
+        result["pair"] = run_pairs(
+            args,
+            {
+                "1 thread": arm_env(allocator, threads=1, wait=None),
+                "2 threads, default waits": arm_env(allocator, threads=2, wait=None),
+                "2 threads, OMP_WAIT_POLICY=PASSIVE": arm_env(allocator, threads=2, wait="PASSIVE"),
+            },
+        )
+    summary = {
+        part: {name: round(f["img_per_s_median"], 1) for name, f in result[part].items()}
+        for part in ("allocator", "threads_competing", "threads_quiet", "pair")
+        if part in result
+    }
     print(json.dumps(summary, indent=2))
     write_json(args.json, result)
 

@@ -28,8 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 def _cells(args, registry):
     from bench_common import teacherless_cells
 
-    return teacherless_cells(args.suite, registry, pairs=args.pairs, strategies=args.strategies, seeds=[0],
-                             data_root=args.data_root)
+    return teacherless_cells(
+        args.suite, registry, pairs=args.pairs, strategies=args.strategies, seeds=[0], data_root=args.data_root
+    )
 
 
 def _train(cell, suite, cache: Path, registry, curves: bool):
@@ -51,8 +52,14 @@ def _train(cell, suite, cache: Path, registry, curves: bool):
     if not curves:
         engine.CurveRecorder = NoCurves
     try:
-        task = CellTask(cell=cell, out_dir=str(cache / "out"), data_root=suite.data_root, cache_dir=str(cache),
-                        device="cpu", show_progress=False)
+        task = CellTask(
+            cell=cell,
+            out_dir=str(cache / "out"),
+            data_root=suite.data_root,
+            cache_dir=str(cache),
+            device="cpu",
+            show_progress=False,
+        )
         t0 = time.perf_counter()
         record = engine.train_cell(task, registry)
         return record, time.perf_counter() - t0
@@ -74,15 +81,21 @@ def measure_curves(cells, suite, cache: Path, registry, repeats: int) -> tuple[d
                     with_record = record
                 else:
                     without_record = record
-            if (with_record.target_acc, with_record.source_acc) != (without_record.target_acc,
-                                                                    without_record.source_acc):
+            if (with_record.target_acc, with_record.source_acc) != (
+                without_record.target_acc,
+                without_record.source_acc,
+            ):
                 raise SystemExit(f"{cell.describe()}: curves changed the result")
         records.append((cell, with_record))
         for arm in per:
             walls[arm].append(statistics.median(per[arm]))
     total = {arm: sum(v) for arm, v in walls.items()}
-    return {"cells": len(cells), "repeats": repeats, "median_cell_wall_s": walls,
-            "curves_overhead": total["with"] / total["without"] - 1.0}, records
+    return {
+        "cells": len(cells),
+        "repeats": repeats,
+        "median_cell_wall_s": walls,
+        "curves_overhead": total["with"] / total["without"] - 1.0,
+    }, records
 
 
 def measure_trackers(records, suite_name: str, registry) -> dict:
@@ -96,8 +109,10 @@ def measure_trackers(records, suite_name: str, registry) -> dict:
                 tracker.log_cell(cell, record)
                 seconds.append(time.perf_counter() - t0)
             tracker.close()
-            out[name] = {"log_cell_s_median": statistics.median(seconds),
-                         "share_of_cell_wall": sum(seconds) / sum(r.wall_s for _, r in records)}
+            out[name] = {
+                "log_cell_s_median": statistics.median(seconds),
+                "share_of_cell_wall": sum(seconds) / sum(r.wall_s for _, r in records),
+            }
     return out
 
 
@@ -112,8 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json")
     args = p.parse_args(argv)
     import torch
-
     from bench_common import environment, write_json
+
     from tlbench.plugins.registry import get_registry
 
     if args.threads:
@@ -122,8 +137,12 @@ def main(argv: list[str] | None = None) -> int:
     cells, suite = _cells(args, registry)
     with tempfile.TemporaryDirectory(prefix="tlbench-curves-") as tmp:
         curves, records = measure_curves(cells, suite, Path(tmp), registry, args.repeats)
-    summary = {"environment": environment(torch.device("cpu")), "suite": suite.name, "curves": curves,
-               "trackers": measure_trackers(records, suite.name, registry)}
+    summary = {
+        "environment": environment(torch.device("cpu")),
+        "suite": suite.name,
+        "curves": curves,
+        "trackers": measure_trackers(records, suite.name, registry),
+    }
     print(json.dumps(summary, indent=2))
     write_json(args.json, summary)
     return 0

@@ -29,8 +29,15 @@ def _cells(args, registry):
     from bench_common import teacherless_cells
 
     overrides = [f"recipe.steps={args.steps}"] if args.steps else []
-    return teacherless_cells(args.suite, registry, pairs=args.pairs, strategies=args.strategies, seeds=[0],
-                             data_root=args.data_root, overrides=overrides)
+    return teacherless_cells(
+        args.suite,
+        registry,
+        pairs=args.pairs,
+        strategies=args.strategies,
+        seeds=[0],
+        data_root=args.data_root,
+        overrides=overrides,
+    )
 
 
 def _train(cell, points: int, suite, cache: Path, registry):
@@ -38,8 +45,14 @@ def _train(cell, points: int, suite, cache: Path, registry):
     from tlbench.training.engine import train_cell
 
     cell = dataclasses.replace(cell, recipe={**cell.recipe, "eval_points": points})
-    task = CellTask(cell=cell, out_dir=str(cache / "out"), data_root=suite.data_root, cache_dir=str(cache),
-                    device="cpu", show_progress=False)
+    task = CellTask(
+        cell=cell,
+        out_dir=str(cache / "out"),
+        data_root=suite.data_root,
+        cache_dir=str(cache),
+        device="cpu",
+        show_progress=False,
+    )
     t0 = time.perf_counter()
     record = train_cell(task, registry)
     return record, time.perf_counter() - t0
@@ -77,11 +90,23 @@ def main(argv: list[str] | None = None) -> int:
                     if points == args.points:
                         size = len(record.evaluations.to_bytes())
             base, with_points = statistics.median(times[1]), statistics.median(times[args.points])
-            rows.append({"cell": cell.describe(), "steps": int(cell.recipe["steps"]), "wall_s_1": base,
-                         f"wall_s_{args.points}": with_points, "overhead_pct": 100 * (with_points / base - 1),
-                         "same_final_accuracy": accs[1] == accs[args.points], "evaluations_bytes": size})
-    summary = {"points": args.points, "repeats": args.repeats, "cells": rows,
-               "max_overhead_pct": max(r["overhead_pct"] for r in rows)}
+            rows.append(
+                {
+                    "cell": cell.describe(),
+                    "steps": int(cell.recipe["steps"]),
+                    "wall_s_1": base,
+                    f"wall_s_{args.points}": with_points,
+                    "overhead_pct": 100 * (with_points / base - 1),
+                    "same_final_accuracy": accs[1] == accs[args.points],
+                    "evaluations_bytes": size,
+                }
+            )
+    summary = {
+        "points": args.points,
+        "repeats": args.repeats,
+        "cells": rows,
+        "max_overhead_pct": max(r["overhead_pct"] for r in rows),
+    }
     text = json.dumps(summary, indent=2)
     print(text)
     if args.json:

@@ -24,7 +24,6 @@ import argparse
 import json
 import os
 import platform
-import shutil
 import statistics
 import subprocess
 import sys
@@ -35,23 +34,48 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 SUITE = REPO / "benchmarks" / "office31_gpu.yaml"
 BACKBONE, TEACHER = "tf_efficientnet_lite0", "tf_efficientnet_lite2"
-PAIRS = [("amazon", "webcam"), ("dslr", "webcam"), ("webcam", "dslr"), ("amazon", "dslr"), ("dslr", "amazon"),
-         ("webcam", "amazon")]
+PAIRS = [
+    ("amazon", "webcam"),
+    ("dslr", "webcam"),
+    ("webcam", "dslr"),
+    ("amazon", "dslr"),
+    ("dslr", "amazon"),
+    ("webcam", "amazon"),
+]
 SHORT = {"amazon": "A", "dslr": "D", "webcam": "W"}
 #: (name, strategies, seed), in the order they run
-PLAN = [("seed 0, adaptation", ["source_only", "dann", "mmd", "self_training"], 0),
-        ("seed 0, fine-tuning and kd", ["freeze", "unfreeze", "dlr", "kd"], 0)] + [
-        (f"seed {s}, all eight", ["source_only", "dann", "mmd", "self_training", "freeze", "unfreeze", "dlr", "kd"], s)
-        for s in (1, 2)]
+PLAN = [
+    ("seed 0, adaptation", ["source_only", "dann", "mmd", "self_training"], 0),
+    ("seed 0, fine-tuning and kd", ["freeze", "unfreeze", "dlr", "kd"], 0),
+] + [
+    (f"seed {s}, all eight", ["source_only", "dann", "mmd", "self_training", "freeze", "unfreeze", "dlr", "kd"], s)
+    for s in (1, 2)
+]
 #: seconds a cell takes before any has been recorded: guesses for one H200 (2,000 steps of 32 + 32 at 224 px)
-GUESS_S = {"source_only": 60, "freeze": 30, "unfreeze": 60, "dlr": 60, "dann": 75, "mmd": 75, "self_training": 75,
-           "kd": 90, "teacher": 110}
+GUESS_S = {
+    "source_only": 60,
+    "freeze": 30,
+    "unfreeze": 60,
+    "dlr": 60,
+    "dann": 75,
+    "mmd": 75,
+    "self_training": 75,
+    "kd": 90,
+    "teacher": 110,
+}
 SMOKE_GUESS_S = 15
 #: how the carried folder is made (benchmarks/gpu_office31.sh's header, benchmarks/RESULTS.md)
-MAKE_CARRY = ("python benchmarks/make_gpu_subset.py --office31-domains amazon,dslr,webcam --digits '' --quality 65 "
-              f"--weights {BACKBONE},{TEACHER} --out .tlbench-cache/gpu-o31")
-SMOKE_SET = ["recipe.steps=2", "recipe.image_size=32", "recipe.resize_size=36", "recipe.eval_batch_size=128",
-             "recipe.log_every=1"]
+MAKE_CARRY = (
+    "python benchmarks/make_gpu_subset.py --office31-domains amazon,dslr,webcam --digits '' --quality 65 "
+    f"--weights {BACKBONE},{TEACHER} --out .tlbench-cache/gpu-o31"
+)
+SMOKE_SET = [
+    "recipe.steps=2",
+    "recipe.image_size=32",
+    "recipe.resize_size=36",
+    "recipe.eval_batch_size=128",
+    "recipe.log_every=1",
+]
 #: seconds kept back for tlbench report, the README and the tarball
 RESERVE_S = 35
 
@@ -75,8 +99,11 @@ def key(backbone: str, strategy: str, source: str, target: str, seed: int) -> tu
 
 def done_cells(recs: list[dict]) -> dict[tuple, dict]:
     """Finished cells (ok or diverged: tlbench keeps both; failed ones run again)."""
-    return {key(r["backbone"], r["strategy"], r["source"], r["target"], r["seed"]): r for r in recs
-            if r.get("status") in ("ok", "diverged")}
+    return {
+        key(r["backbone"], r["strategy"], r["source"], r["target"], r["seed"]): r
+        for r in recs
+        if r.get("status") in ("ok", "diverged")
+    }
 
 
 def teacher_weights_carried() -> bool:
@@ -87,8 +114,9 @@ def teacher_weights_carried() -> bool:
 
 
 def plan_cells(pairs: list[tuple[str, str]]) -> list[tuple[str, tuple]]:
-    return [(name, key(BACKBONE, st, s, t, seed)) for name, strategies, seed in PLAN for st in strategies
-            for s, t in pairs]
+    return [
+        (name, key(BACKBONE, st, s, t, seed)) for name, strategies, seed in PLAN for st in strategies for s, t in pairs
+    ]
 
 
 class Estimator:
@@ -126,14 +154,17 @@ def carried_data(data_root: Path) -> str:
         return f"Office-31 as found in {data_root.name}/ (no carry.json: not made by make_gpu_subset.py)"
     if not office31.get("max_side"):
         return "Office-31's original JPEGs (copied by make_gpu_subset.py)"
-    return (f"Office-31 re-encoded at {office31['max_side']} px, JPEG quality {office31['quality']} "
-            "(benchmarks/make_gpu_subset.py)")
+    return (
+        f"Office-31 re-encoded at {office31['max_side']} px, JPEG quality {office31['quality']} "
+        "(benchmarks/make_gpu_subset.py)"
+    )
 
 
 def card_name() -> str:
     try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
-                             text=True, timeout=30)
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True, timeout=30
+        )
         if out.returncode == 0 and out.stdout.strip():
             return out.stdout.strip().splitlines()[0]
     except (OSError, subprocess.SubprocessError):
@@ -146,9 +177,27 @@ def pair_arg(pairs: list[tuple[str, str]]) -> str:
 
 
 def run_tlbench(args, strategy: str, seed: int, pairs: list[tuple[str, str]], timeout: float) -> int:
-    cmd = [sys.executable, "-m", "tlbench", "run", str(SUITE), "--out", str(args.results), "--data-root",
-           str(args.data_root), "--device", "cpu" if args.smoke else "cuda", "--strategies", strategy,
-           "--seeds", str(seed), "--pairs", pair_arg(pairs), "--keep-stale", "--quiet"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "tlbench",
+        "run",
+        str(SUITE),
+        "--out",
+        str(args.results),
+        "--data-root",
+        str(args.data_root),
+        "--device",
+        "cpu" if args.smoke else "cuda",
+        "--strategies",
+        strategy,
+        "--seeds",
+        str(seed),
+        "--pairs",
+        pair_arg(pairs),
+        "--keep-stale",
+        "--quiet",
+    ]
     for s in SMOKE_SET if args.smoke else []:
         cmd += ["--set", s]
     print("   " + " ".join(cmd), flush=True)
@@ -162,8 +211,12 @@ def run_tlbench(args, strategy: str, seed: int, pairs: list[tuple[str, str]], ti
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data-root", type=Path, required=True, help="holds office31/{amazon,dslr,webcam}")
-    p.add_argument("--results", type=Path, default=None,
-                   help="results folder (default results/office31_gpu; --smoke: runs/office31_gpu_smoke)")
+    p.add_argument(
+        "--results",
+        type=Path,
+        default=None,
+        help="results folder (default results/office31_gpu; --smoke: runs/office31_gpu_smoke)",
+    )
     p.add_argument("--budget", type=float, default=510, help="seconds for the whole window (default 510 = 8.5 min)")
     p.add_argument("--started-at", type=float, default=None, help="epoch seconds the window began (default now)")
     p.add_argument("--smoke", action="store_true", help="CPU, 2 steps, 32 px, one pair: a test of this script")
@@ -177,12 +230,20 @@ def main(argv: list[str] | None = None) -> int:
     args.data_root = args.data_root.resolve()
     missing = [d for d in ("amazon", "dslr", "webcam") if not (args.data_root / "office31" / d).is_dir()]
     if missing:
-        raise SystemExit(f"gpu_office31: no office31/{{{','.join(missing)}}} under {args.data_root}; make the carried copy "
-                         f"with: {MAKE_CARRY}")
+        raise SystemExit(
+            f"gpu_office31: no office31/{{{','.join(missing)}}} under {args.data_root}; make the carried copy "
+            f"with: {MAKE_CARRY}"
+        )
     pairs = PAIRS[1:2] if args.smoke else PAIRS  # smoke: D->W, the smallest pair
     card = card_name()
-    window = {"started_at": datetime.fromtimestamp(t0, timezone.utc).isoformat(timespec="seconds"), "card": card,
-              "budget_s": args.budget, "data": carried_data(args.data_root), "calls": [], "stop": "plan complete"}
+    window = {
+        "started_at": datetime.fromtimestamp(t0, timezone.utc).isoformat(timespec="seconds"),
+        "card": card,
+        "budget_s": args.budget,
+        "data": carried_data(args.data_root),
+        "calls": [],
+        "stop": "plan complete",
+    }
 
     pretend: set[tuple] = set()  # --dry-run: the cells it would have run, and their estimated seconds
     pretend_s = [0.0]
@@ -212,13 +273,18 @@ def main(argv: list[str] | None = None) -> int:
             total += est.cell(k)
             fits.append(k)
         if not fits:
-            window["stop"] = (f"the next cell ({strategy}, seed {seed}, {pair_arg([group[0][2:4]])}) needs about "
-                              f"{overhead + est.cell(group[0]):.0f} s with the start, {max(left(), 0):.0f} s were left")
+            window["stop"] = (
+                f"the next cell ({strategy}, seed {seed}, {pair_arg([group[0][2:4]])}) needs about "
+                f"{overhead + est.cell(group[0]):.0f} s with the start, {max(left(), 0):.0f} s were left"
+            )
             print(f"== stopping: {window['stop']}")
             break
         pairs_now = [k[2:4] for k in fits]
-        print(f"\n== {piece}: {strategy}, seed {seed}, {pair_arg(pairs_now)} (estimated {total:.0f} s, "
-              f"{left():.0f} s left)", flush=True)
+        print(
+            f"\n== {piece}: {strategy}, seed {seed}, {pair_arg(pairs_now)} (estimated {total:.0f} s, "
+            f"{left():.0f} s left)",
+            flush=True,
+        )
         if args.dry_run:
             pretend.update(fits)
             pretend_s[0] += total
@@ -231,8 +297,16 @@ def main(argv: list[str] | None = None) -> int:
         new = [r for r in records(args.results) if str(r.get("started_at", "")) >= since]
         cell_s = sum(float(r.get("wall_s") or 0) for r in new)
         overhead = max(wall - cell_s, 5.0)
-        window["calls"].append({"strategy": strategy, "seed": seed, "pairs": pair_arg(pairs_now), "exit_code": rc,
-                                "wall_s": round(wall, 1), "cells_s": round(cell_s, 1)})
+        window["calls"].append(
+            {
+                "strategy": strategy,
+                "seed": seed,
+                "pairs": pair_arg(pairs_now),
+                "exit_code": rc,
+                "wall_s": round(wall, 1),
+                "cells_s": round(cell_s, 1),
+            }
+        )
         print(f"   exit {rc} in {wall:.0f} s ({cell_s:.0f} s in cells, {overhead:.0f} s around them)", flush=True)
         if rc == 124:
             window["stop"] = "a tlbench run outlasted the budget"
@@ -260,33 +334,61 @@ def report_and_readme(args, window: dict, pairs: list[tuple[str, str]]) -> None:
             f.write(json.dumps(window) + "\n")
     if list(args.results.glob("cells/*/record.json")):
         subprocess.run([sys.executable, "-m", "tlbench", "report", str(args.results)], cwd=REPO, timeout=120)
-    windows = [json.loads(line) for line in (args.results / "windows.jsonl").read_text().splitlines()
-               if line.strip()] if (args.results / "windows.jsonl").is_file() else []
+    windows = (
+        [json.loads(line) for line in (args.results / "windows.jsonl").read_text().splitlines() if line.strip()]
+        if (args.results / "windows.jsonl").is_file()
+        else []
+    )
     done = done_cells(records(args.results))
-    lines = ["# Office-31 on a GPU, piece by piece (issue 17)", "",
-             "Written by `benchmarks/gpu_office31.sh` after every GPU window (do not edit by hand): the plan of",
-             "`benchmarks/gpu_office31.py` on the suite `benchmarks/office31_gpu.yaml` (tf_efficientnet_lite0 with its",
-             "offline ImageNet weights; kd's teacher a tf_efficientnet_lite2 `dann` cell). The leaderboard:",
-             "[leaderboard.md](leaderboard.md). Data: each window's row says what its cells read.", "",
-             "| piece | cells done |", "|---|---|"]
+    lines = [
+        "# Office-31 on a GPU, piece by piece (issue 17)",
+        "",
+        "Written by `benchmarks/gpu_office31.sh` after every GPU window (do not edit by hand): the plan of",
+        "`benchmarks/gpu_office31.py` on the suite `benchmarks/office31_gpu.yaml` (tf_efficientnet_lite0 with its",
+        "offline ImageNet weights; kd's teacher a tf_efficientnet_lite2 `dann` cell). The leaderboard:",
+        "[leaderboard.md](leaderboard.md). Data: each window's row says what its cells read.",
+        "",
+        "| piece | cells done |",
+        "|---|---|",
+    ]
     for name, strategies, seed in PLAN:
         n = sum(key(BACKBONE, st, s, t, seed) in done for st in strategies for s, t in pairs)
         lines.append(f"| {name} ({', '.join(strategies)}) | {n} / {len(strategies) * len(pairs)} |")
-    lines += ["", "## Windows", "", "| started (UTC) | card | data | cells run | wall (s) | why it stopped |",
-              "|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "## Windows",
+        "",
+        "| started (UTC) | card | data | cells run | wall (s) | why it stopped |",
+        "|---|---|---|---|---|---|",
+    ]
     for w in windows:
-        ran = "; ".join(f"{c['strategy']} s{c['seed']} {c['pairs']}" + ("" if c["exit_code"] == 0 else f" (exit {c['exit_code']})")
-                        for c in w["calls"]) or "none"
-        lines.append(f"| {w['started_at']} | {w['card']} | {w.get('data', '')} | {ran} | {w['wall_s']:.0f} | {w['stop']} |")
+        ran = (
+            "; ".join(
+                f"{c['strategy']} s{c['seed']} {c['pairs']}"
+                + ("" if c["exit_code"] == 0 else f" (exit {c['exit_code']})")
+                for c in w["calls"]
+            )
+            or "none"
+        )
+        lines.append(
+            f"| {w['started_at']} | {w['card']} | {w.get('data', '')} | {ran} | {w['wall_s']:.0f} | {w['stop']} |"
+        )
     checks = [w for w in windows if w.get("gpu_check")]
     if checks:
-        lines += ["", "## `benchmarks/gpu_check.sh` in these windows", "",
-                  "| started (UTC) | card | step | exit | engine img/s | baseline img/s | ratio |", "|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "## `benchmarks/gpu_check.sh` in these windows",
+            "",
+            "| started (UTC) | card | step | exit | engine img/s | baseline img/s | ratio |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for w in checks:
             for step, e in w["gpu_check"].get("steps", {}).items():
                 ratio = e.get("engine_over_baseline", e.get("train_speedup", ""))
-                lines.append(f"| {w['started_at']} | {w['card']} | {step} | {e.get('exit_code')} | "
-                             f"{e.get('engine_img_per_s', '')} | {e.get('baseline_img_per_s', '')} | {ratio} |")
+                lines.append(
+                    f"| {w['started_at']} | {w['card']} | {step} | {e.get('exit_code')} | "
+                    f"{e.get('engine_img_per_s', '')} | {e.get('baseline_img_per_s', '')} | {ratio} |"
+                )
     (args.results / "README.md").write_text("\n".join(lines) + "\n")
 
 

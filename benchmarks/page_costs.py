@@ -53,15 +53,22 @@ def page_costs(mib: int = 2048) -> dict[str, float]:
             os.waitpid(child, 0)
     finally:
         buf.close()
-    per_page = (lambda seconds: 1e6 * seconds / pages)
-    return {"mib": mib, "page_bytes": page, "fresh_us_per_page": per_page(fresh - owned),
-            "copy_on_write_us_per_page": per_page(shared - owned), "owned_us_per_page": per_page(owned)}
+    per_page = lambda seconds: 1e6 * seconds / pages
+    return {
+        "mib": mib,
+        "page_bytes": page,
+        "fresh_us_per_page": per_page(fresh - owned),
+        "copy_on_write_us_per_page": per_page(shared - owned),
+        "owned_us_per_page": per_page(owned),
+    }
 
 
 def describe(costs: dict[str, float]) -> str:
-    return (f"a fresh page {costs['fresh_us_per_page']:.1f} us, a copy-on-write page "
-            f"{costs['copy_on_write_us_per_page']:.1f} us, an owned page {costs['owned_us_per_page']:.2f} us "
-            f"({costs['mib']} MiB of {costs['page_bytes']} B pages)")
+    return (
+        f"a fresh page {costs['fresh_us_per_page']:.1f} us, a copy-on-write page "
+        f"{costs['copy_on_write_us_per_page']:.1f} us, an owned page {costs['owned_us_per_page']:.2f} us "
+        f"({costs['mib']} MiB of {costs['page_bytes']} B pages)"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -100,8 +100,10 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 def prepare_tllib(checkout: Path, work: Path) -> Path:
     """A fixed copy of TLlib's library and DA example in ``work``; returns the example's folder."""
     if not (checkout / "tllib").is_dir() or not (checkout / EXAMPLE / "dann.py").is_file():
-        raise SystemExit(f"{checkout} is not a TLlib checkout (no tllib/ or {EXAMPLE}/dann.py): "
-                         "git clone https://github.com/thuml/Transfer-Learning-Library")
+        raise SystemExit(
+            f"{checkout} is not a TLlib checkout (no tllib/ or {EXAMPLE}/dann.py): "
+            "git clone https://github.com/thuml/Transfer-Learning-Library"
+        )
     shutil.copytree(checkout / "tllib", work / "tllib")
     example = work / EXAMPLE
     shutil.copytree(checkout / EXAMPLE, example, ignore=shutil.ignore_patterns("logs", "fig"))
@@ -111,14 +113,20 @@ def prepare_tllib(checkout: Path, work: Path) -> Path:
             f.write_text(f.read_text().replace("np.float(", "float("))
     (example / "tlbench_peer_boot.py").write_text(BOOT.format(plugins=str(REPO / "plugins")))  # fix 2
     imagelist = work / "tllib" / "vision" / "datasets" / "imagelist.py"  # fix 4
-    imagelist.write_text(imagelist.read_text().replace(
-        "from torch.utils.data.dataset import Dataset, T_co, IterableDataset",
-        "from typing import TypeVar\nfrom torch.utils.data.dataset import Dataset, IterableDataset\n"
-        "T_co = TypeVar('T_co', covariant=True)"))
+    imagelist.write_text(
+        imagelist.read_text().replace(
+            "from torch.utils.data.dataset import Dataset, T_co, IterableDataset",
+            "from typing import TypeVar\nfrom torch.utils.data.dataset import Dataset, IterableDataset\n"
+            "T_co = TypeVar('T_co', covariant=True)",
+        )
+    )
     resnet = work / "tllib" / "vision" / "models" / "resnet.py"  # fix 5 (the model used here is timm's)
-    resnet.write_text(resnet.read_text().replace(
-        "from torchvision.models.resnet import BasicBlock, Bottleneck, model_urls",
-        "from torchvision.models.resnet import BasicBlock, Bottleneck\nmodel_urls = {}"))
+    resnet.write_text(
+        resnet.read_text().replace(
+            "from torchvision.models.resnet import BasicBlock, Bottleneck, model_urls",
+            "from torchvision.models.resnet import BasicBlock, Bottleneck\nmodel_urls = {}",
+        )
+    )
     return example
 
 
@@ -135,17 +143,45 @@ def prepare_data(data_root: Path, work: Path) -> Path:
         if not images.is_dir():
             raise SystemExit(f"no {images}: give --data-root the folder that holds office31/<domain>/images/<class>/")
         (root / domain).symlink_to(office / domain)
-        lines = [f"{domain}/images/{cls}/{f.name} {i}" for i, cls in enumerate(Office31.CLASSES)
-                 for f in sorted((images / cls).glob("*.jpg"))]
+        lines = [
+            f"{domain}/images/{cls}/{f.name} {i}"
+            for i, cls in enumerate(Office31.CLASSES)
+            for f in sorted((images / cls).glob("*.jpg"))
+        ]
         (root / "image_list" / f"{domain}.txt").write_text("\n".join(lines) + "\n")
     return root
 
 
 def run_tllib(example: Path, root: Path, args, env: dict[str, str]) -> dict:
     src, tgt = args.pair.split("->")
-    cmd = [sys.executable, "tlbench_peer_boot.py", "dann.py", str(root), "-d", "Office31", "-s", src, "-t", tgt,
-           "-a", "tf_efficientnet_lite0", "--epochs", "1", "-i", str(args.steps), "-b", "32", "-j", "2", "-p", "1",
-           "--seed", "0", "--log", str(example / "logs" / f"run{time.time_ns()}")]
+    cmd = [
+        sys.executable,
+        "tlbench_peer_boot.py",
+        "dann.py",
+        str(root),
+        "-d",
+        "Office31",
+        "-s",
+        src,
+        "-t",
+        tgt,
+        "-a",
+        "tf_efficientnet_lite0",
+        "--epochs",
+        "1",
+        "-i",
+        str(args.steps),
+        "-b",
+        "32",
+        "-j",
+        "2",
+        "-p",
+        "1",
+        "--seed",
+        "0",
+        "--log",
+        str(example / "logs" / f"run{time.time_ns()}"),
+    ]
     print("   tllib:", " ".join(cmd), flush=True)
     times: dict[int, float] = {}
     t0, usage0 = time.time(), resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -166,9 +202,17 @@ def run_tllib(example: Path, root: Path, args, env: dict[str, str]) -> dict:
     if not timed:
         raise SystemExit("TLlib printed no step times; its last lines:\n" + "".join(tail))
     slowest = max((i for i in times if i >= args.warmup), key=times.__getitem__)
-    return {"img_per_s": 64 / statistics.mean(timed), "steps_timed": len(timed), "wall_s": time.time() - t0,
-            "img_per_s_median_step": 64 / statistics.median(timed), "step_s_median": statistics.median(timed),
-            "step_s_max": max(timed), "slowest_step": slowest, "step_s": times, **cpu}
+    return {
+        "img_per_s": 64 / statistics.mean(timed),
+        "steps_timed": len(timed),
+        "wall_s": time.time() - t0,
+        "img_per_s_median_step": 64 / statistics.median(timed),
+        "step_s_median": statistics.median(timed),
+        "step_s_max": max(timed),
+        "slowest_step": slowest,
+        "step_s": times,
+        **cpu,
+    }
 
 
 def cpu_seconds(before: resource.struct_rusage) -> dict[str, float]:
@@ -190,10 +234,24 @@ def settle() -> None:
 
 def run_tlbench(work: Path, data_root: Path, args, env: dict[str, str], n: int) -> dict:
     suite = work / "peer_suite.yaml"
-    doc = {"name": "peer_tllib", "dataset": "office31", "pairs": [args.pair], "data_root": str(data_root),
-           "backbones": [{"name": "tf_efficientnet_lite0", "weights": "auto"}], "strategies": ["dann"], "seeds": [0],
-           "recipe": {"steps": args.steps, "batch_size": 32, "lr": 0.01, "image_size": 224, "resize_size": 256,
-                      "log_every": args.steps}, "reports": ["csv"]}
+    doc = {
+        "name": "peer_tllib",
+        "dataset": "office31",
+        "pairs": [args.pair],
+        "data_root": str(data_root),
+        "backbones": [{"name": "tf_efficientnet_lite0", "weights": "auto"}],
+        "strategies": ["dann"],
+        "seeds": [0],
+        "recipe": {
+            "steps": args.steps,
+            "batch_size": 32,
+            "lr": 0.01,
+            "image_size": 224,
+            "resize_size": 256,
+            "log_every": args.steps,
+        },
+        "reports": ["csv"],
+    }
     suite.write_text(json.dumps(doc) + "\n")
     out = work / f"tlbench_run{n}"
     cmd = [sys.executable, "-m", "tlbench", "run", str(suite), "--out", str(out), "--device", "cpu", "--quiet"]
@@ -205,17 +263,24 @@ def run_tlbench(work: Path, data_root: Path, args, env: dict[str, str], n: int) 
     if not recs or recs[0].get("status") != "ok":
         raise SystemExit(f"tlbench's dann cell did not finish ok: {recs[0].get('error') if recs else 'no record'}")
     r = recs[0]
-    return {"img_per_s": r["train_img_per_s"], "wall_s": time.time() - t0,
-            "runtime": r.get("extra", {}).get("cpu_runtime"), **cpu}
+    return {
+        "img_per_s": r["train_img_per_s"],
+        "wall_s": time.time() - t0,
+        "runtime": r.get("extra", {}).get("cpu_runtime"),
+        **cpu,
+    }
 
 
 def plain_loop(steps: int, warmup: int, image_size: int = 224, per_domain: int = 32) -> dict:
-    """The bare training loop of tlbench's ``dann`` network (the third arm, in its own process: :func:`run_plain_loop`)."""
+    """The bare training loop of tlbench's ``dann`` network.
+
+    The third arm, in its own process: :func:`run_plain_loop`."""
     import torch
     import torch.nn.functional as F
 
     sys.path[:0] = [str(REPO), str(REPO / "plugins"), str(Path(__file__).resolve().parent)]
     from bench_common import make_recipe
+
     from tlbench.plugins.registry import get_registry
     from tlbench.training.setup import build_model, seed_everything
     from tlbench_builtins.strategies.dann import DomainDiscriminator, reverse_gradient
@@ -226,8 +291,13 @@ def plain_loop(steps: int, warmup: int, image_size: int = 224, per_domain: int =
     discriminator = DomainDiscriminator(model.embed_dim)
     model = model.to(memory_format=torch.channels_last).train()
     params = list(model.parameters()) + list(discriminator.parameters())
-    opt = torch.optim.SGD(params, lr=recipe["lr"], momentum=recipe["momentum"], nesterov=recipe["nesterov"],
-                          weight_decay=recipe["weight_decay"])
+    opt = torch.optim.SGD(
+        params,
+        lr=recipe["lr"],
+        momentum=recipe["momentum"],
+        nesterov=recipe["nesterov"],
+        weight_decay=recipe["weight_decay"],
+    )
     n = 2 * per_domain
     x = torch.randn(n, 3, image_size, image_size).contiguous(memory_format=torch.channels_last)
     labels = torch.randint(0, 31, (per_domain,))
@@ -254,8 +324,15 @@ def run_plain_loop(args, env: dict[str, str]) -> dict:
     """:func:`plain_loop` in a fresh process started with tlbench's CPU runtime (allocator, waits)."""
     from tlbench import runtime
 
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--plain-loop-only", "--steps", str(args.steps),
-           "--warmup", str(args.warmup)]
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--plain-loop-only",
+        "--steps",
+        str(args.steps),
+        "--warmup",
+        str(args.warmup),
+    ]
     proc_env = dict(env)
     if args.runtime != "off":
         proc_env.update(runtime.settings(env))
@@ -278,8 +355,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=2, help="alternating rounds (TLlib, tlbench), default 2")
     p.add_argument("--runtime", choices=("default", "same", "off"), default="default")
     p.add_argument("--json", type=Path, default=None)
-    p.add_argument("--no-plain-loop", dest="plain_loop", action="store_false",
-                   help="leave out the third arm (the bare loop of the same network: what any harness can reach)")
+    p.add_argument(
+        "--no-plain-loop",
+        dest="plain_loop",
+        action="store_false",
+        help="leave out the third arm (the bare loop of the same network: what any harness can reach)",
+    )
     p.add_argument("--plain-loop-only", action="store_true", help=argparse.SUPPRESS)  # the third arm's own process
     args = p.parse_args(argv)
     if args.plain_loop_only:
@@ -315,10 +396,12 @@ def main(argv: list[str] | None = None) -> int:
             a = run_tllib(example, root, args, tllib_env)
             b = run_tlbench(work, args.data_root.resolve(), args, tlbench_env, n)
             rows.append({"tllib": a, "tlbench": b})
-            line = (f"   TLlib {a['img_per_s']:.1f} img/s (median step {a['step_s_median']:.2f} s, slowest "
-                    f"{a['step_s_max']:.2f} s at step {a['slowest_step']}; system time {a['sys_s']:.0f} s), tlbench "
-                    f"{b['img_per_s']:.1f} img/s (system time {b['sys_s']:.0f} s): {b['img_per_s'] / a['img_per_s']:.2f}x, "
-                    f"{b['img_per_s'] / a['img_per_s_median_step']:.2f}x TLlib's median step")
+            line = (
+                f"   TLlib {a['img_per_s']:.1f} img/s (median step {a['step_s_median']:.2f} s, slowest "
+                f"{a['step_s_max']:.2f} s at step {a['slowest_step']}; system time {a['sys_s']:.0f} s), tlbench "
+                f"{b['img_per_s']:.1f} img/s (system time {b['sys_s']:.0f} s): {b['img_per_s'] / a['img_per_s']:.2f}x, "
+                f"{b['img_per_s'] / a['img_per_s_median_step']:.2f}x TLlib's median step"
+            )
             if args.plain_loop:
                 c = rows[-1]["plain_loop"] = run_plain_loop(args, tlbench_env)
                 line += f"; plain loop {c['img_per_s']:.1f} img/s: {c['img_per_s'] / a['img_per_s']:.2f}x"
@@ -326,20 +409,37 @@ def main(argv: list[str] | None = None) -> int:
     tl = statistics.median(r["tllib"]["img_per_s"] for r in rows)
     tb = statistics.median(r["tlbench"]["img_per_s"] for r in rows)
     tl_steady = statistics.median(r["tllib"]["img_per_s_median_step"] for r in rows)
-    tllib_alloc = tllib_env.get("LD_PRELOAD", "glibc malloc") + (", " + tllib_env["OMP_WAIT_POLICY"] if "OMP_WAIT_POLICY" in tllib_env else "")
-    summary = {"pair": args.pair, "steps": args.steps, "warmup": args.warmup, "runtime": args.runtime, "rounds": rows,
-               "tllib_img_per_s": tl, "tlbench_img_per_s": tb, "ratio": tb / tl,
-               "tllib_img_per_s_median_step": tl_steady, "ratio_median_step": tb / tl_steady, "tllib_process": tllib_alloc,
-               "tlbench_process": rows[-1]["tlbench"]["runtime"], "page_costs": costs}
-    print(f"\nTLlib dann.py {tl:.1f} img/s ({tllib_alloc}); tlbench dann {tb:.1f} img/s "
-          f"({summary['tlbench_process']}); tlbench / TLlib = {tb / tl:.2f}x (medians of {len(rows)} rounds); "
-          f"against TLlib's median step ({tl_steady:.1f} img/s, its slowest steps left out): {tb / tl_steady:.2f}x")
+    tllib_alloc = tllib_env.get("LD_PRELOAD", "glibc malloc") + (
+        ", " + tllib_env["OMP_WAIT_POLICY"] if "OMP_WAIT_POLICY" in tllib_env else ""
+    )
+    summary = {
+        "pair": args.pair,
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "runtime": args.runtime,
+        "rounds": rows,
+        "tllib_img_per_s": tl,
+        "tlbench_img_per_s": tb,
+        "ratio": tb / tl,
+        "tllib_img_per_s_median_step": tl_steady,
+        "ratio_median_step": tb / tl_steady,
+        "tllib_process": tllib_alloc,
+        "tlbench_process": rows[-1]["tlbench"]["runtime"],
+        "page_costs": costs,
+    }
+    print(
+        f"\nTLlib dann.py {tl:.1f} img/s ({tllib_alloc}); tlbench dann {tb:.1f} img/s "
+        f"({summary['tlbench_process']}); tlbench / TLlib = {tb / tl:.2f}x (medians of {len(rows)} rounds); "
+        f"against TLlib's median step ({tl_steady:.1f} img/s, its slowest steps left out): {tb / tl_steady:.2f}x"
+    )
     if args.plain_loop:
         pl = summary["plain_loop_img_per_s"] = statistics.median(r["plain_loop"]["img_per_s"] for r in rows)
         summary["plain_loop_ratio"] = pl / tl
-        print(f"plain loop of the same network {pl:.1f} img/s: {pl / tl:.2f}x TLlib, the most a harness reaches "
-              f"with these kernels; tlbench is {abs(100 * (1 - tb / pl)):.1f} % {'below' if tb < pl else 'above'} it "
-              "(the two are separate processes: see benchmarks/harness_cost.py for the harness's cost in one)")
+        print(
+            f"plain loop of the same network {pl:.1f} img/s: {pl / tl:.2f}x TLlib, the most a harness reaches "
+            f"with these kernels; tlbench is {abs(100 * (1 - tb / pl)):.1f} % {'below' if tb < pl else 'above'} it "
+            "(the two are separate processes: see benchmarks/harness_cost.py for the harness's cost in one)"
+        )
     if args.json:
         args.json.write_text(json.dumps(summary, indent=2) + "\n")
     return 0

@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from tlbench import Dataset, Domain
-from tlbench.training.augment import Augmenter, Normalizer
 from tlbench.data.cache import clear_memory_cache, load_domain
+from tlbench.training.augment import Augmenter, Normalizer
 from tlbench_builtins.strategies.dann import reverse_gradient
 from tlbench_builtins.strategies.mmd import mk_mmd
 
@@ -72,8 +72,9 @@ def test_mk_mmd_forward_backward(benchmark, linear):
 def test_augment_batch(benchmark, view, stored, size):
     g = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (64, 3, stored, stored), dtype=torch.uint8, generator=g)
-    aug = Augmenter(size, Normalizer(MEAN, STD, "cpu"), hflip=True, scale=(0.08, 1.0),
-                    memory_format=torch.channels_last)
+    aug = Augmenter(
+        size, Normalizer(MEAN, STD, "cpu"), hflip=True, scale=(0.08, 1.0), memory_format=torch.channels_last
+    )
     fn = getattr(aug, view)
 
     out = benchmark(lambda: fn(images, g))

@@ -22,10 +22,12 @@ class GreyNets(BackboneProvider):
         return 16
 
     def create(self, name):
-        network = nn.Sequential(OrderedDict(
-            conv=nn.Sequential(nn.Conv2d(1, 4, 3, stride=2, padding=1), nn.ReLU()),       # 8x8
-            fc=nn.Sequential(nn.Flatten(), nn.Linear(4 * 8 * 8, 12), nn.ReLU()),
-        ))
+        network = nn.Sequential(
+            OrderedDict(
+                conv=nn.Sequential(nn.Conv2d(1, 4, 3, stride=2, padding=1), nn.ReLU()),  # 8x8
+                fc=nn.Sequential(nn.Flatten(), nn.Linear(4 * 8 * 8, 12), nn.ReLU()),
+            )
+        )
         stages = [[f"{block}.{p}" for p, _ in m.named_parameters()] for block, m in network.named_children()]
         return Backbone(network, 12, in_chans=1, mean=(0.5,), std=(0.5,), stages=stages)
 

@@ -20,8 +20,20 @@ def _clones_in_forward(model: nn.Module, x: torch.Tensor) -> int:
     return sum(e.name == "aten::clone" for e in prof.events())
 
 
-@pytest.mark.parametrize("cls", [nn.ReLU6, nn.Hardtanh, nn.SiLU, nn.Hardswish, nn.Mish, timm_act.Swish,
-                                 timm_act.HardSwish, timm_act.HardSigmoid, timm_act.HardMish])
+@pytest.mark.parametrize(
+    "cls",
+    [
+        nn.ReLU6,
+        nn.Hardtanh,
+        nn.SiLU,
+        nn.Hardswish,
+        nn.Mish,
+        timm_act.Swish,
+        timm_act.HardSwish,
+        timm_act.HardSigmoid,
+        timm_act.HardMish,
+    ],
+)
 def test_each_kind_copies_in_place_and_not_out_of_place(cls):
     x = torch.randn(2, 4, 8, 8, requires_grad=True)
     net = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1), cls(inplace=True))
@@ -31,8 +43,14 @@ def test_each_kind_copies_in_place_and_not_out_of_place(cls):
 
 
 def test_activations_whose_backward_reads_the_output_stay_in_place():
-    net = nn.Sequential(nn.Conv2d(3, 3, 1), nn.ReLU(inplace=True), nn.LeakyReLU(inplace=True), nn.ELU(inplace=True),
-                        timm_act.Sigmoid(inplace=True), timm_act.Tanh(inplace=True))
+    net = nn.Sequential(
+        nn.Conv2d(3, 3, 1),
+        nn.ReLU(inplace=True),
+        nn.LeakyReLU(inplace=True),
+        nn.ELU(inplace=True),
+        timm_act.Sigmoid(inplace=True),
+        timm_act.Tanh(inplace=True),
+    )
     assert activations_out_of_place(net) == 0
     assert all(m.inplace for m in net[1:])
 

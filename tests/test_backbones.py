@@ -9,10 +9,6 @@ import os
 import pandas as pd
 import pytest
 import torch
-from tlbench_builtins.backbones import digits, timm_models
-from tlbench_builtins.backbones.digits import DigitNetworks
-from tlbench_builtins.strategies.dlr import DiscriminativeLR
-from tlbench_builtins.strategies.unfreeze import Unfreeze
 
 from tlbench import WeightsUnavailableError
 from tlbench.errors import UserError
@@ -23,6 +19,10 @@ from tlbench.models.weights import load_backbone
 from tlbench.plugins.registry import Registry, get_registry, set_registry
 from tlbench.testing import apply_engine_trainability, check_backbone, run_cli
 from tlbench.training.augment import Normalizer
+from tlbench_builtins.backbones import digits, timm_models
+from tlbench_builtins.backbones.digits import DigitNetworks
+from tlbench_builtins.strategies.dlr import DiscriminativeLR
+from tlbench_builtins.strategies.unfreeze import Unfreeze
 
 GREY_SUITE = """\
 name: grey
@@ -95,11 +95,14 @@ def test_the_conformance_kit_names_a_parameter_left_out_of_the_stages():
 
 
 # -- the digit networks ----------------------------------------------------------------------------------
-@pytest.mark.parametrize("name, features, chans, size, stage_sizes", [
-    ("lenet", 500, 1, 28, [2, 2, 2]),
-    ("dann_mnist", 768, 3, 28, [2, 2]),
-    ("dtn", 512, 3, 32, [4, 4, 4, 4]),
-])
+@pytest.mark.parametrize(
+    "name, features, chans, size, stage_sizes",
+    [
+        ("lenet", 500, 1, 28, [2, 2, 2]),
+        ("dann_mnist", 768, 3, 28, [2, 2]),
+        ("dtn", 512, 3, 32, [4, 4, 4, 4]),
+    ],
+)
 def test_digit_networks_have_the_papers_shapes(registry, name, features, chans, size, stage_sizes):
     made, used = load_backbone(name, "random", registry=registry)
     assert used == "random"
@@ -127,7 +130,10 @@ def test_unfreeze_joins_lenets_stages_from_the_output_side(registry):
     conv1, conv2, fc = (list(m.parameters()) for m in model.backbone.children())
     groups = Unfreeze(Unfreeze.parse_params({"stages": 2, "at": 0.2, "until": 0.6})).param_groups(model)
     assert [(g.name, g.start, g.lr_scale) for g in groups] == [
-        ("head", 0.0, 1.0), ("backbone.stage2", 0.2, 0.5), ("backbone.stage1", 0.6, 0.5)]
+        ("head", 0.0, 1.0),
+        ("backbone.stage2", 0.2, 0.5),
+        ("backbone.stage1", 0.6, 0.5),
+    ]
     assert groups[1].params == fc and groups[2].params == conv2
     trainable = apply_engine_trainability([model], groups, step=7, total_steps=10)  # after both joined
     assert all(id(p) in trainable for p in fc + conv2)
@@ -139,7 +145,11 @@ def test_dlr_decays_lenets_learning_rate_stage_by_stage(registry):
     stages = [list(m.parameters()) for m in model.backbone.children()]
     groups = DiscriminativeLR(DiscriminativeLR.parse_params({"decay": 0.5})).param_groups(model)
     assert [(g.name, g.lr_scale) for g in groups] == [
-        ("head", 1.0), ("backbone.stage2", 0.5), ("backbone.stage1", 0.25), ("backbone.stage0", 0.125)]
+        ("head", 1.0),
+        ("backbone.stage2", 0.5),
+        ("backbone.stage1", 0.25),
+        ("backbone.stage0", 0.125),
+    ]
     assert [g.params for g in groups[1:]] == stages[::-1]
 
 
@@ -164,21 +174,41 @@ def test_weights_auto_on_a_network_without_pretrained_weights_is_one_clear_line(
     suite = _suite(tmp_path, "{name: lenet}", image_size=28, resize_size=28)
     with pytest.raises(WeightsUnavailableError) as info:
         plan(suite, get_registry(), check_data=False)
-    assert str(info.value) == ("backbone 'lenet' (provider 'digits') has no pretrained weights; "
-                               "set weights: random to train it from scratch")
+    assert str(info.value) == (
+        "backbone 'lenet' (provider 'digits') has no pretrained weights; set weights: random to train it from scratch"
+    )
     path = tmp_path / "s.yaml"
-    assert run_cli(["run", str(path), "--out", str(tmp_path / "o"), "--set", "recipe.image_size=28",
-                    "--set", "recipe.resize_size=28"]) == 2
+    assert (
+        run_cli(
+            [
+                "run",
+                str(path),
+                "--out",
+                str(tmp_path / "o"),
+                "--set",
+                "recipe.image_size=28",
+                "--set",
+                "recipe.resize_size=28",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip().splitlines()  # warnings about other broken plugins may precede it
     assert [line for line in err if not line.startswith("tlbench: warning:")] == [f"tlbench: error: {info.value}"]
 
 
 def test_weights_random_plans_and_a_wrong_size_says_which(tmp_path):
-    cells, _ = plan(_suite(tmp_path, "{name: lenet, weights: random}", image_size=28, resize_size=28),
-                    get_registry(), check_data=False)
+    cells, _ = plan(
+        _suite(tmp_path, "{name: lenet, weights: random}", image_size=28, resize_size=28),
+        get_registry(),
+        check_data=False,
+    )
     assert {c.weights for c in cells} == {"random"} and len(cells) == 2
-    with pytest.raises(UserError, match=r"^backbone 'lenet' reads 28x28 images only; set recipe.image_size: 28 "
-                                        r"\(it is 16\)$"):
+    with pytest.raises(
+        UserError,
+        match=r"^backbone 'lenet' reads 28x28 images only; set recipe.image_size: 28 "
+        r"\(it is 16\)$",
+    ):
         plan(_suite(tmp_path, "{name: lenet, weights: random}"), get_registry(), check_data=False)
 
 

@@ -15,13 +15,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import ROOT, TINY_SUITE  # tests/ is on sys.path (pytest rootdir conftest)
 from PIL import Image
 
-from conftest import ROOT, TINY_SUITE  # tests/ is on sys.path (pytest rootdir conftest)
 from tlbench.cli import main
 from tlbench.errors import UserError
-
-
 
 IMAGE_SUITE = """\
 name: folders
@@ -82,8 +80,11 @@ def run_bad(capsys, tmp_path: Path, suite: Path, *extra: str) -> str:
 
 # -- the suite file ---------------------------------------------------------------------------------
 def test_malformed_yaml_names_file_and_line(capsys, tmp_path):
-    line = run_bad(capsys, tmp_path, tiny(tmp_path, TINY_SUITE.replace("pairs: [digits->digits+invert]",
-                                                                         "pairs: [digits->digits+invert")))
+    line = run_bad(
+        capsys,
+        tmp_path,
+        tiny(tmp_path, TINY_SUITE.replace("pairs: [digits->digits+invert]", "pairs: [digits->digits+invert")),
+    )
     assert "tiny.yaml:4:" in line and "malformed YAML" in line
 
 
@@ -108,12 +109,18 @@ def test_missing_suite_file(capsys, tmp_path):
 
 
 # -- names ------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("args, expected", [
-    (["--strategies", "dnan"], "unknown strategy 'dnan'; did you mean dann?"),
-    (["--backbones", "test_efficientnett"], "unknown backbone 'test_efficientnett'; did you mean test_efficientnet"),
-    (["--pairs", "digits->digits+invret"], "unknown shift 'invret'; did you mean invert?"),
-    (["--launcher", "locl"], "unknown launcher 'locl'; did you mean local?"),
-])
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--strategies", "dnan"], "unknown strategy 'dnan'; did you mean dann?"),
+        (
+            ["--backbones", "test_efficientnett"],
+            "unknown backbone 'test_efficientnett'; did you mean test_efficientnet",
+        ),
+        (["--pairs", "digits->digits+invret"], "unknown shift 'invret'; did you mean invert?"),
+        (["--launcher", "locl"], "unknown launcher 'locl'; did you mean local?"),
+    ],
+)
 def test_unknown_names_suggest_close_ones(capsys, tmp_path, args, expected):
     assert expected in run_bad(capsys, tmp_path, tiny(tmp_path), *args)
 
@@ -123,20 +130,24 @@ def test_unknown_dataset(capsys, tmp_path):
     assert line.endswith("unknown dataset 'sklearn_digit'; did you mean sklearn_digits?")
 
 
-@pytest.mark.parametrize("pair, expected", [
-    ("digits=>digits+invert", "bad pair 'digits=>digits+invert': write SOURCE->TARGET"),
-    ("mnist->digits", "dataset 'sklearn_digits' has no domain 'mnist'; valid: digits"),
-    ("digits->digits", "pair 'digits->digits': source and target are the same domain (digits)"),
-    ("digits->digits+rotate:9", "severity 9 of 'rotate' is out of range 1-5"),
-])
+@pytest.mark.parametrize(
+    "pair, expected",
+    [
+        ("digits=>digits+invert", "bad pair 'digits=>digits+invert': write SOURCE->TARGET"),
+        ("mnist->digits", "dataset 'sklearn_digits' has no domain 'mnist'; valid: digits"),
+        ("digits->digits", "pair 'digits->digits': source and target are the same domain (digits)"),
+        ("digits->digits+rotate:9", "severity 9 of 'rotate' is out of range 1-5"),
+    ],
+)
 def test_bad_pairs(capsys, tmp_path, pair, expected):
     assert expected in run_bad(capsys, tmp_path, tiny(tmp_path), "--pairs", pair)
 
 
 # -- the data ---------------------------------------------------------------------------------------
 def test_missing_data_root_shows_the_expected_layout(capsys, tmp_path):
-    suite = tiny(tmp_path, TINY_SUITE.replace("sklearn_digits", "office31").replace(
-        "[digits->digits+invert]", "[A->W]"))
+    suite = tiny(
+        tmp_path, TINY_SUITE.replace("sklearn_digits", "office31").replace("[digits->digits+invert]", "[A->W]")
+    )
     line = run_bad(capsys, tmp_path, suite, "--data-root", str(tmp_path / "nowhere"))
     assert "dataset 'office31' not found: looked for " + str(tmp_path / "nowhere" / "office31") in line
     assert "expected layout <office31>/{amazon,dslr,webcam}/[images/]<class>/*.jpg" in line
@@ -144,8 +155,9 @@ def test_missing_data_root_shows_the_expected_layout(capsys, tmp_path):
 
 def test_missing_domain_folder_shows_the_expected_layout(capsys, tmp_path):
     make_folders(tmp_path / "root" / "office31", {"amazon": ["bike"], "webcam": ["bike"]}, per_class=1)
-    suite = tiny(tmp_path, TINY_SUITE.replace("sklearn_digits", "office31").replace(
-        "[digits->digits+invert]", "[A->W]"))
+    suite = tiny(
+        tmp_path, TINY_SUITE.replace("sklearn_digits", "office31").replace("[digits->digits+invert]", "[A->W]")
+    )
     line = run_bad(capsys, tmp_path, suite, "--data-root", str(tmp_path / "root"))
     base = tmp_path / "root" / "office31"
     assert f"domain 'dslr' not found in {base}; expected {base}/dslr/[images/]<class>/<image>" in line
@@ -182,8 +194,7 @@ def test_corrupt_image_skipped_with_a_warning_when_the_suite_says_so(capsys, tmp
     bad = data / "tgt" / "a" / "broken.jpg"
     bad.write_bytes(b"not a jpeg")
     out = tmp_path / "out"
-    code = main(["run", str(folder_suite(tmp_path, data, extra=", on_bad_image: skip")), "--out", str(out),
-                 "--quiet"])
+    code = main(["run", str(folder_suite(tmp_path, data, extra=", on_bad_image: skip")), "--out", str(out), "--quiet"])
     captured = capsys.readouterr()
     assert code == 0, captured
     warnings_ = [w for w in captured.err.splitlines() if w.startswith("tlbench: warning:")]
@@ -225,8 +236,14 @@ def test_debug_raises_with_the_traceback(tmp_path):
 def test_debug_prints_a_traceback_from_the_real_command(tmp_path):
     suite = tiny(tmp_path, TINY_SUITE.replace("  steps: 6", "  stepz: 6"))
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    debug = subprocess.run([sys.executable, "-m", "tlbench", "--debug", "run", str(suite), "--out",
-                            str(tmp_path / "o")], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    debug = subprocess.run(
+        [sys.executable, "-m", "tlbench", "--debug", "run", str(suite), "--out", str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert debug.returncode != 0
     assert "Traceback (most recent call last)" in debug.stderr
     assert "tlbench.errors.UserError: " + f"{suite}: recipe.stepz: unknown key" in debug.stderr

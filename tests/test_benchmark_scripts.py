@@ -12,7 +12,6 @@ import json
 import sys
 
 import pytest
-
 from conftest import ROOT
 
 
@@ -37,10 +36,33 @@ def harness_cost():
 @pytest.mark.parametrize("baseline", ["--from-memory", "--workers=0"])
 def test_step_throughput_measures_engine_and_baseline(step_throughput, tmp_path, baseline):
     out = tmp_path / "step.json"
-    rc = step_throughput.main(["--backbone", "test_efficientnet", "--strategy", "dann", "--image-size", "32",
-                               "--batch-size", "4", "--steps", "2", "--warmup", "1", "--device", "cpu",
-                               "--threads", "1", "--data-root", str(tmp_path / "no-data"),
-                               "--cache-dir", str(tmp_path / "cache"), baseline, "--json", str(out)])
+    rc = step_throughput.main(
+        [
+            "--backbone",
+            "test_efficientnet",
+            "--strategy",
+            "dann",
+            "--image-size",
+            "32",
+            "--batch-size",
+            "4",
+            "--steps",
+            "2",
+            "--warmup",
+            "1",
+            "--device",
+            "cpu",
+            "--threads",
+            "1",
+            "--data-root",
+            str(tmp_path / "no-data"),
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            baseline,
+            "--json",
+            str(out),
+        ]
+    )
     assert rc == 0
     result = json.loads(out.read_text())
     kind = "preloaded_float_tensors" if baseline == "--from-memory" else "jpeg_dataloader"
@@ -52,8 +74,25 @@ def test_step_throughput_measures_engine_and_baseline(step_throughput, tmp_path,
 
 def test_harness_cost_measures_its_three_arms_in_one_process(harness_cost, tmp_path, tiny_suite):
     out = tmp_path / "cost.json"
-    rc = harness_cost.main([str(tiny_suite), "--strategies", "dann", "--steps", "2", "--warmup", "1", "--rounds", "2",
-                            "--device", "cpu", "--cache-dir", str(tmp_path / "cache"), "--json", str(out)])
+    rc = harness_cost.main(
+        [
+            str(tiny_suite),
+            "--strategies",
+            "dann",
+            "--steps",
+            "2",
+            "--warmup",
+            "1",
+            "--rounds",
+            "2",
+            "--device",
+            "cpu",
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            "--json",
+            str(out),
+        ]
+    )
     assert rc == 0
     result = json.loads(out.read_text())
     assert result["images_per_step"] == 16  # dann: 8 source + 8 target images a step
@@ -98,8 +137,12 @@ def test_curves_overhead_measures_both_arms_and_each_tracker(tmp_path, tiny_suit
 def test_eval_points_overhead_trains_each_cell_in_both_arms(tmp_path, tiny_suite):
     eval_points_overhead = _benchmark_module("eval_points_overhead")
     out = tmp_path / "points.json"
-    assert eval_points_overhead.main([str(tiny_suite), "--strategies", "dann", "--points", "2", "--repeats", "1",
-                                      "--json", str(out)]) == 0
+    assert (
+        eval_points_overhead.main(
+            [str(tiny_suite), "--strategies", "dann", "--points", "2", "--repeats", "1", "--json", str(out)]
+        )
+        == 0
+    )
     rows = json.loads(out.read_text())["cells"]
     assert len(rows) == 1
     assert rows[0]["same_final_accuracy"] is True  # checkpoint evaluations do not change training

@@ -25,16 +25,24 @@ def _cells(**recipe):
 def test_the_default_bottleneck_keeps_its_parameter_names_and_every_cell_id():
     head = make_bottleneck(12, 8)
     assert [type(m) for m in head] == [nn.Linear, nn.BatchNorm1d, nn.ReLU]
-    assert list(head.state_dict()) == ["0.weight", "0.bias", "1.weight", "1.bias", "1.running_mean",
-                                       "1.running_var", "1.num_batches_tracked"]
+    assert list(head.state_dict()) == [
+        "0.weight",
+        "0.bias",
+        "1.weight",
+        "1.bias",
+        "1.running_mean",
+        "1.running_var",
+        "1.num_batches_tracked",
+    ]
     assert [c.id for c in _cells(bottleneck_layers=1, bottleneck_norm="batch")] == [c.id for c in _cells()]
     assert "bottleneck_norm" not in _cells()[0].recipe
     assert {c.id for c in _cells(bottleneck_norm="none")}.isdisjoint(c.id for c in _cells())
 
 
 def test_ganins_label_predictor_is_two_plain_layers_of_100():
-    model = TransferModel(nn.Flatten(), 10, bottleneck_dim=100, bottleneck_layers=2, bottleneck_norm="none",
-                          feature_dim=768)
+    model = TransferModel(
+        nn.Flatten(), 10, bottleneck_dim=100, bottleneck_layers=2, bottleneck_norm="none", feature_dim=768
+    )
     assert [type(m) for m in model.bottleneck] == [nn.Linear, nn.ReLU, nn.Linear, nn.ReLU]
     assert [m.out_features for m in model.bottleneck if isinstance(m, nn.Linear)] == [100, 100]
     out = model.forward_all(torch.randn(5, 768))
@@ -54,10 +62,13 @@ def test_the_recipe_builds_the_head_it_names():
     assert model.forward(torch.randn(2, 3, 28, 28)).shape == (2, 10)
 
 
-@pytest.mark.parametrize("recipe, message", [
-    ({"bottleneck_norm": "layer"}, "recipe.bottleneck_norm"),
-    ({"bottleneck_layers": 0}, "recipe.bottleneck_layers"),
-])
+@pytest.mark.parametrize(
+    "recipe, message",
+    [
+        ({"bottleneck_norm": "layer"}, "recipe.bottleneck_norm"),
+        ({"bottleneck_layers": 0}, "recipe.bottleneck_layers"),
+    ],
+)
 def test_a_bad_bottleneck_is_one_line_naming_the_key(recipe, message):
     with pytest.raises(UserError, match=message):
         _cells(**recipe)

@@ -17,8 +17,9 @@ from tlbench_builtins.shifts import corruptions
 
 @pytest.fixture(scope="module")
 def registry() -> Registry:
-    return Registry(entry_points=False, plugins={"sklearn_digits": sklearn_digits, "npz": npz,
-                                                  "corruptions": corruptions})
+    return Registry(
+        entry_points=False, plugins={"sklearn_digits": sklearn_digits, "npz": npz, "corruptions": corruptions}
+    )
 
 
 @pytest.fixture(autouse=True)
@@ -103,8 +104,9 @@ def test_damaged_file_is_detected_and_rebuilt(tmp_path, counted, damage):
 def test_key_covers_size_options_and_files(tmp_path, registry):
     digits = registry.get("dataset", "sklearn_digits")()
     assert cache_key(digits, "digits", 8) != cache_key(digits, "digits", 16)
-    assert cache_path(tmp_path, digits, "digits", 8, cache_key(digits, "digits", 8)) != \
-        cache_path(tmp_path, digits, "digits", 16, cache_key(digits, "digits", 16))
+    assert cache_path(tmp_path, digits, "digits", 8, cache_key(digits, "digits", 8)) != cache_path(
+        tmp_path, digits, "digits", 16, cache_key(digits, "digits", 16)
+    )
     load_domain(digits, "digits", 8, cache_dir=tmp_path)
     load_domain(digits, "digits", 16, cache_dir=tmp_path)
     assert len([f for f in _files(tmp_path) if f.suffix == ".pt"]) == 2

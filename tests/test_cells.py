@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from tlbench.matrix.cells import expand_cells, resolve_pairs
 from tlbench.errors import UserError
-from tlbench.plugins.registry import get_registry
+from tlbench.matrix.cells import expand_cells, resolve_pairs
 from tlbench.matrix.planning import waves
 from tlbench.matrix.suite import load_suite
+from tlbench.plugins.registry import get_registry
 
 SUITE = """\
 name: m
@@ -41,8 +41,12 @@ def test_matrix_size_and_teachers_are_matrix_cells(tmp_path):
     ids = {c.id for c in cells}
     for c in kd:
         assert c.teacher.id in ids
-        assert (c.teacher.backbone, c.teacher.strategy, c.teacher.source, c.teacher.seed) == \
-               ("test_resnet", "dann", c.source, c.seed)
+        assert (c.teacher.backbone, c.teacher.strategy, c.teacher.source, c.teacher.seed) == (
+            "test_resnet",
+            "dann",
+            c.source,
+            c.seed,
+        )
 
 
 def test_teacher_trained_once_and_first(tmp_path):

@@ -34,8 +34,12 @@ def test_every_checkpoint_reads_the_same_subset_and_the_last_is_cut_to_it():
     # the final evaluation reads every image; its logits predict class 0 everywhere
     logits = torch.zeros(12, 3)
     logits[:, 0] = 1.0
-    final = Evaluation(target_acc=100 * float((labels == 0).float().mean()), eval_img_per_s=1.0, source_acc=None,
-                       target_outputs=ModelOutputs(logits, torch.randn(12, 4), 1.0))
+    final = Evaluation(
+        target_acc=100 * float((labels == 0).float().mean()),
+        eval_img_per_s=1.0,
+        source_acc=None,
+        target_outputs=ModelOutputs(logits, torch.randn(12, 4), 1.0),
+    )
     cut = ev._on_subset(final)
     assert cut.target_outputs.logits.shape == (5, 3)
     assert torch.equal(cut.target_outputs.embedding, final.target_outputs.embedding[index])

@@ -3,8 +3,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import pytest
@@ -21,8 +22,11 @@ BUILTIN_PACKAGE = "tlbench_builtins."
 def builtin_names(kind: str) -> list[str]:
     """Names registered by the built-in plugins (a third-party package installed next to them is its own business)."""
     registry = get_registry()
-    return [n for n in registry.names(kind)
-            if registry.plugins[registry.entry(kind, n).plugin].module.startswith(BUILTIN_PACKAGE)]
+    return [
+        n
+        for n in registry.names(kind)
+        if registry.plugins[registry.entry(kind, n).plugin].module.startswith(BUILTIN_PACKAGE)
+    ]
 
 
 def write_png(path: Path, seed: int, size: int = 10, suffix: str = ".png") -> None:
@@ -31,8 +35,13 @@ def write_png(path: Path, seed: int, size: int = 10, suffix: str = ".png") -> No
     Image.fromarray(np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)).save(path)
 
 
-def class_tree(folder: Path, domains: dict[str, str], classes: tuple[str, ...] = ("cup", "mug"),
-               per_class: int = 2, suffix: str = ".png") -> None:
+def class_tree(
+    folder: Path,
+    domains: dict[str, str],
+    classes: tuple[str, ...] = ("cup", "mug"),
+    per_class: int = 2,
+    suffix: str = ".png",
+) -> None:
     """``<folder>/<domain folder>/<class>/img<i>`` for ``domains`` = {domain: folder below ``folder``}."""
     seed = 0
     for sub in domains.values():
@@ -226,18 +235,21 @@ class _BadAlias(GoodDataset):
     aliases: ClassVar[dict[str, str]] = {"C": "centre"}
 
 
-@pytest.mark.parametrize(("cls", "message"), [
-    (_NoSuperInit, "accepted the unknown option"),
-    (_OSErrorOnMissingData, "raised FileNotFoundError.*must be a tlbench.UserError"),
-    (_LabelsOutOfRange, "labels span 0..3 but there are 3 classes"),
-    (_ClassesDiffer, "every domain needs the same class list"),
-    (_RandomFingerprint, "fingerprint\\('left'\\) is not stable"),
-    (_WrongSize, "images must be uint8 N×3×12×12"),
-    (_NondeterministicLoad, "different images or labels on a second call"),
-    (_PlusInName, "domain name 'right\\+flipped' cannot be used in a pair"),
-    (_Int32Labels, "labels must be int64"),
-    (_BadAlias, "aliases\\['C'\\] = 'centre' is not one of domains"),
-])
+@pytest.mark.parametrize(
+    ("cls", "message"),
+    [
+        (_NoSuperInit, "accepted the unknown option"),
+        (_OSErrorOnMissingData, "raised FileNotFoundError.*must be a tlbench.UserError"),
+        (_LabelsOutOfRange, "labels span 0..3 but there are 3 classes"),
+        (_ClassesDiffer, "every domain needs the same class list"),
+        (_RandomFingerprint, "fingerprint\\('left'\\) is not stable"),
+        (_WrongSize, "images must be uint8 N×3×12×12"),
+        (_NondeterministicLoad, "different images or labels on a second call"),
+        (_PlusInName, "domain name 'right\\+flipped' cannot be used in a pair"),
+        (_Int32Labels, "labels must be int64"),
+        (_BadAlias, "aliases\\['C'\\] = 'centre' is not one of domains"),
+    ],
+)
 def test_check_dataset_catches(cls, message):
     options = {"path": "missing.bin"} if "path" in cls.option_help else {}
     with pytest.raises(AssertionError, match=message):
@@ -304,14 +316,17 @@ def test_a_conforming_shift_passes():
     check_shift(GoodShift)
 
 
-@pytest.mark.parametrize(("cls", "message"), [
-    (_GlobalRandom, "draw randomness only from the generator"),
-    (_InPlace, "modified its input in place"),
-    (_Float, "must return uint8"),
-    (_IgnoresSeverity, "all give the same output.*has_severity = False"),
-    (_BadName, "without spaces"),
-    (_ColonName, "cannot be used in a domain spec|does not survive a domain spec"),
-])
+@pytest.mark.parametrize(
+    ("cls", "message"),
+    [
+        (_GlobalRandom, "draw randomness only from the generator"),
+        (_InPlace, "modified its input in place"),
+        (_Float, "must return uint8"),
+        (_IgnoresSeverity, "all give the same output.*has_severity = False"),
+        (_BadName, "without spaces"),
+        (_ColonName, "cannot be used in a domain spec|does not survive a domain spec"),
+    ],
+)
 def test_check_shift_catches(cls, message):
     with pytest.raises(AssertionError, match=message):
         check_shift(cls)
@@ -350,12 +365,14 @@ class _WritesOutside(Reporter):
         return [path]
 
 
-@pytest.mark.parametrize(("cls", "message"), [
-    (_UndeclaredFile, "left files it did not return"),
-    (_ReturnsNothing, "must return the list of files it wrote"),
-    (_WritesOutside, "is outside the output folder"),
-])
+@pytest.mark.parametrize(
+    ("cls", "message"),
+    [
+        (_UndeclaredFile, "left files it did not return"),
+        (_ReturnsNothing, "must return the list of files it wrote"),
+        (_WritesOutside, "is outside the output folder"),
+    ],
+)
 def test_check_reporter_catches(cls, message):
     with pytest.raises(AssertionError, match=message):
         check_reporter(cls)
-

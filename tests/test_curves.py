@@ -12,13 +12,21 @@ from torch import nn
 
 from tlbench.cli import main
 from tlbench.matrix.results import CellRecord, ResultsDir
-from tlbench.training.curves import Curves, CurveRecorder
+from tlbench.training.curves import CurveRecorder, Curves
 from tlbench.training.loop import run_steps
 from tlbench.training.schedule import ParamSchedule
 from tlbench.training.strategy import Batch, ParamGroup, StepContext, StepOutput
 
-RECIPE = {"steps": 4, "lr": 0.1, "lr_gamma": 0.0, "lr_decay": 0.75, "optimizer": "sgd", "momentum": 0.0,
-          "nesterov": False, "weight_decay": 0.0}
+RECIPE = {
+    "steps": 4,
+    "lr": 0.1,
+    "lr_gamma": 0.0,
+    "lr_decay": 0.75,
+    "optimizer": "sgd",
+    "momentum": 0.0,
+    "nesterov": False,
+    "weight_decay": 0.0,
+}
 
 
 class _Square(nn.Module):
@@ -29,7 +37,7 @@ class _Square(nn.Module):
         self.w = nn.Parameter(torch.tensor(1.0))
 
     def training_step(self, batch, ctx):
-        return StepOutput(self.w ** 2, {"w": self.w.detach().clone(), "const": 3.0})
+        return StepOutput(self.w**2, {"w": self.w.detach().clone(), "const": 3.0})
 
 
 class _Batches:
@@ -44,11 +52,21 @@ def test_the_recorder_keeps_window_means_and_learning_rates_at_each_logging_step
     schedule = ParamSchedule([ParamGroup("w", [strategy.w])], [strategy], strategy, RECIPE, torch.device("cpu"), "sq")
     recorder = CurveRecorder(schedule)
     ctx = StepContext(step=0, total_steps=4, model=None, device=torch.device("cpu"), num_classes=1)
-    run_steps(strategy, schedule, _Batches(), ctx, contextlib.nullcontext, [recorder], total_steps=4, log_every=2,
-              warmup_steps=0, device=torch.device("cpu"))
+    run_steps(
+        strategy,
+        schedule,
+        _Batches(),
+        ctx,
+        contextlib.nullcontext,
+        [recorder],
+        total_steps=4,
+        log_every=2,
+        warmup_steps=0,
+        device=torch.device("cpu"),
+    )
     curves = recorder.curves
     assert curves.steps == [2, 4]
-    w = [0.8 ** k for k in range(4)]  # w before each step
+    w = [0.8**k for k in range(4)]  # w before each step
     assert curves.series["loss"] == pytest.approx([(w[0] ** 2 + w[1] ** 2) / 2, (w[2] ** 2 + w[3] ** 2) / 2])
     assert curves.series["w"] == pytest.approx([(w[0] + w[1]) / 2, (w[2] + w[3]) / 2])
     assert curves.series["const"] == [3.0, 3.0]
@@ -119,8 +137,19 @@ def test_the_html_report_embeds_the_training_curves(tiny_run):
 
 
 def test_a_record_without_curves_reports_as_before(tmp_path):
-    rec = CellRecord(suite="s", dataset="d", backbone="b", strategy="x", source="a", target="b", seed=0,
-                     status="failed", error="boom", cell_id="0" * 16, started_at="2024")
+    rec = CellRecord(
+        suite="s",
+        dataset="d",
+        backbone="b",
+        strategy="x",
+        source="a",
+        target="b",
+        seed=0,
+        status="failed",
+        error="boom",
+        cell_id="0" * 16,
+        started_at="2024",
+    )
     results = ResultsDir(tmp_path)
     results.write_record(rec)
     assert not results.curves_path(rec.cell_id).exists()

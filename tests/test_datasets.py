@@ -28,8 +28,10 @@ needs_digits = pytest.mark.skipif(not (DATA / "digits").is_dir(), reason=f"real 
 
 @pytest.fixture(scope="module")
 def registry() -> Registry:
-    return Registry(entry_points=False, plugins={"office": office, "image_folder": image_folder, "npz": npz,
-                                                  "sklearn_digits": sklearn_digits})
+    return Registry(
+        entry_points=False,
+        plugins={"office": office, "image_folder": image_folder, "npz": npz, "sklearn_digits": sklearn_digits},
+    )
 
 
 def _write_image(path: Path, seed: int, size: int = 12) -> np.ndarray:
@@ -128,8 +130,10 @@ def test_office_home_miniature(tmp_path, registry):
 
 
 def test_class_missing_from_one_domain_is_named(tmp_path, registry):
-    _make_tree(tmp_path / "office_home", {"Art": ["Bed", "Bike"], "Clipart": ["Bed", "Bike"],
-                                          "Product": ["Bed"], "Real_World": ["Bed", "Bike"]})
+    _make_tree(
+        tmp_path / "office_home",
+        {"Art": ["Bed", "Bike"], "Clipart": ["Bed", "Bike"], "Product": ["Bed"], "Real_World": ["Bed", "Bike"]},
+    )
     ds = registry.get("dataset", "office_home")(tmp_path)
     with pytest.raises(UserError, match="class 'Bike' .* missing from domain 'Product'"):
         ds.load("Art", 8)
@@ -193,14 +197,20 @@ def test_image_folder_domains_and_labels(tmp_path, registry):
 # -- npz ------------------------------------------------------------------------------------------------
 @needs_digits
 def test_npz_real_digits(registry):
-    ds = registry.get("dataset", "npz")(DATA, files={"mnist": "digits/mnist5k.npz", "usps": "digits/usps.npz",
-                                                     "mnistm": str(DATA / "digits" / "mnistm_test.npz")})
+    ds = registry.get("dataset", "npz")(
+        DATA,
+        files={
+            "mnist": "digits/mnist5k.npz",
+            "usps": "digits/usps.npz",
+            "mnistm": str(DATA / "digits" / "mnistm_test.npz"),
+        },
+    )
     ds.check()
     mnist = ds.load("mnist", 28)
     raw = np.load(DATA / "digits" / "mnist5k.npz")
     assert mnist.images.shape == (5000, 3, 28, 28) and mnist.classes == [str(i) for i in range(10)]
     assert torch.equal(mnist.images[:, 0], torch.from_numpy(raw["x"]))  # same size: pixels unchanged
-    assert torch.equal(mnist.images[:, 0], mnist.images[:, 2])           # grey became three equal channels
+    assert torch.equal(mnist.images[:, 0], mnist.images[:, 2])  # grey became three equal channels
     assert torch.equal(mnist.labels, torch.from_numpy(raw["y"]).long())
     usps = ds.load("usps", 20)
     assert usps.images.shape == (9298, 3, 20, 20) and usps.labels.bincount().tolist()[0] > 0

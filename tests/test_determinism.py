@@ -5,11 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-
 from conftest import TINY_SUITE  # tests/ is on sys.path (pytest rootdir conftest)
+
 from tlbench.cli import main
-
-
 
 #: what legitimately differs between two runs of the same cell
 TIMING = {"train_img_per_s", "eval_img_per_s", "peak_mem_mb", "wall_s", "started_at", "train_seconds"}
@@ -38,8 +36,22 @@ def test_same_suite_seed_and_device_give_the_same_numbers(tmp_path, capsys):
     seed0, seed1 = sorted(a.values(), key=lambda r: r["seed"])
     assert seed0["extra"]["source_ce"] != seed1["extra"]["source_ce"]  # the seed matters, so the check has teeth
 
-    assert main(["run", str(suite), "--out", str(tmp_path / "c"), *args[:-2], "--seeds", "0",
-                 "--set", "recipe.deterministic=false"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                str(suite),
+                "--out",
+                str(tmp_path / "c"),
+                *args[:-2],
+                "--seeds",
+                "0",
+                "--set",
+                "recipe.deterministic=false",
+            ]
+        )
+        == 0
+    )
     (c,) = _records(tmp_path / "c").values()
     assert c["extra"]["deterministic"] is False
 

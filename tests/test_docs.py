@@ -35,12 +35,14 @@ def hookspec_functions() -> dict[str, object]:
 
 def render_spec(name: str, fn) -> str:
     """``name(a: T, b: U) -> R`` as written in hookspecs.py (annotations are strings there)."""
+
     def text(annotation) -> str:
         return annotation if isinstance(annotation, str) else inspect.formatannotation(annotation)
 
     sig = inspect.signature(fn)
-    params = ", ".join(p.name if p.annotation is p.empty else f"{p.name}: {text(p.annotation)}"
-                       for p in sig.parameters.values())
+    params = ", ".join(
+        p.name if p.annotation is p.empty else f"{p.name}: {text(p.annotation)}" for p in sig.parameters.values()
+    )
     ret = "" if sig.return_annotation is sig.empty else f" -> {text(sig.return_annotation)}"
     return f"{name}({params}){ret}"
 
@@ -81,8 +83,9 @@ def test_hook_is_documented_with_its_exact_signature_and_docstring(name):
     docs = documented_hooks()
     assert name in docs, f"hook {name} is missing from the hook reference of docs/plugins.md"
     expected = render_spec(name, SPECS[name])
-    assert render_doc(docs[name]) == expected, f"docs/plugins.md documents {render_doc(docs[name])}, " \
-                                               f"hookspecs.py says {expected}"
+    assert render_doc(docs[name]) == expected, (
+        f"docs/plugins.md documents {render_doc(docs[name])}, hookspecs.py says {expected}"
+    )
     assert ast.get_docstring(docs[name]) == inspect.getdoc(SPECS[name]), f"the docstring of {name} differs"
     assert re.search(rf"^### `{name}`$", section("Hook reference"), re.MULTILINE), f"no '### `{name}`' heading"
 
@@ -106,12 +109,27 @@ def test_python_blocks_parse(index):
         ast.parse(code, filename=f"docs/plugins.md block {index}")
 
 
-EXAMPLES = {m.group(1): code for lang, code in FENCE.findall(TEXT)
-            if lang == "python" and (m := re.match(r"# example: (\w+)\n", code))}
-CHECKS = {"strategy": check_strategy, "dataset": check_dataset, "shift": check_shift, "reporter": check_reporter,
-          "backbone": check_backbone, "validator": check_validator}
-KIND_OF_HOOK = {"strategy": "register_strategies", "dataset": "register_datasets", "shift": "register_shifts",
-                "reporter": "register_reporters", "backbone": "register_backbones", "validator": "register_validators"}
+EXAMPLES = {
+    m.group(1): code
+    for lang, code in FENCE.findall(TEXT)
+    if lang == "python" and (m := re.match(r"# example: (\w+)\n", code))
+}
+CHECKS = {
+    "strategy": check_strategy,
+    "dataset": check_dataset,
+    "shift": check_shift,
+    "reporter": check_reporter,
+    "backbone": check_backbone,
+    "validator": check_validator,
+}
+KIND_OF_HOOK = {
+    "strategy": "register_strategies",
+    "dataset": "register_datasets",
+    "shift": "register_shifts",
+    "reporter": "register_reporters",
+    "backbone": "register_backbones",
+    "validator": "register_validators",
+}
 
 
 def test_every_checkable_kind_has_an_example():
@@ -142,6 +160,7 @@ def test_recipe_keys_table_matches_the_recipe_model():
     text = (DOC.parent / "recipe.md").read_text(encoding="utf-8")
     table = re.search(r"<!-- recipe-keys:start -->\n(.*?)<!-- recipe-keys:end -->", text, re.DOTALL)
     assert table, "docs/recipe.md has lost its recipe-keys markers"
-    assert table.group(1) == recipe_keys_markdown(), "docs/recipe.md's table is stale: regenerate it with " \
-                                                      "tlbench.matrix.suite.recipe_keys_markdown()"
+    assert table.group(1) == recipe_keys_markdown(), (
+        "docs/recipe.md's table is stale: regenerate it with tlbench.matrix.suite.recipe_keys_markdown()"
+    )
     assert [ln.split("`")[1] for ln in table.group(1).splitlines()[2:]] == list(Recipe.model_fields)

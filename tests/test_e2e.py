@@ -76,8 +76,9 @@ class _Overflows(tlbench.Strategy):
 @pytest.fixture
 def overflowing_registry():
     registry = Registry()
-    registry.add_plugin("overflows", types.SimpleNamespace(
-        register_strategies=tlbench.hookimpl(lambda register: register(_Overflows))))
+    registry.add_plugin(
+        "overflows", types.SimpleNamespace(register_strategies=tlbench.hookimpl(lambda register: register(_Overflows)))
+    )
     set_registry(registry)
     yield
     set_registry(None)
@@ -87,8 +88,19 @@ def test_failing_cell_is_recorded_and_exit_code_is_1(overflowing_registry, tiny_
     out = tmp_path / "o"
     # a loss that overflows: the cell is recorded as diverged, the run goes on (an lr of 1e30, which
     # once did this, is now refused before training: recipe.lr is at most 10)
-    code = main(["run", str(tiny_suite), "--out", str(out), "--quiet", "--strategies", "overflows",
-                 "--set", "recipe.log_every=1"])
+    code = main(
+        [
+            "run",
+            str(tiny_suite),
+            "--out",
+            str(out),
+            "--quiet",
+            "--strategies",
+            "overflows",
+            "--set",
+            "recipe.log_every=1",
+        ]
+    )
     assert code == 1
     df = pd.read_csv(out / "results.csv")
     assert df.loc[0, "status"] == "diverged"
@@ -117,10 +129,13 @@ def test_data_prepare_decodes_every_size_the_cells_read(tmp_path, capsys):
     from conftest import TINY_SUITE
 
     suite = tmp_path / "two_sizes.yaml"
-    suite.write_text(TINY_SUITE.replace(
-        "  - name: test_efficientnet\n    weights: random\n",
-        "  - name: test_efficientnet\n    weights: random\n"
-        "  - {name: test_resnet, weights: random, recipe: {image_size: 20, resize_size: 22}}\n"))
+    suite.write_text(
+        TINY_SUITE.replace(
+            "  - name: test_efficientnet\n    weights: random\n",
+            "  - name: test_efficientnet\n    weights: random\n"
+            "  - {name: test_resnet, weights: random, recipe: {image_size: 20, resize_size: 22}}\n",
+        )
+    )
     assert main(["data", "prepare", str(suite), "--cache", str(tmp_path / "cache")]) == 0
     out = capsys.readouterr().out
     for size in (18, 22):

@@ -8,9 +8,9 @@ import math
 
 import pytest
 import torch
+from conftest import TINY_SUITE  # tests/ is on sys.path (pytest rootdir conftest)
 from torch import nn
 
-from conftest import TINY_SUITE  # tests/ is on sys.path (pytest rootdir conftest)
 from tlbench.errors import DivergedError, UserError
 from tlbench.matrix.cells import CellTask
 from tlbench.matrix.planning import plan
@@ -18,26 +18,42 @@ from tlbench.matrix.suite import load_suite
 from tlbench.plugins.registry import get_registry
 from tlbench.training.augment import Augmenter, FixedViews, Normalizer
 from tlbench.training.batches import BatchSource, DomainImages
+from tlbench.training.curves import CurveRecorder
 from tlbench.training.engine import train_cell
 from tlbench.training.evaluation import PseudoLabelAudit, evaluate
 from tlbench.training.frozen import FrozenOutputs
-from tlbench.training.curves import CurveRecorder
 from tlbench.training.loop import NonFiniteCheck, StepObserver, run_steps
 from tlbench.training.measure import Stopwatch
 from tlbench.training.schedule import ParamSchedule
 from tlbench.training.setup import set_up_cell
 from tlbench.training.strategy import Batch, ParamGroup, StepContext, StepOutput
 
-RECIPE = {"steps": 10, "lr": 0.1, "lr_gamma": 0.0, "lr_decay": 0.75, "optimizer": "sgd", "momentum": 0.0,
-          "nesterov": False, "weight_decay": 0.0, "batch_size": 4, "source_sampling": "shuffle"}
+RECIPE = {
+    "steps": 10,
+    "lr": 0.1,
+    "lr_gamma": 0.0,
+    "lr_decay": 0.75,
+    "optimizer": "sgd",
+    "momentum": 0.0,
+    "nesterov": False,
+    "weight_decay": 0.0,
+    "batch_size": 4,
+    "source_sampling": "shuffle",
+}
 
 
 def _task(tmp_path, strategies: str = "[source_only]", extra: str = "") -> CellTask:
     path = tmp_path / "suite.yaml"
     path.write_text(TINY_SUITE.replace("strategies: [source_only, dann]", f"strategies: {strategies}") + extra)
     cells, _ = plan(load_suite(path), get_registry())
-    return CellTask(cell=cells[0], out_dir=str(tmp_path / "out"), data_root=None, cache_dir=str(tmp_path / "cache"),
-                    device="cpu", show_progress=False)
+    return CellTask(
+        cell=cells[0],
+        out_dir=str(tmp_path / "out"),
+        data_root=None,
+        cache_dir=str(tmp_path / "cache"),
+        device="cpu",
+        show_progress=False,
+    )
 
 
 def _augmenter(size: int = 8) -> Augmenter:
@@ -144,16 +160,23 @@ def test_schedule_adds_a_group_at_its_start_step_and_decays_the_rate():
 def test_schedule_refuses_a_strategy_that_trains_nothing_at_step_0():
     layer = nn.Linear(2, 2)
     with pytest.raises(UserError, match="trains nothing at step 0"):
-        ParamSchedule([ParamGroup("late", list(layer.parameters()), start=0.5)], [layer], layer, RECIPE,
-                      torch.device("cpu"), "probe")
+        ParamSchedule(
+            [ParamGroup("late", list(layer.parameters()), start=0.5)],
+            [layer],
+            layer,
+            RECIPE,
+            torch.device("cpu"),
+            "probe",
+        )
 
 
 def test_schedule_refuses_a_parameter_in_two_groups():
     layer = nn.Linear(2, 2)
     params = list(layer.parameters())
     with pytest.raises(ValueError, match="in two groups"):
-        ParamSchedule([ParamGroup("a", params), ParamGroup("b", params[:1])], [layer], layer, RECIPE,
-                      torch.device("cpu"), "probe")
+        ParamSchedule(
+            [ParamGroup("a", params), ParamGroup("b", params[:1])], [layer], layer, RECIPE, torch.device("cpu"), "probe"
+        )
 
 
 # -- batch source --------------------------------------------------------------------------------
@@ -161,14 +184,16 @@ def _source(frozen: FrozenOutputs, views=("weak", "strong"), n: int = 12) -> Bat
     g = torch.Generator().manual_seed(0)
     images = torch.randint(0, 255, (n, 3, 10, 10), dtype=torch.uint8, generator=g)
     labels = torch.arange(n) % 3
-    return BatchSource.build(images, labels, images.clone(), frozen, target_views=views, augmenter=_augmenter(),
-                             recipe=RECIPE, g=g)
+    return BatchSource.build(
+        images, labels, images.clone(), frozen, target_views=views, augmenter=_augmenter(), recipe=RECIPE, g=g
+    )
 
 
 def test_batch_source_serves_features_while_the_backbone_is_frozen_then_images():
     feats = torch.randn(2, 12, 5)  # two views of 12 images, 5-d
-    source = _source(FrozenOutputs(feature_steps=3, source_features=feats, target_features=feats.clone()),
-                     views=("weak",))
+    source = _source(
+        FrozenOutputs(feature_steps=3, source_features=feats, target_features=feats.clone()), views=("weak",)
+    )
     shapes = [tuple(source.batch(step).source.shape) for step in range(5)]
     assert shapes == [(4, 5)] * 3 + [(4, 3, 8, 8)] * 2
     assert source.source.features is None and source.target.features is None  # freed once images are served
@@ -179,16 +204,26 @@ def test_batch_source_serves_target_views_without_labels():
     assert batch.target.shape == batch.target_strong.shape == (4, 3, 8, 8)
     assert batch.target_index.shape == (4,)
     assert not hasattr(batch, "target_labels")
-    assert set(vars(batch)) == {"source", "source_labels", "target", "target_strong", "target_index",
-                                "source_teacher", "target_teacher"}
+    assert set(vars(batch)) == {
+        "source",
+        "source_labels",
+        "target",
+        "target_strong",
+        "target_index",
+        "source_teacher",
+        "target_teacher",
+    }
 
 
 def test_batch_source_serves_the_teachers_logits_for_the_fixed_view_it_serves():
     n = 12
-    views = FixedViews(torch.tensor([[0.0, 0.0, 9.0, 9.0]]).expand(2, n, 4).clone(), torch.zeros(2, n, dtype=torch.bool))
+    views = FixedViews(
+        torch.tensor([[0.0, 0.0, 9.0, 9.0]]).expand(2, n, 4).clone(), torch.zeros(2, n, dtype=torch.bool)
+    )
     logits = torch.arange(2 * n, dtype=torch.float32).view(2, n, 1)
-    source = _source(FrozenOutputs(teacher_views=2, source_teacher=(views, logits), target_teacher=(views, logits)),
-                     views=("weak",))
+    source = _source(
+        FrozenOutputs(teacher_views=2, source_teacher=(views, logits), target_teacher=(views, logits)), views=("weak",)
+    )
     batch = source.batch(0)
     assert batch.source_teacher.shape == (4, 1)
     assert torch.all((batch.source_teacher.flatten() % n) < n)
@@ -211,7 +246,7 @@ class _Constant(nn.Module):
         self.nan_at = nan_at
 
     def training_step(self, batch, ctx):
-        loss = self.w ** 2
+        loss = self.w**2
         if self.nan_at is not None and ctx.step >= self.nan_at:
             loss = loss * float("nan")
         return StepOutput(loss, {"w": self.w.detach().clone(), "host": 2.0})
@@ -240,14 +275,25 @@ class _Log(StepObserver):
 
 def _loop(strategy, observers, steps: int = 5, log_every: int = 2, recorder: list | None = None):
     """Run the loop; with ``recorder`` (a list), a CurveRecorder joins the observers and is put in it."""
-    schedule = ParamSchedule([ParamGroup("w", [strategy.w])], [strategy], strategy, dict(RECIPE, steps=steps),
-                             torch.device("cpu"), "probe")
+    schedule = ParamSchedule(
+        [ParamGroup("w", [strategy.w])], [strategy], strategy, dict(RECIPE, steps=steps), torch.device("cpu"), "probe"
+    )
     if recorder is not None:
         recorder.append(CurveRecorder(schedule))
         observers = [*observers, recorder[0]]
     ctx = StepContext(step=0, total_steps=steps, model=None, device=torch.device("cpu"), num_classes=1)
-    return run_steps(strategy, schedule, _Batches(), ctx, contextlib.nullcontext, observers, total_steps=steps,
-                     log_every=log_every, warmup_steps=1, device=torch.device("cpu"))
+    return run_steps(
+        strategy,
+        schedule,
+        _Batches(),
+        ctx,
+        contextlib.nullcontext,
+        observers,
+        total_steps=steps,
+        log_every=log_every,
+        warmup_steps=1,
+        device=torch.device("cpu"),
+    )
 
 
 def test_the_loop_steps_the_optimizer_and_calls_observers_at_the_right_steps():
@@ -256,8 +302,8 @@ def test_the_loop_steps_the_optimizer_and_calls_observers_at_the_right_steps():
     means = recorder[0]  # the record's metric means come from the curves' window sums
     assert log.after == [0, 1, 2, 3, 4] and log.logged == [1, 3, 4] and log.closed
     # SGD on w² with lr 0.1: w ← 0.8 w each step
-    assert strategy.w.item() == pytest.approx(0.8 ** 5)
-    assert means.means(5) == {"w": pytest.approx(sum(0.8 ** k for k in range(5)) / 5), "host": 2.0}
+    assert strategy.w.item() == pytest.approx(0.8**5)
+    assert means.means(5) == {"w": pytest.approx(sum(0.8**k for k in range(5)) / 5), "host": 2.0}
     assert timing.measured_steps == 4 and timing.images_per_step == 4
 
 
@@ -281,8 +327,9 @@ class _ByBrightness(nn.Module):
 def test_evaluate_counts_correct_predictions_over_every_batch():
     images = torch.cat([torch.zeros(3, 3, 10, 10), torch.full((3, 3, 10, 10), 255.0)]).to(torch.uint8)
     labels = torch.tensor([0, 0, 1, 1, 1, 0])  # two of six are wrong
-    acc, img_per_s = evaluate(_ByBrightness(), images, labels, _augmenter(), 4, torch.device("cpu"),
-                              contextlib.nullcontext)
+    acc, img_per_s = evaluate(
+        _ByBrightness(), images, labels, _augmenter(), 4, torch.device("cpu"), contextlib.nullcontext
+    )
     assert acc == pytest.approx(100 * 4 / 6) and img_per_s > 0
 
 

@@ -21,7 +21,8 @@ SUITE = EXAMPLE / "suites" / "coral_tiny.yaml"
 pytestmark = pytest.mark.skipif(
     not any(ep.value.startswith("tlbench_coral") for ep in md.entry_points(group="tlbench")),
     reason="the example package tlbench-coral is not installed; install it with "
-           "pip install --no-build-isolation --no-deps -e plugins/examples/tlbench-coral")
+    "pip install --no-build-isolation --no-deps -e plugins/examples/tlbench-coral",
+)
 
 
 def test_it_appears_in_plugins_and_lists(capsys):

@@ -19,8 +19,6 @@ import tlbench
 from tlbench.cli import main
 from tlbench.plugins.registry import Registry, set_registry
 
-
-
 NAN_FROM_STEP = 2
 
 
@@ -74,8 +72,7 @@ def after_cell(cell, record):
         raise KeyError("after_cell exploded")
 
 
-FAULTS = types.SimpleNamespace(register_strategies=register_strategies, before_cell=before_cell,
-                               after_cell=after_cell)
+FAULTS = types.SimpleNamespace(register_strategies=register_strategies, before_cell=before_cell, after_cell=after_cell)
 
 SUITE = """\
 name: faults
@@ -114,8 +111,9 @@ def test_faults_are_recorded_per_cell_and_the_matrix_goes_on(faulty_registry, tm
     assert "Traceback" not in captured.out + captured.err
 
     df = pd.read_csv(out / "results.csv").set_index("strategy")
-    assert sorted(df.index) == sorted(["boom", "oom", "goes_nan", "before_hook_fails", "after_hook_fails",
-                                       "source_only"])
+    assert sorted(df.index) == sorted(
+        ["boom", "oom", "goes_nan", "before_hook_fails", "after_hook_fails", "source_only"]
+    )
     assert df.loc["source_only", "status"] == "ok"  # the last cell still ran and succeeded
     assert 0 <= df.loc["source_only", "target_acc"] <= 100
 
@@ -137,8 +135,10 @@ def test_faults_are_recorded_per_cell_and_the_matrix_goes_on(faulty_registry, tm
     assert "6 cells: 6 run, 0 already done, 5 failed" in lines
     summary = [line for line in lines if line.startswith("  failed:") or line.startswith("  diverged:")]
     assert len(summary) == 5
-    assert "  diverged: test_efficientnet goes_nan digits->digits+invert seed=0: loss became non-finite " \
-           f"(nan) at step {NAN_FROM_STEP}" in summary
+    assert (
+        "  diverged: test_efficientnet goes_nan digits->digits+invert seed=0: loss became non-finite "
+        f"(nan) at step {NAN_FROM_STEP}" in summary
+    )
     assert any("oom" in line and "out of memory" in line for line in summary)
 
     # failures reach the reports too, and every record is valid JSON

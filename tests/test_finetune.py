@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_SUITE
 
 import tlbench
-from conftest import TINY_SUITE
 from tlbench.cli import main
 from tlbench.data.budgets import Budget
 from tlbench.data.domains import TEST, TRAIN, Domain
@@ -26,8 +26,9 @@ from tlbench.matrix.suite import load_suite
 from tlbench.plugins.registry import Registry
 from tlbench.training.strategy import Batch
 
-FINETUNE = TINY_SUITE.replace("pairs: [digits->digits+invert]", "protocol: finetune\ntasks: [digits]\n"
-                              "budgets: [10%, 100%]").replace("[source_only, dann]", "[source_only]")
+FINETUNE = TINY_SUITE.replace(
+    "pairs: [digits->digits+invert]", "protocol: finetune\ntasks: [digits]\nbudgets: [10%, 100%]"
+).replace("[source_only, dann]", "[source_only]")
 #: every built-in strategy that supports finetune; kd's teacher is fine-tuned on the same task and budget
 SUPPORTING = "[source_only, freeze, unfreeze, dlr, self_training, {kd: {teacher_strategy: source_only}}]"
 
@@ -37,8 +38,13 @@ def _domain(counts: list[int], split: torch.Tensor | None = None) -> Domain:
     labels = torch.cat([torch.full((n,), c, dtype=torch.long) for c, n in enumerate(counts)])
     index = torch.arange(len(labels))
     images = torch.stack([index % 256, index // 256, torch.zeros_like(index)], 1)[:, :, None, None]
-    return Domain("toy", images.to(torch.uint8).expand(-1, -1, 2, 2).contiguous(), labels,
-                  [f"c{i}" for i in range(len(counts))], split=split)
+    return Domain(
+        "toy",
+        images.to(torch.uint8).expand(-1, -1, 2, 2).contiguous(),
+        labels,
+        [f"c{i}" for i in range(len(counts))],
+        split=split,
+    )
 
 
 def _suite(tmp_path: Path, text: str = FINETUNE, strategies: str = "[source_only]") -> Path:
@@ -186,8 +192,10 @@ def test_budgets_are_exact_per_class_and_drawn_per_seed():
         Budget.parse("3-shot").draw(labels, seed=0)
 
 
-@pytest.mark.parametrize("text, canonical", [("10%", "10%"), ("100 %", "100%"), ("5-shot", "5-shot"),
-                                             ("1 shot", "1-shot"), ("12.5%", "12.5%")])
+@pytest.mark.parametrize(
+    "text, canonical",
+    [("10%", "10%"), ("100 %", "100%"), ("5-shot", "5-shot"), ("1 shot", "1-shot"), ("12.5%", "12.5%")],
+)
 def test_budget_texts(text, canonical):
     assert str(Budget.parse(text)) == canonical
 
@@ -234,8 +242,17 @@ def test_held_back_labels_and_test_images_never_reach_a_strategy(tmp_path, monke
 
     monkeypatch.setattr(engine.BatchSource, "build", capture)
     SEEN.clear()
-    record = engine.train_cell(CellTask(cell=cells[0], out_dir=str(tmp_path / "out"), data_root=None,
-                                        cache_dir=None, device="cpu", show_progress=False), registry)
+    record = engine.train_cell(
+        CellTask(
+            cell=cells[0],
+            out_dir=str(tmp_path / "out"),
+            data_root=None,
+            cache_dir=None,
+            device="cpu",
+            show_progress=False,
+        ),
+        registry,
+    )
     task = load_domain(SklearnDigits(), "digits", 18, cache_dir=None)
     cut = split_task(task, Budget.parse("10%"), seed=0)
     # the labelled side is exactly the budget's images and labels, the unlabelled side exactly the rest
@@ -251,12 +268,18 @@ def test_held_back_labels_and_test_images_never_reach_a_strategy(tmp_path, monke
 
 
 # -- validation ------------------------------------------------------------------------------------
-@pytest.mark.parametrize("strategies, expected", [
-    ("[source_only, dann]", "tiny: strategies.dann: strategy 'dann' does not support protocol 'finetune' (it supports "
-                            "uda); strategies that support finetune: "),
-    ("[mmd]", "strategy 'mmd' does not support protocol 'finetune'"),
-    ("[kd]", "strategies.kd.params.teacher_strategy: strategy 'dann' does not support protocol 'finetune'"),
-])
+@pytest.mark.parametrize(
+    "strategies, expected",
+    [
+        (
+            "[source_only, dann]",
+            "tiny: strategies.dann: strategy 'dann' does not support protocol 'finetune' (it supports "
+            "uda); strategies that support finetune: ",
+        ),
+        ("[mmd]", "strategy 'mmd' does not support protocol 'finetune'"),
+        ("[kd]", "strategies.kd.params.teacher_strategy: strategy 'dann' does not support protocol 'finetune'"),
+    ],
+)
 def test_an_unsupported_strategy_and_protocol_is_one_line(capsys, tmp_path, strategies, expected):
     assert main(["run", str(_suite(tmp_path, strategies=strategies)), "--out", str(tmp_path / "o"), "--quiet"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -266,15 +289,21 @@ def test_an_unsupported_strategy_and_protocol_is_one_line(capsys, tmp_path, stra
     assert not (tmp_path / "o").exists()
 
 
-@pytest.mark.parametrize("edit, expected", [
-    (lambda t: t.replace("protocol: finetune\n", ""), "tasks: applies to protocol finetune only"),
-    (lambda t: t.replace("tasks: [digits]", "pairs: [digits->digits+invert]"), "tasks: required key is missing"),
-    (lambda t: t + "pairs: [digits->digits+invert]\n", "pairs: protocol finetune names tasks, not pairs"),
-    (lambda t: t.replace("[10%, 100%]", "[10%, 10 %]"), "budgets: Value error, listed twice: 10%"),
-    (lambda t: t.replace("[10%, 100%]", "[half]"), "budget 'half': write a share"),
-    (lambda t: t.replace("tasks: [digits]", "tasks: [nope]"), "dataset 'sklearn_digits' has no domain 'nope'"),
-    (lambda t: t.replace("[10%, 100%]", "[200-shot]"), "budget 200-shot: class 0 has 125 image(s), fewer than the 200 asked for"),
-])
+@pytest.mark.parametrize(
+    "edit, expected",
+    [
+        (lambda t: t.replace("protocol: finetune\n", ""), "tasks: applies to protocol finetune only"),
+        (lambda t: t.replace("tasks: [digits]", "pairs: [digits->digits+invert]"), "tasks: required key is missing"),
+        (lambda t: t + "pairs: [digits->digits+invert]\n", "pairs: protocol finetune names tasks, not pairs"),
+        (lambda t: t.replace("[10%, 100%]", "[10%, 10 %]"), "budgets: Value error, listed twice: 10%"),
+        (lambda t: t.replace("[10%, 100%]", "[half]"), "budget 'half': write a share"),
+        (lambda t: t.replace("tasks: [digits]", "tasks: [nope]"), "dataset 'sklearn_digits' has no domain 'nope'"),
+        (
+            lambda t: t.replace("[10%, 100%]", "[200-shot]"),
+            "budget 200-shot: class 0 has 125 image(s), fewer than the 200 asked for",
+        ),
+    ],
+)
 def test_bad_finetune_suites_are_one_line(capsys, tmp_path, edit, expected):
     path = tmp_path / "bad.yaml"
     path.write_text(edit(FINETUNE))
@@ -289,7 +318,9 @@ def test_uda_cell_ids_carry_no_finetune_keys_and_finetune_ids_do(tmp_path):
     assert not {"protocol", "budget", "score_on", "test_split"} & set(uda[0].config())
     ft, _ = plan(load_suite(_suite(tmp_path)), registry)
     assert [(c.protocol, c.task, c.budget, c.pair) for c in ft] == [
-        ("finetune", "digits", "10%", "digits 10%"), ("finetune", "digits", "100%", "digits 100%")]
+        ("finetune", "digits", "10%", "digits 10%"),
+        ("finetune", "digits", "100%", "digits 100%"),
+    ]
     assert len({c.id for c in ft}) == 2 and ft[0].config()["budget"] == "10%"
 
 
@@ -318,7 +349,8 @@ def test_every_supporting_strategy_runs_end_to_end_in_a_tiny_finetune_suite(fine
     assert code == 0
     records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert {(r["strategy"], r["budget"]) for r in records} == {
-        (s, b) for s in ("source_only", "freeze", "unfreeze", "dlr", "self_training", "kd") for b in ("10%", "100%")}
+        (s, b) for s in ("source_only", "freeze", "unfreeze", "dlr", "self_training", "kd") for b in ("10%", "100%")
+    }
     assert all(r["status"] == "ok" and r["protocol"] == "finetune" and r["task"] == "digits" for r in records)
     test_size = sum(min(max(round(TEST_FRACTION * n), 1), n - 1) for n in np.bincount(_digits_labels()))
     assert {(r["train_images"], r["test_images"]) for r in records} == {(1797 - test_size, test_size)}

@@ -11,19 +11,19 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY_SUITE  # tests/ is on sys.path (pytest rootdir conftest)
 
 import tlbench
-from conftest import TINY_SUITE  # tests/ is on sys.path (pytest rootdir conftest)
-from tlbench.training.augment import Augmenter, Normalizer
-from tlbench.matrix.cells import CellTask
-from tlbench.training.engine import train_cell
 from tlbench.data.files import load_checked
-from tlbench.training.frozen import TeacherViewBank
-from tlbench.plugins.registry import Registry
-from tlbench.matrix.results import ResultsDir
+from tlbench.matrix.cells import CellTask
 from tlbench.matrix.planning import plan
+from tlbench.matrix.results import ResultsDir
 from tlbench.matrix.suite import load_suite
+from tlbench.plugins.registry import Registry
 from tlbench.testing import make_tiny_model
+from tlbench.training.augment import Augmenter, Normalizer
+from tlbench.training.engine import train_cell
+from tlbench.training.frozen import TeacherViewBank
 from tlbench_builtins.strategies.kd import KnowledgeDistillation
 from tlbench_builtins.strategies.unfreeze import Unfreeze
 
@@ -55,8 +55,9 @@ class ProbeKd(KnowledgeDistillation):
         return super().training_step(batch, ctx)
 
 
-PROBES = types.SimpleNamespace(register_strategies=tlbench.hookimpl(
-    lambda register: [register(ProbeUnfreeze), register(ProbeKd)]))
+PROBES = types.SimpleNamespace(
+    register_strategies=tlbench.hookimpl(lambda register: [register(ProbeUnfreeze), register(ProbeKd)])
+)
 
 
 def _cells(tmp_path: Path, strategies: str, extra: str = ""):
@@ -69,15 +70,24 @@ def _cells(tmp_path: Path, strategies: str, extra: str = ""):
 
 
 def _train(cell, registry, tmp_path: Path, *, teacher_model: str | None = None, save_model: bool = False):
-    task = CellTask(cell=cell, out_dir=str(tmp_path / "out"), data_root=None, cache_dir=str(tmp_path / "cache"),
-                    device="cpu", show_progress=False, save_model=save_model, teacher_model=teacher_model)
+    task = CellTask(
+        cell=cell,
+        out_dir=str(tmp_path / "out"),
+        data_root=None,
+        cache_dir=str(tmp_path / "cache"),
+        device="cpu",
+        show_progress=False,
+        save_model=save_model,
+        teacher_model=teacher_model,
+    )
     return train_cell(task, registry)
 
 
 def test_unfreeze_trains_on_cached_features_until_the_first_stage_joins(tmp_path):
     SEEN.clear()
-    cells, registry = _cells(tmp_path, "strategies:\n  - {name: probe_unfreeze, params: {at: 0.5, until: 0.75}}\n",
-                             "  feature_cache: true\n")
+    cells, registry = _cells(
+        tmp_path, "strategies:\n  - {name: probe_unfreeze, params: {at: 0.5, until: 0.75}}\n", "  feature_cache: true\n"
+    )
     (cell,) = cells
     record = _train(cell, registry, tmp_path)
     assert record.status == "ok", record.error
@@ -131,8 +141,9 @@ def test_unfreeze_without_the_feature_cache_sees_images_throughout(tmp_path):
 
 def test_kd_teacher_logits_on_fixed_views_are_computed_once_and_served(tmp_path):
     SEEN.clear()
-    cells, registry = _cells(tmp_path, "strategies:\n  - {name: probe_kd, params: {teacher_strategy: source_only, "
-                                       "teacher_views: 3}}\n")
+    cells, registry = _cells(
+        tmp_path, "strategies:\n  - {name: probe_kd, params: {teacher_strategy: source_only, teacher_views: 3}}\n"
+    )
     teacher_cell, student = cells
     assert teacher_cell.strategy == "source_only" and student.teacher is teacher_cell
     assert _train(teacher_cell, registry, tmp_path, save_model=True).status == "ok"
@@ -158,8 +169,9 @@ def test_kd_with_teacher_views_zero_runs_the_teacher_every_step(tmp_path):
     cells, registry = _cells(tmp_path, "strategies:\n  - {name: probe_kd, params: {teacher_strategy: source_only}}\n")
     teacher_cell, student = cells
     _train(teacher_cell, registry, tmp_path, save_model=True)
-    record = _train(student, registry, tmp_path,
-                    teacher_model=str(ResultsDir(tmp_path / "out").model_path(teacher_cell.id)))
+    record = _train(
+        student, registry, tmp_path, teacher_model=str(ResultsDir(tmp_path / "out").model_path(teacher_cell.id))
+    )
     assert record.status == "ok" and record.extra["teacher_views"] == 0
     assert SEEN and not any(served for _, _, _, served in SEEN)
     assert not (tmp_path / "cache" / "teacher_views").exists()

@@ -2,8 +2,8 @@
 
 Hypothesis mutates a valid suite (deleted keys, wrong types, random strings, unknown keys and
 plugin names, bad pairs, huge and negative numbers, broken YAML, strategy parameters of the wrong
-type or range, names that are not one path segment, paths to nothing, to devices and to files). Everything up to the start of
-work runs for real (reading, validation, planning, the data pre-flight); the output directory's
+type or range, names that are not one path segment, paths to nothing, to devices and to files). Everything up to
+the start of work runs for real (reading, validation, planning, the data pre-flight); the output directory's
 lock, the first thing a run that would train takes, is replaced by a sentinel, so a mutation that
 happens to stay valid stops there without training. Either way nothing may be written.
 """
@@ -30,8 +30,17 @@ VALID: dict[str, Any] = {
     "backbones": [{"name": "test_efficientnet", "weights": "random"}],
     "strategies": ["source_only", {"dann": {"trade_off": 1.0}}],
     "seeds": [0],
-    "recipe": {"steps": 4, "batch_size": 8, "image_size": 16, "resize_size": 18, "hflip": False,
-               "log_every": 2, "lr": 0.01, "source_holdout": 0.1, "crop_scale": [0.5, 1.0]},
+    "recipe": {
+        "steps": 4,
+        "batch_size": 8,
+        "image_size": 16,
+        "resize_size": 18,
+        "hflip": False,
+        "log_every": 2,
+        "lr": 0.01,
+        "source_holdout": 0.1,
+        "crop_scale": [0.5, 1.0],
+    },
     "launcher": "local",
     "reports": ["csv"],
 }
@@ -45,36 +54,122 @@ class StartedWork(Exception):
 
 
 text = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=20)
-junk = st.one_of(text, st.integers(), st.floats(allow_nan=True, allow_infinity=True), st.booleans(), st.none(),
-                 st.lists(text, max_size=3), st.dictionaries(text, st.integers(), max_size=2))
+junk = st.one_of(
+    text,
+    st.integers(),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.booleans(),
+    st.none(),
+    st.lists(text, max_size=3),
+    st.dictionaries(text, st.integers(), max_size=2),
+)
 # huge or negative only: an in-range huge image size would make the pre-flight decode gigabytes
-bad_number = st.one_of(st.integers(min_value=10**6, max_value=10**30), st.integers(max_value=-1),
-                       st.just(0), st.floats(min_value=1e300), st.floats(max_value=-1e-9))
+bad_number = st.one_of(
+    st.integers(min_value=10**6, max_value=10**30),
+    st.integers(max_value=-1),
+    st.just(0),
+    st.floats(min_value=1e300),
+    st.floats(max_value=-1e-9),
+)
 unknown_name = st.from_regex(r"zz[a-z_]{1,10}", fullmatch=True)
 bad_pair = st.one_of(
-    st.sampled_from(["digits=>digits+invert", "digits->digits", "nope->digits", "digits->digits+rotate:9",
-                     "digits->digits+nosuch", "->digits", "digits->", "digits->+invert", "a->b->c", ""]),
-    text)
-STRATEGY_PARAMS = [("dann", "trade_off"), ("dann", "hidden"), ("dann", "dropout"), ("dann", "gamma"),
-                   ("source_only", "label_smoothing"), ("freeze", "label_smoothing"), ("mmd", "alphas"),
-                   ("mmd", "linear"), ("self_training", "threshold"), ("self_training", "warmup"),
-                   ("unfreeze", "mode"), ("unfreeze", "stages"), ("dlr", "decay"), ("kd", "alpha"),
-                   ("kd", "teacher_views"), ("kd", "teacher_params")]
+    st.sampled_from(
+        [
+            "digits=>digits+invert",
+            "digits->digits",
+            "nope->digits",
+            "digits->digits+rotate:9",
+            "digits->digits+nosuch",
+            "->digits",
+            "digits->",
+            "digits->+invert",
+            "a->b->c",
+            "",
+        ]
+    ),
+    text,
+)
+STRATEGY_PARAMS = [
+    ("dann", "trade_off"),
+    ("dann", "hidden"),
+    ("dann", "dropout"),
+    ("dann", "gamma"),
+    ("source_only", "label_smoothing"),
+    ("freeze", "label_smoothing"),
+    ("mmd", "alphas"),
+    ("mmd", "linear"),
+    ("self_training", "threshold"),
+    ("self_training", "warmup"),
+    ("unfreeze", "mode"),
+    ("unfreeze", "stages"),
+    ("dlr", "decay"),
+    ("kd", "alpha"),
+    ("kd", "teacher_views"),
+    ("kd", "teacher_params"),
+]
 hostile_name = st.one_of(st.sampled_from(["..", ".", "a/b", "/abs", "~", "", " ", "-", "name\n"]), text)
-hostile_path = st.one_of(st.sampled_from(["/nonexistent/w.pth", "/", "/dev/null", "/proc/self/status", "..",
-                                          "~nobody/x", "relative/w.pth", "w.safetensors", "/etc"]), text)
-yaml_breakers = st.sampled_from(["[", "{", "]", "}", ": :", "\t", "- - :", "&a", "*undefined",
-                                 "!!python/name:os.system ", "!!python/object/apply:os.system ['true'] ", "'", '"',
-                                 "%", "@", "`", "\x00", "key: value\n  bad indent: 1\n"])
+hostile_path = st.one_of(
+    st.sampled_from(
+        [
+            "/nonexistent/w.pth",
+            "/",
+            "/dev/null",
+            "/proc/self/status",
+            "..",
+            "~nobody/x",
+            "relative/w.pth",
+            "w.safetensors",
+            "/etc",
+        ]
+    ),
+    text,
+)
+yaml_breakers = st.sampled_from(
+    [
+        "[",
+        "{",
+        "]",
+        "}",
+        ": :",
+        "\t",
+        "- - :",
+        "&a",
+        "*undefined",
+        "!!python/name:os.system ",
+        "!!python/object/apply:os.system ['true'] ",
+        "'",
+        '"',
+        "%",
+        "@",
+        "`",
+        "\x00",
+        "key: value\n  bad indent: 1\n",
+    ]
+)
 
 
 @st.composite
 def mutation(draw) -> str:
     """The text of a broken suite."""
     data = yaml.safe_load(yaml.safe_dump(VALID))
-    kind = draw(st.sampled_from(["delete", "wrong_type", "unknown_key", "recipe_number", "recipe_junk",
-                                 "unknown_plugin", "bad_pair", "bad_yaml", "seeds", "strategy_param", "name",
-                                 "path"]))
+    kind = draw(
+        st.sampled_from(
+            [
+                "delete",
+                "wrong_type",
+                "unknown_key",
+                "recipe_number",
+                "recipe_junk",
+                "unknown_plugin",
+                "bad_pair",
+                "bad_yaml",
+                "seeds",
+                "strategy_param",
+                "name",
+                "path",
+            ]
+        )
+    )
     if kind == "delete":
         del data[draw(st.sampled_from(REQUIRED))]
     elif kind == "wrong_type":
@@ -96,8 +191,21 @@ def mutation(draw) -> str:
         data["recipe"][draw(st.sampled_from(RECIPE_KEYS))] = draw(junk)
     elif kind == "unknown_plugin":
         name = draw(unknown_name)
-        where = draw(st.sampled_from(["strategy", "dataset", "backbone", "launcher", "report", "shift",
-                                      "strategy_param", "dataset_option", "launcher_option"]))
+        where = draw(
+            st.sampled_from(
+                [
+                    "strategy",
+                    "dataset",
+                    "backbone",
+                    "launcher",
+                    "report",
+                    "shift",
+                    "strategy_param",
+                    "dataset_option",
+                    "launcher_option",
+                ]
+            )
+        )
         if where == "strategy":
             data["strategies"].append(name)
         elif where == "dataset":
@@ -119,8 +227,11 @@ def mutation(draw) -> str:
     elif kind == "bad_pair":
         data["pairs"] = [draw(bad_pair)]
     elif kind == "seeds":
-        data["seeds"] = draw(st.one_of(st.just([]), st.lists(junk, min_size=1, max_size=3), st.just([1, 1]),
-                                       st.just([10**20]), st.just([-1])))
+        data["seeds"] = draw(
+            st.one_of(
+                st.just([]), st.lists(junk, min_size=1, max_size=3), st.just([1, 1]), st.just([10**20]), st.just([-1])
+            )
+        )
     elif kind == "strategy_param":
         strategy, param = draw(st.sampled_from(STRATEGY_PARAMS))
         data["strategies"] = [{strategy: {param: draw(st.one_of(junk, bad_number))}}]
@@ -150,8 +261,9 @@ def no_work(monkeypatch):
     monkeypatch.setattr(tlbench.matrix.runner, "run_lock", refuse)
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                                                  HealthCheck.too_slow])
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
 @given(suite_text=mutation())
 def test_broken_suites_get_one_clean_error_line(suite_text, tmp_path, no_work):
     path: Path = tmp_path / "fuzz.yaml"

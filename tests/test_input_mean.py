@@ -40,11 +40,14 @@ def test_a_backbone_recipe_reaches_only_that_backbones_cells():
     assert {c.recipe["input_mean"] for c in by_backbone["test_resnet"]} == {"domains"}
 
 
-@pytest.mark.parametrize("own, message", [
-    ({"input_means": "domains"}, "backbones.test_efficientnet.recipe: unknown key"),
-    ({"input_mean": "both"}, "backbones.test_efficientnet.recipe.input_mean"),
-    ({"lr": 0.1}, "lr is swept in the suite's recipe"),
-])
+@pytest.mark.parametrize(
+    "own, message",
+    [
+        ({"input_means": "domains"}, "backbones.test_efficientnet.recipe: unknown key"),
+        ({"input_mean": "both"}, "backbones.test_efficientnet.recipe.input_mean"),
+        ({"lr": 0.1}, "lr is swept in the suite's recipe"),
+    ],
+)
 def test_a_bad_backbone_recipe_is_one_line_naming_it(own, message):
     with pytest.raises(UserError, match=message):
         _cells([{"name": "test_efficientnet", "weights": "random", "recipe": own}], lr=[0.01, 0.03])
@@ -58,10 +61,16 @@ def _domain(name, pixel, n, labels=0):
 
 
 def test_domains_mean_is_the_mean_pixel_of_source_training_and_served_target_images():
-    data = CellData(source_train=_domain("s", (0, 51, 255), 3), source_holdout=_domain("h", (255, 255, 255), 5),
-                    target=_domain("t", (102, 51, 0), 1), num_classes=2)
-    colour, grey = Backbone(network=torch.nn.Identity(), feature_dim=3), Backbone(
-        network=torch.nn.Identity(), feature_dim=3, in_chans=1, mean=(0.5,), std=(0.5,))
+    data = CellData(
+        source_train=_domain("s", (0, 51, 255), 3),
+        source_holdout=_domain("h", (255, 255, 255), 5),
+        target=_domain("t", (102, 51, 0), 1),
+        num_classes=2,
+    )
+    colour, grey = (
+        Backbone(network=torch.nn.Identity(), feature_dim=3),
+        Backbone(network=torch.nn.Identity(), feature_dim=3, in_chans=1, mean=(0.5,), std=(0.5,)),
+    )
     # three source images and one target image; the held-out source is not part of it
     expected = ((3 * 0 + 102) / 4 / 255, (3 * 51 + 51) / 4 / 255, (3 * 255 + 0) / 4 / 255)
     assert input_mean({"input_mean": "domains"}, data, colour) == pytest.approx(expected)
@@ -71,9 +80,13 @@ def test_domains_mean_is_the_mean_pixel_of_source_training_and_served_target_ima
 
 
 def test_under_finetune_the_mean_reads_the_unlabelled_images_not_the_scored_ones():
-    data = CellData(source_train=_domain("s", (0, 0, 0), 1), source_holdout=None,
-                    target=_domain("test", (255, 255, 255), 9), num_classes=2,
-                    unlabelled=_domain("pool", (100, 100, 100), 1))
+    data = CellData(
+        source_train=_domain("s", (0, 0, 0), 1),
+        source_holdout=None,
+        target=_domain("test", (255, 255, 255), 9),
+        num_classes=2,
+        unlabelled=_domain("pool", (100, 100, 100), 1),
+    )
     colour = Backbone(network=torch.nn.Identity(), feature_dim=3)
     assert input_mean({"input_mean": "domains"}, data, colour) == pytest.approx((50 / 255,) * 3)
 

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from conftest import TINY_SUITE  # tests/ is on sys.path (pytest rootdir conftest)
+
 from tlbench.cli import main
 from tlbench.plugins.registry import Registry, get_registry
 
@@ -83,6 +83,7 @@ def worker_env(kill_dir):
 @pytest.fixture
 def arm(kill_dir):
     """arm(n): the next n cells to start kill their workers; asserts afterwards that all n did."""
+
     def _arm(n: int) -> None:
         for i in range(n):
             (kill_dir / f"token{i}").touch()
@@ -109,6 +110,7 @@ def baseline(tmp_path_factory) -> pd.DataFrame:
 
 # -- multigpu ---------------------------------------------------------------------------------------
 
+
 def test_multigpu_two_cpu_workers_match_local_and_survive_a_killed_worker(baseline, worker_env, arm, tmp_path):
     arm(1)  # the first cell (the teacher) is killed once and retried in a fresh worker
     code, df = run(tmp_path, {"name": "multigpu", "options": {"workers": 2, "retries": 1}})
@@ -119,8 +121,9 @@ def test_multigpu_two_cpu_workers_match_local_and_survive_a_killed_worker(baseli
 
 def test_multigpu_records_a_cell_whose_worker_keeps_dying(worker_env, arm, tmp_path):
     arm(2)
-    code, df = run(tmp_path, {"name": "multigpu", "options": {"workers": 1, "retries": 1}},
-                   "--strategies", "source_only")
+    code, df = run(
+        tmp_path, {"name": "multigpu", "options": {"workers": 1, "retries": 1}}, "--strategies", "source_only"
+    )
     assert code == 1
     (error,) = df["error"]
     assert error == "worker died (exit code -9) twice"
@@ -143,8 +146,13 @@ def _one_task(tmp_path: Path):
     from tlbench.matrix.suite import load_suite
 
     cells, _ = plan(load_suite(write_suite(tmp_path), strategies=["source_only"]), get_registry())
-    return CellTask(cell=cells[0], out_dir=str(tmp_path / "out"), data_root=None,
-                    cache_dir=str(default_cache_dir()), show_progress=False)
+    return CellTask(
+        cell=cells[0],
+        out_dir=str(tmp_path / "out"),
+        data_root=None,
+        cache_dir=str(default_cache_dir()),
+        show_progress=False,
+    )
 
 
 def interrupt_on_start(task) -> None:
@@ -165,6 +173,7 @@ def test_multigpu_ctrl_c_stops_its_workers(worker_env, tmp_path):
 
 
 # -- ray --------------------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def local_ray(worker_env):
@@ -211,6 +220,7 @@ def test_ray_ctrl_c_cancels_its_tasks(local_ray, tmp_path):
 
 # -- slurm (submitit's local executor) --------------------------------------------------------------
 
+
 @pytest.fixture
 def submitit_installed():
     if not HAS_SUBMITIT:
@@ -228,8 +238,9 @@ def test_slurm_local_matches_local_and_retries_a_killed_job(baseline, submitit_i
 
 def test_slurm_records_a_job_that_died_without_retries(submitit_installed, worker_env, arm, tmp_path):
     arm(1)
-    code, df = run(tmp_path, {"name": "slurm", "options": {"cluster": "local", "retries": 0}},
-                   "--strategies", "source_only")
+    code, df = run(
+        tmp_path, {"name": "slurm", "options": {"cluster": "local", "retries": 0}}, "--strategies", "source_only"
+    )
     assert code == 1
     (error,) = df["error"]
     assert error.startswith("worker died (job ") and " once: " in error and "_log.err" in error
@@ -237,9 +248,20 @@ def test_slurm_records_a_job_that_died_without_retries(submitit_installed, worke
 
 # -- the core: launcher options, extra plugin modules ------------------------------------------------
 
+
 def test_unknown_launcher_option_is_a_user_error(tmp_path, capsys):
-    code = main(["run", str(write_suite(tmp_path)), "--out", str(tmp_path / "o"), "--launcher", "local",
-                 "--ray-address", "auto"])
+    code = main(
+        [
+            "run",
+            str(write_suite(tmp_path)),
+            "--out",
+            str(tmp_path / "o"),
+            "--launcher",
+            "local",
+            "--ray-address",
+            "auto",
+        ]
+    )
     assert code == 2
     assert "launcher 'local': unknown option(s) address" in capsys.readouterr().err
 
@@ -250,14 +272,20 @@ def test_plugins_named_in_the_environment_are_loaded_and_reported(monkeypatch):
     reg = Registry()
     assert reg.plugins["kill_plugin"].errors == []
     assert reg.pm.get_plugin("kill_plugin") is not None
-    assert reg.plugins["no_such_module_xyz"].errors[0].startswith(
-        "failed to import no_such_module_xyz (named in $TLBENCH_PLUGINS): ModuleNotFoundError")
+    assert (
+        reg.plugins["no_such_module_xyz"]
+        .errors[0]
+        .startswith("failed to import no_such_module_xyz (named in $TLBENCH_PLUGINS): ModuleNotFoundError")
+    )
 
 
-@pytest.mark.parametrize("module, launcher, hint", [
-    ("ray", "tlbench_builtins.launchers.ray:RayLauncher", "pip install 'tlbench[ray]'"),
-    ("submitit", "tlbench_builtins.launchers.slurm:SlurmLauncher", "pip install 'tlbench[slurm]'"),
-])
+@pytest.mark.parametrize(
+    "module, launcher, hint",
+    [
+        ("ray", "tlbench_builtins.launchers.ray:RayLauncher", "pip install 'tlbench[ray]'"),
+        ("submitit", "tlbench_builtins.launchers.slurm:SlurmLauncher", "pip install 'tlbench[slurm]'"),
+    ],
+)
 def test_optional_engine_missing_is_a_clear_user_error(monkeypatch, tmp_path, module, launcher, hint):
     from tlbench.errors import UserError
 
@@ -275,14 +303,12 @@ def test_runner_passes_on_start_only_to_launchers_that_take_it():
     class Old(Launcher):
         name = "old"
 
-        def launch(self, tasks, execute, on_record):
-            ...
+        def launch(self, tasks, execute, on_record): ...
 
     class New(Launcher):
         name = "new"
 
-        def launch(self, tasks, execute, on_record, on_start=None):
-            ...
+        def launch(self, tasks, execute, on_record, on_start=None): ...
 
     assert not _accepts_on_start(Old())
     assert _accepts_on_start(New())

@@ -19,11 +19,11 @@ import sysconfig
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT
 
 pytestmark = [
-    pytest.mark.slow, pytest.mark.packaging,
+    pytest.mark.slow,
+    pytest.mark.packaging,
     pytest.mark.skipif(os.name == "nt", reason="links to site-packages entries"),
     pytest.mark.skipif(importlib.util.find_spec("setuptools") is None, reason="building the wheel needs setuptools"),
 ]
@@ -65,14 +65,18 @@ def installed(tmp_path_factory) -> tuple[Path, dict[str, str]]:
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "TLBENCH_PLUGINS", "PYTHONHOME")}
     env.update(OMP_NUM_THREADS="1", TLBENCH_CACHE=str(tmp / "cache"), HF_HUB_OFFLINE="1")
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--no-input"]
-    _check(_run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp / "dist"), str(src)], tmp, env),
-           "pip wheel")
+    _check(
+        _run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp / "dist"), str(src)], tmp, env),
+        "pip wheel",
+    )
     [wheel] = (tmp / "dist").glob("tlbench-*.whl")
     venv = tmp / "venv"
     _check(_run([sys.executable, "-m", "venv", "--without-pip", str(venv)], tmp, env), "python -m venv")
     python = venv / "bin" / "python"
-    site = _check(_run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], tmp, env),
-                  "the fresh interpreter").strip()
+    site = _check(
+        _run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], tmp, env),
+        "the fresh interpreter",
+    ).strip()
     (Path(site) / "tlbench-test-dependencies.pth").write_text(f"{_dependencies_folder(tmp / 'deps')}\n")
     _check(_run([*pip, "--python", str(python), "install", "--no-deps", str(wheel)], tmp, env), "pip install")
     (tmp / "elsewhere").mkdir()
@@ -82,9 +86,19 @@ def installed(tmp_path_factory) -> tuple[Path, dict[str, str]]:
 def test_the_wheel_alone_provides_tlbench_its_plugins_and_its_suites(installed):
     bin_dir, env = installed
     elsewhere = bin_dir.parents[1] / "elsewhere"
-    where = _check(_run([str(bin_dir / "python"), "-c", "import tlbench, tlbench_builtins, tlbench_suites; "
-                         "print(tlbench.__file__, tlbench_builtins.__file__, tlbench_suites.__file__)"],
-                        elsewhere, env), "import")
+    where = _check(
+        _run(
+            [
+                str(bin_dir / "python"),
+                "-c",
+                "import tlbench, tlbench_builtins, tlbench_suites; "
+                "print(tlbench.__file__, tlbench_builtins.__file__, tlbench_suites.__file__)",
+            ],
+            elsewhere,
+            env,
+        ),
+        "import",
+    )
     assert all(Path(f).is_relative_to(bin_dir.parent) for f in where.split()), where
     plugins = _check(_run([str(bin_dir / "tlbench"), "plugins"], elsewhere, env), "tlbench plugins")
     for name in ("strategies.source_only", "datasets.sklearn_digits", "weights.efficientnet_lite", "reports.markdown"):
@@ -96,12 +110,35 @@ def test_the_wheel_alone_provides_tlbench_its_plugins_and_its_suites(installed):
 def test_tlbench_run_quickstart_from_outside_the_repository_records_a_cell(installed):
     bin_dir, env = installed
     elsewhere = bin_dir.parents[1] / "elsewhere"
-    _check(_run([str(bin_dir / "tlbench"), "run", "quickstart", "--strategies", "source_only", "--seeds", "0",
-                 "--pairs", "digits->digits+invert", "--set", "recipe.steps=2", "--quiet"], elsewhere, env),
-           "tlbench run quickstart")
+    _check(
+        _run(
+            [
+                str(bin_dir / "tlbench"),
+                "run",
+                "quickstart",
+                "--strategies",
+                "source_only",
+                "--seeds",
+                "0",
+                "--pairs",
+                "digits->digits+invert",
+                "--set",
+                "recipe.steps=2",
+                "--quiet",
+            ],
+            elsewhere,
+            env,
+        ),
+        "tlbench run quickstart",
+    )
     [path] = (elsewhere / "runs" / "quickstart" / "cells").glob("*/record.json")
     record = json.loads(path.read_text())
-    assert (record["suite"], record["strategy"], record["status"], record["steps"]) == ("quickstart", "source_only", "ok", 2)
+    assert (record["suite"], record["strategy"], record["status"], record["steps"]) == (
+        "quickstart",
+        "source_only",
+        "ok",
+        2,
+    )
     assert record["extra"]["provenance"]["strategy"]["distribution"] == "tlbench"
     weights = record["extra"]["provenance"]["weights"]
     assert weights == {"source": "random"} or len(weights["sha256"]) == 64  # whatever the suite's backbone loads
@@ -112,5 +149,7 @@ def test_an_unknown_suite_name_lists_the_shipped_ones(installed):
     bin_dir, env = installed
     done = _run([str(bin_dir / "tlbench"), "run", "quickstrat"], bin_dir.parents[1] / "elsewhere", env)
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1
-    assert f"quickstrat: no such suite file, nor a shipped suite of that name; shipped suites: {', '.join(SHIPPED)} " \
+    assert (
+        f"quickstrat: no such suite file, nor a shipped suite of that name; shipped suites: {', '.join(SHIPPED)} "
         in done.stderr
+    )

@@ -22,6 +22,7 @@ LONG = "long_named_plugin_module_for_alignment"
 @pytest.fixture
 def plugins_env(monkeypatch):
     """Name extra modules in $TLBENCH_PLUGINS (after what the environment names) for one test."""
+
     def add(*modules: str) -> None:
         named = [m for m in os.environ.get("TLBENCH_PLUGINS", "").split(",") if m]
         monkeypatch.setenv("TLBENCH_PLUGINS", ",".join([*named, *modules]))
@@ -46,8 +47,9 @@ def test_every_built_in_strategy_summary_is_one_whole_sentence(capsys):
         if not cls.__module__.startswith("tlbench_builtins."):
             continue
         first_paragraph = inspect.getdoc(cls).split("\n\n")[0]
-        assert "\n" not in first_paragraph and first_paragraph.endswith("."), \
+        assert "\n" not in first_paragraph and first_paragraph.endswith("."), (
             f"{name}: the docstring's first line must be a whole sentence, got {first_paragraph!r}"
+        )
         assert any(line.split()[0] == name and line.endswith(first_paragraph) for line in printed), name
 
 
@@ -65,9 +67,11 @@ def test_strict_plugins_works_after_the_subcommand(plugins_env, capsys):
     (err,) = capsys.readouterr().err.strip().splitlines()  # one line; the first broken plugin found
     assert re.fullmatch(r"tlbench: error: plugin '[\w.]+': failed to import [\w.]+.*", err), err
     if not get_registry().failures()[:-1]:  # nothing else is broken here: it is the test's module
-        assert err == ("tlbench: error: plugin 'no_such_plugin_module_anywhere': failed to import "
-                       "no_such_plugin_module_anywhere (named in $TLBENCH_PLUGINS): ModuleNotFoundError: "
-                       "No module named 'no_such_plugin_module_anywhere'")
+        assert err == (
+            "tlbench: error: plugin 'no_such_plugin_module_anywhere': failed to import "
+            "no_such_plugin_module_anywhere (named in $TLBENCH_PLUGINS): ModuleNotFoundError: "
+            "No module named 'no_such_plugin_module_anywhere'"
+        )
     assert run_cli(["list", "strategies"]) == 0  # without it, the broken plugin is a warning only
 
 
@@ -75,9 +79,13 @@ def test_the_docs_test_recipe_uses_only_the_public_api():
     from pathlib import Path
 
     text = (Path(__file__).resolve().parents[1] / "docs" / "plugins.md").read_text()
-    recipe = text[text.index("## Testing your plugin"):text.index("## Publishing")]
-    imports = [node for block in recipe.split("```python")[1:] for node in ast.walk(ast.parse(block.split("```")[0]))
-               if isinstance(node, (ast.Import, ast.ImportFrom))]
+    recipe = text[text.index("## Testing your plugin") : text.index("## Publishing")]
+    imports = [
+        node
+        for block in recipe.split("```python")[1:]
+        for node in ast.walk(ast.parse(block.split("```")[0]))
+        if isinstance(node, (ast.Import, ast.ImportFrom))
+    ]
     modules = {n.module for n in imports if isinstance(n, ast.ImportFrom)}
     assert "tlbench.testing" in modules
     assert not {m for m in modules if m and m.startswith("tlbench.") and m != "tlbench.testing"}
@@ -97,14 +105,19 @@ class ForgetsItsDiscriminator(Strategy):
         self.discriminator = nn.Linear(ctx.embed_dim, 1)
 
     def param_groups(self, model):
-        return [ParamGroup("backbone", list(model.backbone.parameters()), lr_scale=model.backbone_lr_scale),
-                ParamGroup("head", list(model.head_parameters()))]
+        return [
+            ParamGroup("backbone", list(model.backbone.parameters()), lr_scale=model.backbone_lr_scale),
+            ParamGroup("head", list(model.head_parameters())),
+        ]
 
     def training_step(self, batch, ctx):
         return self.supervised_step(batch, ctx)
 
 
 def test_the_kit_fails_a_strategy_whose_own_module_never_trains():
-    with pytest.raises(AssertionError, match=r"its own module 'discriminator' \(2 parameter\(s\), e.g. "
-                                             r"discriminator.weight\) is in no parameter group"):
+    with pytest.raises(
+        AssertionError,
+        match=r"its own module 'discriminator' \(2 parameter\(s\), e.g. "
+        r"discriminator.weight\) is in no parameter group",
+    ):
         check_strategy(ForgetsItsDiscriminator)

@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
-
 from conftest import TINY_SUITE  # tests/ is on sys.path (pytest rootdir conftest)
+
 from tlbench.cli import main
 from tlbench.plugins.registry import PLUGINS_ENV_VAR, set_registry
-
-
 
 MISSING = "no_such_tlbench_plugin_xyz"
 
@@ -36,16 +34,31 @@ def test_plugins_lists_failures_next_to_working_plugins(broken_plugins, capsys):
     assert "strategy: clashing_plugin_own" in rows["clashing_plugin"]  # its other name still registered
     errors = [line.strip() for line in out if line.startswith(" ")]
     assert any(e.startswith(f"error: failed to import {MISSING}") and "ModuleNotFoundError" in e for e in errors)
-    assert any("strategy 'source_only' is registered by both plugin 'strategies.source_only' and plugin "
-               "'clashing_plugin'" in e for e in errors)
+    assert any(
+        "strategy 'source_only' is registered by both plugin 'strategies.source_only' and plugin 'clashing_plugin'" in e
+        for e in errors
+    )
 
 
 def test_run_works_with_a_warning_when_an_unrelated_plugin_is_broken(broken_plugins, tmp_path, capsys):
     suite = tmp_path / "tiny.yaml"
     suite.write_text(TINY_SUITE)
     out = tmp_path / "out"
-    code = main(["run", str(suite), "--out", str(out), "--quiet", "--strategies", "dann",
-                 "--set", "recipe.steps=2", "--set", "reports=[csv]"])
+    code = main(
+        [
+            "run",
+            str(suite),
+            "--out",
+            str(out),
+            "--quiet",
+            "--strategies",
+            "dann",
+            "--set",
+            "recipe.steps=2",
+            "--set",
+            "reports=[csv]",
+        ]
+    )
     captured = capsys.readouterr()
     assert code == 0, captured
     warnings_ = captured.err.strip().splitlines()
@@ -62,9 +75,11 @@ def test_a_name_two_plugins_registered_is_bad_input_naming_both(broken_plugins, 
     code = main(["run", str(suite), "--out", str(tmp_path / "out"), "--quiet", "--strategies", "source_only"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2
-    assert err[-1] == ("tlbench: error: strategy 'source_only' is registered by 2 plugins: 'strategies.source_only', "
-                       "'clashing_plugin'; tlbench will not choose between them: uninstall or rename one "
-                       "(see 'tlbench plugins')")
+    assert err[-1] == (
+        "tlbench: error: strategy 'source_only' is registered by 2 plugins: 'strategies.source_only', "
+        "'clashing_plugin'; tlbench will not choose between them: uninstall or rename one "
+        "(see 'tlbench plugins')"
+    )
     assert not (tmp_path / "out" / "cells").exists()
 
 

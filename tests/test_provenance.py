@@ -54,6 +54,7 @@ def register_strategies(register):
 
 def test_a_finished_cell_whose_strategy_source_changed_is_stale(tmp_path, monkeypatch, capsys):
     from conftest import TINY_SUITE
+
     from tlbench.cli import main
     from tlbench.plugins.registry import PLUGINS_ENV_VAR, set_registry
 
@@ -71,8 +72,12 @@ def test_a_finished_cell_whose_strategy_source_changed_is_stale(tmp_path, monkey
         capsys.readouterr()
         assert main(run) == 2
         err = capsys.readouterr().err
-        assert "1 finished cell(s) were computed by other code than is installed now (strategy " \
-               "'lab_source_only' changed;" in err and "--force" in err and "--keep-stale" in err
+        assert (
+            "1 finished cell(s) were computed by other code than is installed now (strategy 'lab_source_only' changed;"
+            in err
+            and "--force" in err
+            and "--keep-stale" in err
+        )
         assert main([*run, "--keep-stale"]) == 0
         assert "kept although their code changed" in capsys.readouterr().err
         assert main([*run, "--force"]) == 0

@@ -33,8 +33,12 @@ def imports(path: Path) -> list[tuple[int, str, list[str]]]:
             found += [(node.lineno, alias.name, []) for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
             found.append((node.lineno, node.module, [alias.name for alias in node.names]))
-        elif isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant) \
-                and isinstance(node.args[0].value, str):
+        elif (
+            isinstance(node, ast.Call)
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+            and isinstance(node.args[0].value, str)
+        ):
             func = node.func
             called = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
             if called in ("import_module", "__import__"):
@@ -57,10 +61,15 @@ def test_the_scans_below_see_the_files_they_should():
 
 @pytest.mark.parametrize("path", python_files(CORE), ids=lambda p: p.relative_to(ROOT).as_posix())
 def test_core_never_imports_a_builtin_plugin(path):
-    bad = [f"line {line}: {module}" for line, module, _ in imports(path)
-           if module == "tlbench_builtins" or module.startswith("tlbench_builtins.")]
-    assert not bad, (f"{path.relative_to(ROOT)} imports built-in plugins ({'; '.join(bad)}); the core finds "
-                     "plugins through entry points only")
+    bad = [
+        f"line {line}: {module}"
+        for line, module, _ in imports(path)
+        if module == "tlbench_builtins" or module.startswith("tlbench_builtins.")
+    ]
+    assert not bad, (
+        f"{path.relative_to(ROOT)} imports built-in plugins ({'; '.join(bad)}); the core finds "
+        "plugins through entry points only"
+    )
 
 
 def plugin_violations(path: Path) -> list[str]:
@@ -76,7 +85,9 @@ def plugin_violations(path: Path) -> list[str]:
 
 
 # a plugin's own tests may use tlbench.testing and the CLI: only the plugin code is held to the public API
-PLUGIN_FILES = python_files(BUILTINS) + [p for p in python_files(EXAMPLES) if "tests" not in p.relative_to(EXAMPLES).parts]
+PLUGIN_FILES = python_files(BUILTINS) + [
+    p for p in python_files(EXAMPLES) if "tests" not in p.relative_to(EXAMPLES).parts
+]
 
 
 @pytest.mark.parametrize("path", PLUGIN_FILES, ids=lambda p: p.relative_to(ROOT).as_posix())
@@ -87,8 +98,10 @@ def test_plugins_import_only_the_public_api(path):
 
 def test_the_plugin_scan_flags_private_imports(tmp_path):
     sample = tmp_path / "plugin.py"
-    sample.write_text("import tlbench.data.domains\nfrom tlbench.plugins.registry import Registry\n"
-                      "from tlbench import Strategy, ENTRY_POINT_GROUP\nfrom tlbench import hookimpl\n")
+    sample.write_text(
+        "import tlbench.data.domains\nfrom tlbench.plugins.registry import Registry\n"
+        "from tlbench import Strategy, ENTRY_POINT_GROUP\nfrom tlbench import hookimpl\n"
+    )
     assert plugin_violations(sample) == [
         "line 1: imports tlbench.data.domains (a private module; use names from tlbench.__all__)",
         "line 2: imports tlbench.plugins.registry (a private module; use names from tlbench.__all__)",
@@ -119,8 +132,9 @@ RUNTIME_CHECK = textwrap.dedent("""
 
 
 def test_importing_the_core_and_using_the_registry_loads_no_builtin():
-    result = subprocess.run([sys.executable, "-c", RUNTIME_CHECK], capture_output=True, text=True, cwd=ROOT / "tests",
-                            timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", RUNTIME_CHECK], capture_output=True, text=True, cwd=ROOT / "tests", timeout=300
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     lines = result.stdout.splitlines()
     assert "BEFORE []" in lines, f"importing tlbench and a registry without entry points loaded: {lines}"

@@ -46,24 +46,34 @@ def test_wildcards():
 
 
 def test_duplicate_name_names_both_plugins_and_keeps_the_others():
-    reg = Registry(entry_points=False, plugins={
-        "first": _plugin(register_strategies=lambda register: register(Alpha)),
-        "second": _plugin(register_strategies=lambda register: (register(Alpha2), register(Beta))),
-    })
-    with pytest.raises(UserError, match=r"strategy 'alpha' is registered by 2 plugins: 'first', 'second'; "
-                                        "tlbench will not choose"):
+    reg = Registry(
+        entry_points=False,
+        plugins={
+            "first": _plugin(register_strategies=lambda register: register(Alpha)),
+            "second": _plugin(register_strategies=lambda register: (register(Alpha2), register(Beta))),
+        },
+    )
+    with pytest.raises(
+        UserError,
+        match=r"strategy 'alpha' is registered by 2 plugins: 'first', 'second'; "
+        "tlbench will not choose",
+    ):
         reg.get("strategy", "alpha")  # never a silent choice of one of them
     assert reg.get("strategy", "beta") is Beta and reg.entry("strategy", "alpha").plugin == "first"
-    (plugin, error), = reg.failures()
+    ((plugin, error),) = reg.failures()
     assert plugin == "second" and "'first'" in error and "'second'" in error and "alpha" in error
 
 
 def test_duplicate_is_fatal_in_strict_mode():
     with pytest.raises(PluginLoadError, match="registered by both plugin 'first' and plugin 'second'"):
-        Registry(entry_points=False, strict=True, plugins={
-            "first": _plugin(register_strategies=lambda register: register(Alpha)),
-            "second": _plugin(register_strategies=lambda register: register(Alpha2)),
-        })
+        Registry(
+            entry_points=False,
+            strict=True,
+            plugins={
+                "first": _plugin(register_strategies=lambda register: register(Alpha)),
+                "second": _plugin(register_strategies=lambda register: register(Alpha2)),
+            },
+        )
 
 
 def test_wrong_base_class_is_reported():

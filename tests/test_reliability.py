@@ -23,10 +23,10 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
-
-import tlbench
 from conftest import ROOT, TINY_SUITE
 from test_bad_input import folder_suite, make_folders, run_bad, tiny
+
+import tlbench
 from tlbench.cli import main
 from tlbench.plugins.registry import Registry, set_registry
 
@@ -73,8 +73,10 @@ def test_out_inside_the_data_root_is_refused(capsys, tmp_path):
     code = main(["run", str(suite), "--data-root", str(tmp_path / "root"), "--out", str(out), "--quiet"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1
-    assert err[0] == (f"tlbench: error: --out {out} is inside the data root {tmp_path / 'root'}, which tlbench only "
-                      "reads (an output folder there would become a domain); choose a folder outside it")
+    assert err[0] == (
+        f"tlbench: error: --out {out} is inside the data root {tmp_path / 'root'}, which tlbench only "
+        "reads (an output folder there would become a domain); choose a folder outside it"
+    )
     assert not out.exists()
 
 
@@ -83,8 +85,10 @@ def test_an_empty_home_never_puts_the_cache_at_the_root(capsys, tmp_path, monkey
     monkeypatch.delenv("TLBENCH_CACHE")
     monkeypatch.delenv("MPLCONFIGDIR", raising=False)
     line = run_bad(capsys, tmp_path, tiny(tmp_path))
-    assert line == ("tlbench: error: $HOME is '', so there is no ~/.cache for tlbench; set TLBENCH_CACHE to a "
-                    "writable folder (or pass --cache DIR)")
+    assert line == (
+        "tlbench: error: $HOME is '', so there is no ~/.cache for tlbench; set TLBENCH_CACHE to a "
+        "writable folder (or pass --cache DIR)"
+    )
     assert "MPLCONFIGDIR" not in os.environ  # nothing was pointed anywhere
 
 
@@ -117,8 +121,9 @@ def test_data_prepare_into_a_file_fails(capsys, tmp_path):
     cache.write_text("not a folder\n")
     code = main(["data", "prepare", str(tiny(tmp_path)), "--cache", str(cache)])
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and err == [f"tlbench: error: --cache {cache} is a file, not a folder; point TLBENCH_CACHE "
-                                 "(or --cache) at a folder"]
+    assert code == 2 and err == [
+        f"tlbench: error: --cache {cache} is a file, not a folder; point TLBENCH_CACHE (or --cache) at a folder"
+    ]
     assert cache.read_text() == "not a folder\n"
 
 
@@ -171,8 +176,10 @@ def test_a_suite_json_that_is_a_list_is_reported_without(capsys, tmp_path, finis
     (out / "suite.json").write_text("[1, 2]\n")
     assert main(["report", str(out), "--formats", "markdown"]) == 0
     captured = capsys.readouterr()
-    assert warnings_in(captured.err) == [f"tlbench: warning: {out / 'suite.json'} is not a suite description "
-                                         "(expected a JSON object, got list); reporting without it"]
+    assert warnings_in(captured.err) == [
+        f"tlbench: warning: {out / 'suite.json'} is not a suite description "
+        "(expected a JSON object, got list); reporting without it"
+    ]
     assert (out / "leaderboard.md").is_file()
 
 
@@ -192,8 +199,9 @@ def test_a_results_file_of_the_wrong_kind_is_one_line(capsys, tmp_path, finished
     code = main(["run", str(suite), "--out", str(out), "--quiet", *ONE_CELL])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1, err
-    assert err[0] == (f"tlbench: error: {target} should be a {kind} but is not; remove it (tlbench writes it) "
-                    "and run again")
+    assert err[0] == (
+        f"tlbench: error: {target} should be a {kind} but is not; remove it (tlbench writes it) and run again"
+    )
 
 
 def test_report_into_a_file_is_one_line(capsys, tmp_path, finished_run):
@@ -201,8 +209,10 @@ def test_report_into_a_file_is_one_line(capsys, tmp_path, finished_run):
     target = tmp_path / "report.md"
     target.write_text("mine\n")
     assert main(["report", str(out), "--out", str(target)]) == 2
-    assert capsys.readouterr().err == f"tlbench: error: report folder {target} is a file, not a folder; " \
-                                      "give another --out\n"
+    assert (
+        capsys.readouterr().err == f"tlbench: error: report folder {target} is a file, not a folder; "
+        "give another --out\n"
+    )
     assert target.read_text() == "mine\n"
 
 
@@ -213,7 +223,8 @@ def test_out_that_is_a_file_is_one_line(capsys, tmp_path):
     code = main(["run", str(tiny(tmp_path)), "--out", str(out), "--quiet"])
     assert code == 2 and capsys.readouterr().err == (
         f"tlbench: error: --out {out} is a file, not a folder; choose another --out (a folder, new or from an "
-        "earlier run)\n")
+        "earlier run)\n"
+    )
 
 
 def test_out_under_a_file_is_one_line(capsys, tmp_path):
@@ -222,8 +233,8 @@ def test_out_under_a_file_is_one_line(capsys, tmp_path):
     out = blocker / "out"
     code = main(["run", str(tiny(tmp_path)), "--out", str(out), "--quiet"])
     assert code == 2 and capsys.readouterr().err == (
-        f"tlbench: error: --out {out}: {blocker} is a file, so no folder can be made under it; choose another "
-        "--out\n")
+        f"tlbench: error: --out {out}: {blocker} is a file, so no folder can be made under it; choose another --out\n"
+    )
 
 
 def test_out_that_cannot_be_written_is_one_line(capsys, tmp_path):
@@ -287,8 +298,15 @@ def before_cell(cell):
 def faulty(monkeypatch, tmp_path):
     monkeypatch.setenv("TLBENCH_TEST_FAIL_FLAG", str(tmp_path / "flag"))
     monkeypatch.setenv("TLBENCH_TEST_OUT", str(tmp_path / "out"))
-    set_registry(Registry(plugins={"test_reliability": types.SimpleNamespace(
-        register_strategies=register_strategies, before_cell=before_cell)}))
+    set_registry(
+        Registry(
+            plugins={
+                "test_reliability": types.SimpleNamespace(
+                    register_strategies=register_strategies, before_cell=before_cell
+                )
+            }
+        )
+    )
     yield tmp_path / "flag"
     DAMAGE_TEACHER["on"] = False
     set_registry(None)
@@ -347,15 +365,22 @@ def test_a_damaged_kd_teacher_is_retrained_by_the_same_command(faulty, capsys, t
 
 # -- memory ---------------------------------------------------------------------------------------------
 def test_a_batch_that_cannot_fit_in_memory_is_refused_before_training(capsys, tmp_path):
-    line = run_bad(capsys, tmp_path, tiny(tmp_path), "--device", "cpu", "--set", "recipe.batch_size=1000000000",
-                   *ONE_CELL)
+    line = run_bad(
+        capsys, tmp_path, tiny(tmp_path), "--device", "cpu", "--set", "recipe.batch_size=1000000000", *ONE_CELL
+    )
     assert "test_efficientnet source_only digits->digits+invert seed=0: one training step needs at least" in line
     assert line.endswith("GiB are available; lower recipe.batch_size (now 1000000000) or recipe.image_size")
 
 
 def _run_subprocess(suite: Path, out: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "tlbench", "run", str(suite), "--out", str(out), "--quiet"],
-                          capture_output=True, text=True, env=env, cwd=suite.parent, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "tlbench", "run", str(suite), "--out", str(out), "--quiet"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=suite.parent,
+        timeout=600,
+    )
 
 
 def test_a_cell_that_kills_its_process_is_that_cells_failure(tmp_path):
@@ -363,8 +388,13 @@ def test_a_cell_that_kills_its_process_is_that_cells_failure(tmp_path):
     kill_dir.mkdir()
     for i in range(2):  # the first cell to start kills the run, twice
         (kill_dir / f"token{i}").write_text("")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), str(ROOT), str(ROOT / "plugins")]),
-           "TLBENCH_PLUGINS": "kill_plugin", "TLBENCH_TEST_KILL_DIR": str(kill_dir), "OMP_NUM_THREADS": "1"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(TESTS), str(ROOT), str(ROOT / "plugins")]),
+        "TLBENCH_PLUGINS": "kill_plugin",
+        "TLBENCH_TEST_KILL_DIR": str(kill_dir),
+        "OMP_NUM_THREADS": "1",
+    }
     suite = tiny(tmp_path)
     out = tmp_path / "out"
     first = _run_subprocess(suite, out, env)
@@ -383,8 +413,9 @@ def test_a_cell_that_kills_its_process_is_that_cells_failure(tmp_path):
     record = json.loads((out / "cells" / cell_id / "record.json").read_text())
     assert record["status"] == "failed"
     assert record["error"].startswith("killed: the run died 2 times while this cell was running")
-    assert record["error"].endswith("run the same command again to retry it, with a smaller recipe.batch_size "
-                                    "if memory was short")
+    assert record["error"].endswith(
+        "run the same command again to retry it, with a smaller recipe.batch_size if memory was short"
+    )
     assert not list(out.glob("cells/*/running.json"))
 
     fourth = _run_subprocess(suite, out, env)  # what the message says: the same command retries it
@@ -393,26 +424,41 @@ def test_a_cell_that_kills_its_process_is_that_cells_failure(tmp_path):
 
 
 # -- bad input found before any cell trains -------------------------------------------------------------
-@pytest.mark.parametrize("args, expected", [
-    (["--set", "strategies=[{source_only: {label_smoothing: abc}}]"],
-     "strategies.source_only.params: label_smoothing: expected a number, got 'abc'"),
-    (["--set", "strategies=[{source_only: {label_smoothing: 5}}]"],
-     "strategies.source_only.params: label_smoothing must lie in [0, 1) (0 is plain cross-entropy), got 5"),
-    (["--set", "strategies=[{dann: {trade_off: abc}}]"],
-     "strategies.dann.params: trade_off: expected a number, got 'abc'"),
-    (["--set", "strategies=[{mmd: {alphas: [1, x]}}]"], "strategies.mmd.params: alphas: item 1: expected a number"),
-    (["--set", "strategies=[{dann: {hidden: true}}]"],
-     "strategies.dann.params: hidden: expected a whole number, got True"),
-    (["--seeds", "99999999999999999999"],
-     "--seeds 99999999999999999999: seeds.0: Input should be less than or equal to 9223372036854775807"),
-    (["--seeds", ","], "tlbench run: error: argument --seeds: ',': expected integers like 0,1,2"),
-    (["--set", "recipe.lr=.inf"], "--set recipe.lr=.inf: recipe.lr: Input should be a finite number"),
-    (["--set", "recipe.lr=1e30"], "--set recipe.lr=1e30: recipe.lr: Input should be less than or equal to 10"),
-    (["--set", "recipe.steps=true"], "--set recipe.steps=true: recipe.steps: Value error, expected a number, "
-                                     "not a boolean (got True)"),
-    (["--set", "recipe.stepz=5"], "--set recipe.stepz=5: recipe.stepz: unknown key"),
-    (["--pairs", "digits->digits+invert:3"], "shift 'invert' takes no severity; write 'invert', not 'invert:3'"),
-])
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (
+            ["--set", "strategies=[{source_only: {label_smoothing: abc}}]"],
+            "strategies.source_only.params: label_smoothing: expected a number, got 'abc'",
+        ),
+        (
+            ["--set", "strategies=[{source_only: {label_smoothing: 5}}]"],
+            "strategies.source_only.params: label_smoothing must lie in [0, 1) (0 is plain cross-entropy), got 5",
+        ),
+        (
+            ["--set", "strategies=[{dann: {trade_off: abc}}]"],
+            "strategies.dann.params: trade_off: expected a number, got 'abc'",
+        ),
+        (["--set", "strategies=[{mmd: {alphas: [1, x]}}]"], "strategies.mmd.params: alphas: item 1: expected a number"),
+        (
+            ["--set", "strategies=[{dann: {hidden: true}}]"],
+            "strategies.dann.params: hidden: expected a whole number, got True",
+        ),
+        (
+            ["--seeds", "99999999999999999999"],
+            "--seeds 99999999999999999999: seeds.0: Input should be less than or equal to 9223372036854775807",
+        ),
+        (["--seeds", ","], "tlbench run: error: argument --seeds: ',': expected integers like 0,1,2"),
+        (["--set", "recipe.lr=.inf"], "--set recipe.lr=.inf: recipe.lr: Input should be a finite number"),
+        (["--set", "recipe.lr=1e30"], "--set recipe.lr=1e30: recipe.lr: Input should be less than or equal to 10"),
+        (
+            ["--set", "recipe.steps=true"],
+            "--set recipe.steps=true: recipe.steps: Value error, expected a number, not a boolean (got True)",
+        ),
+        (["--set", "recipe.stepz=5"], "--set recipe.stepz=5: recipe.stepz: unknown key"),
+        (["--pairs", "digits->digits+invert:3"], "shift 'invert' takes no severity; write 'invert', not 'invert:3'"),
+    ],
+)
 def test_bad_values_are_one_line_before_training(capsys, tmp_path, args, expected):
     if args[0] == "--seeds" and args[1] == ",":  # argparse's own errors: one line too, and where help is
         with pytest.raises(SystemExit) as exc:
@@ -427,15 +473,17 @@ def test_argparse_errors_are_one_line_with_where_help_is(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["run"])
     assert exc.value.code == 2
-    assert capsys.readouterr().err == ("tlbench run: error: the following arguments are required: suite "
-                                       "(see 'tlbench run --help')\n")
+    assert capsys.readouterr().err == (
+        "tlbench run: error: the following arguments are required: suite (see 'tlbench run --help')\n"
+    )
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
 def test_device_cuda_without_a_gpu(capsys, tmp_path):
     assert run_bad(capsys, tmp_path, tiny(tmp_path), "--device", "cuda") == (
         "tlbench: error: --device cuda: no CUDA GPU is available here (torch.cuda.is_available() is False); "
-        "use --device cpu or --device auto")
+        "use --device cpu or --device auto"
+    )
 
 
 def test_a_yaml_alias_bomb_is_refused_without_expanding_it(capsys, tmp_path):
@@ -443,15 +491,19 @@ def test_a_yaml_alias_bomb_is_refused_without_expanding_it(capsys, tmp_path):
 
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     line = run_bad(capsys, tmp_path, HOSTILE / "alias_bomb.yaml")
-    assert line == (f"tlbench: error: {HOSTILE / 'alias_bomb.yaml'}: the suite expands to more than 100,000 values "
-                    "once its YAML aliases (*name) are followed; write the values out, or use fewer aliases")
+    assert line == (
+        f"tlbench: error: {HOSTILE / 'alias_bomb.yaml'}: the suite expands to more than 100,000 values "
+        "once its YAML aliases (*name) are followed; write the values out, or use fewer aliases"
+    )
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 200_000  # KiB: far from a GB
 
 
 def test_a_key_given_twice_is_an_error_not_the_last_one_wins(capsys, tmp_path):
     line = run_bad(capsys, tmp_path, HOSTILE / "duplicate_keys.yaml")
-    assert line == (f"tlbench: error: {HOSTILE / 'duplicate_keys.yaml'}:10:3: malformed YAML: key 'steps' is given "
-                    "twice in one mapping")
+    assert line == (
+        f"tlbench: error: {HOSTILE / 'duplicate_keys.yaml'}:10:3: malformed YAML: key 'steps' is given "
+        "twice in one mapping"
+    )
 
 
 def _folder_suite_all(tmp_path: Path, data: Path) -> Path:
@@ -463,8 +515,10 @@ def _folder_suite_all(tmp_path: Path, data: Path) -> Path:
 def test_pairs_all_on_a_one_domain_dataset_is_refused(capsys, tmp_path):
     data = make_folders(tmp_path / "data", {"only": ["a", "b"]})
     line = run_bad(capsys, tmp_path, _folder_suite_all(tmp_path, data))
-    assert line == ("tlbench: error: pairs: all: dataset 'image_folder' has 1 domain(s) (only), so there is no "
-                    "pair; add a domain or list pairs such as 'digits->digits+rotate:3'")
+    assert line == (
+        "tlbench: error: pairs: all: dataset 'image_folder' has 1 domain(s) (only), so there is no "
+        "pair; add a domain or list pairs such as 'digits->digits+rotate:3'"
+    )
 
 
 @pytest.mark.parametrize("pairs", ["all", "amazon->amazon+invert"])
@@ -474,8 +528,10 @@ def test_a_domain_folder_named_like_a_shift_is_named(capsys, tmp_path, pairs):
     if pairs == "all":
         path.write_text(path.read_text().replace("pairs: [amazon->amazon+invert]", "pairs: all"))
     line = run_bad(capsys, tmp_path, path)
-    assert line == ("tlbench: error: dataset 'image_folder': domain 'amazon+invert' has '+' in its name, which "
-                    "pairs use for shifts ('amazon+invert' reads as domain 'amazon' shifted); rename it without '+'")
+    assert line == (
+        "tlbench: error: dataset 'image_folder': domain 'amazon+invert' has '+' in its name, which "
+        "pairs use for shifts ('amazon+invert' reads as domain 'amazon' shifted); rename it without '+'"
+    )
 
 
 def test_an_empty_class_folder_is_named(capsys, tmp_path):
@@ -500,8 +556,10 @@ def test_a_fifo_named_like_an_image_does_not_hang_the_preflight(capsys, tmp_path
     fifo = data / "tgt" / "a" / "pipe.jpg"
     os.mkfifo(fifo)
     line = run_bad(capsys, tmp_path, folder_suite(tmp_path, data))
-    assert line == (f"tlbench: error: {fifo} is not a regular file (a folder, a FIFO or a device); remove it or "
-                    "rename it without an image suffix")
+    assert line == (
+        f"tlbench: error: {fifo} is not a regular file (a folder, a FIFO or a device); remove it or "
+        "rename it without an image suffix"
+    )
 
 
 NPZ_SUITE = """\
@@ -524,23 +582,29 @@ def _npz(path: Path, labels: list[int]) -> Path:
 def test_an_npz_target_without_a_class_of_the_source(capsys, tmp_path):
     src, tgt = _npz(tmp_path / "src.npz", [0, 1, 2, 0, 1, 2]), _npz(tmp_path / "tgt.npz", [0, 1, 0, 1])
     line = run_bad(capsys, tmp_path, tiny(tmp_path, NPZ_SUITE.format(src=src, tgt=tgt)))
-    assert line == ("tlbench: error: pair src->tgt: 1 class(es) of the source have no image in the target (class "
-                    "index 2); every domain needs images of every class")
+    assert line == (
+        "tlbench: error: pair src->tgt: 1 class(es) of the source have no image in the target (class "
+        "index 2); every domain needs images of every class"
+    )
 
 
 def test_an_npz_label_far_beyond_the_others(capsys, tmp_path):
     src, tgt = _npz(tmp_path / "src.npz", [0, 1, 200000]), _npz(tmp_path / "tgt.npz", [0, 1, 0])
     line = run_bad(capsys, tmp_path, tiny(tmp_path, NPZ_SUITE.format(src=src, tgt=tgt)))
-    assert line == ("tlbench: error: dataset 'npz': the largest label is 200000, but 199998 of the classes "
-                    "0..200000 have no image in any domain (e.g. 2); labels must be 0..K-1 (renumber y)")
+    assert line == (
+        "tlbench: error: dataset 'npz': the largest label is 200000, but 199998 of the classes "
+        "0..200000 have no image in any domain (e.g. 2); labels must be 0..K-1 (renumber y)"
+    )
 
 
 def test_a_file_given_as_the_image_folder_is_called_a_file(capsys, tmp_path):
     data = tmp_path / "data.txt"
     data.write_text("x\n")
     line = run_bad(capsys, tmp_path, folder_suite(tmp_path, data))
-    assert line == (f"tlbench: error: dataset 'image_folder': path {data} is a file, not a folder; expected "
-                    f"{data}/<domain>/<class>/<image>")
+    assert line == (
+        f"tlbench: error: dataset 'image_folder': path {data} is a file, not a folder; expected "
+        f"{data}/<domain>/<class>/<image>"
+    )
 
 
 def test_a_feature_cache_path_that_is_a_folder_is_a_warning(capsys, tmp_path, monkeypatch):
@@ -565,8 +629,9 @@ def test_weights_with_pickled_code_are_refused_in_one_line_naming_the_file(capsy
     bad = tmp_path / "evil.pth"
     torch.save({"w": torch.zeros(1), "obj": types.SimpleNamespace(a=1)}, bad)
     line = run_bad(capsys, tmp_path, tiny(tmp_path, TINY_SUITE.replace("weights: random", f"weights: {bad}")))
-    assert line.startswith(f"tlbench: error: cannot load weights file {bad} (UnpicklingError: Weights only load "
-                           "failed.")
+    assert line.startswith(
+        f"tlbench: error: cannot load weights file {bad} (UnpicklingError: Weights only load failed."
+    )
 
 
 def test_weights_of_the_wrong_shape_name_the_key_and_both_shapes(capsys, tmp_path):
@@ -579,15 +644,22 @@ def test_weights_of_the_wrong_shape_name_the_key_and_both_shapes(capsys, tmp_pat
     path = tmp_path / "other.pth"
     torch.save(state, path)
     line = run_bad(capsys, tmp_path, tiny(tmp_path, TINY_SUITE.replace("weights: random", f"weights: {path}")))
-    assert f"do not fit test_efficientnet: {key} has shape {(expected[0] + 1, *expected[1:])} in the file and " \
-           f"{expected} in the model" in line
+    assert (
+        f"do not fit test_efficientnet: {key} has shape {(expected[0] + 1, *expected[1:])} in the file and "
+        f"{expected} in the model" in line
+    )
 
 
-@pytest.mark.parametrize("weights, expected", [
-    ("efficientnet_lit", "backbone 'test_efficientnet': unknown weights 'efficientnet_lit'; did you mean "
-                         "efficientnet_lite?"),
-    ("/nonexistent/w.pth", "backbone 'test_efficientnet': weights file /nonexistent/w.pth does not exist"),
-])
+@pytest.mark.parametrize(
+    "weights, expected",
+    [
+        (
+            "efficientnet_lit",
+            "backbone 'test_efficientnet': unknown weights 'efficientnet_lit'; did you mean efficientnet_lite?",
+        ),
+        ("/nonexistent/w.pth", "backbone 'test_efficientnet': weights file /nonexistent/w.pth does not exist"),
+    ],
+)
 def test_weights_names_and_paths(capsys, tmp_path, weights, expected):
     line = run_bad(capsys, tmp_path, tiny(tmp_path, TINY_SUITE.replace("weights: random", f"weights: {weights}")))
     assert line.startswith("tlbench: error: " + expected), line
@@ -604,9 +676,20 @@ def test_domain_names_are_escaped_in_the_markdown_report():
     from tlbench_builtins.reports.markdown import render
 
     hostile = "<img src=x onerror=alert(1)>"
-    record = CellRecord(suite="s", dataset="image_folder", backbone="b", strategy="source_only", source="src",
-                        target=hostile, seed=0, status="ok", target_acc=50.0, source_acc=60.0, cell_id="c",
-                        started_at="2024-01-01T00:00:00+00:00")
+    record = CellRecord(
+        suite="s",
+        dataset="image_folder",
+        backbone="b",
+        strategy="source_only",
+        source="src",
+        target=hostile,
+        seed=0,
+        status="ok",
+        target_acc=50.0,
+        source_acc=60.0,
+        cell_id="c",
+        started_at="2024-01-01T00:00:00+00:00",
+    )
     text = render(build_leaderboard([record], {"name": "s"}))
     assert hostile not in text and not re.search(r"(?<!\\)<", text)  # every < escaped
     assert r"src→\<img src=x onerror=alert(1)\>" in text

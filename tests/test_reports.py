@@ -10,31 +10,47 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import matplotlib.image
-import PIL.Image
 import pandas as pd
+import PIL.Image
 import pytest
+from test_leaderboard import SUITE, XSS, make_records, record, write_results
 
 import tlbench_builtins.reports.csv as csv_plugin
 import tlbench_builtins.reports.html as html_plugin
 import tlbench_builtins.reports.latex as latex_plugin
 import tlbench_builtins.reports.markdown as markdown_plugin
 import tlbench_builtins.reports.plots as plots_plugin
-from test_leaderboard import SUITE, XSS, make_records, record, write_results
 from tlbench.errors import UnknownNameError
+from tlbench.plugins.registry import Registry
 from tlbench.reporting.leaderboard import build_leaderboard
 from tlbench.reporting.write import report_dirs, write_reports
-from tlbench.plugins.registry import Registry
 
-PLUGINS = {"markdown": markdown_plugin, "csv": csv_plugin, "html": html_plugin, "latex": latex_plugin,
-           "plots": plots_plugin}
+PLUGINS = {
+    "markdown": markdown_plugin,
+    "csv": csv_plugin,
+    "html": html_plugin,
+    "latex": latex_plugin,
+    "plots": plots_plugin,
+}
 #: in writing order: plots (order -10), then csv, latex, markdown (order 0, by name), html (order 10)
-FILES = ["accuracy_vs_throughput.png", "accuracy_vs_eval_throughput.png", "pair_accuracy.png", "leaderboard.csv",
-         "costs.csv", "references.csv", "failures.csv", "validators.csv", "selection.csv", "checkpoints.csv",
-         "leaderboard.tex",
-         "leaderboard.md", "leaderboard.html"]
+FILES = [
+    "accuracy_vs_throughput.png",
+    "accuracy_vs_eval_throughput.png",
+    "pair_accuracy.png",
+    "leaderboard.csv",
+    "costs.csv",
+    "references.csv",
+    "failures.csv",
+    "validators.csv",
+    "selection.csv",
+    "checkpoints.csv",
+    "leaderboard.tex",
+    "leaderboard.md",
+    "leaderboard.html",
+]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 #: names full of HTML and LaTeX specials, as a backbone, a strategy, a domain and an error could be
-EVIL_BACKBONE = '<img src=x onerror=alert(1)>_a%b&c#d$e{f}g~h^i\\j'
+EVIL_BACKBONE = "<img src=x onerror=alert(1)>_a%b&c#d$e{f}g~h^i\\j"
 EVIL_STRATEGY = 'dann "x" & <b>bold</b>'
 
 
@@ -65,10 +81,10 @@ def evil_records():
 # -- writing ----------------------------------------------------------------------------------------
 def test_every_format_is_written_with_plots_first(report):
     out, paths = report
-    assert [p.name for p in paths] == FILES          # plots (order -10) first, html (order 10) last
+    assert [p.name for p in paths] == FILES  # plots (order -10) first, html (order 10) last
     for p in paths:
         assert p.parent == out and p.stat().st_size > 0
-    assert not list(out.glob(".*.tmp"))               # atomic writes leave no temporaries
+    assert not list(out.glob(".*.tmp"))  # atomic writes leave no temporaries
 
 
 def test_default_registry_finds_the_builtin_reporters(results):
@@ -87,8 +103,7 @@ def test_markdown_tables_bold_best_footnotes_and_references(report):
     text = (report[0] / "leaderboard.md").read_text()
     acc = text.split("## Target accuracy (%)")[1].split("##")[0]
     lines = [ln for ln in acc.splitlines() if ln.startswith("|")]
-    assert [c.strip() for c in lines[0].strip("|").split("|")] == ["Rank", "Backbone", "Strategy", "A→W", "D→W",
-                                                                   "Avg"]
+    assert [c.strip() for c in lines[0].strip("|").split("|")] == ["Rank", "Backbone", "Strategy", "A→W", "D→W", "Avg"]
     assert len({ln.count("|") for ln in lines}) == 1 and len(lines) == 2 + 7
     first = [c.strip() for c in lines[2].strip("|").split("|")]
     assert first == ["1", "bbB", "dann", "**80.0 ± 2.8** (n=2)¹", "97.0 ± 1.0", "**88.5**"]
@@ -159,14 +174,14 @@ def test_html_is_offline_sortable_and_links_the_plots_beside_it(report):
     assert not re.search(r"(src|href)=\"(https?:)?//", text) and "@import" not in text
     imgs = [a["src"] for t, a in page.tags if t == "img"]
     assert sorted(imgs) == ["accuracy_vs_eval_throughput.png", "accuracy_vs_throughput.png", "pair_accuracy.png"]
-    for src in imgs:                                    # relative links to the PNGs written beside the page
+    for src in imgs:  # relative links to the PNGs written beside the page
         assert (report[0] / src).read_bytes()[:8] == PNG_SIGNATURE
     assert "data:image" not in text
     tables = [a.get("id") for t, a in page.tags if t == "table"]
     assert tables == ["accuracy", "references", "costs"]
     body = "".join(page.text)
-    assert f"RuntimeError: {XSS}" in body                       # shown as text ...
-    assert "<script>alert" not in text                           # ... never as markup
+    assert f"RuntimeError: {XSS}" in body  # shown as text ...
+    assert "<script>alert" not in text  # ... never as markup
     assert "diverged" in body and "Published reference numbers (not measured here, not ranked)" in body
     best = [a for t, a in page.tags if t == "td" and "best" in a.get("class", "")]
     assert [a["data-v"] for a in best] == ["80.0", "88.5", "80.0", "99.0"]
@@ -209,16 +224,23 @@ def check_latex_balanced(tex: str) -> None:
             depth += 1 if m.group() == "{" else -1
             assert depth >= 0
     assert depth == 0
-    assert len(re.findall(r"(?<!\\)\$", body)) % 2 == 0   # math mode opened and closed
+    assert len(re.findall(r"(?<!\\)\$", body)) % 2 == 0  # math mode opened and closed
 
 
 def compile_latex(tex_dir: Path, tmp_path: Path) -> None:
     """Compile with pdflatex when it is installed (the caller skips the assert otherwise)."""
     doc = tmp_path / "doc.tex"
-    doc.write_text("\\documentclass{article}\n\\usepackage{booktabs}\n\\begin{document}\n"
-                   f"\\input{{{(tex_dir / 'leaderboard.tex').as_posix()}}}\n\\end{{document}}\n")
-    proc = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "-no-shell-escape",
-                           doc.name], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    doc.write_text(
+        "\\documentclass{article}\n\\usepackage{booktabs}\n\\begin{document}\n"
+        f"\\input{{{(tex_dir / 'leaderboard.tex').as_posix()}}}\n\\end{{document}}\n"
+    )
+    proc = subprocess.run(
+        ["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "-no-shell-escape", doc.name],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:]
     assert (tmp_path / "doc.pdf").stat().st_size > 0
 
@@ -246,8 +268,10 @@ def test_latex_escapes_specials_in_data(tmp_path, registry):
     write_reports(out, evil_records(), {"name": "x", "dataset": "d"}, ["latex"], registry=registry)
     tex = (out / "leaderboard.tex").read_text()
     check_latex_balanced(tex)
-    assert (r"\textless{}img src=x onerror=alert(1)\textgreater{}\_a\%b\&c\#d\$e\{f\}g\textasciitilde{}h"
-            r"\textasciicircum{}i\textbackslash{}j") in tex
+    assert (
+        r"\textless{}img src=x onerror=alert(1)\textgreater{}\_a\%b\&c\#d\$e\{f\}g\textasciitilde{}h"
+        r"\textasciicircum{}i\textbackslash{}j"
+    ) in tex
     assert r"\textless{}A\textgreater{}$\rightarrow$W'" in tex
     if shutil.which("pdflatex") is None:
         pytest.skip("pdflatex is not on PATH: the .tex was checked for balance only")
@@ -261,7 +285,7 @@ def test_plots_are_valid_pngs(report):
         assert path.read_bytes()[:8] == PNG_SIGNATURE
         image = matplotlib.image.imread(path)
         assert image.ndim == 3 and image.shape[0] > 200 and image.shape[1] > 300
-        with PIL.Image.open(path) as png:              # a palette: a third of the RGBA file's size
+        with PIL.Image.open(path) as png:  # a palette: a third of the RGBA file's size
             assert png.mode == "P" and len(png.getcolors(256) or ()) > 2
 
 
@@ -273,8 +297,13 @@ def test_pareto_front():
 # -- directories ----------------------------------------------------------------------------------------
 def test_merging_two_results_dirs(tmp_path, registry):
     records = make_records()
-    other = {**SUITE, "reference": [*SUITE["reference"], {"backbone": "ViT", "strategy": "PMTrans",
-                                                           "source": "Zhu et al. 2023", "acc": {"A->W": 99.5}}]}
+    other = {
+        **SUITE,
+        "reference": [
+            *SUITE["reference"],
+            {"backbone": "ViT", "strategy": "PMTrans", "source": "Zhu et al. 2023", "acc": {"A->W": 99.5}},
+        ],
+    }
     first = write_results(tmp_path / "a", [r for r in records if r.seed != 2])
     second = write_results(tmp_path / "b", [r for r in records if r.seed == 2], other)
     report_dirs([first, second], tmp_path / "merged", ["csv"], registry=registry)
@@ -282,18 +311,18 @@ def test_merging_two_results_dirs(tmp_path, registry):
     full = build_leaderboard(records, SUITE).accuracy
     assert merged[["backbone", "strategy"]].values.tolist() == full[["backbone", "strategy"]].values.tolist()
     assert merged["Avg mean"].tolist()[:5] == [88.5, 87.5, 83.0, 80.0, 70.0]
-    assert merged["A->W std"].tolist()[:2] == pytest.approx([8 ** 0.5, 1.0])
+    assert merged["A->W std"].tolist()[:2] == pytest.approx([8**0.5, 1.0])
     refs = pd.read_csv(tmp_path / "merged" / "references.csv")
-    assert refs["strategy"].tolist() == ["DANN", "CDAN", "PMTrans"]   # union, each once
+    assert refs["strategy"].tolist() == ["DANN", "CDAN", "PMTrans"]  # union, each once
     assert not (first / "leaderboard.csv").exists()
 
 
 def test_report_on_a_half_finished_run(tmp_path, registry):
-    records = make_records()[:9]                      # bbA/source_only done, bbA/dann A->W only
+    records = make_records()[:9]  # bbA/source_only done, bbA/dann A->W only
     run = write_results(tmp_path / "run", records)
     junk = run / "cells" / "being-written" / "record.json"
     junk.parent.mkdir(parents=True)
-    junk.write_text('{"suite": "office-test", "backb')   # a cell that is writing right now
+    junk.write_text('{"suite": "office-test", "backb')  # a cell that is writing right now
     (run / "cells" / "x").mkdir()
     (run / "cells" / "x" / ".record.json.123.tmp").write_text(json.dumps({"status": "ok"}))
     paths = report_dirs([run], None, None, registry=registry)

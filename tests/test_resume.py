@@ -19,11 +19,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-
 from conftest import ROOT  # tests/ is on sys.path (pytest rootdir conftest)
+
 from tlbench.cli import main
-
-
 
 TESTS = Path(__file__).resolve().parent
 SUITE = """\
@@ -44,9 +42,13 @@ TIMING_COLUMNS = ["train_img_per_s", "eval_img_per_s", "peak_mem_mb", "wall_s", 
 
 
 def _env(hold_dir: Path | None) -> dict[str, str]:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), str(ROOT)]), "TLBENCH_PLUGINS": "hold_plugin",
-           # the same thread count as the in-process baseline run, so the float sums match exactly
-           "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(TESTS), str(ROOT)]),
+        "TLBENCH_PLUGINS": "hold_plugin",
+        # the same thread count as the in-process baseline run, so the float sums match exactly
+        "OMP_NUM_THREADS": str(torch.get_num_threads()),
+    }
     env.pop("TLBENCH_TEST_HOLD_DIR", None)
     if hold_dir is not None:
         env["TLBENCH_TEST_HOLD_DIR"] = str(hold_dir)
@@ -65,9 +67,14 @@ def started():
 
 
 def _start(suite: Path, out: Path, hold_dir: Path | None) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "tlbench", "run", str(suite), "--out", str(out), "--quiet",
-                             "--device", "cpu"], env=_env(hold_dir), cwd=suite.parent,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "tlbench", "run", str(suite), "--out", str(out), "--quiet", "--device", "cpu"],
+        env=_env(hold_dir),
+        cwd=suite.parent,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _records(out: Path) -> dict[str, bytes]:
@@ -80,8 +87,11 @@ def _wait_for_one_done_one_held(proc: subprocess.Popen, out: Path, hold: Path, t
     while time.monotonic() < deadline:
         assert proc.poll() is None, proc.communicate()
         done = _records(out)
-        held = [p.name.removesuffix(".started") for p in hold.glob("*.started")
-                if p.name.removesuffix(".started") not in done]
+        held = [
+            p.name.removesuffix(".started")
+            for p in hold.glob("*.started")
+            if p.name.removesuffix(".started") not in done
+        ]
         if done and held:
             return held[0]
         time.sleep(0.05)
@@ -111,8 +121,10 @@ def test_sigkill_loses_nothing_and_resumes_to_the_same_leaderboard(tmp_path, cap
     code = main(["run", str(suite), "--out", str(killed), "--quiet"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2
-    assert err == [f"tlbench: error: {killed} is in use by tlbench pid {proc.pid} on {os.uname().nodename}; "
-                   "wait for it to finish or use another --out"]
+    assert err == [
+        f"tlbench: error: {killed} is in use by tlbench pid {proc.pid} on {os.uname().nodename}; "
+        "wait for it to finish or use another --out"
+    ]
     assert _records(killed) == finished
 
     # -- 3. SIGKILL ------------------------------------------------------------------------------------

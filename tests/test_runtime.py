@@ -9,11 +9,10 @@ import subprocess
 import sys
 
 import pytest
+from conftest import ROOT, TINY_SUITE  # tests/ is on sys.path (pytest rootdir conftest)
 
 from tlbench import runtime
 from tlbench.errors import UserError
-
-from conftest import ROOT, TINY_SUITE  # tests/ is on sys.path (pytest rootdir conftest)
 
 LINUX = sys.platform.startswith("linux")
 pytestmark = pytest.mark.skipif(not LINUX, reason="the allocator and OpenMP settings are applied on Linux only")
@@ -106,13 +105,30 @@ def _run_command(tmp_path, **env_changes) -> dict:
     """``python -m tlbench run`` on the tiny suite in a fresh process; the record's cpu_runtime."""
     suite = tmp_path / "suite.yaml"
     suite.write_text(TINY_SUITE.replace("strategies: [source_only, dann]", "strategies: [source_only]"))
-    env = {k: v for k, v in os.environ.items() if k not in
-           ("LD_PRELOAD", "GLIBC_TUNABLES", "MALLOC_CONF", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", runtime.SWITCH,
-            runtime.APPLIED, runtime.BUSY_AT_START)}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k
+        not in (
+            "LD_PRELOAD",
+            "GLIBC_TUNABLES",
+            "MALLOC_CONF",
+            "OMP_WAIT_POLICY",
+            "GOMP_SPINCOUNT",
+            runtime.SWITCH,
+            runtime.APPLIED,
+            runtime.BUSY_AT_START,
+        )
+    }
     env.update(env_changes)
     out = tmp_path / "out"
-    subprocess.run([sys.executable, "-m", "tlbench", "run", str(suite), "--out", str(out), "--quiet"],
-                   env=env, check=True, cwd=ROOT, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "tlbench", "run", str(suite), "--out", str(out), "--quiet"],
+        env=env,
+        check=True,
+        cwd=ROOT,
+        capture_output=True,
+    )
     (record,) = [json.loads(p.read_text()) for p in out.glob("cells/*/record.json")]
     return record["extra"]["cpu_runtime"]
 
@@ -135,8 +151,9 @@ def test_the_command_started_on_a_busy_machine_waits_passively(tmp_path):
     assert described["omp_wait_policy"] == "PASSIVE" and float(described["busy_cores_at_start"]) >= runtime.BUSY_CORES
 
 
-@pytest.mark.skipif(runtime.find_library("jemalloc") is None, reason="jemalloc is not installed here "
-                    "(apt install libjemalloc2)")
+@pytest.mark.skipif(
+    runtime.find_library("jemalloc") is None, reason="jemalloc is not installed here (apt install libjemalloc2)"
+)
 def test_jemalloc_is_loaded_into_the_process_when_installed(tmp_path):
     assert _run_command(tmp_path)["allocator"] == "jemalloc"  # read from /proc/self/maps, not from intent
 

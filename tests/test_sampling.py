@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tlbench.training.batches import ClassBalancedSampler, Sampler, source_sampler
 from tlbench.errors import UserError
 from tlbench.matrix.suite import Recipe
+from tlbench.training.batches import ClassBalancedSampler, Sampler, source_sampler
 
 
 def test_shuffled_epochs_visit_every_index_once_per_epoch():
@@ -40,7 +40,9 @@ def test_an_unknown_source_sampling_is_a_suite_error_naming_the_choices(tmp_path
     from tlbench.matrix.suite import load_suite
 
     path = tmp_path / "s.yaml"
-    path.write_text("name: s\ndataset: sklearn_digits\npairs: [digits->digits+invert]\nbackbones: [test_efficientnet]\n"
-                    "strategies: [source_only]\nrecipe: {source_sampling: balanced}\n")
+    path.write_text(
+        "name: s\ndataset: sklearn_digits\npairs: [digits->digits+invert]\nbackbones: [test_efficientnet]\n"
+        "strategies: [source_only]\nrecipe: {source_sampling: balanced}\n"
+    )
     with pytest.raises(UserError, match="source_sampling.*(shuffle|class_balanced)"):
         load_suite(path)

@@ -17,20 +17,19 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import ROOT, TINY_SUITE  # tests/ is on sys.path (pytest rootdir conftest)
 from PIL import Image
 
-from conftest import ROOT, TINY_SUITE  # tests/ is on sys.path (pytest rootdir conftest)
 from tlbench.cli import main
 from tlbench.matrix.results import ResultsDir
-
-
 
 CODE_DIRS = [ROOT / "tlbench", ROOT / "plugins"]
 
 
 # -- a suite is data ----------------------------------------------------------------------------------
-@pytest.mark.parametrize("tag", ["!!python/object/apply:os.system", "!!python/object/new:os.system",
-                                 "!!python/name:os.system"])
+@pytest.mark.parametrize(
+    "tag", ["!!python/object/apply:os.system", "!!python/object/new:os.system", "!!python/name:os.system"]
+)
 def test_python_tags_in_a_suite_are_rejected_and_never_run(tmp_path, capsys, tag):
     marker = tmp_path / "pwned"
     suite = tmp_path / "evil.yaml"
@@ -51,8 +50,11 @@ def test_suite_plugin_names_are_names_never_import_paths(tmp_path, capsys):
     assert main(["run", str(suite), "--out", str(tmp_path / "out")]) == 2
     assert "unknown strategy 'os.system'" in capsys.readouterr().err
     # the modules that turn a suite into work never import or look up objects by a dotted path
-    for path in (ROOT / "tlbench" / "matrix" / "suite.py", ROOT / "tlbench" / "matrix" / "cells.py",
-                 ROOT / "tlbench" / "matrix" / "runner.py"):
+    for path in (
+        ROOT / "tlbench" / "matrix" / "suite.py",
+        ROOT / "tlbench" / "matrix" / "cells.py",
+        ROOT / "tlbench" / "matrix" / "runner.py",
+    ):
         tree = ast.parse(path.read_text())
         called = {_call_name(n) for n in ast.walk(tree) if isinstance(n, ast.Call)}
         assert not called & {"import_module", "__import__", "eval", "exec", "locate", "resolve_name"}, path
@@ -73,8 +75,13 @@ def _dotted(node: ast.AST) -> str:
 @functools.lru_cache(maxsize=1)
 def _all_calls() -> list[tuple[Path, ast.Call]]:
     """Every call in tlbench/ and plugins/, with its file."""
-    return [(path, node) for folder in CODE_DIRS for path in sorted(folder.rglob("*.py"))
-            for node in ast.walk(ast.parse(path.read_text(), filename=str(path))) if isinstance(node, ast.Call)]
+    return [
+        (path, node)
+        for folder in CODE_DIRS
+        for path in sorted(folder.rglob("*.py"))
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path)))
+        if isinstance(node, ast.Call)
+    ]
 
 
 def _calls(name: str) -> list[tuple[Path, ast.Call]]:
@@ -105,12 +112,14 @@ def test_no_unsafe_loaders_anywhere():
     for name in ("load", "loads", "unsafe_load", "full_load", "Unpickler"):
         for path, node in _calls(name):
             dotted = _dotted(node.func)
-            if dotted.startswith(("pickle.", "cPickle.", "dill.", "cloudpickle.", "marshal.", "joblib.")) or \
-                    dotted in ("yaml.load", "yaml.unsafe_load", "yaml.full_load"):
+            if dotted.startswith(("pickle.", "cPickle.", "dill.", "cloudpickle.", "marshal.", "joblib.")) or dotted in (
+                "yaml.load",
+                "yaml.unsafe_load",
+                "yaml.full_load",
+            ):
                 unsafe.append(f"{path.relative_to(ROOT)}:{node.lineno} {dotted}")
     for name in ("eval", "exec"):
-        unsafe += [f"{p.relative_to(ROOT)}:{n.lineno} {name}" for p, n in _calls(name)
-                   if isinstance(n.func, ast.Name)]
+        unsafe += [f"{p.relative_to(ROOT)}:{n.lineno} {name}" for p, n in _calls(name) if isinstance(n.func, ast.Name)]
     assert not unsafe, unsafe
 
 
@@ -126,14 +135,15 @@ def _damage(path: Path, how: str) -> None:
 
 @pytest.mark.parametrize("how", ["flip", "truncate"])
 def test_feature_cache_damage_is_detected_and_rebuilt(tmp_path, how):
+    from tlbench.plugins.registry import get_registry
     from tlbench.training.augment import Augmenter, Normalizer
     from tlbench.training.frozen import FeatureBank
     from tlbench.training.setup import build_model
-    from tlbench.plugins.registry import get_registry
 
     torch.manual_seed(0)
-    model, _, _ = build_model("test_efficientnet", "random", 10, {"bottleneck_dim": 0, "backbone_lr_scale": 0.1},
-                              get_registry())
+    model, _, _ = build_model(
+        "test_efficientnet", "random", 10, {"bottleneck_dim": 0, "backbone_lr_scale": 0.1}, get_registry()
+    )
     calls = []
     model.backbone.register_forward_hook(lambda *a: calls.append(1))
     aug = Augmenter(16, Normalizer((0.5,) * 3, (0.25,) * 3, torch.device("cpu")), hflip=False, scale=(0.5, 1.0))
@@ -152,9 +162,12 @@ def test_feature_cache_damage_is_detected_and_rebuilt(tmp_path, how):
     assert torch.equal(bank.features(images, "dom", contextlib.nullcontext), first) and len(calls) == 4
 
 
-KD_SUITE = TINY_SUITE.replace("strategies: [source_only, dann]",
-                              "strategies:\n  - kd: {teacher_strategy: source_only}").replace(
-    "  steps: 6", "  steps: 2") + "reports: [csv]\n"
+KD_SUITE = (
+    TINY_SUITE.replace(
+        "strategies: [source_only, dann]", "strategies:\n  - kd: {teacher_strategy: source_only}"
+    ).replace("  steps: 6", "  steps: 2")
+    + "reports: [csv]\n"
+)
 
 
 def test_damaged_teacher_weights_are_never_loaded_and_the_teacher_is_retrained(tmp_path, capsys):
@@ -201,17 +214,21 @@ class _Tags(HTMLParser):
 
 def test_html_escapes_suite_name_references_and_environment(tmp_path):
     from test_leaderboard import make_records
-    from tlbench.reporting.write import write_reports
+
     from tlbench.plugins.registry import get_registry
+    from tlbench.reporting.write import write_reports
 
     evil = '<img src=x onerror=alert(1)>"&'
     records = make_records()
     for r in records:
         r.device = f"cpu {evil}"
         r.torch_version = "2 <script>alert(2)</script>"
-    suite = {"name": f"n{evil}", "dataset": f"d{evil}", "description": f"desc{evil}",
-             "reference": [{"backbone": f"b{evil}", "strategy": f"s{evil}", "source": f"c{evil}",
-                            "acc": {"A->W": 1.0}}]}
+    suite = {
+        "name": f"n{evil}",
+        "dataset": f"d{evil}",
+        "description": f"desc{evil}",
+        "reference": [{"backbone": f"b{evil}", "strategy": f"s{evil}", "source": f"c{evil}", "acc": {"A->W": 1.0}}],
+    }
     write_reports(tmp_path, records, suite, ["html"], registry=get_registry())
     text = (tmp_path / "leaderboard.html").read_text()
     page = _Tags()
@@ -226,8 +243,11 @@ def test_html_escapes_suite_name_references_and_environment(tmp_path):
 
 # -- writes only to the output directory and the cache; the data root is only read ---------------------
 def _tree(root: Path) -> dict[str, tuple[int, int]]:
-    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns)
-            for p in root.rglob("*") if p.is_file() or p.is_symlink()}
+    return {
+        str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns)
+        for p in root.rglob("*")
+        if p.is_file() or p.is_symlink()
+    }
 
 
 def _make_dataset(root: Path) -> None:
@@ -268,13 +288,28 @@ recipe: {{steps: 2, batch_size: 4, image_size: 8, resize_size: 10, hflip: false,
 """)
     _chmod_tree(data, writable=False)
     before = {d: _tree(d) for d in (data, suites, home, cwd, tmp)}
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("XDG_", "MPLCONFIGDIR", "TORCH_HOME", "HF_", "TLBENCH_"))}
-    env.update(HOME=str(home), TLBENCH_CACHE=str(cache), TMPDIR=str(tmp), PYTHONPATH=str(ROOT),
-               PYTHONDONTWRITEBYTECODE="1", OMP_NUM_THREADS="1")
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("XDG_", "MPLCONFIGDIR", "TORCH_HOME", "HF_", "TLBENCH_"))
+    }
+    env.update(
+        HOME=str(home),
+        TLBENCH_CACHE=str(cache),
+        TMPDIR=str(tmp),
+        PYTHONPATH=str(ROOT),
+        PYTHONDONTWRITEBYTECODE="1",
+        OMP_NUM_THREADS="1",
+    )
     try:
-        proc = subprocess.run([sys.executable, "-m", "tlbench", "run", str(suite), "--out", "out", "--quiet"],
-                              cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+        proc = subprocess.run(
+            [sys.executable, "-m", "tlbench", "run", str(suite), "--out", "out", "--quiet"],
+            cwd=cwd,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
     finally:
         _chmod_tree(data, writable=True)
     assert proc.returncode == 0, proc.stderr

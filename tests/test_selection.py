@@ -4,7 +4,6 @@ and a report re-selects exactly what the run selected."""
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 
 import numpy as np
@@ -27,18 +26,34 @@ def _record(cell_id, seed, target_acc, order=None, default=False, strategy="dann
     extra = {"label": strategy}
     if order is not None:
         extra["sweep"] = {"values": {"trade_off": [0.1, 0.3, 1.0][order]}, "default": default, "order": order}
-    return CellRecord(suite="s", dataset="d", backbone="b", strategy=strategy, source="x", target="y", seed=seed,
-                      status="ok", target_acc=target_acc, steps=30, cell_id=cell_id, started_at=started, extra=extra)
+    return CellRecord(
+        suite="s",
+        dataset="d",
+        backbone="b",
+        strategy=strategy,
+        source="x",
+        target="y",
+        seed=seed,
+        status="ok",
+        target_acc=target_acc,
+        steps=30,
+        cell_id=cell_id,
+        started_at=started,
+        extra=extra,
+    )
 
 
 def _evaluations(rng, accs):
     k, nt, ns, c = len(accs), 20, 10, 3
     return CheckpointEvaluations(
-        steps=np.arange(1, k + 1) * 10, target_acc=np.asarray(accs, dtype=np.float64),
+        steps=np.arange(1, k + 1) * 10,
+        target_acc=np.asarray(accs, dtype=np.float64),
         target_logits=rng.normal(size=(k, nt, c)).astype(np.float16),
         target_embed=rng.normal(size=(k, nt, 4)).astype(np.float16),
         source_logits=rng.normal(size=(k, ns, c)).astype(np.float16),
-        source_embed=rng.normal(size=(k, ns, 4)).astype(np.float16), source_labels=rng.integers(0, c, ns))
+        source_embed=rng.normal(size=(k, ns, 4)).astype(np.float16),
+        source_labels=rng.integers(0, c, ns),
+    )
 
 
 @pytest.fixture
@@ -98,7 +113,9 @@ def test_a_chosen_last_checkpoint_shows_the_records_accuracy_on_every_target_ima
     for r in early.records:
         step = r.extra["selection"]["step"]
         ev = stored[r.cell_id]
-        expected = by_id[r.cell_id].target_acc if step == ev.steps[-1] else float(ev.target_acc[list(ev.steps).index(step)])
+        expected = (
+            by_id[r.cell_id].target_acc if step == ev.steps[-1] else float(ev.target_acc[list(ev.steps).index(step)])
+        )
         assert r.target_acc == pytest.approx(expected)
 
 
@@ -150,8 +167,13 @@ def _suite(tmp_path, name, **changes):
 def test_reselection_from_stored_evaluations_equals_selection_during_the_run(tmp_path, capsys):
     from tlbench.cli import main
 
-    suite = _suite(tmp_path, "sweep", strategies=["source_only", {"dann": {"trade_off": [0.3, 1.0]}}],
-                   selection="im", recipe={"eval_points": 3})
+    suite = _suite(
+        tmp_path,
+        "sweep",
+        strategies=["source_only", {"dann": {"trade_off": [0.3, 1.0]}}],
+        selection="im",
+        recipe={"eval_points": 3},
+    )
     out = tmp_path / "out"
     assert main(["run", str(suite), "--out", str(out), "--quiet"]) == 0
     records = ResultsDir(out).records()
@@ -193,10 +215,21 @@ def test_reselection_from_stored_evaluations_equals_selection_during_the_run(tmp
 def test_a_stored_checkpoint_table_keeps_ids_that_look_like_numbers(tmp_path):
     from tlbench.reporting.selection import CHECKPOINT_COLUMNS, read_checkpoint_tables
 
-    row = {"backbone": "b", "strategy": "dann", "pair": "x->y", "seed": 0, "params": "default", "step": 10,
-           "last": True, "target_acc": 55.5, "heldout_source_acc": 90.0, "im": 0.25}
+    row = {
+        "backbone": "b",
+        "strategy": "dann",
+        "pair": "x->y",
+        "seed": 0,
+        "params": "default",
+        "step": 10,
+        "last": True,
+        "target_acc": 55.5,
+        "heldout_source_acc": 90.0,
+        "im": 0.25,
+    }
     rows = [{**row, "cell_id": cid} for cid in ("0123456789012345", "1e10000000000000")]
     import pandas as pd
+
     pd.DataFrame(rows, columns=[*CHECKPOINT_COLUMNS, "im"]).to_csv(tmp_path / "checkpoints.csv", index=False)
     stored = read_checkpoint_tables([tmp_path])
     assert sorted(stored) == ["0123456789012345", "1e10000000000000"]

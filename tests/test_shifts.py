@@ -11,14 +11,15 @@ import torch.nn.functional as F
 from tlbench.plugins.registry import Registry
 from tlbench_builtins.shifts import binarize, corruptions, photo_blend
 
-RANDOM = {"noise", "rotate", "photo_blend"}          # use the generator
+RANDOM = {"noise", "rotate", "photo_blend"}  # use the generator
 FIXED = {"blur", "contrast", "brightness", "invert", "jpeg", "binarize"}  # the same for every seed
 
 
 @pytest.fixture(scope="module")
 def registry() -> Registry:
-    return Registry(entry_points=False, plugins={"corruptions": corruptions, "photo_blend": photo_blend,
-                                                    "binarize": binarize})
+    return Registry(
+        entry_points=False, plugins={"corruptions": corruptions, "photo_blend": photo_blend, "binarize": binarize}
+    )
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +28,7 @@ def photos() -> torch.Tensor:
     from sklearn.datasets import load_sample_image
 
     img = torch.from_numpy(load_sample_image("china.jpg").copy()).permute(2, 0, 1)
-    crops = [img[:, 60 * i:60 * i + 128, 70 * i:70 * i + 128] for i in range(4)]
+    crops = [img[:, 60 * i : 60 * i + 128, 70 * i : 70 * i + 128] for i in range(4)]
     crops = torch.stack(crops).float()
     small = F.interpolate(crops, size=(32, 32), mode="bilinear", antialias=True, align_corners=False)
     small = small.round().clamp(0, 255).to(torch.uint8)
@@ -82,8 +83,9 @@ def test_noise_std_grows_as_published(registry):
 
 
 def test_contrast_and_brightness(registry, photos):
-    stds = [float(_apply(registry, "contrast", photos, severity=s).float().std(dim=(1, 2, 3)).mean())
-            for s in range(1, 6)]
+    stds = [
+        float(_apply(registry, "contrast", photos, severity=s).float().std(dim=(1, 2, 3)).mean()) for s in range(1, 6)
+    ]
     assert stds == sorted(stds, reverse=True)
     means = [float(_apply(registry, "brightness", photos, severity=s).float().mean()) for s in range(1, 6)]
     assert means == sorted(means) and means[0] > float(photos.float().mean())
@@ -92,6 +94,7 @@ def test_contrast_and_brightness(registry, photos):
 def test_blur_removes_high_frequencies(registry, photos):
     def roughness(x):
         return float((x[..., 1:].float() - x[..., :-1].float()).abs().mean())
+
     values = [roughness(_apply(registry, "blur", photos, severity=s)) for s in range(1, 6)]
     assert values == sorted(values, reverse=True) and values[-1] < 0.6 * roughness(photos)
 
@@ -149,7 +152,7 @@ def _is_crop_of_a_photo(patch: torch.Tensor) -> bool:
     for photo in photos:
         corner = (photo == patch[:, :1, :1]).all(0)  # places whose pixel equals the patch's top-left one
         for y, x in corner.nonzero().tolist():
-            if torch.equal(photo[:, y:y + h, x:x + w], patch):
+            if torch.equal(photo[:, y : y + h, x : x + w], patch):
                 return True
     return False
 

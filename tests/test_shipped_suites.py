@@ -9,13 +9,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from conftest import ROOT, SHARED_DATA  # tests/ is on sys.path (pytest rootdir conftest)
 
 from tlbench.errors import WeightsUnavailableError
-from tlbench.plugins.registry import get_registry
 from tlbench.matrix.planning import plan
 from tlbench.matrix.suite import load_suite
-
-from conftest import ROOT, SHARED_DATA  # tests/ is on sys.path (pytest rootdir conftest)
+from tlbench.plugins.registry import get_registry
 
 SUITES = sorted((ROOT / "suites").glob("*.yaml"))
 
@@ -60,8 +59,10 @@ def test_suite_validates_and_expands(path: Path, tmp_path: Path):
 COMMITTED = {
     "quickstart": ("quickstart.yaml", {}),
     "digits_3seeds": ("digits_lite0.yaml", {"seeds": [0, 1, 2]}),
-    "digits_all8": ("digits_lite0.yaml", {"strategies": ["source_only", "freeze", "unfreeze", "dlr", "dann", "mmd",
-                                                         "self_training", "kd"]}),
+    "digits_all8": (
+        "digits_lite0.yaml",
+        {"strategies": ["source_only", "freeze", "unfreeze", "dlr", "dann", "mmd", "self_training", "kd"]},
+    ),
     "office31": ("office31.yaml", {"backbones": ["tf_efficientnet_lite0"], "strategies": ["freeze"]}),
 }
 

@@ -33,7 +33,7 @@ def test_interleaving_results_share_a_rank_and_consistent_ones_do_not():
     assert stats.significance_ranks([a, b]) == [1, 1]
     # every matched result of c is 5 points below a's: separated
     c = {k: v - 5 for k, v in a.items()}
-    assert stats.paired_p_value(a, c) == (pytest.approx(2 / 2 ** 9), 9)
+    assert stats.paired_p_value(a, c) == (pytest.approx(2 / 2**9), 9)
     assert stats.significance_ranks([a, c]) == [1, 2]
     assert stats.significance_ranks([a, b, c]) == [1, 1, 3]
 
@@ -56,9 +56,19 @@ def test_critical_difference_matches_demsar_2006():
 
 def _record(strategy: str, pair: str, seed: int, acc: float) -> CellRecord:
     source, target = pair.split("->")
-    return CellRecord(suite="s", dataset="d", backbone="net", strategy=strategy, source=source, target=target,
-                      seed=seed, status="ok", target_acc=acc, cell_id=f"{strategy}{pair}{seed}",
-                      started_at=f"2024-01-01T00:00:{seed:02d}")
+    return CellRecord(
+        suite="s",
+        dataset="d",
+        backbone="net",
+        strategy=strategy,
+        source=source,
+        target=target,
+        seed=seed,
+        status="ok",
+        target_acc=acc,
+        cell_id=f"{strategy}{pair}{seed}",
+        started_at=f"2024-01-01T00:00:{seed:02d}",
+    )
 
 
 def test_a_single_seed_board_says_its_ranks_are_not_tested():
@@ -73,8 +83,11 @@ def test_the_board_ties_strategies_no_test_separates():
     records = []
     for i, pair in enumerate(PAIRS):
         for seed in range(3):
-            records += [_record("best", pair, seed, 80 + i + seed), _record("close", pair, seed, 80 + i + (2 - seed)),
-                        _record("worse", pair, seed, 60 + i + seed)]
+            records += [
+                _record("best", pair, seed, 80 + i + seed),
+                _record("close", pair, seed, 80 + i + (2 - seed)),
+                _record("worse", pair, seed, 60 + i + seed),
+            ]
     board = build_leaderboard(records, {"name": "s"})
     ranks = dict(zip(board.accuracy["strategy"], board.accuracy["rank"]))
     assert ranks == {"best": 1, "close": 1, "worse": 3}

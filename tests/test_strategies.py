@@ -13,8 +13,13 @@ from torch import nn
 from tlbench import Batch, SetupContext, StepContext, TransferModel, UserError
 from tlbench.models.transfer import set_batchnorm_eval_where_frozen
 from tlbench.testing import apply_engine_trainability, make_tiny_batch, make_tiny_model
-from tlbench_builtins.strategies.dann import (Dann, DomainDiscriminator, GradientReversal, reversal_coefficient,
-                                              reverse_gradient)
+from tlbench_builtins.strategies.dann import (
+    Dann,
+    DomainDiscriminator,
+    GradientReversal,
+    reversal_coefficient,
+    reverse_gradient,
+)
 from tlbench_builtins.strategies.dlr import DiscriminativeLR
 from tlbench_builtins.strategies.freeze import Freeze
 from tlbench_builtins.strategies.kd import KnowledgeDistillation, distillation_loss
@@ -109,8 +114,13 @@ def _direct_mmd(x: torch.Tensor, y: torch.Tensor, alphas, linear: bool = False) 
     scale = sum(map(sum, d2)) / (n + m) ** 2
     k = lambda i, j: sum(math.exp(-d2[i][j] / (2 * a * scale)) for a in alphas)  # noqa: E731
     if linear:
-        return sum(k(i, (i + 1) % n) + k(n + i, n + (i + 1) % n) - k(i, n + (i + 1) % n) - k((i + 1) % n, n + i)
-                   for i in range(n)) / n
+        return (
+            sum(
+                k(i, (i + 1) % n) + k(n + i, n + (i + 1) % n) - k(i, n + (i + 1) % n) - k((i + 1) % n, n + i)
+                for i in range(n)
+            )
+            / n
+        )
     xx = sum(k(i, j) for i in range(n) for j in range(n) if i != j) / (n * (n - 1))
     yy = sum(k(n + i, n + j) for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
     xy = sum(k(i, n + j) for i in range(n) for j in range(m)) / (n * m)
@@ -124,8 +134,9 @@ def test_mk_mmd_equals_the_direct_quadratic_formula():
     assert float(mk_mmd(x, y)) == pytest.approx(_direct_mmd(x, y, alphas), rel=1e-5, abs=1e-6)
     assert float(mk_mmd(x, y, alphas=(1.0,))) == pytest.approx(_direct_mmd(x, y, (1.0,)), rel=1e-5, abs=1e-6)
     y4 = y[:4]
-    assert float(mk_mmd(x, y4, linear=True)) == pytest.approx(_direct_mmd(x, y4, alphas, linear=True), rel=1e-5,
-                                                              abs=1e-6)
+    assert float(mk_mmd(x, y4, linear=True)) == pytest.approx(
+        _direct_mmd(x, y4, alphas, linear=True), rel=1e-5, abs=1e-6
+    )
 
 
 def test_mk_mmd_is_near_zero_for_one_distribution_and_grows_with_the_shift():
@@ -137,9 +148,16 @@ def test_mk_mmd_is_near_zero_for_one_distribution_and_grows_with_the_shift():
     assert shifted == sorted(shifted) and shifted[0] > 5 * abs(same)
 
 
-@pytest.mark.parametrize("ramp,step,weight", [(False, 0, 2.0), (False, 3, 2.0), (True, 0, 0.0),
-                                              (True, 3, 2.0 * (2 / (1 + math.exp(-3.0)) - 1)),
-                                              (True, 10, 2.0 * (2 / (1 + math.exp(-10.0)) - 1))])
+@pytest.mark.parametrize(
+    "ramp,step,weight",
+    [
+        (False, 0, 2.0),
+        (False, 3, 2.0),
+        (True, 0, 0.0),
+        (True, 3, 2.0 * (2 / (1 + math.exp(-3.0)) - 1)),
+        (True, 10, 2.0 * (2 / (1 + math.exp(-10.0)) - 1)),
+    ],
+)
 def test_mmd_strategy_adds_the_weighted_discrepancy_to_source_ce(ramp, step, weight):
     torch.manual_seed(0)
     model = make_tiny_model()
@@ -162,8 +180,9 @@ def test_freeze_keeps_the_backbone_exact_through_real_optimizer_steps():
     groups = freeze.param_groups(model)
     assert ids(p for g in groups for p in g.params) == ids(model.head_parameters())
     apply_engine_trainability((model, freeze), groups, step=0, total_steps=3)
-    optimizer = torch.optim.SGD([{"params": g.params, "lr": 0.1 * g.lr_scale} for g in groups],
-                                momentum=0.9, nesterov=True, weight_decay=1e-3)
+    optimizer = torch.optim.SGD(
+        [{"params": g.params, "lr": 0.1 * g.lr_scale} for g in groups], momentum=0.9, nesterov=True, weight_decay=1e-3
+    )
     backbone_before = copy.deepcopy(model.backbone.state_dict())  # parameters and BN statistics
     head_before = [p.detach().clone() for p in model.head_parameters()]
     for step in range(3):
@@ -213,19 +232,22 @@ def test_dlr_gives_each_stage_the_decayed_learning_rate(decay):
     for i, stage in enumerate(reversed(stages)):  # i = 0 is the output-most stage
         group = by_stage[id(stage[0])]
         assert ids(group.params) == ids(stage)
-        expected = base_lr * model.backbone_lr_scale * decay ** i
-        assert group.lr_scale == pytest.approx(model.backbone_lr_scale * decay ** i)
+        expected = base_lr * model.backbone_lr_scale * decay**i
+        assert group.lr_scale == pytest.approx(model.backbone_lr_scale * decay**i)
         assert all(lr_of[id(p)] == pytest.approx(expected) for p in stage)
     assert sorted(ids(p for g in groups for p in g.params)) == sorted(ids(model.parameters()))
 
 
 # -- gradual unfreezing --------------------------------------------------------------------
-@pytest.mark.parametrize("params, starts", [
-    ({}, [0.3, 0.5]),                                        # gradual, output-most stage first
-    ({"mode": "together"}, [0.3, 0.3]),
-    ({"stages": 3, "at": 0.2, "until": 0.8}, [0.2, 0.5, 0.8]),
-    ({"stages": 1, "at": 0.4}, [0.4]),
-])
+@pytest.mark.parametrize(
+    "params, starts",
+    [
+        ({}, [0.3, 0.5]),  # gradual, output-most stage first
+        ({"mode": "together"}, [0.3, 0.3]),
+        ({"stages": 3, "at": 0.2, "until": 0.8}, [0.2, 0.5, 0.8]),
+        ({"stages": 1, "at": 0.4}, [0.4]),
+    ],
+)
 def test_unfreeze_joins_exactly_the_last_k_stages_at_the_declared_fractions(params, starts):
     model = make_tiny_model()
     strategy = setup(Unfreeze(**params), model)
@@ -250,10 +272,19 @@ def test_unfreeze_stages_train_from_ceil_start_times_total():
     trains = {}
     for step in (0, 2, 3, 4, 5, 19):
         apply_engine_trainability((model, strategy), groups, step, total_steps=10)
-        trains[step] = (all(p.requires_grad for p in last), all(p.requires_grad for p in second_last),
-                        any(p.requires_grad for p in model.backbone_stages()[0]))
-    assert trains == {0: (False, False, False), 2: (False, False, False), 3: (True, False, False),
-                      4: (True, False, False), 5: (True, True, False), 19: (True, True, False)}
+        trains[step] = (
+            all(p.requires_grad for p in last),
+            all(p.requires_grad for p in second_last),
+            any(p.requires_grad for p in model.backbone_stages()[0]),
+        )
+    assert trains == {
+        0: (False, False, False),
+        2: (False, False, False),
+        3: (True, False, False),
+        4: (True, False, False),
+        5: (True, True, False),
+        19: (True, True, False),
+    }
 
 
 def test_unfreeze_all_stages_and_bad_params():
@@ -312,8 +343,13 @@ def test_kd_step_distils_on_source_and_target_without_teacher_gradients():
 def test_kd_declares_its_teacher_params():
     assert KnowledgeDistillation.needs_teacher is True
     assert KnowledgeDistillation.default_params() == {
-        "teacher_backbone": "", "teacher_strategy": "dann", "teacher_params": {}, "alpha": 0.5, "temperature": 4.0,
-        "teacher_views": 0}
+        "teacher_backbone": "",
+        "teacher_strategy": "dann",
+        "teacher_params": {},
+        "alpha": 0.5,
+        "temperature": 4.0,
+        "teacher_views": 0,
+    }
     a, b = KnowledgeDistillation.Params(), KnowledgeDistillation.Params()
     assert a.teacher_params is not b.teacher_params
 
@@ -349,7 +385,7 @@ def test_self_training_with_no_confident_target_adds_nothing_and_scores_an_empty
     assert float(out.metrics["pseudo_loss"]) == 0.0
     assert float(out.metrics["pseudo_coverage"]) == 0.0
     torch.testing.assert_close(out.loss, torch.tensor(math.log(3.0)))  # only the source CE of a uniform head
-    (index, _, mask), = scored
+    ((index, _, mask),) = scored
     assert index.tolist() == batch.target_index.tolist() and not mask.any()
 
 
@@ -361,8 +397,9 @@ def test_self_training_uses_confident_pseudo_labels_on_the_strong_view():
     batch = make_tiny_batch(("weak", "strong"))
     out = st.training_step(batch, step_ctx(model))
     labels = model(batch.target).argmax(1)
-    expected = (F.cross_entropy(model(batch.source), batch.source_labels)
-                + 0.5 * F.cross_entropy(model(batch.target_strong), labels))
+    expected = F.cross_entropy(model(batch.source), batch.source_labels) + 0.5 * F.cross_entropy(
+        model(batch.target_strong), labels
+    )
     torch.testing.assert_close(out.loss, expected)
     assert float(out.metrics["pseudo_coverage"]) == 1.0
 

@@ -18,8 +18,11 @@ BUILTINS = {"source_only", "freeze", "unfreeze", "dlr", "dann", "mmd", "self_tra
 
 def builtin_strategy_names() -> list[str]:
     registry = get_registry()
-    return [n for n in registry.names("strategy")
-            if registry.plugins[registry.entry("strategy", n).plugin].module.startswith("tlbench_builtins.")]
+    return [
+        n
+        for n in registry.names("strategy")
+        if registry.plugins[registry.entry("strategy", n).plugin].module.startswith("tlbench_builtins.")
+    ]
 
 
 def test_all_eight_builtin_strategies_are_registered_without_errors():
@@ -34,12 +37,15 @@ def test_builtin_strategy_conforms(name):
     check_strategy(get_registry().get("strategy", name))
 
 
-@pytest.mark.parametrize("name, params", [
-    ("unfreeze", {"mode": "together", "stages": -1}),
-    ("mmd", {"linear": True}),
-    ("dann", {"hidden": 64, "dropout": 0.5}),
-    ("self_training", {"warmup": 0.0, "threshold": 0.0}),
-])
+@pytest.mark.parametrize(
+    "name, params",
+    [
+        ("unfreeze", {"mode": "together", "stages": -1}),
+        ("mmd", {"linear": True}),
+        ("dann", {"hidden": 64, "dropout": 0.5}),
+        ("self_training", {"warmup": 0.0, "threshold": 0.0}),
+    ],
+)
 def test_builtin_strategy_conforms_with_non_default_params(name, params):
     check_strategy(get_registry().get("strategy", name), params)
 
@@ -162,19 +168,22 @@ class WrappedDoc(Good):
     name = "wrapped_doc"
 
 
-@pytest.mark.parametrize("cls, message", [
-    (CallsBackward, "computed gradients itself"),
-    (UnusedModule, "no gradient reached .*strategy.extra"),
-    (Unseeded, "two runs with seed 0 differ"),
-    (NoDefault, "weight have no default"),
-    (FrozenButBackbone, "trains_backbone is False but group 'backbone'"),
-    (TouchesRequiresGrad, "gradient reached model.backbone"),
-    (TeacherWithGrad, "gradient reached the teacher"),
-    (BadViews, "target_views must be one of"),
-    (Infinite, "loss is not finite"),
-    (NoDoc, "needs a docstring"),
-    (WrappedDoc, "would print for strategies cut mid-sentence"),
-])
+@pytest.mark.parametrize(
+    "cls, message",
+    [
+        (CallsBackward, "computed gradients itself"),
+        (UnusedModule, "no gradient reached .*strategy.extra"),
+        (Unseeded, "two runs with seed 0 differ"),
+        (NoDefault, "weight have no default"),
+        (FrozenButBackbone, "trains_backbone is False but group 'backbone'"),
+        (TouchesRequiresGrad, "gradient reached model.backbone"),
+        (TeacherWithGrad, "gradient reached the teacher"),
+        (BadViews, "target_views must be one of"),
+        (Infinite, "loss is not finite"),
+        (NoDoc, "needs a docstring"),
+        (WrappedDoc, "would print for strategies cut mid-sentence"),
+    ],
+)
 def test_check_strategy_names_the_defect(cls, message):
     with pytest.raises(AssertionError, match=message):
         check_strategy(cls)

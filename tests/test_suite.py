@@ -71,8 +71,12 @@ def test_missing_file(tmp_path):
 
 
 def test_overrides_and_narrowing(tmp_path):
-    suite = load_suite(write(tmp_path, BASE), overrides=["recipe.steps=7", "recipe.lr=0.5", "seeds=[1, 2]"],
-                       strategies=["dann", "freeze"], pairs=["digits->digits+rotate:2"])
+    suite = load_suite(
+        write(tmp_path, BASE),
+        overrides=["recipe.steps=7", "recipe.lr=0.5", "seeds=[1, 2]"],
+        strategies=["dann", "freeze"],
+        pairs=["digits->digits+rotate:2"],
+    )
     assert suite.recipe.steps == 7 and suite.recipe.lr == 0.5 and suite.seeds == [1, 2]
     assert [s.name for s in suite.strategies] == ["dann", "freeze"]
     assert suite.strategies[0].params == {"trade_off": 0.5}  # kept from the suite

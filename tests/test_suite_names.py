@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT
+
 from tlbench.cli import main
 from tlbench.errors import UserError
 from tlbench.matrix.shipped import resolve_suite, shipped_suites
@@ -37,8 +37,11 @@ def test_a_path_with_a_folder_is_never_a_shipped_name(tmp_path):
 
 def test_an_unknown_name_is_one_line_listing_the_shipped_suites(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(UserError, match=f"quickstrat: no such suite file, nor a shipped suite of that name; "
-                                        f"shipped suites: {', '.join(SHIPPED)} "):
+    with pytest.raises(
+        UserError,
+        match=f"quickstrat: no such suite file, nor a shipped suite of that name; "
+        f"shipped suites: {', '.join(SHIPPED)} ",
+    ):
         resolve_suite(Path("quickstrat"))
     assert main(["run", "quickstrat"]) == 2
     err = capsys.readouterr().err
@@ -52,4 +55,6 @@ def test_list_suites_names_each_with_its_description(capsys):
     description = read_yaml(ROOT / "suites" / "quickstart.yaml")["description"]
     assert any(r.startswith("quickstart ") and r.endswith(" " + description) for r in rows)
     assert main(["list", "suites", "digits*"]) == 0
-    assert [r.split()[0] for r in capsys.readouterr().out.splitlines()] == [n for n in SHIPPED if n.startswith("digits")]
+    assert [r.split()[0] for r in capsys.readouterr().out.splitlines()] == [
+        n for n in SHIPPED if n.startswith("digits")
+    ]

@@ -30,8 +30,9 @@ def test_a_suite_without_lists_keeps_its_cell_ids_and_has_no_sweep():
 def test_strategy_and_recipe_lists_expand_to_their_product():
     cells = _cells(strategies=[{"dann": {"trade_off": [0.1, 0.3, 1.0]}}], recipe={"lr": [0.003, 0.01]})
     assert len(cells) == 6 and len({c.id for c in cells}) == 6
-    assert {(c.params["trade_off"], c.recipe["lr"]) for c in cells} == {(t, lr) for t in (0.1, 0.3, 1.0)
-                                                                         for lr in (0.003, 0.01)}
+    assert {(c.params["trade_off"], c.recipe["lr"]) for c in cells} == {
+        (t, lr) for t in (0.1, 0.3, 1.0) for lr in (0.003, 0.01)
+    }
     assert {c.label for c in cells} == {"dann"}
     (default,) = [c for c in cells if c.sweep["default"]]
     assert default.params["trade_off"] == 1.0 and default.recipe["lr"] == 0.01
@@ -44,11 +45,14 @@ def test_a_sequence_key_is_swept_by_a_list_of_lists():
     assert sorted(c.recipe["crop_scale"][0] for c in cells) == [0.08, 0.5]
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"strategies": [{"dann": {"trade_off": []}}]}, "empty list"),
-    ({"strategies": [{"dann": {"trade_off": [0.1, 0.1]}}]}, "twice"),
-    ({"recipe": {"lr": [0.01, -1]}}, "recipe.lr"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"strategies": [{"dann": {"trade_off": []}}]}, "empty list"),
+        ({"strategies": [{"dann": {"trade_off": [0.1, 0.1]}}]}, "twice"),
+        ({"recipe": {"lr": [0.01, -1]}}, "recipe.lr"),
+    ],
+)
 def test_a_bad_sweep_is_one_line_naming_the_key(change, message):
     with pytest.raises(UserError, match=message):
         _cells(**change)

@@ -15,9 +15,9 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from conftest import TINY_SUITE, run_tiny_suite
 
 import tlbench
-from conftest import TINY_SUITE, run_tiny_suite
 from tlbench.cli import main
 from tlbench.matrix.results import ResultsDir
 from tlbench.plugins.registry import Registry, set_registry
@@ -43,8 +43,9 @@ class Broken(tlbench.Tracker):
         raise ConnectionError("server at 127.0.0.1:9 refused the connection")
 
 
-TEST_TRACKERS = types.SimpleNamespace(register_trackers=tlbench.hookimpl(
-    lambda register: [register(Counting), register(Broken)]))
+TEST_TRACKERS = types.SimpleNamespace(
+    register_trackers=tlbench.hookimpl(lambda register: [register(Counting), register(Broken)])
+)
 
 
 @pytest.fixture
@@ -65,8 +66,18 @@ def _suite(tmp_path: Path) -> Path:
 
 
 def _run(tmp_path: Path, *extra: str) -> int:
-    return main(["run", str(_suite(tmp_path)), "--out", str(tmp_path / "out"), "--quiet",
-                 "--cache", str(tmp_path / "cache"), *extra])
+    return main(
+        [
+            "run",
+            str(_suite(tmp_path)),
+            "--out",
+            str(tmp_path / "out"),
+            "--quiet",
+            "--cache",
+            str(tmp_path / "cache"),
+            *extra,
+        ]
+    )
 
 
 def test_a_resumed_run_sends_no_finished_cell_twice(with_test_trackers, tmp_path):
@@ -175,12 +186,16 @@ def _bin(name: str) -> str:
 @pytest.mark.slow
 def test_tensorboard_serves_the_runs_on_loopback(tracked_run):
     port = _free_port()
-    proc = subprocess.Popen([_bin("tensorboard"), "--logdir", str(tracked_run / "tensorboard"), "--host", "127.0.0.1",
-                             "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [_bin("tensorboard"), "--logdir", str(tracked_run / "tensorboard"), "--host", "127.0.0.1", "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         runs = _get_json(f"http://127.0.0.1:{port}/data/runs", proc=proc)
-        assert len(runs) == 2 and all(any(r.endswith(rec.cell_id) for r in runs)
-                                      for rec in ResultsDir(tracked_run).records())
+        assert len(runs) == 2 and all(
+            any(r.endswith(rec.cell_id) for r in runs) for rec in ResultsDir(tracked_run).records()
+        )
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -192,9 +207,22 @@ def test_mlflow_ui_serves_the_runs_on_loopback(tracked_run):
 
     port = _free_port()
     store = f"sqlite:///{tracked_run.resolve() / 'mlflow' / 'mlflow.db'}"
-    proc = subprocess.Popen([_bin("mlflow"), "ui", "--backend-store-uri", store, "--host", "127.0.0.1",
-                             "--port", str(port), "--workers", "1"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            _bin("mlflow"),
+            "ui",
+            "--backend-store-uri",
+            store,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         _get_json(f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/get-by-name?experiment_name=tiny", proc=proc)
         client = MlflowClient(tracking_uri=f"http://127.0.0.1:{port}")
@@ -211,8 +239,10 @@ def test_mlflow_server_down_is_a_warning_not_a_failure(tmp_path, capsys, monkeyp
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
     port = _free_port()  # nothing listens there
     suite = _suite(tmp_path)
-    suite.write_text(TINY_SUITE.replace("strategies: [source_only, dann]", "strategies: [source_only]")
-                     + f"trackers:\n  - {{name: mlflow, options: {{tracking_uri: 'http://127.0.0.1:{port}'}}}}\n")
+    suite.write_text(
+        TINY_SUITE.replace("strategies: [source_only, dann]", "strategies: [source_only]")
+        + f"trackers:\n  - {{name: mlflow, options: {{tracking_uri: 'http://127.0.0.1:{port}'}}}}\n"
+    )
     assert main(["run", str(suite), "--out", str(tmp_path / "out"), "--quiet", "--cache", str(tmp_path / "c")]) == 0
     assert "tracker 'mlflow' failed" in capsys.readouterr().err
     assert [r.status for r in ResultsDir(tmp_path / "out").records()] == ["ok"]

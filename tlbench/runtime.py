@@ -145,9 +145,11 @@ def settings(environ: Mapping[str, str] = os.environ, *, machine_busy: bool = Fa
         if wanted != "auto":
             from tlbench.errors import UserError
 
-            raise UserError(f"{SWITCH}={wanted}: no {allocator} library found; install it (Debian: apt install "
-                            f"{'libjemalloc2' if allocator == 'jemalloc' else 'libtcmalloc-minimal4'}) or use "
-                            f"{SWITCH}=auto")
+            raise UserError(
+                f"{SWITCH}={wanted}: no {allocator} library found; install it (Debian: apt install "
+                f"{'libjemalloc2' if allocator == 'jemalloc' else 'libtcmalloc-minimal4'}) or use "
+                f"{SWITCH}=auto"
+            )
     return out  # auto without a caching allocator: glibc's defaults (see missing_allocator_hint)
 
 
@@ -158,12 +160,18 @@ def _with_glibc_tunables(existing: str) -> str:
 
 def missing_allocator_hint(environ: Mapping[str, str] = os.environ) -> str | None:
     """One line for a user whose CPU runs would be faster with a caching allocator installed."""
-    if choice(environ) != "auto" or not sys.platform.startswith("linux") or _user_allocator(environ) \
-            or "LD_PRELOAD" in settings(environ):
+    if (
+        choice(environ) != "auto"
+        or not sys.platform.startswith("linux")
+        or _user_allocator(environ)
+        or "LD_PRELOAD" in settings(environ)
+    ):
         return None
-    return ("no caching allocator found, so CPU training steps spend much of their time in the kernel (about 2x "
-            "slower at 224 px): apt install libjemalloc2 (or libtcmalloc-minimal4), or set "
-            f"{SWITCH}=glibc (faster, up to twice the memory); {SWITCH}=off silences this")
+    return (
+        "no caching allocator found, so CPU training steps spend much of their time in the kernel (about 2x "
+        "slower at 224 px): apt install libjemalloc2 (or libtcmalloc-minimal4), or set "
+        f"{SWITCH}=glibc (faster, up to twice the memory); {SWITCH}=off silences this"
+    )
 
 
 def reexec_with_settings(argv: list[str], *, trains: bool = True) -> None:

@@ -39,8 +39,10 @@ class Budget:
                 return cls(fraction=value / 100)
         elif (m := _SHOT.match(raw)) and int(m[1]) >= 1:
             return cls(shots=int(m[1]))
-        raise UserError(f"budget {text!r}: write a share of the training labels such as '10%' (0 < share <= 100) "
-                        "or labels per class such as '5-shot'")
+        raise UserError(
+            f"budget {text!r}: write a share of the training labels such as '10%' (0 < share <= 100) "
+            "or labels per class such as '5-shot'"
+        )
 
     def __str__(self) -> str:
         if self.shots is not None:
@@ -64,5 +66,6 @@ class Budget:
         try:
             return stratified_split(labels, self.fraction, seed=seed, per_class=self.shots)
         except ValueError as exc:
-            raise UserError(f"budget {self}: {exc} in the training split; use fewer shots or a share such as "
-                            "'10%'") from None
+            raise UserError(
+                f"budget {self}: {exc} in the training split; use fewer shots or a share such as '10%'"
+            ) from None

@@ -38,8 +38,10 @@ def default_cache_dir() -> Path:
         return Path(env).expanduser()
     home = os.environ.get("HOME")
     if not home or not Path(home).is_absolute() or Path(home) == Path(home).anchor:
-        raise UserError(f"$HOME is {home!r}, so there is no ~/.cache for tlbench; set TLBENCH_CACHE to a "
-                        "writable folder (or pass --cache DIR)")
+        raise UserError(
+            f"$HOME is {home!r}, so there is no ~/.cache for tlbench; set TLBENCH_CACHE to a "
+            "writable folder (or pass --cache DIR)"
+        )
     return Path(home) / ".cache" / "tlbench"
 
 
@@ -49,10 +51,13 @@ def usable_cache_dir(path: Path, what: str = "the cache folder") -> Path:
     try:
         path.mkdir(parents=True, exist_ok=True)
     except FileExistsError:
-        raise UserError(f"{what} {path} is a file, not a folder; point TLBENCH_CACHE (or --cache) at a folder") from None
+        raise UserError(
+            f"{what} {path} is a file, not a folder; point TLBENCH_CACHE (or --cache) at a folder"
+        ) from None
     except OSError as exc:
-        raise UserError(f"{what} {path} cannot be created ({exc.strerror}); point TLBENCH_CACHE (or --cache) "
-                        "at a writable folder") from None
+        raise UserError(
+            f"{what} {path} cannot be created ({exc.strerror}); point TLBENCH_CACHE (or --cache) at a writable folder"
+        ) from None
     if not os.access(path, os.W_OK | os.X_OK):
         raise UserError(f"{what} {path} is not writable; point TLBENCH_CACHE (or --cache) at a writable folder")
     return path
@@ -96,8 +101,9 @@ def clear_memory_cache() -> None:
     _memory.clear()
 
 
-def load_domain(dataset: Dataset, spec: DomainSpec | str, size: int, *, cache_dir: Path | None,
-                shift_seed: int = 0, registry=None) -> Domain:
+def load_domain(
+    dataset: Dataset, spec: DomainSpec | str, size: int, *, cache_dir: Path | None, shift_seed: int = 0, registry=None
+) -> Domain:
     """The domain a spec such as ``amazon`` or ``digits+rotate:3+noise:2`` names, at ``size``×``size``.
 
     The base domain comes from the in-process LRU, else the disk cache under ``cache_dir``
@@ -112,8 +118,10 @@ def load_domain(dataset: Dataset, spec: DomainSpec | str, size: int, *, cache_di
         from tlbench.plugins.registry import get_registry
 
         registry = get_registry()
-    shifts = [(registry.get("shift", name), DEFAULT_SEVERITY if severity is None else severity)
-              for name, severity in spec.shifts]  # unknown names fail early
+    shifts = [
+        (registry.get("shift", name), DEFAULT_SEVERITY if severity is None else severity)
+        for name, severity in spec.shifts
+    ]  # unknown names fail early
     base = dataset.resolve(spec.base)
     key = cache_key(dataset, base, size)
     full_key = f"{key}|{'+'.join(f'{n}:{s}' for n, s in spec.shifts)}|seed={shift_seed if spec.shifts else 0}"
@@ -131,8 +139,9 @@ def load_domain(dataset: Dataset, spec: DomainSpec | str, size: int, *, cache_di
         generator = torch.Generator().manual_seed(shift_generator_seed(shift_seed, name, severity))
         out = shift_cls().apply(images, severity, generator)
         if out.shape != images.shape or out.dtype != torch.uint8:
-            raise RuntimeError(f"shift {name!r} returned {tuple(out.shape)} {out.dtype}, "
-                               f"expected {tuple(images.shape)} torch.uint8")
+            raise RuntimeError(
+                f"shift {name!r} returned {tuple(out.shape)} {out.dtype}, expected {tuple(images.shape)} torch.uint8"
+            )
         images = out
     result = domain.renamed(str(spec), images)
     if spec.shifts:
@@ -149,8 +158,17 @@ def shift_generator_seed(shift_seed: int, name: str, severity: int) -> int:
 def cache_key(dataset: Dataset, domain: str, size: int) -> str:
     """Everything that changes the decoded pixels of a base domain, as one string."""
     options = json.dumps(dataset.options, sort_keys=True, default=str)
-    return json.dumps({"format": CACHE_FORMAT, "dataset": dataset.name, "options": options, "domain": domain,
-                       "size": int(size), "fingerprint": dataset.fingerprint(domain)}, sort_keys=True)
+    return json.dumps(
+        {
+            "format": CACHE_FORMAT,
+            "dataset": dataset.name,
+            "options": options,
+            "domain": domain,
+            "size": int(size),
+            "fingerprint": dataset.fingerprint(domain),
+        },
+        sort_keys=True,
+    )
 
 
 def cache_path(cache_dir: Path, dataset: Dataset, domain: str, size: int, key: str) -> Path:
@@ -178,8 +196,10 @@ def _load_base(dataset: Dataset, domain: str, size: int, key: str, cache_dir: Pa
 def _decode(dataset: Dataset, domain: str, size: int) -> Domain:
     decoded = dataset.load(domain, size)
     if tuple(decoded.images.shape[-2:]) != (size, size):
-        raise RuntimeError(f"dataset {dataset.name!r} returned {domain!r} images of "
-                           f"{tuple(decoded.images.shape[-2:])}, expected {size}×{size}")
+        raise RuntimeError(
+            f"dataset {dataset.name!r} returned {domain!r} images of "
+            f"{tuple(decoded.images.shape[-2:])}, expected {size}×{size}"
+        )
     return decoded
 
 
@@ -191,12 +211,19 @@ def _read(path: Path, key: str) -> Domain | None:
     if not isinstance(blob, dict) or blob.get("key") != key:
         warnings.warn(f"cache file {path} was written for another key; rebuilding it", stacklevel=3)
         return None
-    return Domain(blob["name"], blob["images"], blob["labels"], list(blob["classes"]), list(blob["skipped"]),
-                  blob.get("split"))
+    return Domain(
+        blob["name"], blob["images"], blob["labels"], list(blob["classes"]), list(blob["skipped"]), blob.get("split")
+    )
 
 
 def _write(path: Path, key: str, domain: Domain) -> None:
-    blob: dict[str, Any] = {"key": key, "name": domain.name, "images": domain.images.contiguous(),
-                            "labels": domain.labels, "classes": list(domain.classes),
-                            "skipped": list(domain.skipped), "split": domain.split}
+    blob: dict[str, Any] = {
+        "key": key,
+        "name": domain.name,
+        "images": domain.images.contiguous(),
+        "labels": domain.labels,
+        "classes": list(domain.classes),
+        "skipped": list(domain.skipped),
+        "split": domain.split,
+    }
     save_cached(path, blob)

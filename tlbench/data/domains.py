@@ -49,16 +49,21 @@ class Domain:
 
     def __post_init__(self) -> None:
         if self.images.dtype != torch.uint8 or self.images.dim() != 4 or self.images.shape[1] != 3:
-            raise ValueError(f"domain {self.name!r}: images must be uint8 N×3×H×W, got "
-                             f"{tuple(self.images.shape)} {self.images.dtype}")
+            raise ValueError(
+                f"domain {self.name!r}: images must be uint8 N×3×H×W, got "
+                f"{tuple(self.images.shape)} {self.images.dtype}"
+            )
         if len(self.images) != len(self.labels):
             raise ValueError(f"domain {self.name!r}: {len(self.images)} images but {len(self.labels)} labels")
         if len(self.images) == 0:
             raise UserError(f"domain {self.name!r} has no images")
-        if self.split is not None and (len(self.split) != len(self.labels)
-                                       or not bool(((self.split == TRAIN) | (self.split == TEST)).all())):
-            raise ValueError(f"domain {self.name!r}: split must hold {TRAIN} (train) or {TEST} (test) for each "
-                             f"of its {len(self.labels)} images")
+        if self.split is not None and (
+            len(self.split) != len(self.labels) or not bool(((self.split == TRAIN) | (self.split == TEST)).all())
+        ):
+            raise ValueError(
+                f"domain {self.name!r}: split must hold {TRAIN} (train) or {TEST} (test) for each "
+                f"of its {len(self.labels)} images"
+            )
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -69,8 +74,9 @@ class Domain:
 
     def renamed(self, name: str, images: Tensor | None = None) -> Domain:
         """The same labels, classes and split under another name (and, for a shifted domain, other pixels)."""
-        return Domain(name, self.images if images is None else images, self.labels, self.classes, self.skipped,
-                      self.split)
+        return Domain(
+            name, self.images if images is None else images, self.labels, self.classes, self.skipped, self.split
+        )
 
 
 class Dataset(Plugin):
@@ -91,8 +97,10 @@ class Dataset(Plugin):
     def __init__(self, root: Path | None = None, **options: Any):
         unknown = sorted(set(options) - set(self.option_help))
         if unknown:
-            raise UserError(f"dataset {self.name!r}: unknown option(s) {', '.join(unknown)}; "
-                            f"valid: {', '.join(self.option_help) or 'none'}")
+            raise UserError(
+                f"dataset {self.name!r}: unknown option(s) {', '.join(unknown)}; "
+                f"valid: {', '.join(self.option_help) or 'none'}"
+            )
         self.root = Path(root) if root is not None else None
         self.options = options
 
@@ -192,8 +200,9 @@ def resize_uint8(images: Tensor, size: int) -> Tensor:
     """Resize uint8 N×3×H×W images to size×size (antialiased bilinear), staying uint8."""
     if images.shape[-2:] == (size, size):
         return images.contiguous()
-    out = torch.nn.functional.interpolate(images.float(), size=(size, size), mode="bilinear",
-                                          antialias=True, align_corners=False)
+    out = torch.nn.functional.interpolate(
+        images.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False
+    )
     return out.round_().clamp_(0, 255).to(torch.uint8)
 
 
@@ -227,7 +236,9 @@ def _decode_hwc(path: Path, size: int) -> np.ndarray:
         return np.asarray(im, dtype=np.uint8).copy()
 
 
-def decode_image_files(paths: Sequence[Path], size: int, *, on_error: str = "error") -> tuple[Tensor, list[int], list[str]]:
+def decode_image_files(
+    paths: Sequence[Path], size: int, *, on_error: str = "error"
+) -> tuple[Tensor, list[int], list[str]]:
     """Decode many files; returns (images, indices kept, messages about skipped files).
 
     ``on_error='error'`` stops at the first unreadable file, naming it; ``'skip'`` warns and
@@ -241,8 +252,9 @@ def decode_image_files(paths: Sequence[Path], size: int, *, on_error: str = "err
         except Exception as exc:
             msg = f"{path}: cannot read image ({type(exc).__name__}: {exc})"
             if on_error != "skip":
-                raise UserError(msg + "; fix or remove the file, or set dataset_options.on_bad_image: skip "
-                                      "in the suite") from exc
+                raise UserError(
+                    msg + "; fix or remove the file, or set dataset_options.on_bad_image: skip in the suite"
+                ) from exc
             warnings.warn("skipping " + msg, stacklevel=2)
             skipped.append(msg)
     if not out:
@@ -283,8 +295,10 @@ def class_folder_files(folder: Path) -> dict[str, list[Path]]:
         files = sorted(f for f in sub.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith("."))
         odd = next((f for f in files if not f.is_file()), None)
         if odd is not None:
-            raise UserError(f"{odd} is not a regular file (a folder, a FIFO or a device); remove it or rename it "
-                            "without an image suffix")
+            raise UserError(
+                f"{odd} is not a regular file (a folder, a FIFO or a device); remove it or rename it "
+                "without an image suffix"
+            )
         out[sub.name] = files
     return out
 
@@ -319,8 +333,9 @@ class ClassFolderDataset(Dataset):
     def __init__(self, root: Path | None = None, **options: Any):
         super().__init__(root, **options)
         if self.options.get("on_bad_image", "error") not in ("error", "skip"):
-            raise UserError(f"dataset {self.name!r}: on_bad_image must be 'error' or 'skip', "
-                            f"got {self.options['on_bad_image']!r}")
+            raise UserError(
+                f"dataset {self.name!r}: on_bad_image must be 'error' or 'skip', got {self.options['on_bad_image']!r}"
+            )
         self._files: dict[str, dict[str, list[Path]]] = {}
         self._test_files: dict[str, set[Path]] = {}
 
@@ -334,12 +349,16 @@ class ClassFolderDataset(Dataset):
             folder = self.domain_folder(domain)
             files, self._test_files[domain] = self._split_class_files(folder)
             if not any(files.values()):
-                raise UserError(f"dataset {self.name!r}: domain {domain!r} has no images in {folder} "
-                                f"(expected {folder}/<class>/<image>{'|'.join(IMAGE_SUFFIXES)})")
+                raise UserError(
+                    f"dataset {self.name!r}: domain {domain!r} has no images in {folder} "
+                    f"(expected {folder}/<class>/<image>{'|'.join(IMAGE_SUFFIXES)})"
+                )
             empty = next((c for c, fs in files.items() if not fs), None)
             if empty is not None:  # an empty folder, or a link to a folder of folders such as ..
-                raise UserError(f"dataset {self.name!r}: class folder {folder / empty} has no images "
-                                f"({'|'.join(IMAGE_SUFFIXES)}); add images or remove the folder")
+                raise UserError(
+                    f"dataset {self.name!r}: class folder {folder / empty} has no images "
+                    f"({'|'.join(IMAGE_SUFFIXES)}); add images or remove the folder"
+                )
             self._files[domain] = files
         return self._files[domain]
 
@@ -352,8 +371,10 @@ class ClassFolderDataset(Dataset):
         for have, lack in ((train, split[1]), (test, split[0])):
             missing = sorted(set(have) - set(class_folder_files(lack)))
             if missing:
-                raise UserError(f"dataset {self.name!r}: class {missing[0]!r} is missing from {lack}; its train/ "
-                                f"and {split[1].name}/ folders need the same class folders")
+                raise UserError(
+                    f"dataset {self.name!r}: class {missing[0]!r} is missing from {lack}; its train/ "
+                    f"and {split[1].name}/ folders need the same class folders"
+                )
         return {c: train[c] + test[c] for c in train}, {f for fs in test.values() for f in fs}
 
     def classes(self) -> list[str]:
@@ -364,9 +385,11 @@ class ClassFolderDataset(Dataset):
             missing = sorted(union - present)
             if missing:
                 others = [d for d, p in per_domain.items() if missing[0] in p]
-                raise UserError(f"dataset {self.name!r}: class {missing[0]!r} (in {', '.join(others)}) is missing "
-                                f"from domain {domain!r} ({self.domain_folder(domain)}); every domain needs the "
-                                f"same class folders ({len(missing)} missing there)")
+                raise UserError(
+                    f"dataset {self.name!r}: class {missing[0]!r} (in {', '.join(others)}) is missing "
+                    f"from domain {domain!r} ({self.domain_folder(domain)}); every domain needs the "
+                    f"same class folders ({len(missing)} missing there)"
+                )
         return sorted(union)
 
     def check(self) -> None:

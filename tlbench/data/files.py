@@ -76,8 +76,7 @@ def save_cached(path: Path, obj: Any) -> None:
     try:
         save_checked(path, obj)
     except OSError as exc:
-        warnings.warn(f"could not write cache file {path} ({exc.strerror or exc}); continuing without it",
-                      stacklevel=3)
+        warnings.warn(f"could not write cache file {path} ({exc.strerror or exc}); continuing without it", stacklevel=3)
 
 
 def load_checked(path: Path) -> Any:
@@ -93,7 +92,7 @@ def load_checked(path: Path) -> Any:
         if hashlib.sha256(data).hexdigest() != sidecar(path).read_text().split()[0]:
             raise ValueError("sha256 does not match its sidecar (truncated or modified)")
         return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except Exception as exc:  # whatever is wrong with the file, it is not trusted
+    except Exception as exc:  # noqa: BLE001 - whatever is wrong with the file, it is not trusted
         warnings.warn(f"file {path} is unusable ({type(exc).__name__}: {exc}); rebuilding it", stacklevel=2)
         return None
 

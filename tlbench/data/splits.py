@@ -25,8 +25,9 @@ VALIDATION_FRACTION = 0.2
 SPLIT_SEED = 0
 
 
-def stratified_split(labels: Tensor, fraction: float | None = None, seed: int = 0, *,
-                     per_class: int | None = None) -> tuple[Tensor, Tensor]:
+def stratified_split(
+    labels: Tensor, fraction: float | None = None, seed: int = 0, *, per_class: int | None = None
+) -> tuple[Tensor, Tensor]:
     """Indices ``(first, second)`` with ``fraction`` of every class's images (or ``per_class`` of
     each class) in ``first``.
 

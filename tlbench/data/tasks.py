@@ -48,8 +48,9 @@ def split_task(domain: Domain, budget: Budget, seed: int, score_on: str = "test"
     labels = domain.labels[train]
     untaught = sorted(set(domain.labels[scored].tolist()) - set(labels.tolist()))
     if untaught:
-        raise UserError(f"task {domain.name!r}: class {domain.classes[untaught[0]]!r} has {score_on} images but no "
-                        "training image; add training images of it or remove its test images")
+        raise UserError(
+            f"task {domain.name!r}: class {domain.classes[untaught[0]]!r} has {score_on} images but no "
+            "training image; add training images of it or remove its test images"
+        )
     labelled, rest = budget.draw(labels, seed)
     return TaskSplit(train[labelled], train[rest], scored, split.official)
-

@@ -62,13 +62,29 @@ class Cell:
     def config(self) -> dict[str, Any]:
         """What determines the result (the suite's name and the data root's location do not)."""
         return {
-            "dataset": self.dataset, "dataset_options": self.dataset_options, "backbone": self.backbone,
-            "weights": self.weights, "strategy": self.strategy, "params": self.params, "source": self.source,
-            "target": self.target, "seed": self.seed, "recipe": self.recipe, "shift_seed": self.shift_seed,
+            "dataset": self.dataset,
+            "dataset_options": self.dataset_options,
+            "backbone": self.backbone,
+            "weights": self.weights,
+            "strategy": self.strategy,
+            "params": self.params,
+            "source": self.source,
+            "target": self.target,
+            "seed": self.seed,
+            "recipe": self.recipe,
+            "shift_seed": self.shift_seed,
             "teacher": self.teacher.id if self.teacher else None,
             **({"derived_split": "stratified"} if self.derived_pair else {}),
-            **({"protocol": self.protocol, "budget": self.budget, "score_on": self.score_on,
-                "test_split": _test_split_rule()} if self.finetune else {}),
+            **(
+                {
+                    "protocol": self.protocol,
+                    "budget": self.budget,
+                    "score_on": self.score_on,
+                    "test_split": _test_split_rule(),
+                }
+                if self.finetune
+                else {}
+            ),
         }
 
     @property
@@ -133,8 +149,9 @@ class CellTask:
         return asdict(self)
 
 
-def expand_cells(suite, registry, domains: list[tuple[str, str]],
-                 pairs_of: dict[str, list[tuple[str, str]]] | None = None) -> list[Cell]:
+def expand_cells(
+    suite, registry, domains: list[tuple[str, str]], pairs_of: dict[str, list[tuple[str, str]]] | None = None
+) -> list[Cell]:
     """The matrix backbones × strategies × pairs × seeds, plus the teacher cells it depends on.
 
     ``domains`` are the suite's pairs with domain names already resolved; ``pairs_of`` narrows
@@ -162,27 +179,54 @@ def expand_cells(suite, registry, domains: list[tuple[str, str]],
     finetune = {"protocol": protocol, "score_on": suite.score_on} if protocol == "finetune" else {}
     budgets = suite.budgets if finetune else [""]
 
-    def make(backbone, strategy_name, label, raw_params, src, tgt, seed, teacher=None, recipe=recipes[0][1],
-             sweep=None, budget="") -> Cell:
+    def make(
+        backbone,
+        strategy_name,
+        label,
+        raw_params,
+        src,
+        tgt,
+        seed,
+        teacher=None,
+        recipe=recipes[0][1],
+        sweep=None,
+        budget="",
+    ) -> Cell:
         cls = registry.get("strategy", strategy_name)
         check_protocol(cls, protocol, registry, f"{suite.name}: strategies.{label}")
         try:
             params = asdict(cls.parse_params(raw_params))
         except (TypeError, ValueError) as exc:
             raise UserError(f"{suite.name}: strategies.{label}.params: {exc}") from None
-        return Cell(suite=suite.name, dataset=suite.dataset, dataset_options=suite.dataset_options,
-                    backbone=backbone.name, weights=backbone.weights, strategy=strategy_name, label=label,
-                    params=params, source=src, target=tgt, seed=seed, recipe=recipe,
-                    shift_seed=suite.shift_seed, teacher=teacher, backbone_label=backbone.label or "", sweep=sweep,
-                    budget=budget, **finetune)
+        return Cell(
+            suite=suite.name,
+            dataset=suite.dataset,
+            dataset_options=suite.dataset_options,
+            backbone=backbone.name,
+            weights=backbone.weights,
+            strategy=strategy_name,
+            label=label,
+            params=params,
+            source=src,
+            target=tgt,
+            seed=seed,
+            recipe=recipe,
+            shift_seed=suite.shift_seed,
+            teacher=teacher,
+            backbone_label=backbone.label or "",
+            sweep=sweep,
+            budget=budget,
+            **finetune,
+        )
 
     students: list[Cell] = []
     for backbone in suite.backbones:
         for entry in suite.strategies:
             cls = registry.get("strategy", entry.name)
             label = entry.label or entry.name
-            points = strategy_points(cls, entry.params, recipes_of(backbone),
-                                     where=f"{suite.name}: strategies.{label}.params")
+            points = strategy_points(
+                cls, entry.params, recipes_of(backbone), where=f"{suite.name}: strategies.{label}.params"
+            )
             for src, tgt in (pairs_of or {}).get(backbone.name, domains):
                 for budget in budgets:
                     for seed in suite.seeds:
@@ -207,11 +251,14 @@ def _teacher_cell(suite, registry, backbone, student: Cell, make) -> Cell:
     if not t_strategy:
         raise UserError(f"{suite.name}: strategy {student.label!r} needs params.teacher_strategy")
     t_cls = registry.get("strategy", t_strategy)
-    check_protocol(t_cls, getattr(suite, "protocol", "uda"), registry,
-                   f"{suite.name}: strategies.{student.label}.params.teacher_strategy")
+    check_protocol(
+        t_cls,
+        getattr(suite, "protocol", "uda"),
+        registry,
+        f"{suite.name}: strategies.{student.label}.params.teacher_strategy",
+    )
     if getattr(t_cls, "needs_teacher", False):
-        raise UserError(f"{suite.name}: the teacher of {student.label!r} cannot itself need a teacher "
-                        f"({t_strategy!r})")
+        raise UserError(f"{suite.name}: the teacher of {student.label!r} cannot itself need a teacher ({t_strategy!r})")
     entry = next((b for b in suite.backbones if b.name == t_backbone), None)
     weights = entry.weights if entry else (backbone.weights if t_backbone == backbone.name else "auto")
     label = entry.label if entry else None
@@ -219,12 +266,26 @@ def _teacher_cell(suite, registry, backbone, student: Cell, make) -> Cell:
     from tlbench.matrix.sweep import param_points
 
     wanted = asdict(t_cls.parse_params(p.get("teacher_params") or {}))
-    row = next((s.label or s.name for s in suite.strategies
-                if s.name == t_strategy and any(asdict(t_cls.parse_params(point)) == wanted
-                                                for point in param_points(t_cls, s.params))), t_strategy)
-    return make(BackboneEntry(name=t_backbone, weights=weights, label=label), t_strategy, row,
-                p.get("teacher_params") or {}, student.source, student.target, student.seed, recipe=student.recipe,
-                budget=student.budget)
+    row = next(
+        (
+            s.label or s.name
+            for s in suite.strategies
+            if s.name == t_strategy
+            and any(asdict(t_cls.parse_params(point)) == wanted for point in param_points(t_cls, s.params))
+        ),
+        t_strategy,
+    )
+    return make(
+        BackboneEntry(name=t_backbone, weights=weights, label=label),
+        t_strategy,
+        row,
+        p.get("teacher_params") or {},
+        student.source,
+        student.target,
+        student.seed,
+        recipe=student.recipe,
+        budget=student.budget,
+    )
 
 
 def check_protocol(cls, protocol: str, registry, where: str) -> None:
@@ -233,11 +294,14 @@ def check_protocol(cls, protocol: str, registry, where: str) -> None:
     supported = tuple(getattr(cls, "protocols", ("uda",)))
     if protocol in supported:
         return
-    others = [n for n in registry.names("strategy")
-              if protocol in getattr(registry.get("strategy", n), "protocols", ("uda",))]
-    raise UserError(f"{where}: strategy {cls.name!r} does not support protocol {protocol!r} (it supports "
-                    f"{', '.join(supported) or 'none'}); strategies that support {protocol}: "
-                    f"{', '.join(others) or 'none installed'}")
+    others = [
+        n for n in registry.names("strategy") if protocol in getattr(registry.get("strategy", n), "protocols", ("uda",))
+    ]
+    raise UserError(
+        f"{where}: strategy {cls.name!r} does not support protocol {protocol!r} (it supports "
+        f"{', '.join(supported) or 'none'}); strategies that support {protocol}: "
+        f"{', '.join(others) or 'none installed'}"
+    )
 
 
 def resolve_tasks(suite, dataset) -> list[tuple[str, str]]:
@@ -267,9 +331,11 @@ def resolve_pairs(suite, dataset) -> list[tuple[str, str]]:
             _check_domain_name(dataset, name)
         pairs = [(s, t) for s in names for t in names if s != t]
         if not pairs:
-            raise UserError(f"pairs: all: dataset {dataset.name!r} has {len(names)} domain(s) "
-                            f"({', '.join(names) or 'none'}), so there is no pair; add a domain or list pairs "
-                            "such as 'digits->digits+rotate:3'")
+            raise UserError(
+                f"pairs: all: dataset {dataset.name!r} has {len(names)} domain(s) "
+                f"({', '.join(names) or 'none'}), so there is no pair; add a domain or list pairs "
+                "such as 'digits->digits+rotate:3'"
+            )
         return pairs
     for name in dataset.domains():
         if any(name in text for text in suite.pairs):
@@ -281,12 +347,16 @@ def _check_domain_name(dataset, name: str) -> None:
     """A domain named like a domain spec (``amazon+invert``) would be read as another domain, shifted."""
     if "+" in name:
         base = name.split("+")[0]
-        raise UserError(f"dataset {dataset.name!r}: domain {name!r} has '+' in its name, which pairs use for "
-                        f"shifts ({name!r} reads as domain {base!r} shifted); rename it without '+'")
+        raise UserError(
+            f"dataset {dataset.name!r}: domain {name!r} has '+' in its name, which pairs use for "
+            f"shifts ({name!r} reads as domain {base!r} shifted); rename it without '+'"
+        )
     for mark in ("->", ","):
         if mark in name:
-            raise UserError(f"dataset {dataset.name!r}: domain {name!r} has {mark!r} in its name, which separates "
-                            f"pairs; rename it without {mark!r}")
+            raise UserError(
+                f"dataset {dataset.name!r}: domain {name!r} has {mark!r} in its name, which separates "
+                f"pairs; rename it without {mark!r}"
+            )
 
 
 def canonical_pair(text: str, dataset) -> tuple[str, str]:

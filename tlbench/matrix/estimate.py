@@ -15,22 +15,26 @@ from tlbench.matrix.results import CellRecord, ResultsDir
 
 @dataclass
 class Estimate:
-    total: int        # cells of the matrix
-    done: int         # already finished (skipped by a run without --force)
-    seconds: float    # estimated wall time of the estimated cells
-    estimated: int    # cells to run with an estimate
-    unknown: int      # cells to run without records of similar cells
+    total: int  # cells of the matrix
+    done: int  # already finished (skipped by a run without --force)
+    seconds: float  # estimated wall time of the estimated cells
+    estimated: int  # cells to run with an estimate
+    unknown: int  # cells to run without records of similar cells
 
     def lines(self) -> list[str]:
         todo = self.total - self.done
         out = [f"{self.total} cells: {todo} to run, {self.done} already done"]
         if self.estimated:
             more = f"; {self.unknown} more without records of similar cells" if self.unknown else ""
-            out.append(f"estimated time: {_duration(self.seconds)} for {self.estimated} cell(s), from the records "
-                       f"of similar finished cells{more}")
+            out.append(
+                f"estimated time: {_duration(self.seconds)} for {self.estimated} cell(s), from the records "
+                f"of similar finished cells{more}"
+            )
         elif todo:
-            out.append("no estimate of time: no finished cells of the same network on this dataset in the output "
-                       "folder (run a few cells first, e.g. with --seeds 0 --pairs ONE_PAIR)")
+            out.append(
+                "no estimate of time: no finished cells of the same network on this dataset in the output "
+                "folder (run a few cells first, e.g. with --seeds 0 --pairs ONE_PAIR)"
+            )
         return out
 
 

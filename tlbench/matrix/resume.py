@@ -41,12 +41,20 @@ def killed_cells(cells: list[Cell], out: ResultsDir) -> list[CellRecord]:
         deaths = out.read_deaths(cell.id) + 1
         if deaths < 2:
             out.write_running(cell.id, deaths)
-            warnings.warn(f"cell {cell.id} ({cell.describe()}) was running when an earlier run died "
-                          "(killed, out of memory?); running it again", stacklevel=2)
+            warnings.warn(
+                f"cell {cell.id} ({cell.describe()}) was running when an earlier run died "
+                "(killed, out of memory?); running it again",
+                stacklevel=2,
+            )
             continue
-        found.append(cell_failure_record(cell, f"killed: the run died {deaths} times while this cell was running (the "
-                                         "kernel's out-of-memory killer, or a signal); run the same command again "
-                                         "to retry it, with a smaller recipe.batch_size if memory was short"))
+        found.append(
+            cell_failure_record(
+                cell,
+                f"killed: the run died {deaths} times while this cell was running (the "
+                "kernel's out-of-memory killer, or a signal); run the same command again "
+                "to retry it, with a smaller recipe.batch_size if memory was short",
+            )
+        )
     return found
 
 
@@ -62,8 +70,10 @@ def check_stale(cells: list[Cell], out: ResultsDir, registry, *, force: bool, ke
     if stale and not keep:
         refuse_stale(stale)
     if stale:
-        warnings.warn(f"{len(stale)} finished cell(s) kept although their code changed since they ran "
-                      "(--keep-stale)", stacklevel=2)
+        warnings.warn(
+            f"{len(stale)} finished cell(s) kept although their code changed since they ran (--keep-stale)",
+            stacklevel=2,
+        )
 
 
 def failed_teacher_record(cell: Cell, out: ResultsDir) -> CellRecord | None:
@@ -84,8 +94,19 @@ def cell_failure_record(cell: Cell, error: str) -> CellRecord:
 
     import tlbench
 
-    return CellRecord(suite=cell.suite, dataset=cell.dataset, backbone=cell.row_backbone, strategy=cell.label,
-                      source=cell.source, target=cell.target, seed=cell.seed, status="failed", error=error,
-                      torch_version=torch.__version__, tlbench_version=tlbench.__version__, cell_id=cell.id,
-                      started_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                      extra={"label": cell.label})
+    return CellRecord(
+        suite=cell.suite,
+        dataset=cell.dataset,
+        backbone=cell.row_backbone,
+        strategy=cell.label,
+        source=cell.source,
+        target=cell.target,
+        seed=cell.seed,
+        status="failed",
+        error=error,
+        torch_version=torch.__version__,
+        tlbench_version=tlbench.__version__,
+        cell_id=cell.id,
+        started_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        extra={"label": cell.label},
+    )

@@ -77,7 +77,9 @@ def run_lock(out_dir: Path) -> Iterator[None]:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 512, 0).decode(errors="replace").strip() or "another process"
-            raise RunLockedError(f"{out_dir} is in use by {holder}; wait for it to finish or use another --out") from None
+            raise RunLockedError(
+                f"{out_dir} is in use by {holder}; wait for it to finish or use another --out"
+            ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"tlbench pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
         yield
@@ -98,8 +100,13 @@ def run_suite(suite, options: RunOptions, registry) -> RunSummary:
     check_stale(cells, out, registry, force=options.force, keep=options.keep_stale)
     cache_dir = usable_cache_dir(options.cache_dir or default_cache_dir())
     teacher_ids = {c.teacher.id for c in cells if c.teacher is not None}
-    preflight(suite, [c for c in cells if options.force or c.id in teacher_ids or not out.is_done(c.id)],
-              registry, cache_dir, options.device)
+    preflight(
+        suite,
+        [c for c in cells if options.force or c.id in teacher_ids or not out.is_done(c.id)],
+        registry,
+        cache_dir,
+        options.device,
+    )
     launcher_name = options.launcher or suite.launcher.name
     launcher_opts = {**suite.launcher.options, **options.launcher_options}
     launcher = registry.get("launcher", launcher_name)(**launcher_opts)
@@ -137,13 +144,20 @@ def run_suite(suite, options: RunOptions, registry) -> RunSummary:
                     if blocked:
                         finished(blocked)
                         continue
-                    tasks.append(CellTask(
-                        cell=cell, out_dir=str(options.out_dir), data_root=suite.data_root,
-                        cache_dir=str(cache_dir) if cache_dir else None, device=options.device,
-                        save_model=cell.id in teacher_ids,
-                        teacher_model=str(out.model_path(cell.teacher.id)) if cell.teacher else None,
-                        show_progress=not options.quiet, strict_plugins=options.strict_plugins,
-                        debug=options.debug))
+                    tasks.append(
+                        CellTask(
+                            cell=cell,
+                            out_dir=str(options.out_dir),
+                            data_root=suite.data_root,
+                            cache_dir=str(cache_dir) if cache_dir else None,
+                            device=options.device,
+                            save_model=cell.id in teacher_ids,
+                            teacher_model=str(out.model_path(cell.teacher.id)) if cell.teacher else None,
+                            show_progress=not options.quiet,
+                            strict_plugins=options.strict_plugins,
+                            debug=options.debug,
+                        )
+                    )
                 if tasks:
                     from tlbench.training.engine import run_cell
 
@@ -170,10 +184,15 @@ def run_suite(suite, options: RunOptions, registry) -> RunSummary:
                 from tlbench.reporting.selection import read_checkpoint_tables
                 from tlbench.reporting.write import write_reports
 
-                report_files = write_reports(options.out_dir, out.records(curves=True), out.read_suite(),
-                                             suite.reports, registry=registry,
-                                             evaluations=evaluation_files([options.out_dir]),
-                                             stored_checkpoints=read_checkpoint_tables([options.out_dir]))
+                report_files = write_reports(
+                    options.out_dir,
+                    out.records(curves=True),
+                    out.read_suite(),
+                    suite.reports,
+                    registry=registry,
+                    evaluations=evaluation_files([options.out_dir]),
+                    stored_checkpoints=read_checkpoint_tables([options.out_dir]),
+                )
                 feed.log_reports(report_files)
         finally:
             feed.close()
@@ -187,8 +206,10 @@ def _write(out: ResultsDir, record: CellRecord, records: list[CellRecord], progr
     records.append(record)
     progress.update(1)
     if record.status != "ok":
-        progress.write(f"cell {record.cell_id} {record.backbone} {record.strategy} {record.column} "
-                       f"seed={record.seed}: {record.status}: {record.error.splitlines()[0] if record.error else ''}")
+        progress.write(
+            f"cell {record.cell_id} {record.backbone} {record.strategy} {record.column} "
+            f"seed={record.seed}: {record.status}: {record.error.splitlines()[0] if record.error else ''}"
+        )
 
 
 def _suite_meta(suite, pairs: list[tuple[str, str]], registry) -> dict:
@@ -206,13 +227,19 @@ def _suite_meta(suite, pairs: list[tuple[str, str]], registry) -> dict:
     # the leaderboard's columns: pairs, or task × budget
     columns = [column_label(suite.protocol, s, t, b) for s, t in pairs for b in (suite.budgets if finetune else [""])]
     return {
-        "name": suite.name, "description": suite.description, "dataset": suite.dataset,
-        "protocol": suite.protocol, "pairs": columns, "backbones": [b.name for b in suite.backbones],
+        "name": suite.name,
+        "description": suite.description,
+        "dataset": suite.dataset,
+        "protocol": suite.protocol,
+        "pairs": columns,
+        "backbones": [b.name for b in suite.backbones],
         **({"tasks": [s for s, _ in pairs], "budgets": suite.budgets, "score_on": suite.score_on} if finetune else {}),
         # backbones that run only some pairs: how many (backbone, pair) runs a strategy and seed have
         "backbone_pair_runs": sum(len(b.pairs) if b.pairs is not None else len(columns) for b in suite.backbones),
-        "strategies": [s.label or s.name for s in suite.strategies], "seeds": suite.seeds,
-        "recipe": json.loads(suite.recipe.model_dump_json()), "recipe_sweep": suite.recipe_sweep,
+        "strategies": [s.label or s.name for s in suite.strategies],
+        "seeds": suite.seeds,
+        "recipe": json.loads(suite.recipe.model_dump_json()),
+        "recipe_sweep": suite.recipe_sweep,
         "selection": suite.selection,
         "reference": references,
     }

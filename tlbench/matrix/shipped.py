@@ -57,8 +57,10 @@ def resolve_suite(path: Path) -> Path:
     shipped = shipped_suites()
     if name not in shipped:
         names = ", ".join(shipped) or "none (tlbench_suites is not installed)"
-        raise UserError(f"{path}: no such suite file, nor a shipped suite of that name; shipped suites: {names} "
-                        "(give a path to a suite's .yaml file, or one of these names)")
+        raise UserError(
+            f"{path}: no such suite file, nor a shipped suite of that name; shipped suites: {names} "
+            "(give a path to a suite's .yaml file, or one of these names)"
+        )
     return _EXTRACTED.enter_context(importlib.resources.as_file(shipped[name]))
 
 

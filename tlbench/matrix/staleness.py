@@ -47,6 +47,8 @@ def refuse_stale(stale: list[tuple[Cell, list[str]]]) -> None:
         return
     names = sorted({n for _, changed in stale for n in changed})
     cell, _ = stale[0]
-    raise UserError(f"{len(stale)} finished cell(s) were computed by other code than is installed now "
-                    f"({', '.join(names)} changed; e.g. {cell.describe()}, cell {cell.id}); rerun them with "
-                    "--force, or keep their numbers with --keep-stale")
+    raise UserError(
+        f"{len(stale)} finished cell(s) were computed by other code than is installed now "
+        f"({', '.join(names)} changed; e.g. {cell.describe()}, cell {cell.id}); rerun them with "
+        "--force, or keep their numbers with --keep-stale"
+    )

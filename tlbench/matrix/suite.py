@@ -21,7 +21,6 @@ from tlbench.data.budgets import Budget
 from tlbench.errors import UserError
 from tlbench.matrix.suite_yaml import read_yaml
 
-
 #: seeds seed torch, NumPy and Python generators: 64 bits is what all of them take
 MAX_SEED = 2**63 - 1
 
@@ -50,9 +49,14 @@ class Recipe(_Strict):
 
     steps: int = Field(1000, ge=1, description="optimizer steps per cell")
     batch_size: int = Field(32, ge=1, description="images per step from each domain (source, and target when used)")
-    lr: float = Field(0.01, gt=0, le=10, description="learning rate of the head; the backbone gets backbone_lr_scale times it")
-    backbone_lr_scale: float = Field(0.1, ge=0, description="the backbone's learning rate as a fraction of lr "
-                                     "(1.0 for a network trained from scratch)")
+    lr: float = Field(
+        0.01, gt=0, le=10, description="learning rate of the head; the backbone gets backbone_lr_scale times it"
+    )
+    backbone_lr_scale: float = Field(
+        0.1,
+        ge=0,
+        description="the backbone's learning rate as a fraction of lr (1.0 for a network trained from scratch)",
+    )
     optimizer: Literal["sgd", "adamw"] = Field("sgd", description="sgd (with momentum) or adamw")
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum")
     nesterov: bool = Field(True, description="Nesterov momentum (SGD)")
@@ -60,45 +64,71 @@ class Recipe(_Strict):
     lr_gamma: float = Field(10.0, ge=0, description="lr * (1 + lr_gamma * p) ** -lr_decay, p = fraction of training")
     lr_decay: float = Field(0.75, ge=0, description="exponent of the learning-rate decay (see lr_gamma)")
     bottleneck_dim: int = Field(256, ge=0, description="units of each bottleneck layer; 0 for no bottleneck")
-    bottleneck_layers: int = Field(1, ge=1, le=8, description="Linear-norm-ReLU layers of the bottleneck (Ganin et "
-                                   "al.'s MNIST label predictor: 2 of 100 units, no norm)")
+    bottleneck_layers: int = Field(
+        1,
+        ge=1,
+        le=8,
+        description="Linear-norm-ReLU layers of the bottleneck (Ganin et "
+        "al.'s MNIST label predictor: 2 of 100 units, no norm)",
+    )
     bottleneck_norm: Literal["batch", "none"] = Field(
-        "batch", description="batch: BatchNorm after each bottleneck Linear (TLlib's ImageClassifier); none: "
-        "Linear-ReLU only (Ganin et al.'s label predictor: its statistics are not the source batches')")
+        "batch",
+        description="batch: BatchNorm after each bottleneck Linear (TLlib's ImageClassifier); none: "
+        "Linear-ReLU only (Ganin et al.'s label predictor: its statistics are not the source batches')",
+    )
     image_size: int = Field(224, ge=8, le=1024, description="training and test crop size")
     resize_size: int | None = Field(None, ge=8, le=2048, description="stored image size; default image_size*256/224")
-    crop_scale: tuple[float, float] = Field((0.08, 1.0), description="area range (low, high) of the random "
-                                            "resized crop, as fractions of the stored image")
+    crop_scale: tuple[float, float] = Field(
+        (0.08, 1.0), description="area range (low, high) of the random resized crop, as fractions of the stored image"
+    )
     train_crop: Literal["random_resized", "none"] = Field(
-        "random_resized", description="random_resized: torchvision's RandomResizedCrop (crop_scale); none: the "
-        "test view, no crop (the digit papers' protocol: resize only)")
+        "random_resized",
+        description="random_resized: torchvision's RandomResizedCrop (crop_scale); none: the "
+        "test view, no crop (the digit papers' protocol: resize only)",
+    )
     hflip: bool = Field(True, description="random horizontal flips of training views")
     source_sampling: Literal["shuffle", "class_balanced"] = Field(
-        "shuffle", description="shuffle: epochs over the labelled source; class_balanced: each draw picks every "
-        "class with equal chance (inverse-frequency weights), for a class-imbalanced source")
+        "shuffle",
+        description="shuffle: epochs over the labelled source; class_balanced: each draw picks every "
+        "class with equal chance (inverse-frequency weights), for a class-imbalanced source",
+    )
     source_holdout: float = Field(0.1, ge=0, lt=1, description="fraction of the source held out for source accuracy")
     eval_batch_size: int = Field(256, ge=1, description="images per forward pass when evaluating")
     timing_warmup_steps: int = Field(5, ge=0, description="steps excluded from the throughput measurement")
     log_every: int = Field(50, ge=1, description="steps between host syncs (loss check, progress)")
-    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 autocast on a GPU, fp32 on "
-                                                       "the CPU")
-    channels_last: Literal["auto", "on", "off"] = Field("auto", description="channels-last memory format "
-                                                        "(auto and on: used; off: not)")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="auto: bf16 autocast on a GPU, fp32 on the CPU"
+    )
+    channels_last: Literal["auto", "on", "off"] = Field(
+        "auto", description="channels-last memory format (auto and on: used; off: not)"
+    )
     compile: bool = Field(False, description="torch.compile the backbone")
     deterministic: bool = Field(True, description="deterministic algorithms on the CPU (same seed, same numbers)")
-    feature_cache: bool = Field(True, description="serve a frozen backbone's features from a cache instead of "
-                                "recomputing them each step")
-    eval_points: int = Field(1, ge=1, le=100, description="checkpoints evaluated for validators, evenly spaced, "
-                             "the last step included (1: the last only); see docs/selection.md")
-    eval_points_images: int = Field(1000, ge=0, description="target images the checkpoint evaluations read: a "
-                                    "fixed random subset of this many (drawn from a constant seed, never from labels, "
-                                    "the same at every checkpoint); 0: every image. The main table always reads every "
-                                    "target image")
+    feature_cache: bool = Field(
+        True, description="serve a frozen backbone's features from a cache instead of recomputing them each step"
+    )
+    eval_points: int = Field(
+        1,
+        ge=1,
+        le=100,
+        description="checkpoints evaluated for validators, evenly spaced, "
+        "the last step included (1: the last only); see docs/selection.md",
+    )
+    eval_points_images: int = Field(
+        1000,
+        ge=0,
+        description="target images the checkpoint evaluations read: a "
+        "fixed random subset of this many (drawn from a constant seed, never from labels, "
+        "the same at every checkpoint); 0: every image. The main table always reads every "
+        "target image",
+    )
     input_mean: Literal["backbone", "domains"] = Field(
-        "backbone", description="the mean subtracted from every input: backbone: its provider's constants; "
+        "backbone",
+        description="the mean subtracted from every input: backbone: its provider's constants; "
         "domains: the mean pixel (per channel) of the cell's source training images and unlabelled target "
         "images, a label-free statistic (the usual implementation of Ganin et al.'s MNIST->MNIST-M "
-        "experiment); the scale stays the backbone's std")
+        "experiment); the scale stays the backbone's std",
+    )
 
     @field_validator("channels_last", mode="before")
     @classmethod
@@ -131,13 +161,19 @@ class Recipe(_Strict):
 
 
 #: recipe keys added after cells were first recorded, with their defaults (see Recipe.cell_config)
-RECIPE_KEYS_ADDED_LATER: dict[str, Any] = {"train_crop": "random_resized", "eval_points": 1,
-                                            "eval_points_images": 1000, "input_mean": "backbone",
-                                            "bottleneck_layers": 1, "bottleneck_norm": "batch"}
+RECIPE_KEYS_ADDED_LATER: dict[str, Any] = {
+    "train_crop": "random_resized",
+    "eval_points": 1,
+    "eval_points_images": 1000,
+    "input_mean": "backbone",
+    "bottleneck_layers": 1,
+    "bottleneck_norm": "batch",
+}
 
 #: recipe keys whose value is a sequence: a sweep of one is a list of lists (tlbench.matrix.sweep)
-RECIPE_SEQUENCE_KEYS = frozenset(k for k, f in Recipe.model_fields.items()
-                                 if getattr(f.annotation, "__origin__", None) in (tuple, list))
+RECIPE_SEQUENCE_KEYS = frozenset(
+    k for k, f in Recipe.model_fields.items() if getattr(f.annotation, "__origin__", None) in (tuple, list)
+)
 
 
 def recipe_keys_markdown() -> str:
@@ -165,12 +201,21 @@ def recipe_keys_markdown() -> str:
 class BackboneEntry(_Strict):
     name: str
     weights: str = Field("auto", description="auto | random | a weight source name | a path to a weights file")
-    pairs: list[str] | None = Field(None, description="the suite's pairs this backbone runs (default: all); "
-                                    "e.g. each digit pair on the network its paper used")
-    label: str | None = Field(None, description="row name in leaderboards (default: name); backbones that share "
-                              "a label and run different pairs form one row")
-    recipe: dict[str, Any] = Field(default_factory=dict, description="recipe keys this backbone's cells set "
-                                   "otherwise than the suite's recipe (e.g. the input normalisation its paper used)")
+    pairs: list[str] | None = Field(
+        None,
+        description="the suite's pairs this backbone runs (default: all); "
+        "e.g. each digit pair on the network its paper used",
+    )
+    label: str | None = Field(
+        None,
+        description="row name in leaderboards (default: name); backbones that share "
+        "a label and run different pairs form one row",
+    )
+    recipe: dict[str, Any] = Field(
+        default_factory=dict,
+        description="recipe keys this backbone's cells set "
+        "otherwise than the suite's recipe (e.g. the input normalisation its paper used)",
+    )
 
 
 class StrategyEntry(_Strict):
@@ -185,8 +230,11 @@ class Reference(_Strict):
     backbone: str
     strategy: str
     source: str = Field(description="citation")
-    weights: str | None = Field(None, description="the pretrained weights the published numbers assume, as timm "
-                                "names them (e.g. resnet50.tv_in1k: torchvision's ImageNet ResNet-50)")
+    weights: str | None = Field(
+        None,
+        description="the pretrained weights the published numbers assume, as timm "
+        "names them (e.g. resnet50.tv_in1k: torchvision's ImageNet ResNet-50)",
+    )
     acc: dict[str, float]
     avg: float | None = None
 
@@ -204,45 +252,60 @@ class TrackerEntry(_Strict):
 #: the protocols a suite may name, in words (the leaderboard's header says them)
 PROTOCOLS: dict[str, str] = {
     "uda": "unsupervised domain adaptation: labelled source images and unlabelled target images, accuracy on "
-           "all target images",
+    "all target images",
     "finetune": "fine-tuning on a labelled task: the pretrained backbone is the source; a label budget of the "
-                "task's training split trains, the held-back training images are unlabelled, accuracy on the "
-                "task's test split",
+    "task's training split trains, the held-back training images are unlabelled, accuracy on the "
+    "task's test split",
 }
 
 
 class Suite(_Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9_.\-]+$", description="one plain path segment: the default output "
-                      "folder is results/<name>")
+    name: str = Field(
+        pattern=r"^[A-Za-z0-9_.\-]+$", description="one plain path segment: the default output folder is results/<name>"
+    )
     description: str = ""
     dataset: str
     dataset_options: dict[str, Any] = Field(default_factory=dict)
     data_root: str | None = None
     shift_seed: int = 0
-    protocol: Literal["uda", "finetune"] = Field("uda", description="uda: domain pairs (pairs:); finetune: "
-                                                 "labelled tasks (tasks:) under label budgets (budgets:)")
+    protocol: Literal["uda", "finetune"] = Field(
+        "uda",
+        description="uda: domain pairs (pairs:); finetune: labelled tasks (tasks:) under label budgets (budgets:)",
+    )
     pairs: list[str] | Literal["all"] | None = Field(None, description="protocol uda: SOURCE->TARGET pairs, or all")
-    tasks: list[str] | Literal["all"] | None = Field(None, description="protocol finetune: the domains trained and "
-                                                     "tested on their own split, or all")
-    budgets: list[str] = Field(default_factory=lambda: ["100%"], min_length=1,
-                               description="protocol finetune: label budgets, a share ('10%') or per class ('5-shot')")
+    tasks: list[str] | Literal["all"] | None = Field(
+        None, description="protocol finetune: the domains trained and tested on their own split, or all"
+    )
+    budgets: list[str] = Field(
+        default_factory=lambda: ["100%"],
+        min_length=1,
+        description="protocol finetune: label budgets, a share ('10%') or per class ('5-shot')",
+    )
     score_on: Literal["test", "validation"] = Field(
-        "test", description="protocol finetune: test (the task's test split) or validation (a fixed stratified "
-        "share of the training split, for choosing a recipe without test labels)")
+        "test",
+        description="protocol finetune: test (the task's test split) or validation (a fixed stratified "
+        "share of the training split, for choosing a recipe without test labels)",
+    )
     backbones: list[BackboneEntry]
     strategies: list[StrategyEntry]
     seeds: list[Annotated[int, Field(ge=0, le=MAX_SEED)]] = Field(default_factory=lambda: [0], min_length=1)
     recipe: Recipe = Field(default_factory=Recipe)
     launcher: LauncherEntry = Field(default_factory=LauncherEntry)
     reports: list[str] | None = Field(None, description="report formats; default: every registered reporter")
-    trackers: list[TrackerEntry] = Field(default_factory=list,
-                                         description="experiment trackers fed with every finished cell; default none")
+    trackers: list[TrackerEntry] = Field(
+        default_factory=list, description="experiment trackers fed with every finished cell; default none"
+    )
     reference: list[Reference] = Field(default_factory=list)
-    selection: str = Field("last", description="how the main table picks a (parameters, checkpoint) per strategy, "
-                           "pair and seed: last (the default parameters, the last checkpoint) or a validator's "
-                           "name (tlbench list validators)")
-    recipe_sweep: dict[str, list[Any]] = Field(default_factory=dict, description="filled from lists in recipe: "
-                                               "(recipe: {lr: [0.003, 0.01]}); write the lists there")
+    selection: str = Field(
+        "last",
+        description="how the main table picks a (parameters, checkpoint) per strategy, "
+        "pair and seed: last (the default parameters, the last checkpoint) or a validator's "
+        "name (tlbench list validators)",
+    )
+    recipe_sweep: dict[str, list[Any]] = Field(
+        default_factory=dict,
+        description="filled from lists in recipe: (recipe: {lr: [0.003, 0.01]}); write the lists there",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -282,8 +345,9 @@ class Suite(_Strict):
             raise ValueError(f"{where}: unknown key(s) {', '.join(unknown)}; valid: {', '.join(Recipe.model_fields)}")
         swept = sorted(set(overrides) & set(self.recipe_sweep))
         if swept:
-            raise ValueError(f"{where}: {', '.join(swept)} is swept in the suite's recipe; sweep it there or set "
-                             f"it here, not both")
+            raise ValueError(
+                f"{where}: {', '.join(swept)} is swept in the suite's recipe; sweep it there or set it here, not both"
+            )
         if not self.recipe_sweep and not overrides:
             return [({}, self.recipe)]
         base = {**self.recipe.model_dump(), **overrides}
@@ -318,7 +382,7 @@ class Suite(_Strict):
             if isinstance(x, str):
                 x = {"name": x}
             elif isinstance(x, dict) and len(x) == 1 and "name" not in x:
-                (name, params), = x.items()  # the short form  - dann: {trade_off: 1.0}
+                ((name, params),) = x.items()  # the short form  - dann: {trade_off: 1.0}
                 x = {"name": name, "params": params or {}}
             out.append(x)
         return out
@@ -327,8 +391,10 @@ class Suite(_Strict):
     @classmethod
     def _one_segment(cls, v: str) -> str:
         if v in (".", ".."):
-            raise ValueError(f"{v!r} is not a name: the output folder is results/<name>, so a name must be "
-                             "one plain path segment such as office31")
+            raise ValueError(
+                f"{v!r} is not a name: the output folder is results/<name>, so a name must be "
+                "one plain path segment such as office31"
+            )
         return v
 
     @field_validator("launcher", mode="before")
@@ -340,8 +406,9 @@ class Suite(_Strict):
     @classmethod
     def _unique(cls, v: list) -> list:
         # a strategy's row is its label; backbones may share a label (one row over different pairs)
-        keys = [(None if isinstance(x, BackboneEntry) else getattr(x, "label", None)) or getattr(x, "name", x)
-                for x in v]
+        keys = [
+            (None if isinstance(x, BackboneEntry) else getattr(x, "label", None)) or getattr(x, "name", x) for x in v
+        ]
         dupes = sorted({str(k) for k in keys if keys.count(k) > 1})
         if dupes:
             raise ValueError(f"listed twice: {', '.join(dupes)}")
@@ -376,22 +443,31 @@ class Suite(_Strict):
         if self.protocol == "uda":
             given = [k for k in ("tasks", "budgets", "score_on") if k in self.model_fields_set]
             if given:
-                raise _suite_error(f"{given[0]}: applies to protocol finetune only; set protocol: finetune, or "
-                                   "remove it and name pairs")
+                raise _suite_error(
+                    f"{given[0]}: applies to protocol finetune only; set protocol: finetune, or "
+                    "remove it and name pairs"
+                )
             if self.pairs is None:
-                raise _suite_error("pairs: required key is missing (protocol uda trains on pairs such as A->W; "
-                                   "for a labelled task set protocol: finetune and name tasks)")
+                raise _suite_error(
+                    "pairs: required key is missing (protocol uda trains on pairs such as A->W; "
+                    "for a labelled task set protocol: finetune and name tasks)"
+                )
         else:
             if self.tasks is None:
-                raise _suite_error("tasks: required key is missing (protocol finetune trains on labelled tasks "
-                                   "such as [amazon, webcam], or all)")
+                raise _suite_error(
+                    "tasks: required key is missing (protocol finetune trains on labelled tasks "
+                    "such as [amazon, webcam], or all)"
+                )
             if self.pairs is not None:
-                raise _suite_error("pairs: protocol finetune names tasks, not pairs; move the domains to tasks "
-                                   "(or set protocol: uda)")
+                raise _suite_error(
+                    "pairs: protocol finetune names tasks, not pairs; move the domains to tasks (or set protocol: uda)"
+                )
             with_pairs = next((b.name for b in self.backbones if b.pairs is not None), None)
             if with_pairs:
-                raise _suite_error(f"backbones.{with_pairs}.pairs: protocol finetune runs every backbone on every "
-                                   "task; remove pairs (narrow the run with --tasks)")
+                raise _suite_error(
+                    f"backbones.{with_pairs}.pairs: protocol finetune runs every backbone on every "
+                    "task; remove pairs (narrow the run with --tasks)"
+                )
         return self
 
 
@@ -481,10 +557,17 @@ def _model_at(loc: tuple) -> type[BaseModel] | None:
     return model
 
 
-def load_suite(path: Path, *, overrides: list[str] = (), backbones: list[str] | None = None,
-               strategies: list[str] | None = None, pairs: list[str] | None = None,
-               seeds: list[int] | None = None, data_root: str | None = None,
-               tasks: list[str] | None = None) -> Suite:
+def load_suite(
+    path: Path,
+    *,
+    overrides: list[str] = (),
+    backbones: list[str] | None = None,
+    strategies: list[str] | None = None,
+    pairs: list[str] | None = None,
+    seeds: list[int] | None = None,
+    data_root: str | None = None,
+    tasks: list[str] | None = None,
+) -> Suite:
     """Read, narrow and validate a suite. Command-line narrowing never edits the file."""
     data = read_yaml(path)
     data = copy.deepcopy(data)

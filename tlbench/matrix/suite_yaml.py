@@ -36,11 +36,14 @@ def read_yaml(path: Path) -> dict[str, Any]:
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise UserError(f"{path}{where}: malformed YAML: {problem}") from None
     if not isinstance(data, dict):
-        raise UserError(f"{path}: a suite must be a mapping of keys (name, dataset, pairs, ...), "
-                        f"got {type(data).__name__}")
+        raise UserError(
+            f"{path}: a suite must be a mapping of keys (name, dataset, pairs, ...), got {type(data).__name__}"
+        )
     if count_nodes(data, MAX_SUITE_NODES) > MAX_SUITE_NODES:
-        raise UserError(f"{path}: the suite expands to more than {MAX_SUITE_NODES:,} values once its YAML aliases "
-                        "(*name) are followed; write the values out, or use fewer aliases")
+        raise UserError(
+            f"{path}: the suite expands to more than {MAX_SUITE_NODES:,} values once its YAML aliases "
+            "(*name) are followed; write the values out, or use fewer aliases"
+        )
     return data
 
 
@@ -52,8 +55,9 @@ class _SuiteLoader(yaml.SafeLoader):
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=deep)
             if isinstance(key, (str, int, float, bool)) and key in seen:
-                raise yaml.constructor.ConstructorError(None, None, f"key {key!r} is given twice in one mapping",
-                                                        key_node.start_mark)
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} is given twice in one mapping", key_node.start_mark
+                )
             if isinstance(key, (str, int, float, bool)):
                 seen.add(key)
         return super().construct_mapping(node, deep=deep)

@@ -25,8 +25,9 @@ def is_sweep(value: Any, sequence_valued: bool = False) -> bool:
     return bool(value) and all(isinstance(v, list) for v in value) if sequence_valued else True
 
 
-def split_sweep(mapping: dict[str, Any], sequence_keys: Collection[str] = (), *,
-                where: str) -> tuple[dict[str, Any], dict[str, list[Any]]]:
+def split_sweep(
+    mapping: dict[str, Any], sequence_keys: Collection[str] = (), *, where: str
+) -> tuple[dict[str, Any], dict[str, list[Any]]]:
     """(``mapping`` with every swept key at its first value, ``{key: values}`` of the swept keys).
 
     ``where`` names the mapping in errors (``strategies.dann.params``)."""
@@ -55,8 +56,11 @@ def sequence_params(params_cls: type) -> set[str]:
 
     out = set()
     for f in dataclasses.fields(params_cls):
-        default = f.default if f.default is not dataclasses.MISSING else (
-            f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+        default = (
+            f.default
+            if f.default is not dataclasses.MISSING
+            else (f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+        )
         if isinstance(default, (list, tuple)):
             out.add(f.name)
     return out
@@ -68,8 +72,9 @@ def param_points(strategy_cls: type, params: dict[str, Any], *, where: str = "pa
     return [{**fixed, **point} for point in sweep_points(axes)]
 
 
-def strategy_points(strategy_cls: type, params: dict[str, Any], recipes: list[tuple[dict[str, Any], dict[str, Any]]],
-                    *, where: str) -> list[tuple[dict[str, Any], dict[str, Any], dict[str, Any] | None]]:
+def strategy_points(
+    strategy_cls: type, params: dict[str, Any], recipes: list[tuple[dict[str, Any], dict[str, Any]]], *, where: str
+) -> list[tuple[dict[str, Any], dict[str, Any], dict[str, Any] | None]]:
     """``(params, recipe, sweep)`` for every point of one strategy entry × the suite's recipe sweep.
 
     ``recipes`` are ``(swept values, cell recipe)``; ``sweep`` is what the cell carries (see
@@ -90,8 +95,9 @@ def strategy_points(strategy_cls: type, params: dict[str, Any], recipes: list[tu
                 out.append((fixed, recipe, None))
                 continue
             values = {**param_values, **{f"recipe.{k}": v for k, v in recipe_values.items()}}
-            default = (all(k in defaults and _same(defaults[k], v) for k, v in param_values.items())
-                       and all(_same(Recipe.model_fields[k].default, v) for k, v in recipe_values.items()))
+            default = all(k in defaults and _same(defaults[k], v) for k, v in param_values.items()) and all(
+                _same(Recipe.model_fields[k].default, v) for k, v in recipe_values.items()
+            )
             out.append(({**fixed, **param_values}, recipe, {"values": values, "default": default, "order": len(out)}))
     return out
 

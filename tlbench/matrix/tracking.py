@@ -46,10 +46,13 @@ class TrackerFeed:
             return call()
         except UserError:
             raise  # bad options in the suite: exit 2 before any cell trains
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - a broken tracker is warned about, never fatal
             first = (str(exc).strip().splitlines() or [""])[0][:300]
-            warnings.warn(f"tracker {name!r} failed ({type(exc).__name__}: {first}); the run goes on without it, "
-                          "its results are unaffected", stacklevel=3)
+            warnings.warn(
+                f"tracker {name!r} failed ({type(exc).__name__}: {first}); the run goes on without it, "
+                "its results are unaffected",
+                stacklevel=3,
+            )
             if tracker is not None and tracker in self.trackers:
                 self.trackers.remove(tracker)
             return None

@@ -104,8 +104,10 @@ def find_provider(name: str, registry) -> BackboneProvider:
         raise UserError(f"unknown backbone {name!r}: no backbone provider is installed (see 'tlbench plugins')")
     known = [n for p in every for n in p.names()]
     close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
-    raise UserError(f"unknown backbone {name!r}; "
-                    + (f"did you mean {', '.join(close)}?" if close else "see 'tlbench list backbones PATTERN'"))
+    raise UserError(
+        f"unknown backbone {name!r}; "
+        + (f"did you mean {', '.join(close)}?" if close else "see 'tlbench list backbones PATTERN'")
+    )
 
 
 def list_backbones(registry, pattern: str | None = None, *, pretrained: bool = False) -> list[tuple[str, str]]:

@@ -18,9 +18,9 @@ from torch import Tensor, nn
 
 @dataclass
 class Outputs:
-    features: Tensor   # pooled backbone features (N×D)
+    features: Tensor  # pooled backbone features (N×D)
     embedding: Tensor  # bottleneck output (N×E)
-    logits: Tensor     # class scores (N×C)
+    logits: Tensor  # class scores (N×C)
 
 
 class TransferModel(nn.Module):
@@ -30,21 +30,31 @@ class TransferModel(nn.Module):
     latter lets a frozen backbone's features be computed once and reused.
     """
 
-    def __init__(self, backbone: nn.Module, num_classes: int, *, bottleneck_dim: int = 256,
-                 bottleneck_layers: int = 1, bottleneck_norm: str = "batch",
-                 backbone_lr_scale: float = 0.1, backbone_name: str = "",
-                 feature_dim: int | None = None, stages: list[list[str]] | None = None):
+    def __init__(
+        self,
+        backbone: nn.Module,
+        num_classes: int,
+        *,
+        bottleneck_dim: int = 256,
+        bottleneck_layers: int = 1,
+        bottleneck_norm: str = "batch",
+        backbone_lr_scale: float = 0.1,
+        backbone_name: str = "",
+        feature_dim: int | None = None,
+        stages: list[list[str]] | None = None,
+    ):
         super().__init__()
         activations_out_of_place(backbone)
         self.backbone = backbone
         self.backbone_name = backbone_name
         self.backbone_lr_scale = backbone_lr_scale
-        self.feature_dim = int(feature_dim if feature_dim is not None else getattr(backbone, "num_features"))
+        self.feature_dim = int(feature_dim if feature_dim is not None else backbone.num_features)
         self.stage_names = stages
         self.num_classes = num_classes
         if bottleneck_dim > 0:
-            self.bottleneck: nn.Module = make_bottleneck(self.feature_dim, bottleneck_dim, bottleneck_layers,
-                                                         bottleneck_norm)
+            self.bottleneck: nn.Module = make_bottleneck(
+                self.feature_dim, bottleneck_dim, bottleneck_layers, bottleneck_norm
+            )
             self.embed_dim = bottleneck_dim
         else:
             self.bottleneck = nn.Identity()

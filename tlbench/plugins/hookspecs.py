@@ -7,7 +7,8 @@ provided it. Registering a name that another plugin already registered is an err
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 

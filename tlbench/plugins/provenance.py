@@ -27,5 +27,9 @@ def provenance(registry, kind: str, name: str) -> dict[str, str]:
     """The plugin that registered ``name`` of ``kind``, its distribution and version, its source digest."""
     entry = registry.entry(kind, name)
     info = registry.plugins.get(entry.plugin)
-    return {"plugin": entry.plugin, "distribution": (info.distribution if info else None) or "",
-            "version": (info.version if info else None) or "", "source_sha256": source_digest(entry.obj)}
+    return {
+        "plugin": entry.plugin,
+        "distribution": (info.distribution if info else None) or "",
+        "version": (info.version if info else None) or "",
+        "source_sha256": source_digest(entry.obj),
+    }

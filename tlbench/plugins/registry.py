@@ -26,34 +26,38 @@ from typing import Any, ClassVar
 
 import pluggy
 
-from tlbench.plugins import hookspecs
 from tlbench.errors import DuplicateNameError, UnknownNameError, UserError
+from tlbench.plugins import hookspecs
 
 ENTRY_POINT_GROUP = hookspecs.PROJECT
 PLUGINS_ENV_VAR = "TLBENCH_PLUGINS"
+
 
 @dataclass(frozen=True)
 class Kind:
     """One kind of plugin: the hook that registers it and the contract its objects implement."""
 
-    name: str       # the kind's key: "strategy"
-    hook: str       # the hook spec whose ``register`` callback adds one: "register_strategies"
-    contract: str   # the public base class, for messages: "tlbench.Strategy"
+    name: str  # the kind's key: "strategy"
+    hook: str  # the hook spec whose ``register`` callback adds one: "register_strategies"
+    contract: str  # the public base class, for messages: "tlbench.Strategy"
 
 
 #: Every plugin kind. A new kind is a hook spec, a line here and a contract class whose
 #: ``plugin_kind`` names it (docs/architecture.md, "A new plugin kind").
-KINDS: dict[str, Kind] = {k.name: k for k in (
-    Kind("strategy", "register_strategies", "tlbench.Strategy"),
-    Kind("dataset", "register_datasets", "tlbench.Dataset"),
-    Kind("shift", "register_shifts", "tlbench.Shift"),
-    Kind("weight_source", "register_weight_sources", "tlbench.WeightSource"),
-    Kind("backbone", "register_backbones", "tlbench.BackboneProvider"),
-    Kind("reporter", "register_reporters", "tlbench.Reporter"),
-    Kind("launcher", "register_launchers", "tlbench.Launcher"),
-    Kind("tracker", "register_trackers", "tlbench.Tracker"),
-    Kind("validator", "register_validators", "tlbench.Validator"),
-)}
+KINDS: dict[str, Kind] = {
+    k.name: k
+    for k in (
+        Kind("strategy", "register_strategies", "tlbench.Strategy"),
+        Kind("dataset", "register_datasets", "tlbench.Dataset"),
+        Kind("shift", "register_shifts", "tlbench.Shift"),
+        Kind("weight_source", "register_weight_sources", "tlbench.WeightSource"),
+        Kind("backbone", "register_backbones", "tlbench.BackboneProvider"),
+        Kind("reporter", "register_reporters", "tlbench.Reporter"),
+        Kind("launcher", "register_launchers", "tlbench.Launcher"),
+        Kind("tracker", "register_trackers", "tlbench.Tracker"),
+        Kind("validator", "register_validators", "tlbench.Validator"),
+    )
+}
 
 
 class Plugin:
@@ -95,8 +99,9 @@ class AmbiguousNameError(UserError):
 class Registry:
     """All plugins of one process, loaded once."""
 
-    def __init__(self, *, strict: bool = False, entry_points: bool = True,
-                 plugins: dict[str, ModuleType | object] | None = None):
+    def __init__(
+        self, *, strict: bool = False, entry_points: bool = True, plugins: dict[str, ModuleType | object] | None = None
+    ):
         self.strict = strict
         self.pm = pluggy.PluginManager(hookspecs.PROJECT)
         self.pm.add_hookspecs(hookspecs)
@@ -114,12 +119,15 @@ class Registry:
     def _load_entry_points(self) -> None:
         for ep in sorted(md.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
             dist = getattr(ep, "dist", None)
-            info = PluginInfo(name=ep.name, module=ep.value,
-                              distribution=dist.metadata["Name"] if dist else None,
-                              version=dist.version if dist else None)
+            info = PluginInfo(
+                name=ep.name,
+                module=ep.value,
+                distribution=dist.metadata["Name"] if dist else None,
+                version=dist.version if dist else None,
+            )
             try:
                 module = ep.load()
-            except Exception as exc:  # a broken plugin is named and skipped
+            except Exception as exc:  # noqa: BLE001 - a broken plugin is named and skipped
                 self._fail(info, f"failed to import {ep.value}: {type(exc).__name__}: {exc}", exc)
                 self.plugins[ep.name] = info
                 continue
@@ -133,9 +141,12 @@ class Registry:
             info = PluginInfo(name=module_name, module=module_name)
             try:
                 module = importlib.import_module(module_name)
-            except Exception as exc:
-                self._fail(info, f"failed to import {module_name} (named in ${PLUGINS_ENV_VAR}): "
-                                 f"{type(exc).__name__}: {exc}", exc)
+            except Exception as exc:  # noqa: BLE001 - a broken plugin is named and skipped
+                self._fail(
+                    info,
+                    f"failed to import {module_name} (named in ${PLUGINS_ENV_VAR}): {type(exc).__name__}: {exc}",
+                    exc,
+                )
                 self.plugins[module_name] = info
                 continue
             self.add_plugin(module_name, module, info=info)
@@ -146,7 +157,7 @@ class Registry:
         self.plugins[name] = info
         try:
             self.pm.register(module, name=name)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - a broken plugin is named and skipped
             self._fail(info, f"failed to register: {type(exc).__name__}: {exc}", exc)
             return
         for kind in KINDS.values():
@@ -157,7 +168,7 @@ class Registry:
                     impl.function(register=self._registrar(kind, name, info))
                 except PluginLoadError:
                     raise
-                except Exception as exc:
+                except Exception as exc:  # noqa: BLE001 - a broken plugin is named and skipped
                     self._fail(info, f"{kind.hook} raised {type(exc).__name__}: {exc}", exc)
 
     def _registrar(self, kind: Kind, plugin: str, info: PluginInfo):
@@ -183,7 +194,8 @@ class Registry:
         if taken is not None:
             self._clashes.setdefault((kind.name, key), [taken.plugin]).append(plugin)
             raise DuplicateNameError(
-                f"{kind.name} {key!r} is registered by both plugin {taken.plugin!r} and plugin {plugin!r}")
+                f"{kind.name} {key!r} is registered by both plugin {taken.plugin!r} and plugin {plugin!r}"
+            )
         self._entries[kind.name][key] = Entry(kind.name, key, obj, plugin)
         self.plugins[plugin].registered.setdefault(kind.name, []).append(key)
 
@@ -206,7 +218,8 @@ class Registry:
             raise AmbiguousNameError(
                 f"{kind.replace('_', ' ')} {name!r} is registered by {len(clash)} plugins: "
                 f"{', '.join(repr(p) for p in clash)}; tlbench will not choose between them: uninstall or "
-                "rename one (see 'tlbench plugins')")
+                "rename one (see 'tlbench plugins')"
+            )
         return self.entry(kind, name).obj
 
     def entry(self, kind: str, name: str) -> Entry:

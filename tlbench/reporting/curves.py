@@ -36,8 +36,7 @@ def curve_frame(records: list[CellRecord]) -> pd.DataFrame:
         for metric, values in sorted((r.curves.get("series") or {}).items()):
             for step, value in zip(steps, values):
                 if value is not None:
-                    rows.append((r.backbone, r.strategy, r.column, r.seed, metric, int(step),
-                                 float(value)))
+                    rows.append((r.backbone, r.strategy, r.column, r.seed, metric, int(step), float(value)))
     return pd.DataFrame(rows, columns=list(CURVE_COLUMNS))
 
 
@@ -48,12 +47,14 @@ def select_cells(dirs: list[Path], pattern: str | None) -> list[CellRecord]:
             raise UserError(f"{d}: no such results directory (expected the --out folder of a tlbench run)")
     records = [r for r in load_records(dirs, curves=True) if isinstance(r.curves, dict)]
     if pattern:
-        records = [r for r in records if fnmatch.fnmatchcase(describe(r), pattern)
-                   or fnmatch.fnmatchcase(r.cell_id, pattern)]
+        records = [
+            r for r in records if fnmatch.fnmatchcase(describe(r), pattern) or fnmatch.fnmatchcase(r.cell_id, pattern)
+        ]
     if not records:
         what = f" matching {pattern!r}" if pattern else ""
-        raise UserError(f"no cells with curves{what} in {', '.join(map(str, dirs))}; "
-                        "list them with 'tlbench curves DIR'")
+        raise UserError(
+            f"no cells with curves{what} in {', '.join(map(str, dirs))}; list them with 'tlbench curves DIR'"
+        )
     return sorted(records, key=describe)
 
 
@@ -77,8 +78,9 @@ def curves_text(records: list[CellRecord], metrics: list[str]) -> str:
         series = r.curves.get("series") or {}
         shown = [m for m in metrics if m in series]
         rows = [[step, *(series[m][i] for m in shown)] for i, step in enumerate(r.curves.get("steps") or [])]
-        parts.append(f"{describe(r)}  [{r.cell_id}]\n"
-                     + tabulate(rows, headers=["step", *shown], floatfmt=".4g", missingval="-"))
+        parts.append(
+            f"{describe(r)}  [{r.cell_id}]\n" + tabulate(rows, headers=["step", *shown], floatfmt=".4g", missingval="-")
+        )
     return "\n\n".join(parts) + "\n"
 
 
@@ -103,7 +105,7 @@ def curves_png(records: list[CellRecord], metrics: list[str]) -> bytes:
         ax.set_title(metric, fontsize=9)
         ax.set_xlabel("step", fontsize=8)
         ax.grid(True, alpha=0.3)
-    for ax in axes[len(metrics):]:
+    for ax in axes[len(metrics) :]:
         ax.set_axis_off()
     if len(records) <= 8:
         axes[0].legend(fontsize=6, loc="best")

@@ -32,38 +32,49 @@ import pandas as pd
 from tlbench.errors import UserError
 from tlbench.matrix.results import CellRecord
 from tlbench.reporting import stats
-from tlbench.reporting.ranking import AVG, critical_difference_summary, matched_results, rank_rows
 from tlbench.reporting.curves import CURVE_COLUMNS, curve_frame
 from tlbench.reporting.mixing import mixed_origins
-from tlbench.reporting.selection import (CHECKPOINT_COLUMNS, CHOSEN_COLUMNS, LAST, VALIDATOR_COLUMNS, Selection,
-                                        selection_text)
+from tlbench.reporting.ranking import AVG, critical_difference_summary, matched_results, rank_rows
+from tlbench.reporting.selection import (
+    CHECKPOINT_COLUMNS,
+    CHOSEN_COLUMNS,
+    LAST,
+    VALIDATOR_COLUMNS,
+    Selection,
+    selection_text,
+)
 
 #: per-column fields of :attr:`Leaderboard.accuracy`, named ``f"{column} {field}"``
 COLUMN_FIELDS = ("mean", "std", "ci95", "n", "best", "status", "notes")
 #: cell statuses in :attr:`Leaderboard.accuracy` (``f"{column} status"``)
 CELL_STATUSES = ("ok", "partial", "failed", "diverged", "failed/diverged", "missing")
 
-PROTOCOL = ("{selection}; target labels never used for training{or_selection}; "
-            "accuracy on all target images")
+PROTOCOL = "{selection}; target labels never used for training{or_selection}; accuracy on all target images"
 #: the header of a finetune leaderboard: the protocol in words (suite ``protocol: finetune``)
-FINETUNE_PROTOCOL = ("fine-tuning on a labelled task: the pretrained backbone is the source; each column is a "
-                     "task and a label budget (a share or a number per class of its training split, drawn per seed, "
-                     "stratified), the training images whose labels are held back are served unlabelled; "
-                     "{selection}; test labels never used for training{or_selection}; accuracy on the task's test "
-                     "split (the dataset's own, else a fixed stratified 30 %), which no seed changes")
-STATS_TEXT = ("Each cell: mean ± sample std (ddof=1) of target accuracy (%) over seeds whose cell finished "
-              "ok; n = number of those seeds. Avg: mean of the per-pair means, only when every pair has a value; "
-              "its std is over the per-seed averages, only when every seed has every pair. ci95 (in the CSV): "
-              "half-width of the 95 % Student-t confidence interval of the mean.")
+FINETUNE_PROTOCOL = (
+    "fine-tuning on a labelled task: the pretrained backbone is the source; each column is a "
+    "task and a label budget (a share or a number per class of its training split, drawn per seed, "
+    "stratified), the training images whose labels are held back are served unlabelled; "
+    "{selection}; test labels never used for training{or_selection}; accuracy on the task's test "
+    "split (the dataset's own, else a fixed stratified 30 %), which no seed changes"
+)
+STATS_TEXT = (
+    "Each cell: mean ± sample std (ddof=1) of target accuracy (%) over seeds whose cell finished "
+    "ok; n = number of those seeds. Avg: mean of the per-pair means, only when every pair has a value; "
+    "its std is over the per-seed averages, only when every seed has every pair. ci95 (in the CSV): "
+    "half-width of the 95 % Student-t confidence interval of the mean."
+)
 
 
 #: what the validator table's numbers mean (every report format states it)
-VALIDATOR_TEXT = ("Each strategy, pair and seed chooses among its candidates (every checkpoint of every cell of "
-                  "its sweep). Regret: the oracle's target accuracy minus that of the validator's choice, mean over "
-                  "groups. Rank correlation: Spearman's between the validator's scores and target accuracy within "
-                  "a group, mean over groups. The oracle uses target labels: a reference, never a method. Accuracies "
-                  "here are on each cell's checkpoint images (every target image up to recipe.eval_points_images, "
-                  "else a fixed random subset of that many).")
+VALIDATOR_TEXT = (
+    "Each strategy, pair and seed chooses among its candidates (every checkpoint of every cell of "
+    "its sweep). Regret: the oracle's target accuracy minus that of the validator's choice, mean over "
+    "groups. Rank correlation: Spearman's between the validator's scores and target accuracy within "
+    "a group, mean over groups. The oracle uses target labels: a reference, never a method. Accuracies "
+    "here are on each cell's checkpoint images (every target image up to recipe.eval_points_images, "
+    "else a fixed random subset of that many)."
+)
 
 
 @dataclass
@@ -130,8 +141,9 @@ class Leaderboard:
     rank_text: str = ""
     #: Demšar's critical-difference summary per backbone: ``backbone``, ``strategy``, ``avg_rank``,
     #: ``within_cd`` (not told apart from the best); empty unless there are enough pairs and strategies
-    critical_difference: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(
-        columns=["backbone", "strategy", "avg_rank", "within_cd"]))
+    critical_difference: pd.DataFrame = field(
+        default_factory=lambda: pd.DataFrame(columns=["backbone", "strategy", "avg_rank", "within_cd"])
+    )
     #: the rule and numbers behind :attr:`critical_difference` ("" when it is empty)
     cd_text: str = ""
     #: training curves of the records that carry them, one row per (cell, metric, logging step):
@@ -174,8 +186,9 @@ class Leaderboard:
 
 
 # -- building ---------------------------------------------------------------------------------------
-def build_leaderboard(records: list[CellRecord], suite: dict[str, Any], *,
-                      date: str | None = None, selection: Selection | None = None) -> Leaderboard:
+def build_leaderboard(
+    records: list[CellRecord], suite: dict[str, Any], *, date: str | None = None, selection: Selection | None = None
+) -> Leaderboard:
     """The leaderboard of ``records`` under ``suite`` (the dict of ``<out>/suite.json``); with a
     ``selection``, of the records it chose (one per strategy, pair and seed), with its tables."""
     suite = suite or {}
@@ -185,8 +198,9 @@ def build_leaderboard(records: list[CellRecord], suite: dict[str, Any], *,
     pairs = _pairs(records, suite)
     notes: list[str] = list(selection.notes) if selection else []
     if duplicates:
-        notes.append(f"{duplicates} record(s) repeated the same backbone/strategy/pair/seed; "
-                     "the newest of each was kept.")
+        notes.append(
+            f"{duplicates} record(s) repeated the same backbone/strategy/pair/seed; the newest of each was kept."
+        )
 
     rows = _row_keys(records)
     by_cell: dict[tuple[str, str, str], list[CellRecord]] = {}
@@ -201,8 +215,9 @@ def build_leaderboard(records: list[CellRecord], suite: dict[str, Any], *,
     footnotes, failures = _footnotes(acc, pairs, by_cell)
     for _, row in acc.iterrows():
         if row["missing"]:
-            notes.append(f"{row['backbone']} / {row['strategy']}: Avg not computed, "
-                         f"missing: {', '.join(row['missing'])}")
+            notes.append(
+                f"{row['backbone']} / {row['strategy']}: Avg not computed, missing: {', '.join(row['missing'])}"
+            )
     expected = _expected_cells(suite, pairs)
     if expected is not None and len(records) < expected:
         notes.append(f"{len(records)} of {expected} cells have finished; the others are not shown.")
@@ -229,8 +244,16 @@ def build_leaderboard(records: list[CellRecord], suite: dict[str, Any], *,
         environment=_environment(records, date),
         curves=curve_frame(records),
         mixed=mixed_origins(records),
-        **({"selection": selection.rule, "chosen": selection.chosen, "validators": selection.validators,
-            "checkpoints": selection.checkpoints} if selection else {}),
+        **(
+            {
+                "selection": selection.rule,
+                "chosen": selection.chosen,
+                "validators": selection.validators,
+                "checkpoints": selection.checkpoints,
+            }
+            if selection
+            else {}
+        ),
     )
 
 
@@ -240,9 +263,12 @@ def protocol_text(rule: str, protocols: Sequence[str] = ("uda",)) -> str:
     from tlbench.reporting.selection import ORACLE
 
     texts = {"uda": PROTOCOL, "finetune": FINETUNE_PROTOCOL}
-    return "; and ".join(texts.get(p, p).format(selection=selection_text(rule),
-                                               or_selection="" if rule == ORACLE else " or model selection")
-                         for p in protocols or ("uda",))
+    return "; and ".join(
+        texts.get(p, p).format(
+            selection=selection_text(rule), or_selection="" if rule == ORACLE else " or model selection"
+        )
+        for p in protocols or ("uda",)
+    )
 
 
 def _protocols(records: list[CellRecord], suite: dict[str, Any]) -> list[str]:
@@ -296,8 +322,9 @@ def _cell_status(recs: list[CellRecord]) -> str:
     return "failed/diverged" if len(bad) == 2 else bad.pop()
 
 
-def _row_stats(backbone: str, strategy: str, pairs: list[str],
-               by_cell: dict[tuple[str, str, str], list[CellRecord]]) -> dict[str, Any]:
+def _row_stats(
+    backbone: str, strategy: str, pairs: list[str], by_cell: dict[tuple[str, str, str], list[CellRecord]]
+) -> dict[str, Any]:
     row: dict[str, Any] = {"backbone": backbone, "strategy": strategy}
     per_seed: dict[int, dict[str, float]] = {}
     seeds: set[int] = set()
@@ -311,8 +338,15 @@ def _row_stats(backbone: str, strategy: str, pairs: list[str],
             if r.scored:
                 per_seed.setdefault(r.seed, {})[p] = float(r.target_acc)
         mean, std = _mean_std(values) if values else (math.nan, math.nan)
-        row.update({f"{p} mean": mean, f"{p} std": std, f"{p} ci95": stats.ci95_halfwidth(std, len(values)),
-                    f"{p} n": len(values) if values else pd.NA, f"{p} status": _cell_status(recs)})
+        row.update(
+            {
+                f"{p} mean": mean,
+                f"{p} std": std,
+                f"{p} ci95": stats.ci95_halfwidth(std, len(values)),
+                f"{p} n": len(values) if values else pd.NA,
+                f"{p} status": _cell_status(recs),
+            }
+        )
         if values:
             means.append(mean)
         else:
@@ -326,11 +360,19 @@ def _row_stats(backbone: str, strategy: str, pairs: list[str],
         else:
             avg_std, avg_n = math.nan, pd.NA
         ci = stats.ci95_halfwidth(avg_std, len(complete)) if avg_n is not pd.NA else math.nan
-        row.update({f"{AVG} mean": avg, f"{AVG} std": avg_std, f"{AVG} ci95": ci, f"{AVG} n": avg_n,
-                    f"{AVG} status": "ok"})
+        row.update(
+            {f"{AVG} mean": avg, f"{AVG} std": avg_std, f"{AVG} ci95": ci, f"{AVG} n": avg_n, f"{AVG} status": "ok"}
+        )
     else:
-        row.update({f"{AVG} mean": math.nan, f"{AVG} std": math.nan, f"{AVG} ci95": math.nan, f"{AVG} n": pd.NA,
-                    f"{AVG} status": "missing"})
+        row.update(
+            {
+                f"{AVG} mean": math.nan,
+                f"{AVG} std": math.nan,
+                f"{AVG} ci95": math.nan,
+                f"{AVG} n": pd.NA,
+                f"{AVG} status": "missing",
+            }
+        )
     row["missing"] = tuple(missing)
     return row
 
@@ -363,15 +405,18 @@ def _seeds_text(seeds: list[int]) -> str:
     return f"seed {seeds[0]}" if len(seeds) == 1 else f"seeds {', '.join(map(str, seeds))}"
 
 
-def _footnotes(acc: pd.DataFrame, pairs: list[str],
-               by_cell: dict[tuple[str, str, str], list[CellRecord]]) -> tuple[list[Footnote], pd.DataFrame]:
+def _footnotes(
+    acc: pd.DataFrame, pairs: list[str], by_cell: dict[tuple[str, str, str], list[CellRecord]]
+) -> tuple[list[Footnote], pd.DataFrame]:
     """Number the failed/diverged records in table order; identical status+error share a number."""
     notes: dict[tuple[str, str], Footnote] = {}
     rows: list[dict[str, Any]] = []
     for i, row in acc.iterrows():
         for p in pairs:
-            bad = sorted((r for r in by_cell.get((row["backbone"], row["strategy"], p), []) if not r.scored),
-                         key=lambda r: r.seed)
+            bad = sorted(
+                (r for r in by_cell.get((row["backbone"], row["strategy"], p), []) if not r.scored),
+                key=lambda r: r.seed,
+            )
             numbers: list[int] = []
             groups: dict[int, list[int]] = {}
             for r in bad:
@@ -384,8 +429,17 @@ def _footnotes(acc: pd.DataFrame, pairs: list[str],
                 groups.setdefault(note.number, []).append(r.seed)
                 if note.number not in numbers:
                     numbers.append(note.number)
-                rows.append({"backbone": r.backbone, "strategy": r.strategy, "pair": p, "seed": r.seed,
-                             "status": r.status, "error": r.error, "footnote": note.number})
+                rows.append(
+                    {
+                        "backbone": r.backbone,
+                        "strategy": r.strategy,
+                        "pair": p,
+                        "seed": r.seed,
+                        "status": r.status,
+                        "error": r.error,
+                        "footnote": note.number,
+                    }
+                )
             for number, seeds in groups.items():
                 note = next(n for n in notes.values() if n.number == number)
                 note.cells.append(f"{row['backbone']} / {row['strategy']} / {p}, {_seeds_text(seeds)}")
@@ -410,23 +464,45 @@ def _costs(acc: pd.DataFrame, records: list[CellRecord]) -> pd.DataFrame:
         def values(attr: str, pool: list[CellRecord]) -> list[float]:
             return [float(getattr(r, attr)) for r in pool if stats.finite_number(getattr(r, attr))]
 
-        train, ev, mem, wall = (values("train_img_per_s", ok), values("eval_img_per_s", ok),
-                                values("peak_mem_mb", ok), values("wall_s", recs))
-        out.append({
-            "backbone": row["backbone"], "strategy": row["strategy"],
-            "cells_ok": len(ok), "cells_failed": sum(r.status not in ("ok", "diverged") for r in recs),
-            "cells_diverged": sum(r.status == "diverged" for r in recs),
-            "train_img_per_s": sum(train) / len(train) if train else math.nan,
-            "eval_img_per_s": sum(ev) / len(ev) if ev else math.nan,
-            "peak_mem_mb": max(mem) if mem else math.nan,
-            "wall_s_total": sum(wall) if wall else math.nan,
-            "wall_s_mean": sum(wall) / len(wall) if wall else math.nan,
-            "trainable_params": _mode(values("trainable_params", ok or recs)),
-            "total_params": _mode(values("total_params", ok or recs)),
-        })
-    df = pd.DataFrame(out, columns=["backbone", "strategy", "cells_ok", "cells_failed", "cells_diverged",
-                                    "train_img_per_s", "eval_img_per_s", "peak_mem_mb", "wall_s_total",
-                                    "wall_s_mean", "trainable_params", "total_params"])
+        train, ev, mem, wall = (
+            values("train_img_per_s", ok),
+            values("eval_img_per_s", ok),
+            values("peak_mem_mb", ok),
+            values("wall_s", recs),
+        )
+        out.append(
+            {
+                "backbone": row["backbone"],
+                "strategy": row["strategy"],
+                "cells_ok": len(ok),
+                "cells_failed": sum(r.status not in ("ok", "diverged") for r in recs),
+                "cells_diverged": sum(r.status == "diverged" for r in recs),
+                "train_img_per_s": sum(train) / len(train) if train else math.nan,
+                "eval_img_per_s": sum(ev) / len(ev) if ev else math.nan,
+                "peak_mem_mb": max(mem) if mem else math.nan,
+                "wall_s_total": sum(wall) if wall else math.nan,
+                "wall_s_mean": sum(wall) / len(wall) if wall else math.nan,
+                "trainable_params": _mode(values("trainable_params", ok or recs)),
+                "total_params": _mode(values("total_params", ok or recs)),
+            }
+        )
+    df = pd.DataFrame(
+        out,
+        columns=[
+            "backbone",
+            "strategy",
+            "cells_ok",
+            "cells_failed",
+            "cells_diverged",
+            "train_img_per_s",
+            "eval_img_per_s",
+            "peak_mem_mb",
+            "wall_s_total",
+            "wall_s_mean",
+            "trainable_params",
+            "total_params",
+        ],
+    )
     for c in ("train_img_per_s", "eval_img_per_s", "peak_mem_mb", "wall_s_total", "wall_s_mean"):
         df[c] = df[c].astype("float64")
     for c in ("trainable_params", "total_params"):
@@ -439,12 +515,16 @@ def _references(refs: list[Any], pairs: list[str]) -> pd.DataFrame:
     out = []
     for i, ref in enumerate(refs):
         if not isinstance(ref, dict) or not isinstance(ref.get("acc"), dict):
-            raise UserError(f"suite reference[{i}]: expected a mapping with backbone, strategy, source, "
-                            f"acc {{pair: accuracy}} and optional avg; got {ref!r}")
+            raise UserError(
+                f"suite reference[{i}]: expected a mapping with backbone, strategy, source, "
+                f"acc {{pair: accuracy}} and optional avg; got {ref!r}"
+            )
         acc = {str(k): float(v) for k, v in ref["acc"].items() if stats.finite_number(v)}
-        row: dict[str, Any] = {"backbone": str(ref.get("backbone", "")), "strategy": str(ref.get("strategy", "")),
-                               "source": str(ref.get("source", ""))
-                               + (f"; weights: {ref['weights']}" if ref.get("weights") else "")}
+        row: dict[str, Any] = {
+            "backbone": str(ref.get("backbone", "")),
+            "strategy": str(ref.get("strategy", "")),
+            "source": str(ref.get("source", "")) + (f"; weights: {ref['weights']}" if ref.get("weights") else ""),
+        }
         for p in pairs:
             row[f"{p} mean"] = acc.get(p, math.nan)
         published = ref.get("avg")

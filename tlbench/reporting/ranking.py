@@ -5,7 +5,6 @@ The statistics themselves (and the rules, in words) are in :mod:`tlbench.reporti
 
 from __future__ import annotations
 
-
 import pandas as pd
 
 from tlbench.matrix.results import CellRecord
@@ -13,14 +12,19 @@ from tlbench.reporting import stats
 
 #: the name of the leaderboard's average column (``tlbench.reporting.leaderboard.AVG``)
 AVG = "Avg"
-RANK_TESTED = ("Rank: 1 + the number of rows significantly better (two-sided Wilcoxon signed-rank test on the "
-               "matched pair × seed results, Holm-corrected over all pairs of rows, p < 0.05); rows that no test "
-               "separates share a rank.")
-RANK_UNTESTED = ("Ranks follow Avg and are not tested for significance ({why}): a difference within the seeds' "
-                 "spread may be noise.")
-CD_TEXT = ("Critical difference (Demšar, JMLR 2006): each strategy's rank on each pair (1 = best), averaged over "
-           "{n} pairs; Friedman test p = {p:.3g}; Nemenyi CD = {cd:.2f} at α = 0.05. Strategies whose average ranks "
-           "differ by less than CD are not told apart.")
+RANK_TESTED = (
+    "Rank: 1 + the number of rows significantly better (two-sided Wilcoxon signed-rank test on the "
+    "matched pair × seed results, Holm-corrected over all pairs of rows, p < 0.05); rows that no test "
+    "separates share a rank."
+)
+RANK_UNTESTED = (
+    "Ranks follow Avg and are not tested for significance ({why}): a difference within the seeds' spread may be noise."
+)
+CD_TEXT = (
+    "Critical difference (Demšar, JMLR 2006): each strategy's rank on each pair (1 = best), averaged over "
+    "{n} pairs; Friedman test p = {p:.3g}; Nemenyi CD = {cd:.2f} at α = 0.05. Strategies whose average ranks "
+    "differ by less than CD are not told apart."
+)
 
 
 def matched_results(by_cell: dict[tuple[str, str, str], list[CellRecord]]) -> dict[tuple[str, str], dict]:
@@ -58,16 +62,20 @@ def critical_difference_summary(acc: pd.DataFrame, pairs: list[str]) -> tuple[pd
     """Demšar's average ranks over pairs per backbone, where there are enough pairs and strategies."""
     rows, texts = [], []
     for backbone, sub in acc.groupby("backbone", sort=True):
-        scores = {r["strategy"]: {p: float(r[f"{p} mean"]) for p in pairs if pd.notna(r[f"{p} mean"])}
-                  for _, r in sub.iterrows()}
+        scores = {
+            r["strategy"]: {p: float(r[f"{p} mean"]) for p in pairs if pd.notna(r[f"{p} mean"])}
+            for _, r in sub.iterrows()
+        }
         scores = {s: v for s, v in scores.items() if len(v) == len(pairs)}
         if len(pairs) < stats.MIN_CD_PAIRS or len(scores) < 3:
             continue
         ranks = stats.average_ranks(scores)
         cd = stats.critical_difference(len(ranks), len(pairs))
         best = min(ranks.values())
-        rows += [{"backbone": backbone, "strategy": s, "avg_rank": r, "within_cd": r - best < cd}
-                 for s, r in sorted(ranks.items(), key=lambda kv: kv[1])]
+        rows += [
+            {"backbone": backbone, "strategy": s, "avg_rank": r, "within_cd": r - best < cd}
+            for s, r in sorted(ranks.items(), key=lambda kv: kv[1])
+        ]
         texts.append(CD_TEXT.format(n=len(pairs), p=stats.friedman_p_value(scores), cd=cd))
     frame = pd.DataFrame(rows, columns=["backbone", "strategy", "avg_rank", "within_cd"])
     return frame, " ".join(dict.fromkeys(texts))

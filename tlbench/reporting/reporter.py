@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
+
 from tlbench.plugins.registry import Plugin
 
 if TYPE_CHECKING:

@@ -39,14 +39,34 @@ from tlbench.reporting.validator import Validator, ValidatorInputs
 
 LAST = "last"
 ORACLE = "oracle"
-CHOSEN_COLUMNS = ("backbone", "strategy", "pair", "seed", "params", "step", "target_acc", "oracle_acc", "candidates",
-                  "cell_id")
+CHOSEN_COLUMNS = (
+    "backbone",
+    "strategy",
+    "pair",
+    "seed",
+    "params",
+    "step",
+    "target_acc",
+    "oracle_acc",
+    "candidates",
+    "cell_id",
+)
 VALIDATOR_COLUMNS = ("validator", "uses_target_labels", "mean_regret", "rank_correlation", "groups", "selected")
 #: the validator table's row of the default rule (no validator: the default parameters' last checkpoint)
 LAST_ROW = "last (no validator)"
 #: the leading columns of the checkpoint table; every validator's score follows, one column each
-CHECKPOINT_COLUMNS = ("backbone", "strategy", "pair", "seed", "params", "step", "last", "target_acc",
-                      "heldout_source_acc", "cell_id")
+CHECKPOINT_COLUMNS = (
+    "backbone",
+    "strategy",
+    "pair",
+    "seed",
+    "params",
+    "step",
+    "last",
+    "target_acc",
+    "heldout_source_acc",
+    "cell_id",
+)
 
 
 @dataclass
@@ -102,16 +122,22 @@ def read_checkpoint_tables(dirs: Iterable[Path]) -> StoredCandidates:
     return found
 
 
-def select(records: list[CellRecord], rule: str, validators: dict[str, Validator],
-           load: Callable[[str], CheckpointEvaluations | None],
-           stored: StoredCandidates | None = None) -> Selection:
+def select(
+    records: list[CellRecord],
+    rule: str,
+    validators: dict[str, Validator],
+    load: Callable[[str], CheckpointEvaluations | None],
+    stored: StoredCandidates | None = None,
+) -> Selection:
     """Choose one candidate per strategy, pair and seed by ``rule`` (``last`` or a name in ``validators``).
 
     ``load`` gives a cell's checkpoint evaluations; ``stored``, its rows of an earlier checkpoint table,
     read where ``load`` has none."""
     if rule != LAST and rule not in validators:
-        raise UserError(f"selection {rule!r} is not a validator; use last or one of: {', '.join(sorted(validators))} "
-                        "(tlbench list validators)")
+        raise UserError(
+            f"selection {rule!r} is not a validator; use last or one of: {', '.join(sorted(validators))} "
+            "(tlbench list validators)"
+        )
     groups: dict[tuple, list[CellRecord]] = {}
     for r in records:
         groups.setdefault((r.backbone, r.strategy, r.column, r.seed), []).append(r)
@@ -131,31 +157,62 @@ def select(records: list[CellRecord], rule: str, validators: dict[str, Validator
             fallback += 1
             pick = _choose(candidates, LAST)
         out.append(_chosen_record(pick, rule))
-        chosen_rows.append({"backbone": key[0], "strategy": key[1], "pair": key[2], "seed": key[3],
-                            "params": _params_text(pick.record), "step": pick.step, "target_acc": pick.target_acc,
-                            "oracle_acc": max(c.target_acc for c in candidates), "candidates": len(candidates),
-                            "cell_id": pick.record.cell_id})
+        chosen_rows.append(
+            {
+                "backbone": key[0],
+                "strategy": key[1],
+                "pair": key[2],
+                "seed": key[3],
+                "params": _params_text(pick.record),
+                "step": pick.step,
+                "target_acc": pick.target_acc,
+                "oracle_acc": max(c.target_acc for c in candidates),
+                "candidates": len(candidates),
+                "cell_id": pick.record.cell_id,
+            }
+        )
     notes = []
     if fallback:
-        notes.append(f"selection {rule}: {fallback} strategy/pair/seed group(s) had no checkpoint it could score "
-                     "(no stored checkpoint evaluations, or no held-out source split); they show the last checkpoint.")
+        notes.append(
+            f"selection {rule}: {fallback} strategy/pair/seed group(s) had no checkpoint it could score "
+            "(no stored checkpoint evaluations, or no held-out source split); they show the last checkpoint."
+        )
     swept = len(records) - len(groups)
     if swept > 0:
-        notes.append(f"{len(records)} cells for {len(groups)} strategy/pair/seed entries (a sweep); the costs are "
-                     "those of the chosen cells.")
+        notes.append(
+            f"{len(records)} cells for {len(groups)} strategy/pair/seed entries (a sweep); the costs are "
+            "those of the chosen cells."
+        )
     names = [n for n in sorted(validators) if n not in failing]
-    return Selection(rule, out, pd.DataFrame(chosen_rows, columns=list(CHOSEN_COLUMNS)),
-                     validator_table(per_group, names, validators, rule), notes,
-                     checkpoint_table(per_group, names))
+    return Selection(
+        rule,
+        out,
+        pd.DataFrame(chosen_rows, columns=list(CHOSEN_COLUMNS)),
+        validator_table(per_group, names, validators, rule),
+        notes,
+        checkpoint_table(per_group, names),
+    )
 
 
 def checkpoint_table(groups: list[list[Candidate]], names: list[str]) -> pd.DataFrame:
     """One row per candidate: where it comes from, its target and source accuracy, each validator's score."""
-    rows = [{"backbone": c.record.backbone, "strategy": c.record.strategy, "pair": c.record.column,
-             "seed": c.record.seed, "params": _params_text(c.record), "step": c.step, "last": c.last,
-             "target_acc": c.target_acc, "heldout_source_acc": c.source_acc, "cell_id": c.record.cell_id,
-             **{n: c.scores.get(n, math.nan) for n in names}}
-            for candidates in groups for c in candidates]
+    rows = [
+        {
+            "backbone": c.record.backbone,
+            "strategy": c.record.strategy,
+            "pair": c.record.column,
+            "seed": c.record.seed,
+            "params": _params_text(c.record),
+            "step": c.step,
+            "last": c.last,
+            "target_acc": c.target_acc,
+            "heldout_source_acc": c.source_acc,
+            "cell_id": c.record.cell_id,
+            **{n: c.scores.get(n, math.nan) for n in names},
+        }
+        for candidates in groups
+        for c in candidates
+    ]
     return pd.DataFrame(rows, columns=[*CHECKPOINT_COLUMNS, *names])
 
 
@@ -170,13 +227,16 @@ def _is_default(r: CellRecord) -> bool:
     return not isinstance(sweep, dict) or bool(sweep.get("default"))
 
 
-def _candidates(r: CellRecord, validators: dict[str, Validator], load, failing: set[str],
-                stored: StoredCandidates) -> list[Candidate]:
+def _candidates(
+    r: CellRecord, validators: dict[str, Validator], load, failing: set[str], stored: StoredCandidates
+) -> list[Candidate]:
     evaluations = load(r.cell_id)
     if (evaluations is None or not len(evaluations)) and stored.get(r.cell_id):
         return _stored_candidates(r, stored[r.cell_id], validators)
     if evaluations is None or not len(evaluations):
-        oracle = {n: v.score_target_accuracy(float(r.target_acc)) for n, v in validators.items() if v.uses_target_labels}
+        oracle = {
+            n: v.score_target_accuracy(float(r.target_acc)) for n, v in validators.items() if v.uses_target_labels
+        }
         return [Candidate(r, int(r.steps or 0), float(r.target_acc), r.source_acc, oracle, True)]
     out = []
     for k in range(len(evaluations)):
@@ -188,18 +248,24 @@ def _candidates(r: CellRecord, validators: dict[str, Validator], load, failing: 
                 scores[name] = score_checkpoint(v, evaluations, k)
             except Exception as exc:  # noqa: BLE001 - a broken validator plugin costs its column, not the report
                 failing.add(name)
-                warnings.warn(f"validator {name!r} raised {type(exc).__name__}: {exc}; it is left out of this report",
-                              stacklevel=2)
+                warnings.warn(
+                    f"validator {name!r} raised {type(exc).__name__}: {exc}; it is left out of this report",
+                    stacklevel=2,
+                )
         labels = evaluations.source_labels
-        src = (100.0 * float(np.mean(evaluations.source_logits[k].argmax(1) == labels)) if len(labels) else None)
-        out.append(Candidate(r, int(evaluations.steps[k]), float(evaluations.target_acc[k]), src, scores,
-                             k == len(evaluations) - 1))
+        src = 100.0 * float(np.mean(evaluations.source_logits[k].argmax(1) == labels)) if len(labels) else None
+        out.append(
+            Candidate(
+                r, int(evaluations.steps[k]), float(evaluations.target_acc[k]), src, scores, k == len(evaluations) - 1
+            )
+        )
     return out
 
 
 def _stored_candidates(r: CellRecord, rows: list[dict[str, Any]], validators: dict[str, Validator]) -> list[Candidate]:
     """A cell's candidates from its checkpoint-table rows: a validator without a column there (added
     since) scores nothing, and its groups keep ``last``."""
+
     def number(value: Any) -> float | None:
         return float(value) if value is not None and math.isfinite(float(value)) else None
 
@@ -207,8 +273,11 @@ def _stored_candidates(r: CellRecord, rows: list[dict[str, Any]], validators: di
     for row in sorted(rows, key=lambda row: int(row["step"])):
         scores = {n: s for n in validators if (s := number(row.get(n))) is not None}
         last = row["last"] if isinstance(row["last"], bool) else str(row["last"]).lower() == "true"
-        out.append(Candidate(r, int(row["step"]), float(row["target_acc"]), number(row.get("heldout_source_acc")),
-                             scores, bool(last)))
+        out.append(
+            Candidate(
+                r, int(row["step"]), float(row["target_acc"]), number(row.get("heldout_source_acc")), scores, bool(last)
+            )
+        )
     return out
 
 
@@ -246,16 +315,25 @@ def _params_text(r: CellRecord) -> str:
     return ", ".join(f"{k}={v}" for k, v in values.items()) if isinstance(values, dict) and values else "default"
 
 
-def validator_table(groups: list[list[Candidate]], names: list[str], validators: dict[str, Validator],
-                    rule: str) -> pd.DataFrame:
+def validator_table(
+    groups: list[list[Candidate]], names: list[str], validators: dict[str, Validator], rule: str
+) -> pd.DataFrame:
     """Mean regret against the oracle and mean within-group Spearman correlation, per validator."""
     from scipy.stats import spearmanr
 
     rows = []
     if groups:  # the default, as a yardstick: what choosing nothing costs
         regrets = [max(c.target_acc for c in g) - _choose(g, LAST).target_acc for g in groups]
-        rows.append({"validator": LAST_ROW, "uses_target_labels": False, "mean_regret": float(np.mean(regrets)),
-                     "rank_correlation": math.nan, "groups": len(regrets), "selected": rule == LAST})
+        rows.append(
+            {
+                "validator": LAST_ROW,
+                "uses_target_labels": False,
+                "mean_regret": float(np.mean(regrets)),
+                "rank_correlation": math.nan,
+                "groups": len(regrets),
+                "selected": rule == LAST,
+            }
+        )
     for name in names:
         regrets, rhos = [], []
         for candidates in groups:
@@ -267,10 +345,16 @@ def validator_table(groups: list[list[Candidate]], names: list[str], validators:
             scores, accs = [c.scores[name] for c in scored], [c.target_acc for c in scored]
             if len(scored) >= 3 and len(set(scores)) > 1 and len(set(accs)) > 1:
                 rhos.append(float(spearmanr(scores, accs).statistic))
-        rows.append({"validator": name, "uses_target_labels": bool(validators[name].uses_target_labels),
-                     "mean_regret": float(np.mean(regrets)) if regrets else math.nan,
-                     "rank_correlation": float(np.mean(rhos)) if rhos else math.nan,
-                     "groups": len(regrets), "selected": name == rule})
+        rows.append(
+            {
+                "validator": name,
+                "uses_target_labels": bool(validators[name].uses_target_labels),
+                "mean_regret": float(np.mean(regrets)) if regrets else math.nan,
+                "rank_correlation": float(np.mean(rhos)) if rhos else math.nan,
+                "groups": len(regrets),
+                "selected": name == rule,
+            }
+        )
     df = pd.DataFrame(rows, columns=list(VALIDATOR_COLUMNS))
     return df.sort_values(["uses_target_labels", "mean_regret"], kind="stable").reset_index(drop=True)
 
@@ -281,7 +365,11 @@ def selection_text(rule: str) -> str:
         return "last checkpoint"  # of the default parameters, where a sweep lists several
     earlier = " (a chosen earlier checkpoint: its accuracy on the cell's checkpoint images)"
     if rule == ORACLE:
-        return ("parameters and checkpoint chosen by the ORACLE, i.e. with target labels: an upper bound, "
-                "not a result a user could reproduce" + earlier)
-    return (f"parameters and checkpoint chosen per strategy, pair and seed by the validator {rule!r} (no target "
-            f"labels){earlier}")
+        return (
+            "parameters and checkpoint chosen by the ORACLE, i.e. with target labels: an upper bound, "
+            "not a result a user could reproduce" + earlier
+        )
+    return (
+        f"parameters and checkpoint chosen per strategy, pair and seed by the validator {rule!r} (no target "
+        f"labels){earlier}"
+    )

@@ -37,8 +37,10 @@ class Tracker(Plugin):
     def __init__(self, out_dir: Path, suite: dict[str, Any], **options: Any):
         unknown = sorted(set(options) - set(self.option_help))
         if unknown:
-            raise UserError(f"tracker {self.name!r}: unknown option(s) {', '.join(unknown)}; "
-                            f"valid: {', '.join(self.option_help) or 'none'}")
+            raise UserError(
+                f"tracker {self.name!r}: unknown option(s) {', '.join(unknown)}; "
+                f"valid: {', '.join(self.option_help) or 'none'}"
+            )
         self.out_dir, self.suite, self.options = Path(out_dir), suite, options
 
     def log_cell(self, cell: Cell, record: CellRecord) -> None:
@@ -72,8 +74,17 @@ class Tracker(Plugin):
     @staticmethod
     def record_metrics(record: CellRecord) -> dict[str, float]:
         """A record's numbers (accuracies, costs, the strategy's metric means) for a run's summary."""
-        names = ("target_acc", "source_acc", "train_img_per_s", "eval_img_per_s", "peak_mem_mb", "wall_s",
-                 "trainable_params", "total_params", "steps")
+        names = (
+            "target_acc",
+            "source_acc",
+            "train_img_per_s",
+            "eval_img_per_s",
+            "peak_mem_mb",
+            "wall_s",
+            "trainable_params",
+            "total_params",
+            "steps",
+        )
         out = {n: float(getattr(record, n)) for n in names if finite_number(getattr(record, n))}
         out.update({f"extra.{k}": float(v) for k, v in sorted(record.extra.items()) if finite_number(v)})
         return out
@@ -83,5 +94,9 @@ class Tracker(Plugin):
         """``(metric, step, value)`` for every point of the record's curves, in step order per metric."""
         curves = record.curves or {}
         steps = curves.get("steps") or []
-        return [(name, int(step), float(value)) for name, values in sorted((curves.get("series") or {}).items())
-                for step, value in zip(steps, values) if value is not None]
+        return [
+            (name, int(step), float(value))
+            for name, values in sorted((curves.get("series") or {}).items())
+            for step, value in zip(steps, values)
+            if value is not None
+        ]

@@ -29,19 +29,21 @@ class ValidatorInputs:
     :mod:`tlbench.matrix.evaluations`). Holds no target label and nothing computed from one."""
 
     source_logits: np.ndarray  # (Ns, C) on the source's held-out split (Ns = 0 without one)
-    source_embed: np.ndarray   # (Ns, d)
+    source_embed: np.ndarray  # (Ns, d)
     source_labels: np.ndarray  # (Ns,)
     target_logits: np.ndarray  # (Nt, C) on every target image
-    target_embed: np.ndarray   # (Nt, d)
+    target_embed: np.ndarray  # (Nt, d)
 
     @classmethod
     def at(cls, evaluations: CheckpointEvaluations, k: int) -> ValidatorInputs:
         """Checkpoint ``k`` of a cell's stored evaluations, everything but the oracle's accuracy."""
-        return cls(source_logits=evaluations.source_logits[k].astype(np.float32),
-                   source_embed=evaluations.source_embed[k].astype(np.float32),
-                   source_labels=evaluations.source_labels.astype(np.int64),
-                   target_logits=evaluations.target_logits[k].astype(np.float32),
-                   target_embed=evaluations.target_embed[k].astype(np.float32))
+        return cls(
+            source_logits=evaluations.source_logits[k].astype(np.float32),
+            source_embed=evaluations.source_embed[k].astype(np.float32),
+            source_labels=evaluations.source_labels.astype(np.int64),
+            target_logits=evaluations.target_logits[k].astype(np.float32),
+            target_embed=evaluations.target_embed[k].astype(np.float32),
+        )
 
 
 #: the names of what a validator receives (a test holds them free of target labels)

@@ -11,10 +11,17 @@ from tlbench.reporting.leaderboard import build_leaderboard
 from tlbench.reporting.selection import LAST, StoredCandidates, read_checkpoint_tables, select
 
 
-def write_reports(out_dir: Path, records: list[CellRecord], suite: dict[str, Any],
-                  formats: list[str] | None = None, registry: Any = None, *,
-                  evaluations: dict[str, Path] | None = None, selection: str | None = None,
-                  stored_checkpoints: StoredCandidates | None = None) -> list[Path]:
+def write_reports(
+    out_dir: Path,
+    records: list[CellRecord],
+    suite: dict[str, Any],
+    formats: list[str] | None = None,
+    registry: Any = None,
+    *,
+    evaluations: dict[str, Path] | None = None,
+    selection: str | None = None,
+    stored_checkpoints: StoredCandidates | None = None,
+) -> list[Path]:
     """Build the leaderboard and let every reporter (or those in ``formats``) write into ``out_dir``.
 
     The main table's (parameters, checkpoint) come from ``selection`` (default: the suite's, else
@@ -25,15 +32,20 @@ def write_reports(out_dir: Path, records: list[CellRecord], suite: dict[str, Any
     """
     if registry is None:
         from tlbench.plugins.registry import get_registry
+
         registry = get_registry()
     names = list(dict.fromkeys(formats)) if formats else registry.names("reporter")
     reporters = [registry.get("reporter", n) for n in names]  # an unknown name fails before any work
     reporters = sorted(zip(names, reporters), key=lambda nr: (getattr(nr[1], "order", 0), nr[0]))
     validators = {n: registry.get("validator", n)() for n in registry.names("validator")}
     files = evaluations or {}
-    chosen = select(records, selection or str(suite.get("selection") or LAST), validators,
-                    lambda cell_id: read_evaluations(files[cell_id]) if cell_id in files else None,
-                    stored_checkpoints)
+    chosen = select(
+        records,
+        selection or str(suite.get("selection") or LAST),
+        validators,
+        lambda cell_id: read_evaluations(files[cell_id]) if cell_id in files else None,
+        stored_checkpoints,
+    )
     board = build_leaderboard(records, suite, selection=chosen)
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
@@ -48,8 +60,13 @@ def write_reports(out_dir: Path, records: list[CellRecord], suite: dict[str, Any
     return list(board.written)
 
 
-def report_dirs(dirs: list[Path], out: Path | None, formats: list[str] | None = None,
-                registry: Any = None, selection: str | None = None) -> list[Path]:
+def report_dirs(
+    dirs: list[Path],
+    out: Path | None,
+    formats: list[str] | None = None,
+    registry: Any = None,
+    selection: str | None = None,
+) -> list[Path]:
     """Report on one or several results directories, merged (``tlbench report DIR [DIR...]``).
 
     Only finished cells (their ``record.json``) are read, so a run still going can be reported on.
@@ -68,8 +85,10 @@ def report_dirs(dirs: list[Path], out: Path | None, formats: list[str] | None = 
         out = dirs[0]
     records = load_records(dirs, curves=True)
     if not records:
-        raise UserError(f"no finished cells in {', '.join(map(str, dirs))} "
-                        "(no cells/*/record.json yet); run the suite first or wait for a cell to finish")
+        raise UserError(
+            f"no finished cells in {', '.join(map(str, dirs))} "
+            "(no cells/*/record.json yet); run the suite first or wait for a cell to finish"
+        )
     suite: dict[str, Any] = {}
     refs: list[Any] = []
     for d in dirs:
@@ -80,5 +99,13 @@ def report_dirs(dirs: list[Path], out: Path | None, formats: list[str] | None = 
             if ref not in refs:
                 refs.append(ref)
     suite["reference"] = refs
-    return write_reports(Path(out), records, suite, formats, registry, evaluations=evaluation_files(dirs),
-                         selection=selection, stored_checkpoints=read_checkpoint_tables(dirs))
+    return write_reports(
+        Path(out),
+        records,
+        suite,
+        formats,
+        registry,
+        evaluations=evaluation_files(dirs),
+        selection=selection,
+        stored_checkpoints=read_checkpoint_tables(dirs),
+    )

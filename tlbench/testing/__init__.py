@@ -16,8 +16,8 @@ work without pytest. Every failed check raises ``AssertionError`` saying what wa
 
 One module per kind: ``strategies`` (:func:`check_strategy`), ``datasets`` (:func:`check_dataset`,
 :func:`check_shift`), ``backbones`` (:func:`check_backbone`), ``reporters`` (:func:`check_reporter`,
-:func:`sample_records`), ``validators`` (:func:`check_validator`); the tiny parts in ``tiny``; :func:`run_cli` runs the command line in a
-test (``cli``).
+:func:`sample_records`), ``validators`` (:func:`check_validator`); the tiny parts in ``tiny``; :func:`run_cli` runs the
+command line in a test (``cli``).
 """
 
 from __future__ import annotations
@@ -31,21 +31,44 @@ from tlbench.testing.backbones import BACKBONE_CHECK_SIZE, check_backbone
 from tlbench.testing.cli import run_cli
 from tlbench.testing.datasets import DATASET_CHECK_SIZE, SHIFT_CHECK_SHAPES, check_dataset, check_shift
 from tlbench.testing.reporters import check_reporter, sample_records
-from tlbench.testing.strategies import (VALID_TARGET_VIEWS, apply_engine_trainability, check_strategy,
-                                        engine_start_step)
+from tlbench.testing.strategies import VALID_TARGET_VIEWS, apply_engine_trainability, check_strategy, engine_start_step
+from tlbench.testing.tiny import (
+    TINY_BACKBONE,
+    TINY_BATCH_SIZE,
+    TINY_BOTTLENECK,
+    TINY_CLASSES,
+    TINY_IMAGE_SIZE,
+    make_tiny_backbone,
+    make_tiny_batch,
+    make_tiny_model,
+)
 from tlbench.testing.validators import check_validator, random_inputs
-from tlbench.testing.tiny import (TINY_BACKBONE, TINY_BATCH_SIZE, TINY_BOTTLENECK, TINY_CLASSES, TINY_IMAGE_SIZE,
-                                  make_tiny_backbone, make_tiny_batch, make_tiny_model)
 from tlbench.training.strategy import Batch
 
 __all__ = [
-    "check_validator", "random_inputs",
-    "check_strategy", "make_tiny_backbone", "make_tiny_model", "make_tiny_batch",
-    "engine_start_step", "apply_engine_trainability", "VALID_TARGET_VIEWS",
-    "check_dataset", "check_shift", "check_reporter", "sample_records", "check_backbone", "run_cli",
+    "check_validator",
+    "random_inputs",
+    "check_strategy",
+    "make_tiny_backbone",
+    "make_tiny_model",
+    "make_tiny_batch",
+    "engine_start_step",
+    "apply_engine_trainability",
+    "VALID_TARGET_VIEWS",
+    "check_dataset",
+    "check_shift",
+    "check_reporter",
+    "sample_records",
+    "check_backbone",
+    "run_cli",
     "BACKBONE_CHECK_SIZE",
-    "DATASET_CHECK_SIZE", "SHIFT_CHECK_SHAPES",
-    "TINY_BACKBONE", "TINY_CLASSES", "TINY_BOTTLENECK", "TINY_IMAGE_SIZE", "TINY_BATCH_SIZE",
+    "DATASET_CHECK_SIZE",
+    "SHIFT_CHECK_SHAPES",
+    "TINY_BACKBONE",
+    "TINY_CLASSES",
+    "TINY_BOTTLENECK",
+    "TINY_IMAGE_SIZE",
+    "TINY_BATCH_SIZE",
 ]
 
 
@@ -71,5 +94,3 @@ if pytest is not None:
     def tiny_batch_factory() -> Callable[..., Batch]:
         """:func:`make_tiny_batch`: call it with the target views (and size, seed...) you need."""
         return make_tiny_batch
-
-

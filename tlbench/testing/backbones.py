@@ -27,20 +27,27 @@ def check_backbone(cls: type, names: list[str] | None = None, *, batch_size: int
     under one seed are identical (random init from torch's global generator only);
     ``has_pretrained`` answers with a bool.
     """
-    _require(isinstance(cls, type) and issubclass(cls, BackboneProvider),
-             f"{cls!r} must be a subclass of tlbench.BackboneProvider")
+    _require(
+        isinstance(cls, type) and issubclass(cls, BackboneProvider),
+        f"{cls!r} must be a subclass of tlbench.BackboneProvider",
+    )
     _check_plugin_name(cls.__name__, cls.name)
     _check_docstring(cls, "backbone providers")
     _require(isinstance(cls.priority, int), f"{cls.__name__}.priority must be an int, got {cls.priority!r}")
     provider = cls()
     listed = provider.names()
-    _require(isinstance(listed, list) and all(isinstance(n, str) and n for n in listed),
-             f"{cls.__name__}.names() must return a list of non-empty strings, got {listed!r}")
+    _require(
+        isinstance(listed, list) and all(isinstance(n, str) and n for n in listed),
+        f"{cls.__name__}.names() must return a list of non-empty strings, got {listed!r}",
+    )
     _require(len(set(listed)) == len(listed), f"{cls.__name__}.names() lists a name twice")
     if listed:
         first = listed[0]
-        _require(provider.names(first) == [first], f"{cls.__name__}.names({first!r}) must return [{first!r}] "
-                                                   f"(a pattern without wildcards matches that name only)")
+        _require(
+            provider.names(first) == [first],
+            f"{cls.__name__}.names({first!r}) must return [{first!r}] "
+            f"(a pattern without wildcards matches that name only)",
+        )
     for name in names if names is not None else listed:
         _require(provider.provides(name), f"{cls.__name__}.provides({name!r}) is False for a name it lists")
         _check_one(provider, name, batch_size, seed)
@@ -58,14 +65,20 @@ def _check_one(provider: BackboneProvider, name: str, batch_size: int, seed: int
     _require(made.in_chans in (1, 3), f"{who}: in_chans must be 1 (grey) or 3 (colour), got {made.in_chans}")
     for what in ("mean", "std"):
         values = tuple(getattr(made, what))
-        _require(len(values) == made.in_chans, f"{who}: {what} needs one value per input channel "
-                                               f"({made.in_chans}), got {values}")
+        _require(
+            len(values) == made.in_chans,
+            f"{who}: {what} needs one value per input channel ({made.in_chans}), got {values}",
+        )
     _require(all(s > 0 for s in made.std), f"{who}: std must be positive, got {tuple(made.std)}")
-    _require(isinstance(provider.has_pretrained(name), bool), f"{type(provider).__name__}.has_pretrained({name!r}) "
-                                                               "must return True or False")
+    _require(
+        isinstance(provider.has_pretrained(name), bool),
+        f"{type(provider).__name__}.has_pretrained({name!r}) must return True or False",
+    )
     for (key, a), b in zip(made.network.state_dict().items(), again.network.state_dict().values()):
-        _require(torch.equal(a, b), f"{who}: two creations under seed {seed} differ in {key}; initialise from "
-                                    "torch's global generator only")
+        _require(
+            torch.equal(a, b),
+            f"{who}: two creations under seed {seed} differ in {key}; initialise from torch's global generator only",
+        )
     size = provider.input_size(name) or BACKBONE_CHECK_SIZE
     images = torch.randn(batch_size, made.in_chans, size, size, generator=torch.Generator().manual_seed(seed))
     params = dict(made.network.named_parameters())
@@ -73,9 +86,11 @@ def _check_one(provider: BackboneProvider, name: str, batch_size: int, seed: int
     for mode in ("eval", "train"):
         made.network.train(mode == "train")
         features = made.network(images)
-        _require(tuple(features.shape) == (batch_size, made.feature_dim),
-                 f"{who}: on {batch_size}x{made.in_chans}x{size}x{size} images ({mode} mode) the network returned "
-                 f"{tuple(features.shape)}, expected ({batch_size}, {made.feature_dim}) pooled features")
+        _require(
+            tuple(features.shape) == (batch_size, made.feature_dim),
+            f"{who}: on {batch_size}x{made.in_chans}x{size}x{size} images ({mode} mode) the network returned "
+            f"{tuple(features.shape)}, expected ({batch_size}, {made.feature_dim}) pooled features",
+        )
         _require(bool(torch.isfinite(features).all()), f"{who}: features are not finite ({mode} mode)")
     features.float().pow(2).mean().backward()
     dead = [n for n, p in params.items() if p.requires_grad and p.grad is None]
@@ -89,12 +104,17 @@ def _check_one(provider: BackboneProvider, name: str, batch_size: int, seed: int
 def _check_stages(who: str, made: Backbone, params: dict[str, nn.Parameter]) -> None:
     if made.stages is None:
         return
-    _require(isinstance(made.stages, list) and made.stages and all(isinstance(s, list) and s for s in made.stages),
-             f"{who}: stages must be a non-empty list of non-empty lists of parameter names (input side first)")
+    _require(
+        isinstance(made.stages, list) and made.stages and all(isinstance(s, list) and s for s in made.stages),
+        f"{who}: stages must be a non-empty list of non-empty lists of parameter names (input side first)",
+    )
     flat = [n for stage in made.stages for n in stage]
     unknown = [n for n in flat if n not in params]
-    _require(not unknown, f"{who}: stages name {unknown[:3]}, which are not parameters of the network "
-                          f"(its names look like {list(params)[:2]})")
+    _require(
+        not unknown,
+        f"{who}: stages name {unknown[:3]}, which are not parameters of the network "
+        f"(its names look like {list(params)[:2]})",
+    )
     twice = sorted({n for n in flat if flat.count(n) > 1})
     _require(not twice, f"{who}: stages name {twice[:3]} more than once")
     missing = [n for n in params if n not in set(flat)]

@@ -21,13 +21,17 @@ def _call(where: str, call: Callable[[], Any]) -> Any:
 
 
 def _check_plugin_name(who: str, name: Any) -> None:
-    _require(isinstance(name, str) and bool(name) and not any(c.isspace() for c in name),
-             f"{who}.name must be a non-empty string without spaces (the name suites use), got {name!r}")
+    _require(
+        isinstance(name, str) and bool(name) and not any(c.isspace() for c in name),
+        f"{who}.name must be a non-empty string without spaces (the name suites use), got {name!r}",
+    )
 
 
 def _check_docstring(cls: type, what: str) -> None:
-    _require(bool((cls.__doc__ or "").strip()),
-             f"{cls.__name__} needs a docstring: its first line is what 'tlbench list' shows for {what}")
+    _require(
+        bool((cls.__doc__ or "").strip()),
+        f"{cls.__name__} needs a docstring: its first line is what 'tlbench list' shows for {what}",
+    )
     _check_summary_line(cls, what)
 
 
@@ -35,9 +39,11 @@ def _check_summary_line(cls: type, what: str) -> None:
     """The first docstring line is all that ``tlbench list`` prints: it must be a whole sentence,
     not the start of one wrapped onto the next line."""
     first = (cls.__doc__ or "").strip().splitlines()[0].rstrip()
-    _require(first.endswith((".", "!", "?")),
-             f"{cls.__name__}'s docstring starts with {first!r}, which 'tlbench list' would print for {what} cut "
-             "mid-sentence: make the first line one whole sentence ending in a full stop, the rest below it")
+    _require(
+        first.endswith((".", "!", "?")),
+        f"{cls.__name__}'s docstring starts with {first!r}, which 'tlbench list' would print for {what} cut "
+        "mid-sentence: make the first line one whole sentence ending in a full stop, the rest below it",
+    )
 
 
 def _user_error_only(where: str, call: Callable[[], Any]) -> tuple[bool, Any]:
@@ -47,6 +53,7 @@ def _user_error_only(where: str, call: Callable[[], Any]) -> tuple[bool, Any]:
     except UserError as exc:
         return False, exc
     except Exception as exc:
-        raise AssertionError(f"{where} raised {type(exc).__name__}: {exc}; problems with the user's data or "
-                             "options must be a tlbench.UserError (one line: what is wrong, what would be valid)"
-                             ) from exc
+        raise AssertionError(
+            f"{where} raised {type(exc).__name__}: {exc}; problems with the user's data or "
+            "options must be a tlbench.UserError (one line: what is wrong, what would be valid)"
+        ) from exc

@@ -26,17 +26,43 @@ def sample_records() -> list[Any]:
                 i = len(records)
                 status, error, acc = "ok", "", 60.0 + 10 * s + 5 * p + seed
                 if (s, p, seed) == (1, 1, 1):
-                    status, error, acc = "failed", ("Traceback (most recent call last):\n  ...\nValueError: "
-                                                    "<b>bad</b> & 100% of x_1 | {y} $z$ #w"), None
+                    status, error, acc = (
+                        "failed",
+                        (
+                            "Traceback (most recent call last):\n  ...\nValueError: "
+                            "<b>bad</b> & 100% of x_1 | {y} $z$ #w"
+                        ),
+                        None,
+                    )
                 if (s, p, seed) == (0, 1, 0):
                     status, error, acc = "diverged", "loss became non-finite (nan) at step 3", None
-                records.append(CellRecord(
-                    suite="conformance", dataset="sample", backbone="test_efficientnet", strategy=strategy,
-                    source=source, target=target, seed=seed, status=status, error=error, target_acc=acc,
-                    source_acc=None if acc is None else acc + 20, train_img_per_s=100.0 + i,
-                    eval_img_per_s=400.0 + i, peak_mem_mb=50.0, trainable_params=1000, total_params=2000,
-                    steps=10, wall_s=1.5, device="cpu", torch_version=torch.__version__, tlbench_version="0",
-                    cell_id=f"{i:016x}", started_at=f"2024-01-01T00:00:{i:02d}"))
+                records.append(
+                    CellRecord(
+                        suite="conformance",
+                        dataset="sample",
+                        backbone="test_efficientnet",
+                        strategy=strategy,
+                        source=source,
+                        target=target,
+                        seed=seed,
+                        status=status,
+                        error=error,
+                        target_acc=acc,
+                        source_acc=None if acc is None else acc + 20,
+                        train_img_per_s=100.0 + i,
+                        eval_img_per_s=400.0 + i,
+                        peak_mem_mb=50.0,
+                        trainable_params=1000,
+                        total_params=2000,
+                        steps=10,
+                        wall_s=1.5,
+                        device="cpu",
+                        torch_version=torch.__version__,
+                        tlbench_version="0",
+                        cell_id=f"{i:016x}",
+                        started_at=f"2024-01-01T00:00:{i:02d}",
+                    )
+                )
     return records
 
 
@@ -55,8 +81,10 @@ def check_reporter(cls: type, records: Iterable[Any] | None = None) -> None:
     _require(isinstance(cls, type) and issubclass(cls, Reporter), f"{cls!r} must be a subclass of tlbench.Reporter")
     _check_plugin_name(who, cls.name)
     _require(isinstance(cls.description, str), f"{who}.description must be a string")
-    _require(bool(cls.description.strip() or (cls.__doc__ or "").strip()),
-             f"{who} needs a description (one line for 'tlbench list reporters') or a docstring")
+    _require(
+        bool(cls.description.strip() or (cls.__doc__ or "").strip()),
+        f"{who} needs a description (one line for 'tlbench list reporters') or a docstring",
+    )
     _require(isinstance(cls.order, int) and not isinstance(cls.order, bool), f"{who}.order must be an int")
     records = list(records) if records is not None else sample_records()
     suite = {"name": "conformance", "dataset": "sample"}
@@ -70,8 +98,10 @@ def check_reporter(cls: type, records: Iterable[Any] | None = None) -> None:
                 where = f"{who}.write (records {label}, write #{attempt})"
                 board = build_leaderboard(recs, suite, date="2024-01-01 00:00 UTC")
                 paths = _call(where, lambda: cls().write(board, out_dir))
-                _require(isinstance(paths, list) and bool(paths),
-                         f"{where} must return the list of files it wrote, got {paths!r}")
+                _require(
+                    isinstance(paths, list) and bool(paths),
+                    f"{where} must return the list of files it wrote, got {paths!r}",
+                )
                 resolved = []
                 for p in paths:
                     _require(isinstance(p, (str, _Path)), f"{where} returned {p!r}, not a path")

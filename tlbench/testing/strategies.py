@@ -25,8 +25,9 @@ def engine_start_step(start: float, total_steps: int) -> int:
     return math.ceil(start * total_steps)
 
 
-def apply_engine_trainability(modules: Iterable[nn.Module], groups: list[ParamGroup], step: int,
-                              total_steps: int) -> set[int]:
+def apply_engine_trainability(
+    modules: Iterable[nn.Module], groups: list[ParamGroup], step: int, total_steps: int
+) -> set[int]:
     """Set ``requires_grad`` as the engine does at ``step``: True for the parameters of groups that
     have joined, False for every other parameter of ``modules``. Returns the ids of the trainable ones."""
     enabled = {id(p) for g in groups if engine_start_step(g.start, total_steps) <= step for p in g.params}
@@ -69,36 +70,52 @@ def check_strategy(cls: type, params: Any = None, *, seed: int = 0, total_steps:
         other = second[key]
         if isinstance(value, Tensor):
             if not torch.equal(value, other):
-                raise AssertionError(f"{cls.__name__}: two runs with seed {seed} differ in {key} "
-                                     f"({value.flatten()[:3].tolist()} vs {other.flatten()[:3].tolist()}); "
-                                     "draw randomness only from torch's global generator")
+                raise AssertionError(
+                    f"{cls.__name__}: two runs with seed {seed} differ in {key} "
+                    f"({value.flatten()[:3].tolist()} vs {other.flatten()[:3].tolist()}); "
+                    "draw randomness only from torch's global generator"
+                )
         else:
             _require(value == other, f"{cls.__name__}: two runs with seed {seed} differ in {key}")
 
 
 def _check_metadata(cls: type) -> None:
-    _require(isinstance(cls, type) and issubclass(cls, Strategy),
-             f"{cls!r} must be a subclass of tlbench.Strategy")
+    _require(isinstance(cls, type) and issubclass(cls, Strategy), f"{cls!r} must be a subclass of tlbench.Strategy")
     who = cls.__name__
-    _require(isinstance(cls.name, str) and bool(cls.name) and not any(c.isspace() for c in cls.name),
-             f"{who}.name must be a non-empty string without spaces (the name suites use), got {cls.name!r}")
-    _require(bool((cls.__doc__ or "").strip()),
-             f"{who} needs a docstring naming the method, its paper and each parameter's meaning and default")
+    _require(
+        isinstance(cls.name, str) and bool(cls.name) and not any(c.isspace() for c in cls.name),
+        f"{who}.name must be a non-empty string without spaces (the name suites use), got {cls.name!r}",
+    )
+    _require(
+        bool((cls.__doc__ or "").strip()),
+        f"{who} needs a docstring naming the method, its paper and each parameter's meaning and default",
+    )
     _check_summary_line(cls, "strategies")
-    _require(isinstance(cls.Params, type) and dataclasses.is_dataclass(cls.Params),
-             f"{who}.Params must be a dataclass of the strategy's parameters, got {cls.Params!r}")
-    missing = [f.name for f in dataclasses.fields(cls.Params)
-               if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
-    _require(not missing, f"{who}.Params field(s) {', '.join(missing)} have no default; give each its published default")
+    _require(
+        isinstance(cls.Params, type) and dataclasses.is_dataclass(cls.Params),
+        f"{who}.Params must be a dataclass of the strategy's parameters, got {cls.Params!r}",
+    )
+    missing = [
+        f.name
+        for f in dataclasses.fields(cls.Params)
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
+    _require(
+        not missing, f"{who}.Params field(s) {', '.join(missing)} have no default; give each its published default"
+    )
     try:
         cls.default_params()
     except Exception as exc:
         raise AssertionError(f"{who}.Params() with its defaults failed: {type(exc).__name__}: {exc}") from exc
-    _require(tuple(cls.target_views) in VALID_TARGET_VIEWS,
-             f"{who}.target_views must be one of {VALID_TARGET_VIEWS}, got {cls.target_views!r}")
+    _require(
+        tuple(cls.target_views) in VALID_TARGET_VIEWS,
+        f"{who}.target_views must be one of {VALID_TARGET_VIEWS}, got {cls.target_views!r}",
+    )
     _require(isinstance(cls.target_views, tuple), f"{who}.target_views must be a tuple, got {cls.target_views!r}")
     for flag in ("trains_backbone", "accepts_features", "needs_teacher"):
-        _require(isinstance(getattr(cls, flag), bool), f"{who}.{flag} must be True or False, got {getattr(cls, flag)!r}")
+        _require(
+            isinstance(getattr(cls, flag), bool), f"{who}.{flag} must be True or False, got {getattr(cls, flag)!r}"
+        )
 
 
 def _resolve_params(cls: type, params: Any) -> Any:
@@ -106,16 +123,23 @@ def _resolve_params(cls: type, params: Any) -> Any:
         try:
             return cls.parse_params(dict(params or {}))
         except Exception as exc:
-            raise AssertionError(f"{cls.__name__}.parse_params({dict(params or {})!r}) failed: "
-                                 f"{type(exc).__name__}: {exc}") from exc
+            raise AssertionError(
+                f"{cls.__name__}.parse_params({dict(params or {})!r}) failed: {type(exc).__name__}: {exc}"
+            ) from exc
     _require(isinstance(params, cls.Params), f"params must be a mapping or a {cls.__name__}.Params, got {params!r}")
     return params
 
 
 def _new_strategy(cls: type, params: Any, model: TransferModel, total_steps: int, seed: int) -> Strategy:
     strategy = cls(copy.deepcopy(params))
-    ctx = SetupContext(num_classes=model.num_classes, feature_dim=model.feature_dim, embed_dim=model.embed_dim,
-                       total_steps=total_steps, device=torch.device("cpu"), seed=seed)
+    ctx = SetupContext(
+        num_classes=model.num_classes,
+        feature_dim=model.feature_dim,
+        embed_dim=model.embed_dim,
+        total_steps=total_steps,
+        device=torch.device("cpu"),
+        seed=seed,
+    )
     try:
         strategy.setup(model, ctx)
     except Exception as exc:
@@ -138,18 +162,26 @@ def _check_groups(cls: type, groups: Any, model: TransferModel, strategy: Strate
         _require(isinstance(g.name, str) and bool(g.name), f"{who}: every group needs a name, got {g.name!r}")
         _require(bool(g.params), f"{who}: group {g.name!r} has no parameters")
         for p in g.params:
-            _require(isinstance(p, nn.Parameter), f"{who}: group {g.name!r} holds a {type(p).__name__}, not an nn.Parameter")
+            _require(
+                isinstance(p, nn.Parameter), f"{who}: group {g.name!r} holds a {type(p).__name__}, not an nn.Parameter"
+            )
             _require(id(p) in owned, f"{who}: group {g.name!r} holds a parameter of neither the model nor the strategy")
             _require(id(p) not in seen, f"{who}: a parameter is in both group {seen.get(id(p))!r} and group {g.name!r}")
             seen[id(p)] = g.name
             if not cls.trains_backbone:
-                _require(id(p) not in backbone, f"{who}.trains_backbone is False but group {g.name!r} holds "
-                                                "backbone parameters")
-        _require(math.isfinite(g.lr_scale) and g.lr_scale > 0,
-                 f"{who}: group {g.name!r} has lr_scale {g.lr_scale}; it must be a positive number")
+                _require(
+                    id(p) not in backbone,
+                    f"{who}.trains_backbone is False but group {g.name!r} holds backbone parameters",
+                )
+        _require(
+            math.isfinite(g.lr_scale) and g.lr_scale > 0,
+            f"{who}: group {g.name!r} has lr_scale {g.lr_scale}; it must be a positive number",
+        )
         _require(0.0 <= g.start <= 1.0, f"{who}: group {g.name!r} has start {g.start}; it must be a fraction in [0, 1]")
-        _require(g.weight_decay is None or g.weight_decay >= 0,
-                 f"{who}: group {g.name!r} has weight_decay {g.weight_decay}; use None or a value >= 0")
+        _require(
+            g.weight_decay is None or g.weight_decay >= 0,
+            f"{who}: group {g.name!r} has weight_decay {g.weight_decay}; use None or a value >= 0",
+        )
     _require(any(g.start == 0 for g in groups), f"{who}: no group starts at 0, so the first step would train nothing")
     _check_own_modules_train(who, strategy, seen)
 
@@ -164,18 +196,22 @@ def _check_own_modules_train(who: str, strategy: Strategy, grouped: dict[int, st
             left_out.setdefault(name.split(".")[0], []).append(name)
     if left_out:
         module, names = next(iter(left_out.items()))
-        raise AssertionError(f"{who}: its own module {module!r} ({len(names)} parameter(s), e.g. {names[0]}) is in no "
-                             f"parameter group, so it never trains; add a ParamGroup for it in param_groups "
-                             f"(or set requires_grad=False in setup if it must stay fixed)")
+        raise AssertionError(
+            f"{who}: its own module {module!r} ({len(names)} parameter(s), e.g. {names[0]}) is in no "
+            f"parameter group, so it never trains; add a ParamGroup for it in param_groups "
+            f"(or set requires_grad=False in setup if it must stay fixed)"
+        )
 
 
 def _score_recorder(who: str, batch: Batch, calls: list[int]) -> Callable[[Tensor, Tensor, Tensor], None]:
     def score(index: Tensor, labels: Tensor, mask: Tensor) -> None:
         n = 0 if batch.target is None else len(batch.target)
         for what, t in (("index", index), ("pseudo_labels", labels), ("mask", mask)):
-            _require(isinstance(t, Tensor) and t.shape == (n,),
-                     f"{who}: score_pseudo_labels {what} must be a tensor of shape ({n},), got "
-                     f"{getattr(t, 'shape', type(t).__name__)}")
+            _require(
+                isinstance(t, Tensor) and t.shape == (n,),
+                f"{who}: score_pseudo_labels {what} must be a tensor of shape ({n},), got "
+                f"{getattr(t, 'shape', type(t).__name__)}",
+            )
         _require(mask.dtype == torch.bool, f"{who}: score_pseudo_labels mask must be bool, got {mask.dtype}")
         _require(not labels.is_floating_point(), f"{who}: score_pseudo_labels labels must be class indices")
         calls.append(1)
@@ -186,9 +222,10 @@ def _score_recorder(who: str, batch: Batch, calls: list[int]) -> Callable[[Tenso
 def _as_features(model: TransferModel, batch: Batch) -> Batch:
     """The batch the engine serves a frozen backbone: pooled features instead of images."""
     with torch.no_grad():
-        f = (lambda t: None if t is None else model.features(t).detach())
-        return dataclasses.replace(batch, source=f(batch.source), target=f(batch.target),
-                                   target_strong=f(batch.target_strong))
+        f = lambda t: None if t is None else model.features(t).detach()
+        return dataclasses.replace(
+            batch, source=f(batch.source), target=f(batch.target), target_strong=f(batch.target_strong)
+        )
 
 
 def _run(cls: type, params: Any, seed: int, total_steps: int) -> dict[str, Any]:
@@ -220,9 +257,15 @@ def _run(cls: type, params: Any, seed: int, total_steps: int) -> dict[str, Any]:
                 if kind == "features":
                     batch = _as_features(model, batch)
                 calls: list[int] = []
-                ctx = StepContext(step=step, total_steps=total_steps, model=model, device=torch.device("cpu"),
-                                  num_classes=model.num_classes, teacher=teacher,
-                                  score_pseudo_labels=_score_recorder(who, batch, calls))
+                ctx = StepContext(
+                    step=step,
+                    total_steps=total_steps,
+                    model=model,
+                    device=torch.device("cpu"),
+                    num_classes=model.num_classes,
+                    teacher=teacher,
+                    score_pseudo_labels=_score_recorder(who, batch, calls),
+                )
                 for p in by_id.values():
                     p.grad = None
                 where = f"{who}.training_step at step {step}/{total_steps} on {kind}"
@@ -234,21 +277,30 @@ def _run(cls: type, params: Any, seed: int, total_steps: int) -> dict[str, Any]:
                     raise AssertionError(f"{where} raised {type(exc).__name__}: {exc}") from exc
                 _check_output(where, out, bool(enabled))
                 grads = [n for pid, n in named.items() if by_id[pid].grad is not None]
-                _require(not grads, f"{where} computed gradients itself ({grads[:3]}...): return the loss, "
-                                    "the engine calls backward()")
+                _require(
+                    not grads,
+                    f"{where} computed gradients itself ({grads[:3]}...): return the loss, the engine calls backward()",
+                )
                 out.loss.backward()
                 for pid, n in named.items():
                     p = by_id[pid]
                     if pid in enabled:
                         reached[pid] = reached.get(pid, False) or p.grad is not None
                     else:
-                        _require(p.grad is None, f"{where}: gradient reached {n}, which does not train at "
-                                                 "this step (in no group, or its group has not joined yet)")
-                    _require(p.requires_grad == (pid in enabled),
-                             f"{where} changed requires_grad of {n}; declare what trains in param_groups instead")
+                        _require(
+                            p.grad is None,
+                            f"{where}: gradient reached {n}, which does not train at "
+                            "this step (in no group, or its group has not joined yet)",
+                        )
+                    _require(
+                        p.requires_grad == (pid in enabled),
+                        f"{where} changed requires_grad of {n}; declare what trains in param_groups instead",
+                    )
                 if teacher is not None:
-                    _require(all(p.grad is None for p in teacher.parameters()),
-                             f"{where}: gradient reached the teacher; call it under torch.no_grad()")
+                    _require(
+                        all(p.grad is None for p in teacher.parameters()),
+                        f"{where}: gradient reached the teacher; call it under torch.no_grad()",
+                    )
                 record[f"loss[{step},{kind}]"] = out.loss.detach().clone()
                 record[f"pseudo-label scoring calls[{step},{kind}]"] = len(calls)
                 for pid, n in named.items():
@@ -256,8 +308,11 @@ def _run(cls: type, params: Any, seed: int, total_steps: int) -> dict[str, Any]:
                     if g is not None:
                         record[f"grad of {n}[{step},{kind}]"] = g.detach().clone()
         missing = [named[pid] for pid, ok in reached.items() if not ok]
-        _require(not missing, f"{who}: no gradient reached {len(missing)} parameter(s) the strategy declares "
-                              f"trainable, e.g. {missing[:3]}; leave unused parameters out of param_groups")
+        _require(
+            not missing,
+            f"{who}: no gradient reached {len(missing)} parameter(s) the strategy declares "
+            f"trainable, e.g. {missing[:3]}; leave unused parameters out of param_groups",
+        )
 
         _check_state_roundtrip(cls, params, strategy, seed, total_steps)
         for k, v in strategy.state_dict().items():
@@ -268,8 +323,10 @@ def _run(cls: type, params: Any, seed: int, total_steps: int) -> dict[str, Any]:
 def _check_output(where: str, out: Any, expects_grad: bool) -> None:
     _require(isinstance(out, StepOutput), f"{where} must return a tlbench.StepOutput, got {type(out).__name__}")
     loss = out.loss
-    _require(isinstance(loss, Tensor) and loss.dim() == 0,
-             f"{where}: loss must be a scalar tensor, got {getattr(loss, 'shape', type(loss).__name__)}")
+    _require(
+        isinstance(loss, Tensor) and loss.dim() == 0,
+        f"{where}: loss must be a scalar tensor, got {getattr(loss, 'shape', type(loss).__name__)}",
+    )
     _require(loss.is_floating_point(), f"{where}: loss must be a floating-point tensor, got {loss.dtype}")
     _require(bool(torch.isfinite(loss)), f"{where}: loss is not finite ({loss.item()})")
     if expects_grad:
@@ -278,7 +335,8 @@ def _check_output(where: str, out: Any, expects_grad: bool) -> None:
     for key, value in out.metrics.items():
         _require(isinstance(key, str), f"{where}: metric names must be strings, got {key!r}")
         ok = (isinstance(value, (int, float)) and not isinstance(value, bool)) or (
-            isinstance(value, Tensor) and value.numel() == 1)
+            isinstance(value, Tensor) and value.numel() == 1
+        )
         if not ok:
             raise AssertionError(f"{where}: metric {key!r} must be a number or a one-element tensor, got {value!r}")
 
@@ -291,8 +349,9 @@ def _check_state_roundtrip(cls: type, params: Any, strategy: Strategy, seed: int
     try:
         fresh.load_state_dict(copy.deepcopy(state), strict=True)
     except Exception as exc:
-        raise AssertionError(f"{who}: state_dict does not load into a fresh, set-up instance: "
-                             f"{type(exc).__name__}: {exc}") from exc
+        raise AssertionError(
+            f"{who}: state_dict does not load into a fresh, set-up instance: {type(exc).__name__}: {exc}"
+        ) from exc
     reloaded = fresh.state_dict()
     _require(list(reloaded) == list(state), f"{who}: state_dict keys differ after a round trip")
     for key, value in state.items():

@@ -27,8 +27,9 @@ def make_tiny_backbone(seed: int = 0) -> nn.Module:
         return timm.create_model(TINY_BACKBONE, pretrained=False, num_classes=0)
 
 
-def make_tiny_model(seed: int = 0, num_classes: int = TINY_CLASSES,
-                    bottleneck_dim: int = TINY_BOTTLENECK) -> TransferModel:
+def make_tiny_model(
+    seed: int = 0, num_classes: int = TINY_CLASSES, bottleneck_dim: int = TINY_BOTTLENECK
+) -> TransferModel:
     """A :class:`TransferModel` on the tiny backbone (3 classes, 16-unit bottleneck by default)."""
     backbone = make_tiny_backbone(seed)
     with torch.random.fork_rng(devices=[]):
@@ -36,9 +37,16 @@ def make_tiny_model(seed: int = 0, num_classes: int = TINY_CLASSES,
         return TransferModel(backbone, num_classes, bottleneck_dim=bottleneck_dim, backbone_name=TINY_BACKBONE)
 
 
-def make_tiny_batch(target_views: Iterable[str] = ("weak", "strong"), *, batch_size: int = TINY_BATCH_SIZE,
-                    image_size: int = TINY_IMAGE_SIZE, num_classes: int = TINY_CLASSES, seed: int = 0,
-                    target_shift: float = 0.5, device: torch.device | str = "cpu") -> Batch:
+def make_tiny_batch(
+    target_views: Iterable[str] = ("weak", "strong"),
+    *,
+    batch_size: int = TINY_BATCH_SIZE,
+    image_size: int = TINY_IMAGE_SIZE,
+    num_classes: int = TINY_CLASSES,
+    seed: int = 0,
+    target_shift: float = 0.5,
+    device: torch.device | str = "cpu",
+) -> Batch:
     """A two-domain batch of random normalised images; the target domain is shifted by ``target_shift``.
 
     Source labels cycle through every class. ``target_views`` says which target views the batch
@@ -52,6 +60,7 @@ def make_tiny_batch(target_views: Iterable[str] = ("weak", "strong"), *, batch_s
     target = torch.randn(shape, generator=g) + target_shift if "weak" in views else None
     strong = (target + 0.3 * torch.randn(shape, generator=g)) if "strong" in views and target is not None else None
     index = torch.arange(batch_size) if target is not None else None
-    to = (lambda t: None if t is None else t.to(device))
-    return Batch(source=to(source), source_labels=to(labels), target=to(target),
-                 target_strong=to(strong), target_index=to(index))
+    to = lambda t: None if t is None else t.to(device)
+    return Batch(
+        source=to(source), source_labels=to(labels), target=to(target), target_strong=to(strong), target_index=to(index)
+    )

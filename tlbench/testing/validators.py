@@ -9,15 +9,18 @@ import numpy as np
 from tlbench.reporting.validator import Validator, ValidatorInputs
 
 
-def random_inputs(seed: int = 0, *, n_source: int = 40, n_target: int = 60, classes: int = 4,
-                  dim: int = 8) -> ValidatorInputs:
+def random_inputs(
+    seed: int = 0, *, n_source: int = 40, n_target: int = 60, classes: int = 4, dim: int = 8
+) -> ValidatorInputs:
     """A random checkpoint of a 4-class problem (what a validator sees)."""
     rng = np.random.default_rng(seed)
-    return ValidatorInputs(source_logits=rng.normal(size=(n_source, classes)).astype(np.float32),
-                           source_embed=rng.normal(size=(n_source, dim)).astype(np.float32),
-                           source_labels=rng.integers(0, classes, n_source),
-                           target_logits=rng.normal(size=(n_target, classes)).astype(np.float32),
-                           target_embed=rng.normal(size=(n_target, dim)).astype(np.float32))
+    return ValidatorInputs(
+        source_logits=rng.normal(size=(n_source, classes)).astype(np.float32),
+        source_embed=rng.normal(size=(n_source, dim)).astype(np.float32),
+        source_labels=rng.integers(0, classes, n_source),
+        target_logits=rng.normal(size=(n_target, classes)).astype(np.float32),
+        target_embed=rng.normal(size=(n_target, dim)).astype(np.float32),
+    )
 
 
 def check_validator(cls: type[Validator]) -> None:

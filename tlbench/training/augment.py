@@ -23,9 +23,15 @@ def _uniform(n: int, lo: float, hi: float, g: torch.Generator, device) -> Tensor
     return torch.rand(n, generator=g, device=device) * (hi - lo) + lo
 
 
-def random_crop_boxes(n: int, h: int, w: int, g: torch.Generator, *,
-                      scale: tuple[float, float] = (0.08, 1.0),
-                      ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> Tensor:
+def random_crop_boxes(
+    n: int,
+    h: int,
+    w: int,
+    g: torch.Generator,
+    *,
+    scale: tuple[float, float] = (0.08, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+) -> Tensor:
     """torchvision's RandomResizedCrop boxes (x0, y0, x1, y1) for ``n`` images of ``h``×``w``.
 
     Area fraction uniform in ``scale``, aspect ratio log-uniform in ``ratio``, clipped to the image.
@@ -70,9 +76,14 @@ def _crop_pool(threads: int, pid: int) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=threads, thread_name_prefix="tlbench-crop")
 
 
-def random_resized_crop(images: Tensor, size: int, g: torch.Generator, *,
-                        scale: tuple[float, float] = (0.08, 1.0),
-                        ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> Tensor:
+def random_resized_crop(
+    images: Tensor,
+    size: int,
+    g: torch.Generator,
+    *,
+    scale: tuple[float, float] = (0.08, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+) -> Tensor:
     """torchvision's RandomResizedCrop for a whole batch at once: :func:`random_crop_boxes`, then
     :func:`crop_boxes`. Returns float images in [0, 255]."""
     n, _, h, w = images.shape
@@ -91,7 +102,7 @@ def random_hflip(x: Tensor, g: torch.Generator, p: float = 0.5) -> Tensor:
 def center_crop(images: Tensor, size: int) -> Tensor:
     h, w = images.shape[-2:]
     top, left = (h - size) // 2, (w - size) // 2
-    return images[..., top:top + size, left:left + size]
+    return images[..., top : top + size, left : left + size]
 
 
 def color_jitter(x: Tensor, g: torch.Generator, strength: float = 0.4) -> Tensor:
@@ -103,7 +114,7 @@ def color_jitter(x: Tensor, g: torch.Generator, strength: float = 0.4) -> Tensor
     x = x * b
     mean = x.mean(dim=(1, 2, 3), keepdim=True)
     x = (x - mean) * c + mean
-    grey = (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
+    grey = 0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]
     x = (x - grey) * s + grey
     return x.clamp(0, 255)
 
@@ -132,8 +143,10 @@ class Normalizer:
 
     def __init__(self, mean, std, device, in_chans: int = 3, dtype=torch.float32, from_backbone: bool = True):
         if in_chans not in (1, 3) or len(mean) != in_chans or len(std) != in_chans:
-            raise ValueError(f"normalisation needs one mean and std per input channel (1 or 3); "
-                             f"got in_chans={in_chans}, mean={tuple(mean)}, std={tuple(std)}")
+            raise ValueError(
+                f"normalisation needs one mean and std per input channel (1 or 3); "
+                f"got in_chans={in_chans}, mean={tuple(mean)}, std={tuple(std)}"
+            )
         self.in_chans, self.from_backbone = in_chans, from_backbone
         self.scale = (255.0 * torch.tensor(std, device=device, dtype=dtype)).view(1, in_chans, 1, 1)
         self.shift = (255.0 * torch.tensor(mean, device=device, dtype=dtype)).view(1, in_chans, 1, 1)
@@ -169,8 +182,16 @@ class FixedViews:
 class Augmenter:
     """The train views a strategy can ask for, all batched: ``weak`` and ``strong``."""
 
-    def __init__(self, size: int, normalizer: Normalizer, *, hflip: bool, scale: tuple[float, float],
-                 random_crop: bool = True, memory_format=torch.contiguous_format):
+    def __init__(
+        self,
+        size: int,
+        normalizer: Normalizer,
+        *,
+        hflip: bool,
+        scale: tuple[float, float],
+        random_crop: bool = True,
+        memory_format=torch.contiguous_format,
+    ):
         self.size, self.normalize, self.hflip, self.scale = size, normalizer, hflip, scale
         self.random_crop = random_crop
         self.memory_format = memory_format

@@ -35,7 +35,7 @@ class Sampler:
             if self._pos >= len(self._perm):
                 self._perm = torch.randperm(self.n, generator=self.g, device=self.g.device).to(self.device)
                 self._pos = 0
-            take = self._perm[self._pos:self._pos + need]
+            take = self._perm[self._pos : self._pos + need]
             self._pos += len(take)
             need -= len(take)
             parts.append(take)
@@ -60,7 +60,9 @@ class ClassBalancedSampler:
         return torch.multinomial(self.weights, self.bs, replacement=True, generator=self.g)
 
 
-def source_sampler(labels: Tensor, recipe: dict, g: torch.Generator, device: torch.device) -> Sampler | ClassBalancedSampler:
+def source_sampler(
+    labels: Tensor, recipe: dict, g: torch.Generator, device: torch.device
+) -> Sampler | ClassBalancedSampler:
     """The labelled source's sampler the recipe asks for."""
     if recipe["source_sampling"] == "class_balanced":
         return ClassBalancedSampler(labels, int(recipe["batch_size"]), g)
@@ -90,24 +92,50 @@ class BatchSource:
     """Serves step ``s`` its :class:`tlbench.Batch`: what the strategy's ``target_views`` ask for, from
     images, fixed teacher views or cached features (the latter only for the first ``feature_steps``)."""
 
-    def __init__(self, source: DomainImages, source_labels: Tensor, target: DomainImages, *,
-                 target_views: tuple[str, ...], augmenter: Augmenter, recipe: dict, g: torch.Generator,
-                 feature_steps: int):
+    def __init__(
+        self,
+        source: DomainImages,
+        source_labels: Tensor,
+        target: DomainImages,
+        *,
+        target_views: tuple[str, ...],
+        augmenter: Augmenter,
+        recipe: dict,
+        g: torch.Generator,
+        feature_steps: int,
+    ):
         self.source, self.source_labels, self.target = source, source_labels, target
         self.views, self.augmenter, self.g = target_views, augmenter, g
         self.feature_steps = feature_steps
         device = source.images.device
         self.source_sampler = source_sampler(source_labels, recipe, g, device)
-        self.target_sampler = Sampler(len(target.images), int(recipe["batch_size"]), g, device) if target_views else None
+        self.target_sampler = (
+            Sampler(len(target.images), int(recipe["batch_size"]), g, device) if target_views else None
+        )
 
     @classmethod
-    def build(cls, source_images: Tensor, source_labels: Tensor, target_images: Tensor, frozen: FrozenOutputs, *,
-              target_views: tuple[str, ...], augmenter: Augmenter, recipe: dict,
-              g: torch.Generator) -> BatchSource:
-        return cls(DomainImages(source_images, frozen.source_features, frozen.source_teacher), source_labels,
-                   DomainImages(target_images, frozen.target_features, frozen.target_teacher),
-                   target_views=target_views, augmenter=augmenter, recipe=recipe, g=g,
-                   feature_steps=frozen.feature_steps)
+    def build(
+        cls,
+        source_images: Tensor,
+        source_labels: Tensor,
+        target_images: Tensor,
+        frozen: FrozenOutputs,
+        *,
+        target_views: tuple[str, ...],
+        augmenter: Augmenter,
+        recipe: dict,
+        g: torch.Generator,
+    ) -> BatchSource:
+        return cls(
+            DomainImages(source_images, frozen.source_features, frozen.source_teacher),
+            source_labels,
+            DomainImages(target_images, frozen.target_features, frozen.target_teacher),
+            target_views=target_views,
+            augmenter=augmenter,
+            recipe=recipe,
+            g=g,
+            feature_steps=frozen.feature_steps,
+        )
 
     def batch(self, step: int) -> Batch:
         """The batch of ``step`` (called once per step, in order)."""

@@ -32,7 +32,6 @@ from tlbench.training.loop import StepObserver
 from tlbench.training.setup import CellSetup
 from tlbench.training.strategy import StepOutput
 
-
 #: the seed of the checkpoint subset: a constant, so the subset depends on the target's size only
 SUBSET_SEED = 0
 
@@ -92,10 +91,13 @@ class CheckpointEvaluator(StepObserver):
             target_logits=np.stack([p[2].logits.numpy().astype(np.float16) for p in self._points]),
             target_embed=target_embed,
             source_logits=np.stack([o.logits.numpy().astype(np.float16) for o in source]),
-            source_embed=np.stack([_embed(o) if len(o.logits) else np.zeros((0, target_embed.shape[2]), np.float16)
-                                   for o in source]),
-            source_labels=(holdout.labels.cpu().numpy().astype(np.int64) if holdout is not None
-                           else np.zeros(0, np.int64)))
+            source_embed=np.stack(
+                [_embed(o) if len(o.logits) else np.zeros((0, target_embed.shape[2]), np.float16) for o in source]
+            ),
+            source_labels=(
+                holdout.labels.cpu().numpy().astype(np.int64) if holdout is not None else np.zeros(0, np.int64)
+            ),
+        )
 
     def _on_subset(self, evaluation: Evaluation) -> Evaluation:
         if self.subset is None:
@@ -105,8 +107,9 @@ class CheckpointEvaluator(StepObserver):
         logits = out.logits[index]
         embedding = out.embedding[index] if out.embedding is not None else None
         acc = accuracy(logits, self.target_labels)
-        return dataclasses.replace(evaluation, target_acc=acc,
-                                   target_outputs=ModelOutputs(logits, embedding, out.img_per_s))
+        return dataclasses.replace(
+            evaluation, target_acc=acc, target_outputs=ModelOutputs(logits, embedding, out.img_per_s)
+        )
 
     def _add(self, step: int, evaluation: Evaluation) -> None:
         self._points.append((step, evaluation.target_acc, evaluation.target_outputs, evaluation.source_outputs))

@@ -54,8 +54,10 @@ class Curves:
         series = {}
         for name, values in d["series"].items():
             if not isinstance(values, list) or len(values) != len(steps):
-                raise ValueError(f"curve {name!r} has {len(values) if isinstance(values, list) else '?'} "
-                                 f"points for {len(steps)} steps")
+                raise ValueError(
+                    f"curve {name!r} has {len(values) if isinstance(values, list) else '?'} "
+                    f"points for {len(steps)} steps"
+                )
             series[str(name)] = [None if v is None else float(v) for v in values]
         return cls(steps, series)
 

@@ -52,14 +52,35 @@ def train_cell(task: CellTask, registry=None) -> CellRecord:
     # the unlabelled images target views come from: the target (uda), the held-back training images (finetune)
     pool_images = data.served_target.images.to(device)
     pool_labels = data.served_target.labels.to(device)  # for the pseudo-label audit only
-    frozen = prepare_frozen_outputs(setup, setup.schedule, src_images, pool_images,
-                                    Path(task.cache_dir) if task.cache_dir else None, task.teacher_model)
-    batches = BatchSource.build(src_images, src_labels, pool_images, frozen, target_views=type(strategy).target_views,
-                                augmenter=setup.augmenter, recipe=recipe, g=g)
+    frozen = prepare_frozen_outputs(
+        setup,
+        setup.schedule,
+        src_images,
+        pool_images,
+        Path(task.cache_dir) if task.cache_dir else None,
+        task.teacher_model,
+    )
+    batches = BatchSource.build(
+        src_images,
+        src_labels,
+        pool_images,
+        frozen,
+        target_views=type(strategy).target_views,
+        augmenter=setup.augmenter,
+        recipe=recipe,
+        g=g,
+    )
 
     audit = PseudoLabelAudit(pool_labels)
-    ctx = StepContext(step=0, total_steps=setup.total_steps, model=setup.model, device=device,
-                      num_classes=data.num_classes, teacher=setup.teacher, score_pseudo_labels=audit)
+    ctx = StepContext(
+        step=0,
+        total_steps=setup.total_steps,
+        model=setup.model,
+        device=device,
+        num_classes=data.num_classes,
+        teacher=setup.teacher,
+        score_pseudo_labels=audit,
+    )
     curves = CurveRecorder(setup.schedule)  # the metrics' means for the record come from its sums too
     if data.served_target is data.target:  # uda: every target image, the ones it was served, is scored
         scored_images, scored_labels = pool_images, pool_labels
@@ -69,20 +90,42 @@ def train_cell(task: CellTask, registry=None) -> CellRecord:
     observers: list[StepObserver] = [NonFiniteCheck(device), curves, checkpoints]
     if task.show_progress:
         observers.append(ProgressBar(setup.total_steps, cell.describe()))
-    timing = run_steps(strategy, setup.schedule, batches, ctx, setup.autocast, observers,
-                       total_steps=setup.total_steps, log_every=int(recipe["log_every"]),
-                       warmup_steps=int(recipe["timing_warmup_steps"]), device=device)
+    timing = run_steps(
+        strategy,
+        setup.schedule,
+        batches,
+        ctx,
+        setup.autocast,
+        observers,
+        total_steps=setup.total_steps,
+        log_every=int(recipe["log_every"]),
+        warmup_steps=int(recipe["timing_warmup_steps"]),
+        device=device,
+    )
 
     evaluation = evaluate_cell(setup, scored_images, scored_labels)
     evaluations = checkpoints.finish(evaluation)
     if task.save_model:  # a kd teacher: its students load these weights, checked by their digest
-        save_checked(ResultsDir(Path(task.out_dir)).model_path(cell.id),
-                     {k: v.detach().cpu() for k, v in setup.model.state_dict().items()})
+        save_checked(
+            ResultsDir(Path(task.out_dir)).model_path(cell.id),
+            {k: v.detach().cpu() for k, v in setup.model.state_dict().items()},
+        )
     metrics = {**curves.means(setup.total_steps), **audit.metrics(), **strategy.extra_metrics()}
-    return ok_record(setup, evaluation=evaluation, evaluations=evaluations, timing=timing, metrics=metrics,
-                     curves=curves.curves,
-                     provenance=cell_provenance(cell, registry), frozen=frozen, trainable_params=setup.schedule.trainable_params(), peak_mem_mb=memory.peak_mb(),
-                     wall_s=time.perf_counter() - t_start, started_at=started, device=device_name(device))
+    return ok_record(
+        setup,
+        evaluation=evaluation,
+        evaluations=evaluations,
+        timing=timing,
+        metrics=metrics,
+        curves=curves.curves,
+        provenance=cell_provenance(cell, registry),
+        frozen=frozen,
+        trainable_params=setup.schedule.trainable_params(),
+        peak_mem_mb=memory.peak_mb(),
+        wall_s=time.perf_counter() - t_start,
+        started_at=started,
+        device=device_name(device),
+    )
 
 
 def _now() -> str:
@@ -120,8 +163,9 @@ def run_cell(task: CellTask) -> CellRecord:
     except DivergedError as exc:
         record = failed_record(task, "diverged", str(exc), started, time.perf_counter() - t0, steps=exc.step)
     except torch.OutOfMemoryError as exc:
-        record = failed_record(task, "failed", f"out of memory: {str(exc).splitlines()[0]}", started,
-                               time.perf_counter() - t0)
+        record = failed_record(
+            task, "failed", f"out of memory: {str(exc).splitlines()[0]}", started, time.perf_counter() - t0
+        )
     except BaseException as exc:  # noqa: BLE001 - a strategy's sys.exit() fails its cell, not the matrix
         message = f"{type(exc).__name__}: {exc}"
         if task.debug:
@@ -132,7 +176,8 @@ def run_cell(task: CellTask) -> CellRecord:
             torch.cuda.empty_cache()
     try:
         registry.hook.after_cell(cell=task.cell, record=record)
-    except Exception as exc:  # a plugin hook that raises fails the cell, not the run
-        record = failed_record(task, "failed", f"after_cell hook raised {type(exc).__name__}: {exc}", started,
-                               time.perf_counter() - t0)
+    except Exception as exc:  # noqa: BLE001 - a plugin hook that raises fails the cell, not the run
+        record = failed_record(
+            task, "failed", f"after_cell hook raised {type(exc).__name__}: {exc}", started, time.perf_counter() - t0
+        )
     return record

@@ -20,8 +20,8 @@ from tlbench.training.setup import CellSetup
 class ModelOutputs:
     """One pass of a model over a set of images, on the host: what accuracies and validators read."""
 
-    logits: Tensor               # N×C float32
-    embedding: Tensor | None     # N×E float32 (the classifier's input); None for a model without forward_all
+    logits: Tensor  # N×C float32
+    embedding: Tensor | None  # N×E float32 (the classifier's input); None for a model without forward_all
     img_per_s: float
 
 
@@ -38,8 +38,9 @@ class Evaluation:
 
 
 @torch.no_grad()
-def model_outputs(model: nn.Module, images: Tensor, augmenter: Augmenter, batch_size: int, device: torch.device,
-                  autocast) -> ModelOutputs:
+def model_outputs(
+    model: nn.Module, images: Tensor, augmenter: Augmenter, batch_size: int, device: torch.device, autocast
+) -> ModelOutputs:
     """Logits and embeddings of ``model`` on uint8 ``images`` at the test crop, timed (one transfer to the host)."""
     model.eval()
     full = hasattr(model, "forward_all")
@@ -47,15 +48,16 @@ def model_outputs(model: nn.Module, images: Tensor, augmenter: Augmenter, batch_
     watch = Stopwatch(device)
     watch.start()
     for i in range(0, len(images), batch_size):
-        x = augmenter.test(images[i:i + batch_size].to(device, non_blocking=True))
+        x = augmenter.test(images[i : i + batch_size].to(device, non_blocking=True))
         with autocast():
             out = model.forward_all(x) if full else None
             logits.append((out.logits if full else model(x)).float())
             if full:
                 embeds.append(out.embedding.float())
     seconds = watch.stop()
-    return ModelOutputs(torch.cat(logits).cpu(), torch.cat(embeds).cpu() if full else None,
-                        len(images) / max(seconds, 1e-9))
+    return ModelOutputs(
+        torch.cat(logits).cpu(), torch.cat(embeds).cpu() if full else None, len(images) / max(seconds, 1e-9)
+    )
 
 
 def accuracy(logits: Tensor, labels: Tensor) -> float:
@@ -63,8 +65,15 @@ def accuracy(logits: Tensor, labels: Tensor) -> float:
     return 100.0 * (logits.argmax(1) == labels.to(logits.device)).sum().item() / max(len(labels), 1)
 
 
-def evaluate(model: nn.Module, images: Tensor, labels: Tensor, augmenter: Augmenter, batch_size: int,
-             device: torch.device, autocast) -> tuple[float, float]:
+def evaluate(
+    model: nn.Module,
+    images: Tensor,
+    labels: Tensor,
+    augmenter: Augmenter,
+    batch_size: int,
+    device: torch.device,
+    autocast,
+) -> tuple[float, float]:
     """(accuracy in percent, images per second) of ``model`` on uint8 ``images``."""
     out = model_outputs(model, images, augmenter, batch_size, device, autocast)
     return accuracy(out.logits, labels), out.img_per_s
@@ -77,8 +86,9 @@ def evaluate_cell(setup: CellSetup, target_images: Tensor, target_labels: Tensor
     source, source_acc = None, None
     holdout = setup.data.source_holdout
     if holdout is not None:
-        source = model_outputs(setup.model, holdout.images.to(setup.device), setup.augmenter, bs, setup.device,
-                               setup.autocast)
+        source = model_outputs(
+            setup.model, holdout.images.to(setup.device), setup.augmenter, bs, setup.device, setup.autocast
+        )
         source_acc = accuracy(source.logits, holdout.labels)
     return Evaluation(accuracy(target.logits, target_labels), target.img_per_s, source_acc, target, source)
 

@@ -39,8 +39,15 @@ class FeatureBank:
     runs reuse them.
     """
 
-    def __init__(self, model: TransferModel, augmenter: Augmenter, views: list[str], batch_size: int,
-                 cache_dir: Path | None, key: str):
+    def __init__(
+        self,
+        model: TransferModel,
+        augmenter: Augmenter,
+        views: list[str],
+        batch_size: int,
+        cache_dir: Path | None,
+        key: str,
+    ):
         self.model, self.aug, self.views, self.bs = model, augmenter, views, batch_size
         self.cache_dir, self.key = cache_dir, key
 
@@ -55,8 +62,7 @@ class FeatureBank:
             x = self.aug.test(domain_images[rows])
             return x.flip(-1) if self.views[view] == "flip" else x
 
-        feats = _outputs_per_view(self.model.backbone, batch, len(self.views), len(domain_images), self.bs,
-                                  autocast)
+        feats = _outputs_per_view(self.model.backbone, batch, len(self.views), len(domain_images), self.bs, autocast)
         if path is not None:
             save_cached(path, feats.cpu())
         return feats
@@ -70,8 +76,9 @@ class TeacherViewBank:
     cache key holds the teacher's weights digest, the domain, the crop recipe and ``k``.
     """
 
-    def __init__(self, teacher: torch.nn.Module, augmenter: Augmenter, k: int, batch_size: int,
-                 cache_dir: Path | None, key: str):
+    def __init__(
+        self, teacher: torch.nn.Module, augmenter: Augmenter, k: int, batch_size: int, cache_dir: Path | None, key: str
+    ):
         self.teacher, self.aug, self.k, self.bs = teacher, augmenter, k, batch_size
         self.cache_dir, self.key = cache_dir, key
 
@@ -81,8 +88,11 @@ class TeacherViewBank:
         views_key = f"{domain_key}|size={self.aug.size}|scale={self.aug.scale}|hflip={self.aug.hflip}|k={self.k}"
         path = _cache_file(self.cache_dir, "teacher_views", f"{self.key}|{views_key}")
         cached = load_checked(path) if path is not None else None
-        if isinstance(cached, dict) and cached.get("logits") is not None and \
-                tuple(cached["logits"].shape[:2]) == (self.k, len(domain_images)):
+        if (
+            isinstance(cached, dict)
+            and cached.get("logits") is not None
+            and tuple(cached["logits"].shape[:2]) == (self.k, len(domain_images))
+        ):
             return FixedViews(cached["boxes"].to(device), cached["flips"].to(device)), cached["logits"].to(device)
         n, _, h, w = domain_images.shape
         seed = int(hashlib.sha256(views_key.encode()).hexdigest()[:15], 16)  # the same views for every teacher
@@ -105,8 +115,9 @@ def _cache_file(cache_dir: Path | None, folder: str, key: str) -> Path | None:
 
 
 @torch.no_grad()
-def _outputs_per_view(net: torch.nn.Module, batch: Callable[[int, slice], Tensor], views: int, n: int,
-                      batch_size: int, autocast) -> Tensor:
+def _outputs_per_view(
+    net: torch.nn.Module, batch: Callable[[int, slice], Tensor], views: int, n: int, batch_size: int, autocast
+) -> Tensor:
     """views × N × … float32 outputs of ``net`` in eval mode; ``batch(view, rows)`` gives its input."""
     was_training = net.training
     net.eval()
@@ -135,16 +146,22 @@ def domain_key(domain: Domain) -> str:
 class FrozenOutputs:
     """What the engine serves instead of recomputing a frozen network every step."""
 
-    feature_steps: int = 0                  # steps served backbone features (0: images throughout)
-    source_features: Tensor | None = None   # views × N × D
+    feature_steps: int = 0  # steps served backbone features (0: images throughout)
+    source_features: Tensor | None = None  # views × N × D
     target_features: Tensor | None = None
-    teacher_views: int = 0                  # K fixed views with the teacher's logits (0: teacher runs online)
+    teacher_views: int = 0  # K fixed views with the teacher's logits (0: teacher runs online)
     source_teacher: tuple[FixedViews, Tensor] | None = None  # the views and K × N × C logits
     target_teacher: tuple[FixedViews, Tensor] | None = None
 
 
-def prepare_frozen_outputs(setup: CellSetup, schedule: ParamSchedule, src_images: Tensor, tgt_images: Tensor,
-                           cache_dir: Path | None, teacher_model: str | None) -> FrozenOutputs:
+def prepare_frozen_outputs(
+    setup: CellSetup,
+    schedule: ParamSchedule,
+    src_images: Tensor,
+    tgt_images: Tensor,
+    cache_dir: Path | None,
+    teacher_model: str | None,
+) -> FrozenOutputs:
     """Backbone features for the steps where the backbone is frozen, and a kd teacher's logits on
     fixed views, each computed once per (network, domain, views) and kept in the disk cache.
 
@@ -156,20 +173,36 @@ def prepare_frozen_outputs(setup: CellSetup, schedule: ParamSchedule, src_images
     views = type(strategy).target_views
     out = FrozenOutputs()
     steps = frozen_backbone_steps(setup.model, schedule)
-    if (type(strategy).accepts_features and bool(recipe["feature_cache"]) and steps > 0
-            and "strong" not in views and teacher is None):
-        bank = FeatureBank(setup.model, setup.augmenter, ["center", "flip"] if recipe["hflip"] else ["center"],
-                           recipe["eval_batch_size"], cache_dir,
-                           key=f"{cell.backbone}|{setup.weights_used}|{cell.weights}|{weights_digest(setup)}|"
-                               f"{recipe['image_size']}{setup.augmenter.normalize.key()}")
+    if (
+        type(strategy).accepts_features
+        and bool(recipe["feature_cache"])
+        and steps > 0
+        and "strong" not in views
+        and teacher is None
+    ):
+        bank = FeatureBank(
+            setup.model,
+            setup.augmenter,
+            ["center", "flip"] if recipe["hflip"] else ["center"],
+            recipe["eval_batch_size"],
+            cache_dir,
+            key=f"{cell.backbone}|{setup.weights_used}|{cell.weights}|{weights_digest(setup)}|"
+            f"{recipe['image_size']}{setup.augmenter.normalize.key()}",
+        )
         out.feature_steps = steps
         out.source_features = bank.features(src_images, domain_key(setup.data.source_train), setup.autocast)
         if views:
             out.target_features = bank.features(tgt_images, domain_key(setup.data.served_target), setup.autocast)
     if teacher is not None and strategy.teacher_views:
         out.teacher_views = strategy.teacher_views
-        tbank = TeacherViewBank(teacher, setup.augmenter, out.teacher_views, recipe["eval_batch_size"], cache_dir,
-                                key=f"teacher={checked_digest(Path(teacher_model))}{setup.augmenter.normalize.key()}")
+        tbank = TeacherViewBank(
+            teacher,
+            setup.augmenter,
+            out.teacher_views,
+            recipe["eval_batch_size"],
+            cache_dir,
+            key=f"teacher={checked_digest(Path(teacher_model))}{setup.augmenter.normalize.key()}",
+        )
         out.source_teacher = tbank.build(src_images, domain_key(setup.data.source_train), setup.autocast)
         if views:
             out.target_teacher = tbank.build(tgt_images, domain_key(setup.data.served_target), setup.autocast)

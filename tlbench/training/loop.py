@@ -88,9 +88,19 @@ class LoopTiming:
         return self.measured_steps * self.images_per_step / max(self.seconds, 1e-9)
 
 
-def run_steps(strategy: Strategy, schedule: ParamSchedule, batches: BatchSource, ctx: StepContext, autocast: Any,
-              observers: list[StepObserver], *, total_steps: int, log_every: int, warmup_steps: int,
-              device: torch.device) -> LoopTiming:
+def run_steps(
+    strategy: Strategy,
+    schedule: ParamSchedule,
+    batches: BatchSource,
+    ctx: StepContext,
+    autocast: Any,
+    observers: list[StepObserver],
+    *,
+    total_steps: int,
+    log_every: int,
+    warmup_steps: int,
+    device: torch.device,
+) -> LoopTiming:
     """Train ``total_steps`` steps; the clock starts after ``warmup_steps`` (at most all but one)."""
     warmup = min(warmup_steps, max(0, total_steps - 1))
     watch = Stopwatch(device)

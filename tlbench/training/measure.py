@@ -81,7 +81,7 @@ class PeakMemory:
             import resource
 
             return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        except Exception:
+        except Exception:  # noqa: BLE001 - no resource module here: memory is unknown, not an error
             return None
 
 

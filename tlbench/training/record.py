@@ -25,30 +25,55 @@ def cell_provenance(cell: Cell, registry) -> dict[str, Any]:
     """The code behind a cell's names: its strategy's, dataset's and shifts' plugins, versions and
     source digests (see :mod:`tlbench.plugins.provenance`)."""
     shifts = {name for spec in (cell.source, cell.target) for name, _ in DomainSpec.parse(spec).shifts}
-    return {"strategy": provenance(registry, "strategy", cell.strategy),
-            "dataset": provenance(registry, "dataset", cell.dataset),
-            "shifts": {name: provenance(registry, "shift", name) for name in sorted(shifts)}}
+    return {
+        "strategy": provenance(registry, "strategy", cell.strategy),
+        "dataset": provenance(registry, "dataset", cell.dataset),
+        "shifts": {name: provenance(registry, "shift", name) for name in sorted(shifts)},
+    }
 
 
-def ok_record(setup: CellSetup, *, evaluation: Evaluation, evaluations: CheckpointEvaluations | None,
-              timing: LoopTiming, metrics: dict[str, float],
-              curves: Curves, provenance: dict[str, Any], frozen: FrozenOutputs, trainable_params: int, peak_mem_mb: float | None,
-              wall_s: float, started_at: str, device: str) -> CellRecord:
+def ok_record(
+    setup: CellSetup,
+    *,
+    evaluation: Evaluation,
+    evaluations: CheckpointEvaluations | None,
+    timing: LoopTiming,
+    metrics: dict[str, float],
+    curves: Curves,
+    provenance: dict[str, Any],
+    frozen: FrozenOutputs,
+    trainable_params: int,
+    peak_mem_mb: float | None,
+    wall_s: float,
+    started_at: str,
+    device: str,
+) -> CellRecord:
     """The record of a cell that trained to its last step."""
     import timm
 
     cell, recipe = setup.cell, setup.recipe
     extra: dict[str, Any] = dict(metrics)
-    extra.update({"timm_version": timm.__version__, "weights": setup.weights_used,
-                  "network": cell.backbone, "backbone_provider": setup.backbone.provider,
-                  "in_chans": setup.backbone.in_chans,
-                  "deterministic": setup.deterministic, "precision": "bf16" if setup.precision.bf16 else "fp32",
-                  "channels_last": setup.precision.channels_last, "compiled": bool(recipe["compile"]),
-                  "feature_cache": frozen.feature_steps > 0, "feature_cache_steps": frozen.feature_steps,
-                  "teacher_views": frozen.teacher_views, "label": cell.label,
-                  "train_images": len(setup.data.source_train), "target_images": len(setup.data.target),
-                  "train_seconds": timing.seconds,
-                  "provenance": {**provenance, "weights": dict(setup.backbone.weights)}})
+    extra.update(
+        {
+            "timm_version": timm.__version__,
+            "weights": setup.weights_used,
+            "network": cell.backbone,
+            "backbone_provider": setup.backbone.provider,
+            "in_chans": setup.backbone.in_chans,
+            "deterministic": setup.deterministic,
+            "precision": "bf16" if setup.precision.bf16 else "fp32",
+            "channels_last": setup.precision.channels_last,
+            "compiled": bool(recipe["compile"]),
+            "feature_cache": frozen.feature_steps > 0,
+            "feature_cache_steps": frozen.feature_steps,
+            "teacher_views": frozen.teacher_views,
+            "label": cell.label,
+            "train_images": len(setup.data.source_train),
+            "target_images": len(setup.data.target),
+            "train_seconds": timing.seconds,
+            "provenance": {**provenance, "weights": dict(setup.backbone.weights)},
+        }
+    )
     if setup.device.type == "cpu":
         extra["cpu_runtime"] = describe_runtime()  # the allocator and OpenMP waits this process ran with
     if evaluations is not None and len(evaluations):
@@ -57,18 +82,45 @@ def ok_record(setup: CellSetup, *, evaluation: Evaluation, evaluations: Checkpoi
         extra["sweep"] = dict(cell.sweep)
     split = setup.data.task_split
     if split is not None:  # finetune: how the task was cut
-        extra.update({"labelled_images": len(split.labelled), "unlabelled_images": len(split.unlabelled),
-                      "official_split": split.official, "score_on": cell.score_on})
+        extra.update(
+            {
+                "labelled_images": len(split.labelled),
+                "unlabelled_images": len(split.unlabelled),
+                "official_split": split.official,
+                "score_on": cell.score_on,
+            }
+        )
     train_images = split.train_size if split is not None else len(setup.data.source_train)
     return CellRecord(
-        suite=cell.suite, dataset=cell.dataset, backbone=cell.row_backbone, strategy=cell.label, source=cell.source,
-        target=cell.target, seed=cell.seed, status="ok", target_acc=evaluation.target_acc,
-        source_acc=evaluation.source_acc, train_img_per_s=timing.images_per_second,
-        eval_img_per_s=evaluation.eval_img_per_s, peak_mem_mb=peak_mem_mb, trainable_params=trainable_params,
-        total_params=count_parameters(setup.model) + count_parameters(setup.strategy), steps=setup.total_steps,
-        wall_s=wall_s, device=device, torch_version=torch.__version__, tlbench_version=tlbench.__version__,
-        cell_id=cell.id, started_at=started_at, **protocol_fields(cell), train_images=train_images,
-        test_images=len(setup.data.target), extra=extra, curves=curves.to_dict(), evaluations=evaluations)
+        suite=cell.suite,
+        dataset=cell.dataset,
+        backbone=cell.row_backbone,
+        strategy=cell.label,
+        source=cell.source,
+        target=cell.target,
+        seed=cell.seed,
+        status="ok",
+        target_acc=evaluation.target_acc,
+        source_acc=evaluation.source_acc,
+        train_img_per_s=timing.images_per_second,
+        eval_img_per_s=evaluation.eval_img_per_s,
+        peak_mem_mb=peak_mem_mb,
+        trainable_params=trainable_params,
+        total_params=count_parameters(setup.model) + count_parameters(setup.strategy),
+        steps=setup.total_steps,
+        wall_s=wall_s,
+        device=device,
+        torch_version=torch.__version__,
+        tlbench_version=tlbench.__version__,
+        cell_id=cell.id,
+        started_at=started_at,
+        **protocol_fields(cell),
+        train_images=train_images,
+        test_images=len(setup.data.target),
+        extra=extra,
+        curves=curves.to_dict(),
+        evaluations=evaluations,
+    )
 
 
 def protocol_fields(cell: Cell) -> dict[str, str]:
@@ -76,13 +128,34 @@ def protocol_fields(cell: Cell) -> dict[str, str]:
     return {"protocol": cell.protocol, "task": cell.task, "budget": cell.budget}
 
 
-def failed_record(task: CellTask, status: str, error: str, started: str, wall_s: float | None,
-                  device: str = "", steps: int | None = None) -> CellRecord:
+def failed_record(
+    task: CellTask,
+    status: str,
+    error: str,
+    started: str,
+    wall_s: float | None,
+    device: str = "",
+    steps: int | None = None,
+) -> CellRecord:
     """The record of a cell that failed or diverged (``status``), with the error that stopped it."""
     cell = task.cell
-    return CellRecord(suite=cell.suite, dataset=cell.dataset, backbone=cell.row_backbone, strategy=cell.label,
-                      source=cell.source, target=cell.target, seed=cell.seed, status=status, error=error,
-                      steps=steps, wall_s=wall_s, device=device, torch_version=torch.__version__,
-                      tlbench_version=tlbench.__version__, cell_id=cell.id, started_at=started,
-                      **protocol_fields(cell),
-                      extra={"label": cell.label, **({"sweep": dict(cell.sweep)} if cell.sweep else {})})
+    return CellRecord(
+        suite=cell.suite,
+        dataset=cell.dataset,
+        backbone=cell.row_backbone,
+        strategy=cell.label,
+        source=cell.source,
+        target=cell.target,
+        seed=cell.seed,
+        status=status,
+        error=error,
+        steps=steps,
+        wall_s=wall_s,
+        device=device,
+        torch_version=torch.__version__,
+        tlbench_version=tlbench.__version__,
+        cell_id=cell.id,
+        started_at=started,
+        **protocol_fields(cell),
+        extra={"label": cell.label, **({"sweep": dict(cell.sweep)} if cell.sweep else {})},
+    )

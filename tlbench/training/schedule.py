@@ -22,8 +22,15 @@ from tlbench.training.strategy import ParamGroup
 class ParamSchedule:
     """The optimizer and the steps at which each parameter group starts training."""
 
-    def __init__(self, groups: list[ParamGroup], modules: list[nn.Module], model: nn.Module,
-                 recipe: dict[str, Any], device: torch.device, strategy_name: str):
+    def __init__(
+        self,
+        groups: list[ParamGroup],
+        modules: list[nn.Module],
+        model: nn.Module,
+        recipe: dict[str, Any],
+        device: torch.device,
+        strategy_name: str,
+    ):
         check_groups(groups, strategy_name)
         self.groups, self.model, self.recipe = groups, model, recipe
         self.total_steps = int(recipe["steps"])
@@ -66,14 +73,24 @@ def make_optimizer(groups: list[dict], recipe: dict, device: torch.device) -> to
     fused = {"fused": True} if device.type == "cuda" else {}
     if recipe["optimizer"] == "adamw":
         return torch.optim.AdamW(groups, lr=recipe["lr"], weight_decay=recipe["weight_decay"], **fused)
-    return torch.optim.SGD(groups, lr=recipe["lr"], momentum=recipe["momentum"], nesterov=recipe["nesterov"],
-                           weight_decay=recipe["weight_decay"], **fused)
+    return torch.optim.SGD(
+        groups,
+        lr=recipe["lr"],
+        momentum=recipe["momentum"],
+        nesterov=recipe["nesterov"],
+        weight_decay=recipe["weight_decay"],
+        **fused,
+    )
 
 
 def torch_group(group: ParamGroup, recipe: dict) -> dict:
     """A torch optimizer's parameter group for one :class:`ParamGroup` (``base_lr`` before decay)."""
-    g = {"params": group.params, "lr": recipe["lr"] * group.lr_scale, "base_lr": recipe["lr"] * group.lr_scale,
-         "name": group.name}
+    g = {
+        "params": group.params,
+        "lr": recipe["lr"] * group.lr_scale,
+        "base_lr": recipe["lr"] * group.lr_scale,
+        "name": group.name,
+    }
     if group.weight_decay is not None:
         g["weight_decay"] = group.weight_decay
     return g

@@ -19,9 +19,9 @@ import torch.utils.deterministic as torch_determinism
 
 from tlbench.data.budgets import Budget
 from tlbench.data.domains import Domain
+from tlbench.data.files import load_checked
 from tlbench.data.splits import stratified_split
 from tlbench.data.tasks import TaskSplit, split_task
-from tlbench.data.files import load_checked
 from tlbench.errors import UserError
 from tlbench.matrix.cells import Cell, CellTask
 from tlbench.models.backbones import Backbone
@@ -109,8 +109,10 @@ def set_up_cell(task: CellTask, registry, device: torch.device) -> CellSetup:
     data = load_cell_data(cell, task, registry)
     model, weights_used, backbone = build_model(cell.backbone, cell.weights, data.num_classes, recipe, registry)
     strategy = build_strategy(cell, registry)
-    strategy.setup(model, SetupContext(data.num_classes, model.feature_dim, model.embed_dim, int(recipe["steps"]),
-                                       device, cell.seed))
+    strategy.setup(
+        model,
+        SetupContext(data.num_classes, model.feature_dim, model.embed_dim, int(recipe["steps"]), device, cell.seed),
+    )
     precision = choose_precision(recipe, device)
     model.to(device, memory_format=precision.memory_format)
     if recipe["compile"]:
@@ -123,15 +125,33 @@ def set_up_cell(task: CellTask, registry, device: torch.device) -> CellSetup:
     if type(strategy).needs_teacher:
         teacher = load_teacher(task, data.num_classes, registry, device, precision.memory_format)
     own_mean = input_mean(recipe, data, backbone)
-    normalizer = Normalizer(own_mean or backbone.mean, backbone.std, device, backbone.in_chans,
-                            from_backbone=own_mean is None)
-    augmenter = Augmenter(recipe["image_size"], normalizer,
-                          hflip=recipe["hflip"], scale=tuple(recipe["crop_scale"]),
-                          random_crop=recipe.get("train_crop", "random_resized") != "none",
-                          memory_format=precision.memory_format)
+    normalizer = Normalizer(
+        own_mean or backbone.mean, backbone.std, device, backbone.in_chans, from_backbone=own_mean is None
+    )
+    augmenter = Augmenter(
+        recipe["image_size"],
+        normalizer,
+        hflip=recipe["hflip"],
+        scale=tuple(recipe["crop_scale"]),
+        random_crop=recipe.get("train_crop", "random_resized") != "none",
+        memory_format=precision.memory_format,
+    )
     schedule = ParamSchedule(strategy.param_groups(model), [model, strategy], model, recipe, device, cell.strategy)
-    return CellSetup(cell, recipe, device, deterministic, precision, data, model, weights_used, backbone, strategy,
-                     teacher, augmenter, schedule)
+    return CellSetup(
+        cell,
+        recipe,
+        device,
+        deterministic,
+        precision,
+        data,
+        model,
+        weights_used,
+        backbone,
+        strategy,
+        teacher,
+        augmenter,
+        schedule,
+    )
 
 
 def input_mean(recipe: dict, data: CellData, backbone: Backbone) -> tuple[float, ...] | None:
@@ -189,8 +209,9 @@ def load_cell_data(cell: Cell, task: CellTask, registry) -> CellData:
     every class (:func:`tlbench.data.splits.stratified_split`), the same for every seed."""
     from tlbench.data.cache import load_domain
 
-    dataset = registry.get("dataset", cell.dataset)(Path(task.data_root) if task.data_root else None,
-                                                     **cell.dataset_options)
+    dataset = registry.get("dataset", cell.dataset)(
+        Path(task.data_root) if task.data_root else None, **cell.dataset_options
+    )
     size = cell.recipe["resize_size"]
     cache = Path(task.cache_dir) if task.cache_dir else None
     src = load_domain(dataset, cell.source, size, cache_dir=cache, shift_seed=cell.shift_seed, registry=registry)
@@ -227,16 +248,23 @@ def finetune_data(domain: Domain, cell: Cell) -> CellData:
     return CellData(labelled, None, scored, len(domain.classes), unlabelled=unlabelled, task_split=parts)
 
 
-def build_model(backbone: str, weights: str, num_classes: int, recipe: dict,
-                registry) -> tuple[TransferModel, str, Backbone]:
+def build_model(
+    backbone: str, weights: str, num_classes: int, recipe: dict, registry
+) -> tuple[TransferModel, str, Backbone]:
     """The transfer model on a backbone with the named weights, the weight source used, and what
     the backbone's provider said about it (channels, normalisation, stages)."""
     made, source = load_backbone(backbone, weights, registry=registry)
-    model = TransferModel(made.network, num_classes, bottleneck_dim=recipe["bottleneck_dim"],
-                          bottleneck_layers=recipe.get("bottleneck_layers", 1),
-                          bottleneck_norm=recipe.get("bottleneck_norm", "batch"),
-                          backbone_lr_scale=recipe["backbone_lr_scale"], backbone_name=backbone,
-                          feature_dim=made.feature_dim, stages=made.stages)
+    model = TransferModel(
+        made.network,
+        num_classes,
+        bottleneck_dim=recipe["bottleneck_dim"],
+        bottleneck_layers=recipe.get("bottleneck_layers", 1),
+        bottleneck_norm=recipe.get("bottleneck_norm", "batch"),
+        backbone_lr_scale=recipe["backbone_lr_scale"],
+        backbone_name=backbone,
+        feature_dim=made.feature_dim,
+        stages=made.stages,
+    )
     return model, source, made
 
 
@@ -246,8 +274,9 @@ def build_strategy(cell: Cell, registry) -> Strategy:
     return strategy_cls(strategy_cls.parse_params(cell.params))
 
 
-def load_teacher(task: CellTask, num_classes: int, registry, device: torch.device,
-                 memory_format: torch.memory_format) -> TransferModel:
+def load_teacher(
+    task: CellTask, num_classes: int, registry, device: torch.device, memory_format: torch.memory_format
+) -> TransferModel:
     """A kd cell's trained teacher, frozen, in eval mode, from its checked weights file."""
     teacher_cell = task.cell.teacher
     if teacher_cell is None or not task.teacher_model or not Path(task.teacher_model).is_file():
@@ -255,8 +284,10 @@ def load_teacher(task: CellTask, num_classes: int, registry, device: torch.devic
     model, _, _ = build_model(teacher_cell.backbone, "random", num_classes, teacher_cell.recipe, registry)
     state = load_checked(Path(task.teacher_model))
     if not isinstance(state, dict):
-        raise RuntimeError(f"kd cell {task.cell.id}: the teacher's weights {task.teacher_model} are damaged "
-                           f"(checksum mismatch); run the same command again to retrain the teacher")
+        raise RuntimeError(
+            f"kd cell {task.cell.id}: the teacher's weights {task.teacher_model} are damaged "
+            f"(checksum mismatch); run the same command again to retrain the teacher"
+        )
     model.load_state_dict(state)
     model.to(device, memory_format=memory_format).eval()
     for p in model.parameters():

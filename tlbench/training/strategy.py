@@ -14,11 +14,13 @@ import dataclasses
 import math
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import Tensor, nn
+
 from tlbench.plugins.registry import Plugin
 
 if TYPE_CHECKING:
@@ -112,8 +114,9 @@ class SupervisedParams:
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.label_smoothing < 1.0:  # torch accepts [0, 1]; 1 would ignore the labels entirely
-            raise ValueError(f"label_smoothing must lie in [0, 1) (0 is plain cross-entropy), "
-                             f"got {self.label_smoothing!r}")
+            raise ValueError(
+                f"label_smoothing must lie in [0, 1) (0 is plain cross-entropy), got {self.label_smoothing!r}"
+            )
 
 
 def type_problem(value: Any, annotation: Any) -> str | None:
@@ -201,8 +204,10 @@ class Strategy(Plugin, nn.Module):
         fields = {f.name: f for f in dataclasses.fields(cls.Params)}
         unknown = sorted(set(raw) - set(fields))
         if unknown:
-            raise ValueError(f"unknown parameter(s) {', '.join(unknown)} for strategy {cls.name!r}; "
-                             f"valid: {', '.join(fields) or 'none'}")
+            raise ValueError(
+                f"unknown parameter(s) {', '.join(unknown)} for strategy {cls.name!r}; "
+                f"valid: {', '.join(fields) or 'none'}"
+            )
         try:
             hints = typing.get_type_hints(cls.Params)
         except Exception:  # noqa: BLE001 - annotations a plugin's module cannot resolve: left unchecked

@@ -55,11 +55,14 @@ def _dann_mnist() -> OrderedDict[str, nn.Module]:
 
 def _dtn() -> OrderedDict[str, nn.Module]:
     def conv(n_in: int, n_out: int, dropout: float) -> nn.Sequential:
-        return nn.Sequential(nn.Conv2d(n_in, n_out, 5, stride=2, padding=2), nn.BatchNorm2d(n_out),
-                             nn.Dropout2d(dropout), nn.ReLU())
+        return nn.Sequential(
+            nn.Conv2d(n_in, n_out, 5, stride=2, padding=2), nn.BatchNorm2d(n_out), nn.Dropout2d(dropout), nn.ReLU()
+        )
 
     return OrderedDict(
-        conv1=conv(3, 64, 0.1), conv2=conv(64, 128, 0.3), conv3=conv(128, 256, 0.5),
+        conv1=conv(3, 64, 0.1),
+        conv2=conv(64, 128, 0.3),
+        conv3=conv(128, 256, 0.5),
         fc=nn.Sequential(nn.Flatten(), nn.Linear(256 * 4 * 4, 512), nn.BatchNorm1d(512), nn.ReLU(), nn.Dropout(0.5)),
     )
 

@@ -35,8 +35,13 @@ class TimmModels(BackboneProvider):
 
         network = timm.create_model(name, pretrained=False, num_classes=0)
         cfg = getattr(network, "pretrained_cfg", None) or getattr(network, "default_cfg", {}) or {}
-        return Backbone(network, int(network.num_features), in_chans=3,
-                        mean=tuple(cfg.get("mean", IMAGENET_MEAN)), std=tuple(cfg.get("std", IMAGENET_STD)))
+        return Backbone(
+            network,
+            int(network.num_features),
+            in_chans=3,
+            mean=tuple(cfg.get("mean", IMAGENET_MEAN)),
+            std=tuple(cfg.get("std", IMAGENET_STD)),
+        )
 
 
 @hookimpl

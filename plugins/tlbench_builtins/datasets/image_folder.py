@@ -24,29 +24,39 @@ class ImageFolder(ClassFolderDataset):
     def __init__(self, root: Path | None = None, **options: Any):
         super().__init__(root, **options)
         if not options.get("path"):
-            raise UserError("dataset 'image_folder' needs dataset option path: a folder holding "
-                            "<domain>/<class>/<image> files, relative to the data root or absolute")
+            raise UserError(
+                "dataset 'image_folder' needs dataset option path: a folder holding "
+                "<domain>/<class>/<image> files, relative to the data root or absolute"
+            )
         path = Path(str(options["path"])).expanduser()
         if not path.is_absolute():
             if self.root is None:
-                raise UserError(f"dataset 'image_folder': path {path} is relative but no data root is set; "
-                                f"give an absolute path or set the data root")
+                raise UserError(
+                    f"dataset 'image_folder': path {path} is relative but no data root is set; "
+                    f"give an absolute path or set the data root"
+                )
             path = self.root / path
         self.folder = path
 
     def domains(self) -> list[str]:
         if self.folder.exists() and not self.folder.is_dir():
-            raise UserError(f"dataset 'image_folder': path {self.folder} is a file, not a folder; expected "
-                            f"{self.folder}/<domain>/<class>/<image>")
+            raise UserError(
+                f"dataset 'image_folder': path {self.folder} is a file, not a folder; expected "
+                f"{self.folder}/<domain>/<class>/<image>"
+            )
         if not self.folder.is_dir():
-            raise UserError(f"dataset 'image_folder': folder {self.folder} does not exist; expected "
-                            f"{self.folder}/<domain>/<class>/<image>")
+            raise UserError(
+                f"dataset 'image_folder': folder {self.folder} does not exist; expected "
+                f"{self.folder}/<domain>/<class>/<image>"
+            )
         if split_folders(self.folder) is not None:  # <folder>/{train,test}/<class>/<image>: one task
             return [self.folder.name]
         names = sorted(p.name for p in self.folder.iterdir() if p.is_dir() and not p.name.startswith("."))
         if not names:
-            raise UserError(f"dataset 'image_folder': {self.folder} has no domain folders; expected "
-                            f"{self.folder}/<domain>/<class>/<image>")
+            raise UserError(
+                f"dataset 'image_folder': {self.folder} has no domain folders; expected "
+                f"{self.folder}/<domain>/<class>/<image>"
+            )
         return names
 
     def domain_folder(self, domain: str) -> Path:

@@ -16,7 +16,7 @@ from tlbench import ClassFolderDataset, UserError, hookimpl
 class _OfficeDataset(ClassFolderDataset):
     """Shared logic: find ``<root>/<folder>/<domain>[/images]/<class>/*``, check the counts."""
 
-    folder_names: ClassVar[tuple[str, ...]] = ()        # candidate names of the dataset folder under the root
+    folder_names: ClassVar[tuple[str, ...]] = ()  # candidate names of the dataset folder under the root
     domain_folders: ClassVar[dict[str, tuple[str, ...]]] = {}  # domain -> candidate folder names
     expected_counts: ClassVar[dict[str, int]] = {}
     expected_classes: ClassVar[int] = 0
@@ -49,9 +49,11 @@ class _OfficeDataset(ClassFolderDataset):
             if found is None:
                 where = " or ".join(str(c) for c in candidates) or "nowhere (no data root is set)"
                 layout = f"<{self.folder_names[0]}>/{{{','.join(self.domains())}}}/[images/]<class>/*.jpg"
-                raise UserError(f"dataset {self.name!r} not found: looked for {where}; expected layout "
-                                f"{layout}; download it from {self.url} and unpack it under the data root "
-                                f"(or set dataset option path)")
+                raise UserError(
+                    f"dataset {self.name!r} not found: looked for {where}; expected layout "
+                    f"{layout}; download it from {self.url} and unpack it under the data root "
+                    f"(or set dataset option path)"
+                )
             self._base = found
         return self._base
 
@@ -61,21 +63,29 @@ class _OfficeDataset(ClassFolderDataset):
             for folder in (base / name / "images", base / name):
                 if folder.is_dir():
                     return folder
-        raise UserError(f"dataset {self.name!r}: domain {domain!r} not found in {base}; expected "
-                        f"{base}/{self.domain_folders[domain][0]}/[images/]<class>/<image>")
+        raise UserError(
+            f"dataset {self.name!r}: domain {domain!r} not found in {base}; expected "
+            f"{base}/{self.domain_folders[domain][0]}/[images/]<class>/<image>"
+        )
 
     def check(self) -> None:
         """Every domain present with the same classes; a warning when counts differ from the published ones."""
         classes = self.classes()
         if self.expected_classes and len(classes) != self.expected_classes:
-            warnings.warn(f"dataset {self.name!r} has {len(classes)} classes in {self.base_folder()}, "
-                          f"the published version has {self.expected_classes}", stacklevel=2)
+            warnings.warn(
+                f"dataset {self.name!r} has {len(classes)} classes in {self.base_folder()}, "
+                f"the published version has {self.expected_classes}",
+                stacklevel=2,
+            )
         for domain, expected in self.expected_counts.items():
             count = sum(len(files) for files in self.class_files(domain).values())
             if count != expected:
-                warnings.warn(f"dataset {self.name!r}: domain {domain!r} has {count} images in "
-                              f"{self.domain_folder(domain)}, the published version has {expected}; "
-                              f"results will not compare with published numbers", stacklevel=2)
+                warnings.warn(
+                    f"dataset {self.name!r}: domain {domain!r} has {count} images in "
+                    f"{self.domain_folder(domain)}, the published version has {expected}; "
+                    f"results will not compare with published numbers",
+                    stacklevel=2,
+                )
 
 
 class Office31(_OfficeDataset):
@@ -96,8 +106,12 @@ class OfficeHome(_OfficeDataset):
     name = "office_home"
     aliases = {"Ar": "Art", "Cl": "Clipart", "Pr": "Product", "Rw": "Real_World"}
     folder_names = ("office_home", "OfficeHome", "office-home", "OfficeHomeDataset_10072016")
-    domain_folders = {"Art": ("Art",), "Clipart": ("Clipart",), "Product": ("Product",),
-                      "Real_World": ("Real_World", "Real World", "RealWorld")}
+    domain_folders = {
+        "Art": ("Art",),
+        "Clipart": ("Clipart",),
+        "Product": ("Product",),
+        "Real_World": ("Real_World", "Real World", "RealWorld"),
+    }
     expected_counts = {"Art": 2427, "Clipart": 4365, "Product": 4439, "Real_World": 4357}
     expected_classes = 65
     url = "https://www.hemanthdv.org/officeHomeDataset.html"

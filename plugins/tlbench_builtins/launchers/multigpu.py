@@ -129,7 +129,7 @@ class MultiGpuLauncher(Launcher):
     name = "multigpu"
     option_help = {
         "workers": "number of worker processes (default: one per visible GPU; required without a GPU); "
-                   "with GPUs, workers are spread over them round-robin",
+        "with GPUs, workers are spread over them round-robin",
         "retries": "how often a cell whose worker died is retried in a fresh worker (default 1)",
     }
 
@@ -150,8 +150,10 @@ class MultiGpuLauncher(Launcher):
             n = self.workers or len(gpus)
             return [{"CUDA_VISIBLE_DEVICES": gpus[i % len(gpus)]} for i in range(n)]
         if self.workers is None:
-            raise UserError("launcher multigpu: no GPU is visible; set the launcher option workers: N to run "
-                            "N CPU worker processes, or use --launcher local")
+            raise UserError(
+                "launcher multigpu: no GPU is visible; set the launcher option workers: N to run "
+                "N CPU worker processes, or use --launcher local"
+            )
         threads = str(max(1, (os.cpu_count() or 1) // self.workers))
         env = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
         return [{k: os.environ.get(k, v) for k, v in env.items()} for _ in range(self.workers)]
@@ -165,7 +167,7 @@ class MultiGpuLauncher(Launcher):
         left = len(tasks)
         try:
             present = {w.slot for w in self._workers}
-            for slot, env in list(enumerate(self.slot_environments()))[:len(tasks)]:
+            for slot, env in list(enumerate(self.slot_environments()))[: len(tasks)]:
                 if slot not in present:
                     self._workers.append(_Worker(ctx, slot, env))
             while left:
@@ -185,9 +187,14 @@ class MultiGpuLauncher(Launcher):
                         index, code = w.index, w.process.exitcode
                         deaths[index] = deaths.get(index, 0) + 1
                         if deaths[index] > self.retries:
-                            on_record(self.failed_record(
-                                tasks[index], f"worker died (exit code {code}) {times(deaths[index])}",
-                                started_at=w.started_at, wall_s=time.perf_counter() - w.t0))
+                            on_record(
+                                self.failed_record(
+                                    tasks[index],
+                                    f"worker died (exit code {code}) {times(deaths[index])}",
+                                    started_at=w.started_at,
+                                    wall_s=time.perf_counter() - w.t0,
+                                )
+                            )
                             left -= 1
                         else:
                             queue.appendleft(index)

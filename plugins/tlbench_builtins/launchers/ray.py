@@ -46,8 +46,14 @@ def start_local_ray(num_cpus: int | None = None, num_gpus: int | None = None):
     if saved_constant is not None:  # ray was imported before the variable was set
         constants.ENABLE_RAY_CLUSTER = False
     try:
-        ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, _node_ip_address="127.0.0.1",
-                 configure_logging=False, log_to_driver=False)
+        ray.init(
+            num_cpus=num_cpus,
+            num_gpus=num_gpus,
+            include_dashboard=False,
+            _node_ip_address="127.0.0.1",
+            configure_logging=False,
+            log_to_driver=False,
+        )
     finally:
         if saved_constant is not None:
             constants.ENABLE_RAY_CLUSTER = saved_constant
@@ -58,8 +64,10 @@ def start_local_ray(num_cpus: int | None = None, num_gpus: int | None = None):
     host = ray.get_runtime_context().gcs_address.rsplit(":", 1)[0]
     if host not in ("127.0.0.1", "localhost", "::1"):
         ray.shutdown()
-        raise UserError(f"launcher ray: the local Ray instance would listen on {host}, not the loopback address; "
-                        "start one yourself (ray start --head --node-ip-address 127.0.0.1) and pass --ray-address auto")
+        raise UserError(
+            f"launcher ray: the local Ray instance would listen on {host}, not the loopback address; "
+            "start one yourself (ray start --head --node-ip-address 127.0.0.1) and pass --ray-address auto"
+        )
     return ray
 
 
@@ -75,7 +83,7 @@ class RayLauncher(Launcher):
     name = "ray"
     option_help = {
         "address": "Ray cluster to join, e.g. auto or HOST:6379 (CLI --ray-address); default: start a "
-                   "local instance on 127.0.0.1",
+        "local instance on 127.0.0.1",
         "num_cpus": "CPUs of the local instance (default: all of this machine)",
         "cpus_per_cell": "CPUs each cell asks for (default 1)",
         "gpus_per_cell": "GPUs each cell asks for when the cluster has GPUs (default 1)",
@@ -107,8 +115,10 @@ class RayLauncher(Launcher):
             try:
                 ray.init(address=self.address, configure_logging=False, log_to_driver=False)
             except ConnectionError as exc:
-                raise UserError(f"launcher ray: cannot join the Ray cluster at {self.address!r} ({exc}); "
-                                "start it with 'ray start --head' or fix --ray-address") from None
+                raise UserError(
+                    f"launcher ray: cannot join the Ray cluster at {self.address!r} ({exc}); "
+                    "start it with 'ray start --head' or fix --ray-address"
+                ) from None
         else:
             start_local_ray(self.num_cpus)
         self._ray, self._owned = ray, True
@@ -135,7 +145,8 @@ class RayLauncher(Launcher):
         started = Queue(actor_options={"num_cpus": 0})  # the tasks' "I started" messages
         try:
             remote = ray.remote(_run_and_announce).options(
-                max_retries=self.max_retries, retry_exceptions=False, **self.resources(ray))
+                max_retries=self.max_retries, retry_exceptions=False, **self.resources(ray)
+            )
             started_at: dict[int, str] = {}
             pending = {remote.remote(execute, task, i, started): i for i, task in enumerate(tasks)}
             done_indices: set[int] = set()
@@ -170,13 +181,15 @@ class RayLauncher(Launcher):
         try:
             return ray.get(ref)
         except RayTaskError as exc:  # run_cell raised (it records ordinary errors itself)
-            return self.failed_record(task, f"{type(exc.cause).__name__}: {exc.cause}" if exc.cause else str(exc),
-                                      started_at=started_at)
+            return self.failed_record(
+                task, f"{type(exc.cause).__name__}: {exc.cause}" if exc.cause else str(exc), started_at=started_at
+            )
         except RayError as exc:
             attempts = self.max_retries + 1
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             return self.failed_record(
-                task, f"worker died ({type(exc).__name__}) {_times(attempts)}: {first}", started_at=started_at)
+                task, f"worker died ({type(exc).__name__}) {_times(attempts)}: {first}", started_at=started_at
+            )
 
 
 def _times(n: int) -> str:

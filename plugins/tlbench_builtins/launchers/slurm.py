@@ -20,8 +20,18 @@ from pathlib import Path
 from tlbench import Launcher, UserError, hookimpl
 
 _POLL_S = {"slurm": 10.0, "local": 0.5, "debug": 0.0}
-_STARTED_STATES = {"RUNNING", "COMPLETING", "COMPLETED", "DONE", "FINISHED", "FAILED", "TIMEOUT",
-                   "NODE_FAIL", "OUT_OF_MEMORY", "INTERRUPTED"}
+_STARTED_STATES = {
+    "RUNNING",
+    "COMPLETING",
+    "COMPLETED",
+    "DONE",
+    "FINISHED",
+    "FAILED",
+    "TIMEOUT",
+    "NODE_FAIL",
+    "OUT_OF_MEMORY",
+    "INTERRUPTED",
+}
 
 
 def import_submitit():
@@ -49,7 +59,7 @@ class SlurmLauncher(Launcher):
         "mem_gb": "memory per cell in GB (default: the partition's default)",
         "array_parallelism": "at most this many cells of an array run at once (default: no limit)",
         "folder": "where submitit keeps job files and logs; relative paths are inside the output "
-                  "directory (default slurm)",
+        "directory (default slurm)",
         "cluster": "slurm (default), or local / debug to run on this machine without Slurm",
         "retries": "how often a job that ended without a record is resubmitted (default 1)",
     }
@@ -74,8 +84,14 @@ class SlurmLauncher(Launcher):
         folder = folder if folder.is_absolute() else Path(out_dir) / folder
         executor = submitit.AutoExecutor(folder=folder / "%j", cluster=self.cluster)
         gpus = self.options.get("gpus_per_node", 1 if self.cluster == "slurm" else 0)
-        params = {"name": "tlbench", "timeout_min": self.options.get("time", 60), "nodes": 1, "tasks_per_node": 1,
-                  "cpus_per_task": self.options.get("cpus_per_task", 4), "gpus_per_node": gpus}
+        params = {
+            "name": "tlbench",
+            "timeout_min": self.options.get("time", 60),
+            "nodes": 1,
+            "tasks_per_node": 1,
+            "cpus_per_task": self.options.get("cpus_per_task", 4),
+            "gpus_per_node": gpus,
+        }
         if self.options.get("mem_gb") is not None:
             params["mem_gb"] = self.options["mem_gb"]
         if self.options.get("partition"):
@@ -110,16 +126,18 @@ class SlurmLauncher(Launcher):
                     del self._jobs[job]
                     try:
                         record = job.result()
-                    except Exception as exc:  # the job ended without a record
+                    except Exception as exc:  # noqa: BLE001 - the job ended without a record
                         if attempts[index] <= self.retries:
                             todo.append(index)
                             started.pop(index, None)
                             continue
                         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                         record = self.failed_record(
-                            tasks[index], f"worker died (job {job.job_id}, state {job.state}) "
-                                          f"{_times(attempts[index])}: {first}; log: {job.paths.stderr}",
-                            started_at=started.get(index, ""))
+                            tasks[index],
+                            f"worker died (job {job.job_id}, state {job.state}) "
+                            f"{_times(attempts[index])}: {first}; log: {job.paths.stderr}",
+                            started_at=started.get(index, ""),
+                        )
                     on_record(record)
                 if self._jobs and not todo:
                     time.sleep(_POLL_S[self.cluster])
@@ -131,7 +149,7 @@ class SlurmLauncher(Launcher):
         for job in self._jobs:
             try:
                 job.cancel(check=False)
-            except Exception:  # already gone: nothing left to cancel
+            except Exception:  # noqa: BLE001 - already gone: nothing left to cancel
                 pass
         self._jobs = {}
 

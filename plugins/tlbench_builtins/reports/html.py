@@ -116,21 +116,28 @@ def _cell(board: Leaderboard, row: pd.Series, column: str) -> str:
 
 
 def accuracy_table(board: Leaderboard) -> str:
-    head = "".join(f"<th>{esc(h)}</th>" for h in ["Rank", "Backbone", "Strategy",
-                                                   *[pair_label(c) for c in board.columns]])
+    head = "".join(
+        f"<th>{esc(h)}</th>" for h in ["Rank", "Backbone", "Strategy", *[pair_label(c) for c in board.columns]]
+    )
     body = []
     for _, row in board.accuracy.iterrows():
-        rank = '<td class="num" data-v="">—</td>' if _missing(row["rank"]) else \
-            f'<td class="num" data-v="{int(row["rank"])}">{int(row["rank"])}</td>'
+        rank = (
+            '<td class="num" data-v="">—</td>'
+            if _missing(row["rank"])
+            else f'<td class="num" data-v="{int(row["rank"])}">{int(row["rank"])}</td>'
+        )
         cells = "".join(_cell(board, row, c) for c in board.columns)
         body.append(f"<tr>{rank}<td>{esc(row['backbone'])}</td><td>{esc(row['strategy'])}</td>{cells}</tr>")
-    return (f'<div class="scroll"><table class="sortable" id="accuracy"><thead><tr>{head}</tr></thead>'
-            f'<tbody>{"".join(body)}</tbody></table></div>')
+    return (
+        f'<div class="scroll"><table class="sortable" id="accuracy"><thead><tr>{head}</tr></thead>'
+        f"<tbody>{''.join(body)}</tbody></table></div>"
+    )
 
 
 def reference_table(board: Leaderboard) -> str:
-    head = "".join(f"<th>{esc(h)}</th>" for h in ["Backbone", "Strategy",
-                                                   *[pair_label(c) for c in board.columns], "Source"])
+    head = "".join(
+        f"<th>{esc(h)}</th>" for h in ["Backbone", "Strategy", *[pair_label(c) for c in board.columns], "Source"]
+    )
     body = []
     for _, ref in board.references.iterrows():
         cells = []
@@ -140,35 +147,53 @@ def reference_table(board: Leaderboard) -> str:
             if c == "Avg" and not _missing(v) and not ref["avg_published"]:
                 td = td.replace("</td>", ' <span class="n">(computed)</span></td>')
             cells.append(td)
-        body.append(f"<tr><td>{esc(ref['backbone'])}</td><td>{esc(ref['strategy'])}</td>{''.join(cells)}"
-                    f"<td>{esc(ref['source'])}</td></tr>")
-    return (f'<div class="scroll"><table class="sortable ref" id="references"><thead><tr>{head}</tr></thead>'
-            f'<tbody>{"".join(body)}</tbody></table></div>')
+        body.append(
+            f"<tr><td>{esc(ref['backbone'])}</td><td>{esc(ref['strategy'])}</td>{''.join(cells)}"
+            f"<td>{esc(ref['source'])}</td></tr>"
+        )
+    return (
+        f'<div class="scroll"><table class="sortable ref" id="references"><thead><tr>{head}</tr></thead>'
+        f"<tbody>{''.join(body)}</tbody></table></div>"
+    )
 
 
 def cost_table(board: Leaderboard) -> str:
-    cols = [("Train img/s", "train_img_per_s", ",.1f"), ("Eval img/s", "eval_img_per_s", ",.1f"),
-            ("Peak mem (MB)", "peak_mem_mb", ",.0f"), ("Wall total (s)", "wall_s_total", ",.1f"),
-            ("Wall per cell (s)", "wall_s_mean", ",.1f"), ("Trainable params", "trainable_params", ","),
-            ("Total params", "total_params", ","), ("Ok", "cells_ok", "d"), ("Failed", "cells_failed", "d"),
-            ("Diverged", "cells_diverged", "d")]
+    cols = [
+        ("Train img/s", "train_img_per_s", ",.1f"),
+        ("Eval img/s", "eval_img_per_s", ",.1f"),
+        ("Peak mem (MB)", "peak_mem_mb", ",.0f"),
+        ("Wall total (s)", "wall_s_total", ",.1f"),
+        ("Wall per cell (s)", "wall_s_mean", ",.1f"),
+        ("Trainable params", "trainable_params", ","),
+        ("Total params", "total_params", ","),
+        ("Ok", "cells_ok", "d"),
+        ("Failed", "cells_failed", "d"),
+        ("Diverged", "cells_diverged", "d"),
+    ]
     head = "".join(f"<th>{esc(h)}</th>" for h in ["Backbone", "Strategy", *[c[0] for c in cols]])
     body = []
     for _, c in board.costs.iterrows():
         tds = "".join(_td_number(c[key], fmt) for _, key, fmt in cols)
         body.append(f"<tr><td>{esc(c['backbone'])}</td><td>{esc(c['strategy'])}</td>{tds}</tr>")
-    return (f'<div class="scroll"><table class="sortable" id="costs"><thead><tr>{head}</tr></thead>'
-            f'<tbody>{"".join(body)}</tbody></table></div>')
+    return (
+        f'<div class="scroll"><table class="sortable" id="costs"><thead><tr>{head}</tr></thead>'
+        f"<tbody>{''.join(body)}</tbody></table></div>"
+    )
 
 
 def footnotes(board: Leaderboard) -> str:
     items = []
     for fn in board.footnotes:
         where = "; ".join(esc(pair_label(c)) for c in fn.cells)
-        full = "" if fn.error.strip() == fn.summary else \
-            f"<details><summary>full error text</summary><pre>{esc(fn.error)}</pre></details>"
-        items.append(f'<li id="fn{fn.number}" value="{fn.number}"><span class="status">{esc(fn.status)}</span> '
-                     f"({where}): <code>{esc(fn.summary)}</code>{full}</li>")
+        full = (
+            ""
+            if fn.error.strip() == fn.summary
+            else f"<details><summary>full error text</summary><pre>{esc(fn.error)}</pre></details>"
+        )
+        items.append(
+            f'<li id="fn{fn.number}" value="{fn.number}"><span class="status">{esc(fn.status)}</span> '
+            f"({where}): <code>{esc(fn.summary)}</code>{full}</li>"
+        )
     return f'<ol class="fn">{"".join(items)}</ol>'
 
 
@@ -177,11 +202,17 @@ def figures(board: Leaderboard, out_dir: Path, *, curves: bool = False) -> str:
     out = []
     for path in board.written:
         path = Path(path)
-        if (path.suffix.lower() != ".png" or not path.is_file() or path.parent.resolve() != out_dir.resolve()
-                or path.name.startswith("curves_") != curves):
+        if (
+            path.suffix.lower() != ".png"
+            or not path.is_file()
+            or path.parent.resolve() != out_dir.resolve()
+            or path.name.startswith("curves_") != curves
+        ):
             continue
-        out.append(f'<figure><a href="{quote(path.name)}"><img alt="{esc(path.stem)}" src="{quote(path.name)}"></a>'
-                   f"<figcaption>{esc(path.name)}</figcaption></figure>")
+        out.append(
+            f'<figure><a href="{quote(path.name)}"><img alt="{esc(path.stem)}" src="{quote(path.name)}"></a>'
+            f"<figcaption>{esc(path.name)}</figcaption></figure>"
+        )
     return "".join(out)
 
 
@@ -193,24 +224,30 @@ def selection_sections(board: Leaderboard) -> list[str]:
         f"<tr><td>{esc(v['validator'])}{' <strong>(uses target labels)</strong>' if v['uses_target_labels'] else ''}"
         f"</td>{_td_number(v['mean_regret'], '.2f')}{_td_number(v['rank_correlation'], '.2f')}"
         f'<td class="num">{int(v["groups"])}</td><td>{"yes" if v["selected"] else ""}</td></tr>'
-        for _, v in board.validators.iterrows())
+        for _, v in board.validators.iterrows()
+    )
     chosen = "".join(
         f"<tr><td>{esc(c['backbone'])}</td><td>{esc(c['strategy'])}</td><td>{pair_label(c['pair'])}</td>"
         f'<td class="num">{int(c["seed"])}</td><td>{esc(c["params"])}</td><td class="num">{int(c["step"])}</td>'
         f"{_td_number(c['target_acc'], '.1f')}{_td_number(c['oracle_acc'], '.1f')}</tr>"
-        for _, c in board.chosen.iterrows())
-    return ["<h2>Validators</h2>", f'<p class="notes">{esc(board.validator_text)}</p>',
-            "<table><thead><tr><th>Validator</th><th>Mean regret (points)</th><th>Rank correlation</th>"
-            f"<th>Groups</th><th>Main table</th></tr></thead><tbody>{rows}</tbody></table>",
-            f"<h2>Chosen parameters and checkpoints (selection: {esc(board.selection)})</h2>",
-            "<table><thead><tr><th>Backbone</th><th>Strategy</th><th>Pair</th><th>Seed</th><th>Parameters</th>"
-            f"<th>Step</th><th>Target acc</th><th>Oracle acc</th></tr></thead><tbody>{chosen}</tbody></table>"]
+        for _, c in board.chosen.iterrows()
+    )
+    return [
+        "<h2>Validators</h2>",
+        f'<p class="notes">{esc(board.validator_text)}</p>',
+        "<table><thead><tr><th>Validator</th><th>Mean regret (points)</th><th>Rank correlation</th>"
+        f"<th>Groups</th><th>Main table</th></tr></thead><tbody>{rows}</tbody></table>",
+        f"<h2>Chosen parameters and checkpoints (selection: {esc(board.selection)})</h2>",
+        "<table><thead><tr><th>Backbone</th><th>Strategy</th><th>Pair</th><th>Seed</th><th>Parameters</th>"
+        f"<th>Step</th><th>Target acc</th><th>Oracle acc</th></tr></thead><tbody>{chosen}</tbody></table>",
+    ]
 
 
 def render(board: Leaderboard, out_dir: Path) -> str:
     env = "".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in board.environment.items())
     parts = [
-        "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>{esc(board.title)} — tlbench leaderboard</title><style>{CSS}</style></head><body>",
         f"<h1>Leaderboard: {esc(board.title)}</h1>",
@@ -226,25 +263,35 @@ def render(board: Leaderboard, out_dir: Path) -> str:
     if len(board.references):
         parts += ["<h2>Published reference numbers (not measured here, not ranked)</h2>", reference_table(board)]
     if len(board.critical_difference):
-        rows = "".join(f"<tr><td>{esc(r['backbone'])}</td><td>{esc(r['strategy'])}</td>"
-                       f'<td class="num">{r["avg_rank"]:.2f}</td><td>{"yes" if r["within_cd"] else "no"}</td></tr>'
-                       for _, r in board.critical_difference.iterrows())
-        parts += ["<h2>Critical difference</h2>", f'<p class="notes">{esc(board.cd_text)}</p>',
-                  "<table><thead><tr><th>Backbone</th><th>Strategy</th><th>Average rank</th>"
-                  f"<th>Within CD of the best</th></tr></thead><tbody>{rows}</tbody></table>"]
+        rows = "".join(
+            f"<tr><td>{esc(r['backbone'])}</td><td>{esc(r['strategy'])}</td>"
+            f'<td class="num">{r["avg_rank"]:.2f}</td><td>{"yes" if r["within_cd"] else "no"}</td></tr>'
+            for _, r in board.critical_difference.iterrows()
+        )
+        parts += [
+            "<h2>Critical difference</h2>",
+            f'<p class="notes">{esc(board.cd_text)}</p>',
+            "<table><thead><tr><th>Backbone</th><th>Strategy</th><th>Average rank</th>"
+            f"<th>Within CD of the best</th></tr></thead><tbody>{rows}</tbody></table>",
+        ]
     parts += selection_sections(board)
-    parts += ["<h2>Cost</h2>",
-              '<p class="notes">Throughput and memory: ok cells only (mean; memory: max). Wall time: every cell.</p>',
-              cost_table(board)]
+    parts += [
+        "<h2>Cost</h2>",
+        '<p class="notes">Throughput and memory: ok cells only (mean; memory: max). Wall time: every cell.</p>',
+        cost_table(board),
+    ]
     figs = figures(board, out_dir)
     if figs:
         parts += ["<h2>Figures</h2>", figs]
     curve_figs = figures(board, out_dir, curves=True)
     if curve_figs:
-        parts += ["<h2>Training curves</h2>",
-                  '<p class="notes">Per strategy: each metric it returns (window means at the logging steps) '
-                  "for each pair; the line is the mean over seeds, the band spans the lowest to the highest "
-                  "seed.</p>", curve_figs]
+        parts += [
+            "<h2>Training curves</h2>",
+            '<p class="notes">Per strategy: each metric it returns (window means at the logging steps) '
+            "for each pair; the line is the mean over seeds, the band spans the lowest to the highest "
+            "seed.</p>",
+            curve_figs,
+        ]
     if board.footnotes:
         parts += ["<h2>Footnotes</h2>", footnotes(board)]
     parts += [f"<script>{JS}</script>", "</body></html>"]

@@ -18,12 +18,34 @@ import pandas as pd
 from tlbench import Leaderboard, Reporter, atomic_write_text, hookimpl
 
 _SPECIAL = {
-    "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-    "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
-    "<": r"\textless{}", ">": r"\textgreater{}", "|": r"\textbar{}",
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+    "<": r"\textless{}",
+    ">": r"\textgreater{}",
+    "|": r"\textbar{}",
 }
-_UNICODE = {"—": "---", "–": "--", "±": r"$\pm$", "→": r"$\rightarrow$", "×": r"$\times$", "…": r"\ldots{}",
-            "µ": r"$\mu$", "°": r"$^\circ$", "‘": "`", "’": "'", "“": "``", "”": "''"}
+_UNICODE = {
+    "—": "---",
+    "–": "--",
+    "±": r"$\pm$",
+    "→": r"$\rightarrow$",
+    "×": r"$\times$",
+    "…": r"\ldots{}",
+    "µ": r"$\mu$",
+    "°": r"$^\circ$",
+    "‘": "`",
+    "’": "'",
+    "“": "``",
+    "”": "''",
+}
 ARROW = r"$\rightarrow$"
 
 
@@ -81,7 +103,9 @@ def accuracy_table(board: Leaderboard) -> str:
     cols = board.columns
     ncols = 3 + len(cols)
     lines = [
-        r"\begin{table}[t]", r"\centering", r"\small",
+        r"\begin{table}[t]",
+        r"\centering",
+        r"\small",
         rf"\caption{{Target accuracy (\%) on {tex_escape(board.dataset or board.suite)}: mean$\pm$std over "
         rf"seeds (n={board.n_seeds} unless shown). Protocol: {tex_escape(board.protocol)}.}}",
         rf"\label{{{_label(board, 'accuracy')}}}",
@@ -92,12 +116,19 @@ def accuracy_table(board: Leaderboard) -> str:
     ]
     for _, row in board.accuracy.iterrows():
         rank = "--" if _missing(row["rank"]) else str(int(row["rank"]))
-        lines.append(" & ".join([rank, tex_escape(row["backbone"]), tex_escape(row["strategy"]),
-                                 *[cell(board, row, c) for c in cols]]) + r" \\")
+        lines.append(
+            " & ".join(
+                [rank, tex_escape(row["backbone"]), tex_escape(row["strategy"]), *[cell(board, row, c) for c in cols]]
+            )
+            + r" \\"
+        )
     refs = board.references
     if len(refs):
-        lines += [r"\midrule", rf"\multicolumn{{{ncols}}}{{l}}{{\emph{{Published reference numbers "
-                               r"(not measured here, not ranked)}} \\"]
+        lines += [
+            r"\midrule",
+            rf"\multicolumn{{{ncols}}}{{l}}{{\emph{{Published reference numbers "
+            r"(not measured here, not ranked)}} \\",
+        ]
         for i, (_, ref) in enumerate(refs.iterrows()):
             values = []
             for c in cols:
@@ -105,14 +136,19 @@ def accuracy_table(board: Leaderboard) -> str:
                 values.append("--" if _missing(v) else f"{v:.1f}")
             if not _missing(ref[board.col("Avg", "mean")]) and not ref["avg_published"]:
                 values[-1] += r"$^{*}$"
-            lines.append(" & ".join([f"ref.\\,{i + 1}", tex_escape(ref["backbone"]), tex_escape(ref["strategy"]),
-                                     *values]) + r" \\")
+            lines.append(
+                " & ".join([f"ref.\\,{i + 1}", tex_escape(ref["backbone"]), tex_escape(ref["strategy"]), *values])
+                + r" \\"
+            )
     lines += [r"\bottomrule", r"\end{tabular}"]
     notes = []
     if len(refs):
         cites = "; ".join(f"ref.\\,{i + 1}: {tex_escape(r['source'])}" for i, (_, r) in enumerate(refs.iterrows()))
-        star = r" $^{*}$Avg computed here from the published pairs." if \
-            (~refs["avg_published"] & refs[board.col("Avg", "mean")].notna()).any() else ""
+        star = (
+            r" $^{*}$Avg computed here from the published pairs."
+            if (~refs["avg_published"] & refs[board.col("Avg", "mean")].notna()).any()
+            else ""
+        )
         notes.append(f"Sources: {cites}.{star}")
     notes += [tex_escape(n) for n in board.notes]
     for fn in board.footnotes:
@@ -128,7 +164,9 @@ def accuracy_table(board: Leaderboard) -> str:
 
 def cost_table(board: Leaderboard) -> str:
     lines = [
-        r"\begin{table}[t]", r"\centering", r"\small",
+        r"\begin{table}[t]",
+        r"\centering",
+        r"\small",
         rf"\caption{{Cost on {tex_escape(board.dataset or board.suite)}: throughput and peak memory over ok "
         r"cells (mean; memory: max), wall time over every cell.}",
         rf"\label{{{_label(board, 'cost')}}}",
@@ -138,11 +176,21 @@ def cost_table(board: Leaderboard) -> str:
         r"\midrule",
     ]
     for _, c in board.costs.iterrows():
-        lines.append(" & ".join([
-            tex_escape(c["backbone"]), tex_escape(c["strategy"]), _num(c["train_img_per_s"], ",.1f"),
-            _num(c["eval_img_per_s"], ",.1f"), _num(c["peak_mem_mb"], ",.0f"), _num(c["wall_s_total"], ",.1f"),
-            _num(c["trainable_params"], ","), _num(c["total_params"], ","),
-        ]) + r" \\")
+        lines.append(
+            " & ".join(
+                [
+                    tex_escape(c["backbone"]),
+                    tex_escape(c["strategy"]),
+                    _num(c["train_img_per_s"], ",.1f"),
+                    _num(c["eval_img_per_s"], ",.1f"),
+                    _num(c["peak_mem_mb"], ",.0f"),
+                    _num(c["wall_s_total"], ",.1f"),
+                    _num(c["trainable_params"], ","),
+                    _num(c["total_params"], ","),
+                ]
+            )
+            + r" \\"
+        )
     lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
     return "\n".join(lines)
 
@@ -150,27 +198,36 @@ def cost_table(board: Leaderboard) -> str:
 def validator_table(board: Leaderboard) -> str:
     """Each validator's mean regret and rank correlation; the oracle marked as using target labels."""
     lines = [
-        r"\begin{table}[t]", r"\centering", r"\small",
+        r"\begin{table}[t]",
+        r"\centering",
+        r"\small",
         rf"\caption{{Validators on {tex_escape(board.dataset or board.suite)}: mean regret against the oracle "
         r"(points) and mean within-group Spearman correlation with target accuracy. The oracle uses target "
         r"labels.}",
         rf"\label{{{_label(board, 'validators')}}}",
-        r"\begin{tabular}{lrrr}", r"\toprule", r"Validator & Regret & Rank corr. & Groups \\", r"\midrule",
+        r"\begin{tabular}{lrrr}",
+        r"\toprule",
+        r"Validator & Regret & Rank corr. & Groups \\",
+        r"\midrule",
     ]
     for _, v in board.validators.iterrows():
         name = tex_escape(v["validator"]) + (r" (uses target labels)" if v["uses_target_labels"] else "")
-        lines.append(" & ".join([name, _num(v["mean_regret"], ".2f"), _num(v["rank_correlation"], ".2f"),
-                                 str(int(v["groups"]))]) + r" \\")
+        lines.append(
+            " & ".join([name, _num(v["mean_regret"], ".2f"), _num(v["rank_correlation"], ".2f"), str(int(v["groups"]))])
+            + r" \\"
+        )
     lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
     return "\n".join(lines)
 
 
 def render(board: Leaderboard) -> str:
     env = "; ".join(f"{k}: {v}" for k, v in board.environment.items())
-    header = [f"% tlbench leaderboard: {tex_escape(board.title)}",
-              *([f"% {tex_escape(board.mixed)}"] if board.mixed else []),
-              f"% {tex_escape(env)}",
-              r"% Needs \usepackage{booktabs} in the preamble."]
+    header = [
+        f"% tlbench leaderboard: {tex_escape(board.title)}",
+        *([f"% {tex_escape(board.mixed)}"] if board.mixed else []),
+        f"% {tex_escape(env)}",
+        r"% Needs \usepackage{booktabs} in the preamble.",
+    ]
     tables = [accuracy_table(board), *([validator_table(board)] if board.has_choices else []), cost_table(board)]
     return "\n".join(header) + "\n\n" + "\n\n".join(tables) + "\n"
 

@@ -60,15 +60,23 @@ def accuracy_table(board: Leaderboard) -> str:
     rows = []
     for _, row in board.accuracy.iterrows():
         rank = "—" if _missing(row["rank"]) else str(int(row["rank"]))
-        rows.append([rank, md_escape(row["backbone"]), md_escape(row["strategy"]),
-                     *[cell_text(board, row, c) for c in board.columns]])
+        rows.append(
+            [
+                rank,
+                md_escape(row["backbone"]),
+                md_escape(row["strategy"]),
+                *[cell_text(board, row, c) for c in board.columns],
+            ]
+        )
     return _table(rows, headers, ["right", "left", "left", *["right"] * len(board.columns)])
 
 
 def critical_difference_table(board: Leaderboard) -> str:
     headers = ["Backbone", "Strategy", "Average rank", "Within CD of the best"]
-    rows = [[md_escape(r["backbone"]), md_escape(r["strategy"]), f"{r['avg_rank']:.2f}",
-             "yes" if r["within_cd"] else "no"] for _, r in board.critical_difference.iterrows()]
+    rows = [
+        [md_escape(r["backbone"]), md_escape(r["strategy"]), f"{r['avg_rank']:.2f}", "yes" if r["within_cd"] else "no"]
+        for _, r in board.critical_difference.iterrows()
+    ]
     return _table(rows, headers, ["left", "left", "right", "left"])
 
 
@@ -84,32 +92,67 @@ def reference_table(board: Leaderboard) -> str:
 
 
 def cost_table(board: Leaderboard) -> str:
-    headers = ["Backbone", "Strategy", "Train img/s", "Eval img/s", "Peak mem (MB)", "Wall total (s)",
-               "Wall per cell (s)", "Trainable params", "Total params", "Cells ok / failed / diverged"]
+    headers = [
+        "Backbone",
+        "Strategy",
+        "Train img/s",
+        "Eval img/s",
+        "Peak mem (MB)",
+        "Wall total (s)",
+        "Wall per cell (s)",
+        "Trainable params",
+        "Total params",
+        "Cells ok / failed / diverged",
+    ]
     rows = []
     for _, c in board.costs.iterrows():
-        rows.append([md_escape(c["backbone"]), md_escape(c["strategy"]),
-                     number(c["train_img_per_s"], ",.1f"), number(c["eval_img_per_s"], ",.1f"),
-                     number(c["peak_mem_mb"], ",.0f"), number(c["wall_s_total"], ",.1f"),
-                     number(c["wall_s_mean"], ",.1f"), number(c["trainable_params"], ","),
-                     number(c["total_params"], ","),
-                     f"{c['cells_ok']} / {c['cells_failed']} / {c['cells_diverged']}"])
+        rows.append(
+            [
+                md_escape(c["backbone"]),
+                md_escape(c["strategy"]),
+                number(c["train_img_per_s"], ",.1f"),
+                number(c["eval_img_per_s"], ",.1f"),
+                number(c["peak_mem_mb"], ",.0f"),
+                number(c["wall_s_total"], ",.1f"),
+                number(c["wall_s_mean"], ",.1f"),
+                number(c["trainable_params"], ","),
+                number(c["total_params"], ","),
+                f"{c['cells_ok']} / {c['cells_failed']} / {c['cells_diverged']}",
+            ]
+        )
     return _table(rows, headers, ["left", "left", *["right"] * 7, "center"])
 
 
 def validator_table(board: Leaderboard) -> str:
     headers = ["Validator", "Mean regret (points)", "Rank correlation", "Groups", "Main table"]
-    rows = [[md_escape(v["validator"]) + (" (uses target labels)" if v["uses_target_labels"] else ""),
-             number(v["mean_regret"], ".2f"), number(v["rank_correlation"], ".2f"), str(v["groups"]),
-             "yes" if v["selected"] else ""] for _, v in board.validators.iterrows()]
+    rows = [
+        [
+            md_escape(v["validator"]) + (" (uses target labels)" if v["uses_target_labels"] else ""),
+            number(v["mean_regret"], ".2f"),
+            number(v["rank_correlation"], ".2f"),
+            str(v["groups"]),
+            "yes" if v["selected"] else "",
+        ]
+        for _, v in board.validators.iterrows()
+    ]
     return _table(rows, headers, ["left", "right", "right", "right", "left"])
 
 
 def chosen_table(board: Leaderboard) -> str:
     headers = ["Backbone", "Strategy", "Pair", "Seed", "Parameters", "Step", "Target acc", "Oracle acc"]
-    rows = [[md_escape(c["backbone"]), md_escape(c["strategy"]), pair_label(c["pair"]), str(c["seed"]),
-             md_escape(c["params"]), str(c["step"]), number(c["target_acc"], ".1f"), number(c["oracle_acc"], ".1f")]
-            for _, c in board.chosen.iterrows()]
+    rows = [
+        [
+            md_escape(c["backbone"]),
+            md_escape(c["strategy"]),
+            pair_label(c["pair"]),
+            str(c["seed"]),
+            md_escape(c["params"]),
+            str(c["step"]),
+            number(c["target_acc"], ".1f"),
+            number(c["oracle_acc"], ".1f"),
+        ]
+        for _, c in board.chosen.iterrows()
+    ]
     return _table(rows, headers, ["left", "left", "left", "right", "left", "right", "right", "right"])
 
 
@@ -117,9 +160,18 @@ def selection_sections(board: Leaderboard) -> list[str]:
     """The validator table and the chosen candidates, when there was a choice to make."""
     if not board.has_choices:
         return []
-    return ["## Validators", "", board.validator_text, "", validator_table(board), "",
-            f"## Chosen parameters and checkpoints (selection: {md_escape(board.selection)})", "",
-            chosen_table(board), ""]
+    return [
+        "## Validators",
+        "",
+        board.validator_text,
+        "",
+        validator_table(board),
+        "",
+        f"## Chosen parameters and checkpoints (selection: {md_escape(board.selection)})",
+        "",
+        chosen_table(board),
+        "",
+    ]
 
 
 def _table(rows: list[list[str]], headers: list[str], align: list[str]) -> str:
@@ -149,13 +201,18 @@ def render(board: Leaderboard) -> str:
     if board.notes:
         out.append("")
     if len(board.references):
-        out += ["## Published reference numbers (not measured here, not ranked)", "",
-                reference_table(board), ""]
+        out += ["## Published reference numbers (not measured here, not ranked)", "", reference_table(board), ""]
     if len(board.critical_difference):
         out += ["## Critical difference", "", board.cd_text, "", critical_difference_table(board), ""]
     out += selection_sections(board)
-    out += ["## Cost", "", "Throughput and memory: ok cells only (mean; memory: max). "
-            "Wall time: every cell.", "", cost_table(board), ""]
+    out += [
+        "## Cost",
+        "",
+        "Throughput and memory: ok cells only (mean; memory: max). Wall time: every cell.",
+        "",
+        cost_table(board),
+        "",
+    ]
     if board.footnotes:
         out += ["## Footnotes", ""]
         for fn in board.footnotes:

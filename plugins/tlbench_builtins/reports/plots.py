@@ -25,8 +25,7 @@ from PIL import Image
 
 from tlbench import Leaderboard, Reporter, atomic_write_bytes, hookimpl
 
-COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
-          "#bcbd22", "#17becf"]
+COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*", "<", ">"]
 
 
@@ -93,18 +92,34 @@ def _accuracy_vs(board: Leaderboard, cost: str, kind: str) -> bytes:
     front = pareto_front(points)
     fx, fy = [points[i][0] for i in front], [points[i][1] for i in front]
     ax.plot(fx, fy, "-", color="#444", lw=1.2, zorder=1, drawstyle="steps-pre" if len(front) > 1 else "default")
-    ax.scatter(fx, fy, s=190, facecolors="none", edgecolors="#444", linewidths=1.3, zorder=2,
-               label="Pareto front (no row is both faster and more accurate)")
+    ax.scatter(
+        fx,
+        fy,
+        s=190,
+        facecolors="none",
+        edgecolors="#444",
+        linewidths=1.3,
+        zorder=2,
+        label="Pareto front (no row is both faster and more accurate)",
+    )
     for (x, y), r in zip(points, rows):
         color = COLORS[strategies.index(r["strategy"]) % len(COLORS)]
         marker = MARKERS[backbones.index(r["backbone"]) % len(MARKERS)]
         ax.scatter([x], [y], s=60, color=color, marker=marker, zorder=3)
-        ax.annotate(f"{r['backbone']} / {r['strategy']}", (x, y), xytext=(6, 5), textcoords="offset points",
-                    fontsize=8, color="#333")
+        ax.annotate(
+            f"{r['backbone']} / {r['strategy']}",
+            (x, y),
+            xytext=(6, 5),
+            textcoords="offset points",
+            fontsize=8,
+            color="#333",
+        )
     handles, _ = ax.get_legend_handles_labels()
     handles += [Patch(color=COLORS[i % len(COLORS)], label=f"strategy: {name}") for i, name in enumerate(strategies)]
-    handles += [ax.scatter([], [], color="#888", marker=MARKERS[i % len(MARKERS)], label=f"backbone: {name}")
-                for i, name in enumerate(backbones)]
+    handles += [
+        ax.scatter([], [], color="#888", marker=MARKERS[i % len(MARKERS)], label=f"backbone: {name}")
+        for i, name in enumerate(backbones)
+    ]
     xs = [p[0] for p in points]
     if min(xs) > 0 and max(xs) / min(xs) > 20:
         ax.set_xscale("log")
@@ -143,11 +158,27 @@ def pair_accuracy(board: Leaderboard) -> bytes:
                     errs.append(float(std) if _finite(std) else 0.0)
                 elif strategy in sub.index:
                     missing.append((x, str(sub[f"{pair} status"].get(strategy))))
-            ax.bar(xs, heights, bar * 0.95, yerr=errs, capsize=3, color=COLORS[j % len(COLORS)],
-                   label=_label(pair), error_kw={"elinewidth": 1, "ecolor": "#333"})
+            ax.bar(
+                xs,
+                heights,
+                bar * 0.95,
+                yerr=errs,
+                capsize=3,
+                color=COLORS[j % len(COLORS)],
+                label=_label(pair),
+                error_kw={"elinewidth": 1, "ecolor": "#333"},
+            )
             for x, status in missing:
-                ax.text(x, 1, status, rotation=90, ha="center", va="bottom", fontsize=7,
-                        color="#777" if status == "missing" else "#b00")
+                ax.text(
+                    x,
+                    1,
+                    status,
+                    rotation=90,
+                    ha="center",
+                    va="bottom",
+                    fontsize=7,
+                    color="#777" if status == "missing" else "#b00",
+                )
         for k, strategy in enumerate(strategies):
             if strategy not in sub.index:
                 ax.text(k, 1, "not run", ha="center", va="bottom", fontsize=8, color="#777")
@@ -211,8 +242,10 @@ def strategy_curves(board: Leaderboard, backbone: str, strategy: str, rows) -> b
 
 class PlotsReporter(Reporter):
     name = "plots"
-    description = ("accuracy_vs_throughput.png and accuracy_vs_eval_throughput.png (with Pareto fronts), "
-                   "pair_accuracy.png, training curves")
+    description = (
+        "accuracy_vs_throughput.png and accuracy_vs_eval_throughput.png (with Pareto fronts), "
+        "pair_accuracy.png, training curves"
+    )
     order = -10  # the HTML page embeds these
 
     def write(self, board: Leaderboard, out_dir: Path) -> list[Path]:

@@ -16,7 +16,6 @@ from torch import Tensor
 
 from tlbench import Shift, encode_jpeg_roundtrip, hookimpl
 
-
 CHUNK = 256  # images per float batch: bounds memory at about CHUNK×3×H×W×4 bytes × a few
 
 
@@ -30,8 +29,8 @@ class _FloatShift(Shift):
     def apply(self, images: Tensor, severity: int, generator: torch.Generator) -> Tensor:
         out = torch.empty_like(images)
         for start in range(0, len(images), CHUNK):
-            chunk = images[start:start + CHUNK].float()
-            out[start:start + CHUNK] = _to_uint8(self.transform(chunk, severity, generator))
+            chunk = images[start : start + CHUNK].float()
+            out[start : start + CHUNK] = _to_uint8(self.transform(chunk, severity, generator))
         return out
 
     def transform(self, x: Tensor, severity: int, generator: torch.Generator) -> Tensor:

@@ -40,8 +40,8 @@ def random_patches(n: int, height: int, width: int, generator: torch.Generator) 
     which = torch.randint(0, len(photos), (n,), generator=generator)
     top = torch.randint(0, ph - height + 1, (n,), generator=generator)
     left = torch.randint(0, pw - width + 1, (n,), generator=generator)
-    rows = (top[:, None] + torch.arange(height))[:, :, None]   # n×H×1
-    cols = (left[:, None] + torch.arange(width))[:, None, :]   # n×1×W
+    rows = (top[:, None] + torch.arange(height))[:, :, None]  # n×H×1
+    cols = (left[:, None] + torch.arange(width))[:, None, :]  # n×1×W
     hwc = photos.permute(0, 2, 3, 1)[which[:, None, None], rows, cols]  # n×H×W×3
     return hwc.permute(0, 3, 1, 2)
 
@@ -57,11 +57,11 @@ class PhotoBlend(Shift):
         a = self.strengths[severity - 1]
         out = torch.empty_like(images)
         for start in range(0, len(images), self.chunk):
-            x = images[start:start + self.chunk]
+            x = images[start : start + self.chunk]
             patch = random_patches(len(x), x.shape[-2], x.shape[-1], generator)
             xf = x.float()
             blended = (1 - a) * xf + a * (xf - patch.float()).abs()
-            out[start:start + self.chunk] = blended.round_().clamp_(0, 255).to(torch.uint8)
+            out[start : start + self.chunk] = blended.round_().clamp_(0, 255).to(torch.uint8)
         return out
 
 

@@ -108,16 +108,25 @@ class Dann(Strategy):
         is_source = torch.zeros_like(domain_logits)
         is_source[:n_source] = 1.0
         d_s, d_t = domain_logits[:n_source], domain_logits[n_source:]
-        domain_loss = 0.5 * (F.binary_cross_entropy_with_logits(d_s, is_source[:n_source])
-                             + F.binary_cross_entropy_with_logits(d_t, is_source[n_source:]))
+        domain_loss = 0.5 * (
+            F.binary_cross_entropy_with_logits(d_s, is_source[:n_source])
+            + F.binary_cross_entropy_with_logits(d_t, is_source[n_source:])
+        )
         loss = cls_loss + self.params.trade_off * domain_loss
 
         with torch.no_grad():
             domain_acc = ((domain_logits > 0).float() == is_source).float().mean()
             source_acc = (logits_s.argmax(1) == batch.source_labels).float().mean()
-        return StepOutput(loss, {"source_ce": cls_loss.detach(), "source_acc": source_acc,
-                                 "domain_loss": domain_loss.detach(), "domain_acc": domain_acc,
-                                 "grl_coeff": coeff})
+        return StepOutput(
+            loss,
+            {
+                "source_ce": cls_loss.detach(),
+                "source_acc": source_acc,
+                "domain_loss": domain_loss.detach(),
+                "domain_acc": domain_acc,
+                "grl_coeff": coeff,
+            },
+        )
 
 
 @hookimpl

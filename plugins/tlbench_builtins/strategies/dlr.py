@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-
 from tlbench import Batch, ParamGroup, StepContext, StepOutput, Strategy, TransferModel, UserError, hookimpl
 
 
@@ -41,8 +40,11 @@ class DiscriminativeLR(Strategy):
         groups = [ParamGroup("head", list(model.head_parameters()))]
         for i, params in enumerate(reversed(stages)):  # i = 0 is the output-most stage
             index = len(stages) - 1 - i
-            groups.append(ParamGroup(f"backbone.stage{index}", list(params),
-                                     lr_scale=model.backbone_lr_scale * self.params.decay ** i))
+            groups.append(
+                ParamGroup(
+                    f"backbone.stage{index}", list(params), lr_scale=model.backbone_lr_scale * self.params.decay**i
+                )
+            )
         return groups
 
     def training_step(self, batch: Batch, ctx: StepContext) -> StepOutput:

@@ -69,8 +69,10 @@ class KnowledgeDistillation(Strategy):
 
         def __post_init__(self) -> None:
             if self.teacher_views < 0:
-                raise UserError(f"kd: params.teacher_views must be 0 (teacher runs every step) or a "
-                                f"positive number of cached views per image, got {self.teacher_views}")
+                raise UserError(
+                    f"kd: params.teacher_views must be 0 (teacher runs every step) or a "
+                    f"positive number of cached views per image, got {self.teacher_views}"
+                )
             if not 0.0 <= self.alpha <= 1.0:
                 raise UserError(f"kd: params.alpha must lie in [0, 1], got {self.alpha}")
             if self.temperature <= 0:
@@ -90,8 +92,10 @@ class KnowledgeDistillation(Strategy):
 
     def training_step(self, batch: Batch, ctx: StepContext) -> StepOutput:
         if ctx.teacher is None:
-            raise ValueError("kd needs a trained teacher: ctx.teacher is None (the runner trains the "
-                             "teacher cell first; check params.teacher_strategy)")
+            raise ValueError(
+                "kd needs a trained teacher: ctx.teacher is None (the runner trains the "
+                "teacher cell first; check params.teacher_strategy)"
+            )
         if batch.target is None:
             raise ValueError("kd needs target images: the batch has no 'weak' target view")
         n_source = len(batch.source)
@@ -109,8 +113,15 @@ class KnowledgeDistillation(Strategy):
         with torch.no_grad():
             source_acc = (logits_s.argmax(1) == batch.source_labels).float().mean()
             agreement = (student_logits.argmax(1) == teacher_logits.argmax(1)).float().mean()
-        return StepOutput(loss, {"source_ce": cls_loss.detach(), "source_acc": source_acc,
-                                 "distill": distill.detach(), "teacher_agreement": agreement})
+        return StepOutput(
+            loss,
+            {
+                "source_ce": cls_loss.detach(),
+                "source_acc": source_acc,
+                "distill": distill.detach(),
+                "teacher_agreement": agreement,
+            },
+        )
 
 
 @hookimpl

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-
-import math
 
 import torch
 import torch.nn.functional as F
@@ -14,7 +13,7 @@ from torch import Tensor
 from tlbench import Batch, StepContext, StepOutput, Strategy, UserError, hookimpl
 
 #: Bandwidth multipliers of the five Gaussian kernels: 2^-3 .. 2^1 (DAN / tllib).
-DEFAULT_ALPHAS: tuple[float, ...] = (2.0 ** -3, 2.0 ** -2, 2.0 ** -1, 2.0 ** 0, 2.0 ** 1)
+DEFAULT_ALPHAS: tuple[float, ...] = (2.0**-3, 2.0**-2, 2.0**-1, 2.0**0, 2.0**1)
 
 
 def multi_kernel_matrix(z: Tensor, alphas: Sequence[float] = DEFAULT_ALPHAS) -> Tensor:
@@ -55,9 +54,11 @@ def mk_mmd(x: Tensor, y: Tensor, alphas: Sequence[float] = DEFAULT_ALPHAS, *, li
             h = k[i, j] + k[n + i, n + j] - k[i, n + j] - k[j, n + i]
             return h.mean()
         kxx, kyy, kxy = k[:n, :n], k[n:, n:], k[:n, n:]
-        return ((kxx.sum() - kxx.diagonal().sum()) / (n * (n - 1))
-                + (kyy.sum() - kyy.diagonal().sum()) / (m * (m - 1))
-                - 2.0 * kxy.mean())
+        return (
+            (kxx.sum() - kxx.diagonal().sum()) / (n * (n - 1))
+            + (kyy.sum() - kyy.diagonal().sum()) / (m * (m - 1))
+            - 2.0 * kxy.mean()
+        )
 
 
 def progressive_weight(progress: float, gamma: float = 10.0) -> float:
@@ -99,8 +100,10 @@ class Mmd(Strategy):
         def __post_init__(self) -> None:
             self.alphas = tuple(float(a) for a in self.alphas)
             if not self.alphas or min(self.alphas) <= 0:
-                raise UserError(f"mmd: params.alphas must be a non-empty list of positive bandwidth "
-                                f"multipliers, got {list(self.alphas)}")
+                raise UserError(
+                    f"mmd: params.alphas must be a non-empty list of positive bandwidth "
+                    f"multipliers, got {list(self.alphas)}"
+                )
 
     name = "mmd"
     protocols = ("uda",)  # it aligns a source with a target domain: fine-tuning has one domain
@@ -114,13 +117,16 @@ class Mmd(Strategy):
         out = ctx.model.forward_all(torch.cat([batch.source, batch.target]))
         logits_s = out.logits[:n_source]
         cls_loss = F.cross_entropy(logits_s, batch.source_labels)
-        transfer = mk_mmd(out.embedding[:n_source], out.embedding[n_source:], self.params.alphas,
-                          linear=self.params.linear)
+        transfer = mk_mmd(
+            out.embedding[:n_source], out.embedding[n_source:], self.params.alphas, linear=self.params.linear
+        )
         weight = self.params.trade_off * (progressive_weight(ctx.progress) if self.params.ramp else 1.0)
         loss = cls_loss + weight * transfer
         source_acc = (logits_s.detach().argmax(1) == batch.source_labels).float().mean()
-        return StepOutput(loss, {"source_ce": cls_loss.detach(), "source_acc": source_acc,
-                                 "mmd": transfer.detach(), "mmd_weight": weight})
+        return StepOutput(
+            loss,
+            {"source_ce": cls_loss.detach(), "source_acc": source_acc, "mmd": transfer.detach(), "mmd_weight": weight},
+        )
 
 
 @hookimpl

@@ -59,8 +59,9 @@ class SelfTraining(Strategy):
             if not 0.0 <= self.threshold <= 1.0:
                 raise UserError(f"self_training: params.threshold must lie in [0, 1], got {self.threshold}")
             if not 0.0 <= self.warmup <= 1.0:
-                raise UserError(f"self_training: params.warmup must be a fraction of training in [0, 1], "
-                                f"got {self.warmup}")
+                raise UserError(
+                    f"self_training: params.warmup must be a fraction of training in [0, 1], got {self.warmup}"
+                )
 
     name = "self_training"
     protocols = ("uda", "finetune")
@@ -89,8 +90,15 @@ class SelfTraining(Strategy):
         if ctx.score_pseudo_labels is not None and batch.target_index is not None:
             ctx.score_pseudo_labels(batch.target_index, labels, mask)
         source_acc = (logits_s.detach().argmax(1) == batch.source_labels).float().mean()
-        return StepOutput(loss, {"source_ce": cls_loss.detach(), "source_acc": source_acc,
-                                 "pseudo_loss": unsup.detach(), "pseudo_coverage": mask.float().mean()})
+        return StepOutput(
+            loss,
+            {
+                "source_ce": cls_loss.detach(),
+                "source_acc": source_acc,
+                "pseudo_loss": unsup.detach(),
+                "pseudo_coverage": mask.float().mean(),
+            },
+        )
 
 
 @hookimpl

@@ -9,8 +9,9 @@ class SourceOnly(Strategy):
     """Source-only fine-tuning: cross-entropy on labelled source images, nothing else.
 
     The baseline of unsupervised domain adaptation (the source-only rows of Ganin et al. 2016 and
-    Long et al. 2015, tllib's ``erm``/``source_only``): backbone at ``model.backbone_lr_scale`` times the head learning rate, head and
-    bottleneck at the full rate (the base class's parameter groups). Target images are never seen.
+    Long et al. 2015, tllib's ``erm``/``source_only``): backbone at ``model.backbone_lr_scale`` times the head
+    learning rate, head and bottleneck at the full rate (the base class's parameter groups). Target images are
+    never seen.
 
     Parameters:
         label_smoothing (0.0): label smoothing of the source cross-entropy (0 = plain cross-entropy,

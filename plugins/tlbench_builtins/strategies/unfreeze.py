@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-
 from tlbench import Batch, ParamGroup, StepContext, StepOutput, Strategy, TransferModel, UserError, hookimpl
 
 MODES = ("together", "gradual")
@@ -44,8 +43,9 @@ class Unfreeze(Strategy):
 
         def __post_init__(self) -> None:
             if self.stages == 0 or self.stages < -1:
-                raise UserError(f"unfreeze: params.stages must be a positive number of stages or -1 (all), "
-                                f"got {self.stages}")
+                raise UserError(
+                    f"unfreeze: params.stages must be a positive number of stages or -1 (all), got {self.stages}"
+                )
             if self.mode not in MODES:
                 raise UserError(f"unfreeze: params.mode must be one of {', '.join(MODES)}, got {self.mode!r}")
             if not 0.0 <= self.at <= 1.0:
@@ -72,8 +72,9 @@ class Unfreeze(Strategy):
         groups = [ParamGroup("head", list(model.head_parameters()))]
         for i, start in enumerate(self.join_fractions(k)):  # i = 0 is the output-most stage
             index = len(stages) - 1 - i
-            groups.append(ParamGroup(f"backbone.stage{index}", list(stages[index]),
-                                     lr_scale=model.backbone_lr_scale, start=start))
+            groups.append(
+                ParamGroup(f"backbone.stage{index}", list(stages[index]), lr_scale=model.backbone_lr_scale, start=start)
+            )
         return groups
 
     def training_step(self, batch: Batch, ctx: StepContext) -> StepOutput:

@@ -40,7 +40,7 @@ def _epoch_ms(iso: str) -> int | None:
 
 
 def _chunks(items: list, size: int) -> list[list]:
-    return [items[i:i + size] for i in range(0, len(items), size)]
+    return [items[i : i + size] for i in range(0, len(items), size)]
 
 
 class MlflowTracker(Tracker):
@@ -75,15 +75,25 @@ class MlflowTracker(Tracker):
         self.client = MlflowClient(tracking_uri=uri)
         name = str(self.options.get("experiment") or suite.get("name") or "tlbench")
         found = self.client.get_experiment_by_name(name)
-        self.experiment_id = found.experiment_id if found else self.client.create_experiment(
-            name, artifact_location=artifacts)
+        self.experiment_id = (
+            found.experiment_id if found else self.client.create_experiment(name, artifact_location=artifacts)
+        )
 
     def log_cell(self, cell, record) -> None:
         self._delete_runs(f"tags.`{CELL_TAG}` = '{cell.id}'")
         start = _epoch_ms(record.started_at) or int(time.time() * 1000)  # the cell's own start and length
-        run = self.client.create_run(self.experiment_id, run_name=cell.describe(), start_time=start, tags={
-            CELL_TAG: cell.id, KIND_TAG: "cell", "tlbench.status": record.status,
-            "tlbench.device": record.device or "", "tlbench.version": record.tlbench_version or ""})
+        run = self.client.create_run(
+            self.experiment_id,
+            run_name=cell.describe(),
+            start_time=start,
+            tags={
+                CELL_TAG: cell.id,
+                KIND_TAG: "cell",
+                "tlbench.status": record.status,
+                "tlbench.device": record.device or "",
+                "tlbench.version": record.tlbench_version or "",
+            },
+        )
         run_id = run.info.run_id
         params = [self._Param(k, v[:MAX_PARAM_CHARS]) for k, v in self.cell_params(cell).items()]
         last = int(record.steps or 0)
@@ -102,8 +112,11 @@ class MlflowTracker(Tracker):
         if not files:
             return
         self._delete_runs(f"tags.`{KIND_TAG}` = 'leaderboard'")
-        run = self.client.create_run(self.experiment_id, run_name=f"{self.suite.get('name', 'suite')} leaderboard",
-                                     tags={KIND_TAG: "leaderboard"})
+        run = self.client.create_run(
+            self.experiment_id,
+            run_name=f"{self.suite.get('name', 'suite')} leaderboard",
+            tags={KIND_TAG: "leaderboard"},
+        )
         for path in files:
             self.client.log_artifact(run.info.run_id, str(path))
         self.client.set_terminated(run.info.run_id)

@@ -35,8 +35,9 @@ class TensorBoardTracker(Tracker):
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError as exc:
-            raise UserError("tracker 'tensorboard' needs the tensorboard package: "
-                            "pip install 'tlbench[tensorboard]'") from exc
+            raise UserError(
+                "tracker 'tensorboard' needs the tensorboard package: pip install 'tlbench[tensorboard]'"
+            ) from exc
         self._writer = SummaryWriter
         self.root = Path(self.options.get("log_dir") or self.out_dir / "tensorboard")
 

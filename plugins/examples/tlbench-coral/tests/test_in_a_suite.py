@@ -7,21 +7,23 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from test_csv_images import write_csv, write_image
 
 from tlbench.testing import run_cli
-
-from test_csv_images import write_csv, write_image
 
 installed = pytest.mark.skipif(
     not any(ep.value.startswith("tlbench_coral") for ep in md.entry_points(group="tlbench")),
     reason="tlbench-coral is not installed (pip install -e plugins/examples/tlbench-coral): "
-           "tlbench finds plugins through installed entry points only")
+    "tlbench finds plugins through installed entry points only",
+)
 
 
 @installed
 def test_entry_points_register_every_plugin(capsys):
-    for kind, name, plugin in (("strategies", "coral", "tlbench_coral.coral"),
-                               ("datasets", "csv_images", "tlbench_coral.csv_images")):
+    for kind, name, plugin in (
+        ("strategies", "coral", "tlbench_coral.coral"),
+        ("datasets", "csv_images", "tlbench_coral.csv_images"),
+    ):
         assert run_cli(["list", kind, name]) == 0
         assert capsys.readouterr().out.split()[:2] == [name, plugin]
     assert run_cli(["list", "backbones", "coral_cnn*"]) == 0
@@ -42,7 +44,7 @@ def test_a_csv_suite_ranks_coral_next_to_source_only(tmp_path: Path):
     suite.write_text(f"""\
 name: csv_coral
 dataset: csv_images
-dataset_options: {{path: {tmp_path / 'data'}}}
+dataset_options: {{path: {tmp_path / "data"}}}
 pairs: [day->night]
 backbones: [{{name: test_efficientnet, weights: random}}, {{name: coral_cnn, weights: random}}]
 strategies: [source_only, coral]

@@ -27,11 +27,13 @@ def coral_loss(source: Tensor, target: Tensor) -> Tensor:
     bf16 features lose the small differences the loss is made of.
     """
     if source.dim() != 2 or target.dim() != 2 or source.shape[1] != target.shape[1]:
-        raise ValueError(f"coral_loss needs two n×d batches of one width, got {tuple(source.shape)} "
-                         f"and {tuple(target.shape)}")
+        raise ValueError(
+            f"coral_loss needs two n×d batches of one width, got {tuple(source.shape)} and {tuple(target.shape)}"
+        )
     if len(source) < 2 or len(target) < 2:
-        raise ValueError(f"coral_loss needs at least 2 samples on each side (a covariance), got "
-                         f"{len(source)} and {len(target)}")
+        raise ValueError(
+            f"coral_loss needs at least 2 samples on each side (a covariance), got {len(source)} and {len(target)}"
+        )
     with torch.autocast(device_type=source.device.type, enabled=False):
         d = source.shape[1]
         diff = covariance(source.float()) - covariance(target.float())
@@ -84,8 +86,7 @@ class Coral(Strategy):
         alignment = coral_loss(features[:n_source], features[n_source:])
         loss = cls_loss + self.params.trade_off * alignment
         source_acc = (logits_s.detach().argmax(1) == batch.source_labels).float().mean()
-        return StepOutput(loss, {"source_ce": cls_loss.detach(), "source_acc": source_acc,
-                                 "coral": alignment.detach()})
+        return StepOutput(loss, {"source_ce": cls_loss.detach(), "source_acc": source_acc, "coral": alignment.detach()})
 
 
 @hookimpl

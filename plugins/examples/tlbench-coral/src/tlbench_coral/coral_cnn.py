@@ -18,8 +18,9 @@ WIDTHS = {"coral_cnn": (16, 32)}
 
 
 def _stage(n_in: int, n_out: int, stride: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(n_in, n_out, 3, stride=stride, padding=1, bias=False),
-                         nn.BatchNorm2d(n_out), nn.ReLU())
+    return nn.Sequential(
+        nn.Conv2d(n_in, n_out, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(n_out), nn.ReLU()
+    )
 
 
 class CoralNets(BackboneProvider):
@@ -32,10 +33,12 @@ class CoralNets(BackboneProvider):
 
     def create(self, name):
         w1, w2 = WIDTHS[name]
-        network = nn.Sequential(OrderedDict(
-            stem=_stage(3, w1, 1),
-            body=nn.Sequential(_stage(w1, w2, 2), nn.AdaptiveAvgPool2d(1), nn.Flatten()),
-        ))
+        network = nn.Sequential(
+            OrderedDict(
+                stem=_stage(3, w1, 1),
+                body=nn.Sequential(_stage(w1, w2, 2), nn.AdaptiveAvgPool2d(1), nn.Flatten()),
+            )
+        )
         stages = [[f"{block}.{p}" for p, _ in module.named_parameters()] for block, module in network.named_children()]
         return Backbone(network, w2, in_chans=3, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), stages=stages)
 

@@ -46,9 +46,11 @@ def read_image_list(csv_file: Path) -> list[ListedImage]:
     columns = {(c or "").strip().lower(): c for c in reader.fieldnames or []}
     missing = [c for c in REQUIRED_COLUMNS if c not in columns]
     if missing:
-        raise UserError(f"dataset 'csv_images': {csv_file} has no column {missing[0]!r} in its header row "
-                        f"(found: {', '.join(reader.fieldnames or []) or 'no header'}); expected a header "
-                        f"with columns path,label")
+        raise UserError(
+            f"dataset 'csv_images': {csv_file} has no column {missing[0]!r} in its header row "
+            f"(found: {', '.join(reader.fieldnames or []) or 'no header'}); expected a header "
+            f"with columns path,label"
+        )
     rows = []
     for row in reader:
         line = reader.line_num
@@ -56,8 +58,10 @@ def read_image_list(csv_file: Path) -> list[ListedImage]:
         if not path and not label:
             continue  # blank line
         if not path or not label:
-            raise UserError(f"dataset 'csv_images': {csv_file}:{line}: empty {'path' if not path else 'label'}; "
-                            f"every row needs an image path and a label")
+            raise UserError(
+                f"dataset 'csv_images': {csv_file}:{line}: empty {'path' if not path else 'label'}; "
+                f"every row needs an image path and a label"
+            )
         image = Path(path).expanduser()
         rows.append(ListedImage(image if image.is_absolute() else csv_file.parent / image, label, line))
     if not rows:
@@ -85,28 +89,34 @@ class CsvImages(Dataset):
     def __init__(self, root: Path | None = None, **options: Any):
         super().__init__(root, **options)
         if not options.get("path"):
-            raise UserError("dataset 'csv_images' needs dataset option path: a folder holding one "
-                            "<domain>.csv per domain (columns path,label)")
+            raise UserError(
+                "dataset 'csv_images' needs dataset option path: a folder holding one "
+                "<domain>.csv per domain (columns path,label)"
+            )
         if options.get("on_bad_image", "error") not in ("error", "skip"):
-            raise UserError(f"dataset 'csv_images': on_bad_image must be 'error' or 'skip', "
-                            f"got {options['on_bad_image']!r}")
+            raise UserError(
+                f"dataset 'csv_images': on_bad_image must be 'error' or 'skip', got {options['on_bad_image']!r}"
+            )
         folder = Path(str(options["path"])).expanduser()
         if not folder.is_absolute():
             if self.root is None:
-                raise UserError(f"dataset 'csv_images': path {folder} is relative but no data root is set; "
-                                f"give an absolute path or set the data root")
+                raise UserError(
+                    f"dataset 'csv_images': path {folder} is relative but no data root is set; "
+                    f"give an absolute path or set the data root"
+                )
             folder = self.root / folder
         self.folder = folder
         self._lists: dict[str, list[ListedImage]] = {}
 
     def domains(self) -> list[str]:
         if not self.folder.is_dir():
-            raise UserError(f"dataset 'csv_images': folder {self.folder} does not exist; expected "
-                            f"{self.folder}/<domain>.csv files with columns path,label")
+            raise UserError(
+                f"dataset 'csv_images': folder {self.folder} does not exist; expected "
+                f"{self.folder}/<domain>.csv files with columns path,label"
+            )
         names = sorted(p.stem for p in self.folder.glob("*.csv") if not p.name.startswith("."))
         if not names:
-            raise UserError(f"dataset 'csv_images': {self.folder} has no <domain>.csv files "
-                            f"(columns path,label)")
+            raise UserError(f"dataset 'csv_images': {self.folder} has no <domain>.csv files (columns path,label)")
         return names
 
     def csv_file(self, domain: str) -> Path:
@@ -128,19 +138,24 @@ class CsvImages(Dataset):
             items = self.images(domain)
             absent = next((item for item in items if not item.path.is_file()), None)
             if absent is not None:
-                raise UserError(f"dataset 'csv_images': {self.csv_file(domain)}:{absent.line}: image "
-                                f"{absent.path} does not exist")
+                raise UserError(
+                    f"dataset 'csv_images': {self.csv_file(domain)}:{absent.line}: image {absent.path} does not exist"
+                )
             lacking = sorted(set(classes) - {item.label for item in items})
             if lacking:
-                warnings.warn(f"dataset 'csv_images': domain {domain!r} has no image of class(es) "
-                              f"{', '.join(lacking[:5])}{' ...' if len(lacking) > 5 else ''}", stacklevel=2)
+                warnings.warn(
+                    f"dataset 'csv_images': domain {domain!r} has no image of class(es) "
+                    f"{', '.join(lacking[:5])}{' ...' if len(lacking) > 5 else ''}",
+                    stacklevel=2,
+                )
 
     def fingerprint(self, domain: str) -> str:
         items = self.images(domain)
         missing = next((item for item in items if not item.path.is_file()), None)
         if missing is not None:
-            raise UserError(f"dataset 'csv_images': {self.csv_file(domain)}:{missing.line}: image "
-                            f"{missing.path} does not exist")
+            raise UserError(
+                f"dataset 'csv_images': {self.csv_file(domain)}:{missing.line}: image {missing.path} does not exist"
+            )
         # the class list is part of what a label index means, so it is part of the fingerprint
         paths = [self.csv_file(d) for d in self.domains()] + [item.path for item in items]
         return files_fingerprint(paths)
@@ -149,8 +164,9 @@ class CsvImages(Dataset):
         classes = self.classes()
         index = {c: i for i, c in enumerate(classes)}
         items = self.images(domain)
-        images, kept, skipped = decode_image_files([item.path for item in items], size,
-                                                   on_error=self.options.get("on_bad_image", "error"))
+        images, kept, skipped = decode_image_files(
+            [item.path for item in items], size, on_error=self.options.get("on_bad_image", "error")
+        )
         labels = torch.tensor([index[items[i].label] for i in kept], dtype=torch.int64)
         return Domain(domain, images, labels, classes, skipped)
 
