@@ -34,14 +34,11 @@ def add_run_options(p) -> None:
     p.add_argument("--json", default=None, help="write the figures to this JSON file")
 
 
-def make_recipe(**overrides: Any) -> dict[str, Any]:
-    """The engine's recipe dict: the suite defaults (``tlbench.matrix.suite.Recipe``) with ``overrides``."""
-    from tlbench.matrix.suite import Recipe
+def make_recipe(**overrides: Any):
+    """The engine's recipe: the suite defaults (``tlbench.spec.recipe.Recipe``) with ``overrides``."""
+    from tlbench.spec.recipe import Recipe
 
-    model = Recipe(**overrides)
-    recipe = model.model_dump(mode="json")
-    recipe["resize_size"] = model.stored_size
-    return recipe
+    return Recipe(**overrides)
 
 
 def make_cell(
@@ -53,12 +50,12 @@ def make_cell(
     backbone: str,
     weights: str,
     strategy: str,
-    recipe: dict[str, Any],
+    recipe,
     registry,
     seed: int = 0,
 ):
-    """A :class:`tlbench.matrix.cells.Cell` built the way ``expand_cells`` builds one (strategy defaults resolved)."""
-    from tlbench.matrix.cells import Cell
+    """A :class:`tlbench.spec.cell.Cell` built the way ``expand_cells`` builds one (strategy defaults resolved)."""
+    from tlbench.spec.cell import Cell
 
     cls = registry.get("strategy", strategy)
     if getattr(cls, "needs_teacher", False):
@@ -85,17 +82,17 @@ def make_cell(
 def teacherless_cells(suite_path: str | Path, registry, **narrowing: Any):
     """(cells, suite): the cells a suite plans, narrowed as ``load_suite`` narrows (pairs, strategies,
     backbones, seeds, data_root, overrides), without the kd cells and the teachers they need."""
-    from tlbench.matrix.planning import plan
-    from tlbench.matrix.suite import load_suite
+    from tlbench.spec.loading import load_suite
+    from tlbench.spec.plan import plan
 
     suite = load_suite(Path(suite_path), **narrowing)
-    cells, _ = plan(suite, registry)
+    cells = plan(suite, registry).cells
     return [c for c in cells if c.teacher is None and not registry.get("strategy", c.strategy).needs_teacher], suite
 
 
 def run_engine_cell(cell, *, device: str, cache_dir: Path | None, data_root: Path | None, registry):
     """Train one cell with ``tlbench.training.engine.train_cell`` (no progress bar); returns its CellRecord."""
-    from tlbench.matrix.cells import CellTask
+    from tlbench.spec.cell import CellTask
     from tlbench.training.engine import train_cell
 
     task = CellTask(

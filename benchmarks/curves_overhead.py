@@ -35,7 +35,7 @@ def _cells(args, registry):
 
 def _train(cell, suite, cache: Path, registry, curves: bool):
     import tlbench.training.engine as engine
-    from tlbench.matrix.cells import CellTask
+    from tlbench.spec.cell import CellTask
     from tlbench.training.curves import Curves
     from tlbench.training.loop import StepObserver
 

@@ -41,10 +41,10 @@ def _cells(args, registry):
 
 
 def _train(cell, points: int, suite, cache: Path, registry):
-    from tlbench.matrix.cells import CellTask
+    from tlbench.spec.cell import CellTask
     from tlbench.training.engine import train_cell
 
-    cell = dataclasses.replace(cell, recipe={**cell.recipe, "eval_points": points})
+    cell = dataclasses.replace(cell, recipe=cell.recipe.model_copy(update={"eval_points": points}))
     task = CellTask(
         cell=cell,
         out_dir=str(cache / "out"),
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(
                 {
                     "cell": cell.describe(),
-                    "steps": int(cell.recipe["steps"]),
+                    "steps": int(cell.recipe.steps),
                     "wall_s_1": base,
                     f"wall_s_{args.points}": with_points,
                     "overhead_pct": 100 * (with_points / base - 1),

@@ -211,8 +211,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from tlbench import runtime
     from tlbench.data.cache import default_cache_dir
-    from tlbench.matrix.cells import CellTask
     from tlbench.plugins.registry import get_registry
+    from tlbench.spec.cell import CellTask
     from tlbench.training.measure import select_device
 
     registry = get_registry()
@@ -235,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "benchmark": "harness_cost",
         "cell": cell_def.describe(),
-        "recipe": cell_def.recipe,
+        "recipe": cell_def.recipe.model_dump(mode="json"),
         "steps": args.steps,
         "warmup": args.warmup,
         "rounds": args.rounds,

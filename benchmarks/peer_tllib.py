@@ -286,17 +286,17 @@ def plain_loop(steps: int, warmup: int, image_size: int = 224, per_domain: int =
     from tlbench_builtins.strategies.dann import DomainDiscriminator, reverse_gradient
 
     recipe = make_recipe(image_size=image_size, batch_size=per_domain, lr=0.01)
-    seed_everything(0, recipe["deterministic"], torch.device("cpu"))  # as the engine: deterministic, no NaN fill
+    seed_everything(0, recipe.deterministic, torch.device("cpu"))  # as the engine: deterministic, no NaN fill
     model, weights, _ = build_model("tf_efficientnet_lite0", "auto", 31, recipe, get_registry())
     discriminator = DomainDiscriminator(model.embed_dim)
     model = model.to(memory_format=torch.channels_last).train()
     params = list(model.parameters()) + list(discriminator.parameters())
     opt = torch.optim.SGD(
         params,
-        lr=recipe["lr"],
-        momentum=recipe["momentum"],
-        nesterov=recipe["nesterov"],
-        weight_decay=recipe["weight_decay"],
+        lr=recipe.lr,
+        momentum=recipe.momentum,
+        nesterov=recipe.nesterov,
+        weight_decay=recipe.weight_decay,
     )
     n = 2 * per_domain
     x = torch.randn(n, 3, image_size, image_size).contiguous(memory_format=torch.channels_last)

@@ -52,11 +52,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    from tlbench.matrix.cells import CellTask
-    from tlbench.matrix.planning import plan
-    from tlbench.matrix.results import ResultsDir
-    from tlbench.matrix.suite import load_suite
     from tlbench.plugins.registry import get_registry
+    from tlbench.spec.cell import CellTask
+    from tlbench.spec.loading import load_suite
+    from tlbench.spec.plan import plan
+    from tlbench.spec.store import ResultsDir
     from tlbench.training.engine import train_cell
     from tlbench.training.measure import select_device
 
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         "data_root": str(data_root),
     }
     (work / "suite.yaml").write_text(json.dumps(suite_doc))  # JSON is YAML
-    cells, _ = plan(load_suite(work / "suite.yaml"), registry)
+    cells = plan(load_suite(work / "suite.yaml"), registry).cells
     teacher = next(c for c in cells if c.strategy != "kd")
     student = next(c for c in cells if c.strategy == "kd" and c.backbone == args.backbone)
 
@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         record = train_cell(task, registry)
         return record, time.perf_counter() - t0
 
-    teacher = dataclasses.replace(teacher, recipe={**teacher.recipe, "steps": args.teacher_steps})
+    teacher = dataclasses.replace(teacher, recipe=teacher.recipe.model_copy(update={"steps": args.teacher_steps}))
     run(teacher, save_model=True)  # also loads the domains into the in-process cache: not measured
     model_path = str(ResultsDir(work / "out").model_path(teacher.id))
     student = dataclasses.replace(student, teacher=teacher)

@@ -12,11 +12,11 @@ import torch
 
 from tlbench import WeightsUnavailableError
 from tlbench.errors import UserError
-from tlbench.matrix.runner import plan
-from tlbench.matrix.suite import load_suite
 from tlbench.models.backbones import find_provider
 from tlbench.models.weights import load_backbone
 from tlbench.plugins.registry import Registry, get_registry, set_registry
+from tlbench.spec.loading import load_suite
+from tlbench.spec.plan import plan
 from tlbench.testing import apply_engine_trainability, check_backbone, run_cli
 from tlbench.training.augment import Normalizer
 from tlbench_builtins.backbones import digits, timm_models
@@ -58,6 +58,7 @@ def test_a_plugin_backbone_is_listed_with_its_provider(grey_plugin, capsys):
     assert capsys.readouterr().out.split() == ["lenet", "digits"]
 
 
+@pytest.mark.slow
 def test_a_plugin_backbone_trains_and_the_record_says_random(grey_plugin, tmp_path):
     suite = tmp_path / "grey.yaml"
     suite.write_text(GREY_SUITE)
@@ -118,9 +119,10 @@ def test_lenet_has_the_adda_layer_sizes(registry):
 
 
 def _lenet_model(registry):
+    from tlbench.spec.recipe import Recipe
     from tlbench.training.setup import build_model
 
-    recipe = {"bottleneck_dim": 16, "backbone_lr_scale": 0.5}
+    recipe = Recipe(bottleneck_dim=16, backbone_lr_scale=0.5)
     model, used, _ = build_model("lenet", "random", 10, recipe, registry)
     return model
 
@@ -198,11 +200,11 @@ def test_weights_auto_on_a_network_without_pretrained_weights_is_one_clear_line(
 
 
 def test_weights_random_plans_and_a_wrong_size_says_which(tmp_path):
-    cells, _ = plan(
+    cells = plan(
         _suite(tmp_path, "{name: lenet, weights: random}", image_size=28, resize_size=28),
         get_registry(),
         check_data=False,
-    )
+    ).cells
     assert {c.weights for c in cells} == {"random"} and len(cells) == 2
     with pytest.raises(
         UserError,

@@ -233,6 +233,7 @@ def test_debug_raises_with_the_traceback(tmp_path):
         main(["--debug", "run", str(tiny(tmp_path)), "--out", str(tmp_path / "o"), "--strategies", "dnan"])
 
 
+@pytest.mark.slow
 def test_debug_prints_a_traceback_from_the_real_command(tmp_path):
     suite = tiny(tmp_path, TINY_SUITE.replace("  steps: 6", "  stepz: 6"))
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
@@ -251,7 +252,7 @@ def test_debug_prints_a_traceback_from_the_real_command(tmp_path):
 
 # -- YAML's own surprises -----------------------------------------------------------------------------
 def test_unquoted_on_off_mean_the_words_not_booleans(tmp_path):
-    from tlbench.matrix.suite import load_suite
+    from tlbench.spec.loading import load_suite
 
     # YAML 1.1 reads `channels_last: off` as false; the valid values are the words auto/on/off
     suite = load_suite(tiny(tmp_path, TINY_SUITE + "  channels_last: off\n"))

@@ -33,6 +33,7 @@ def harness_cost():
     return _benchmark_module("harness_cost")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("baseline", ["--from-memory", "--workers=0"])
 def test_step_throughput_measures_engine_and_baseline(step_throughput, tmp_path, baseline):
     out = tmp_path / "step.json"

@@ -9,17 +9,18 @@ from torch import nn
 
 from tests.conftest import TINY_SUITE
 from tlbench.errors import UserError
-from tlbench.matrix.planning import plan
-from tlbench.matrix.suite import validate
 from tlbench.models.transfer import TransferModel, make_bottleneck
 from tlbench.plugins.registry import get_registry
+from tlbench.spec.loading import validate
+from tlbench.spec.plan import plan
+from tlbench.spec.recipe import Recipe
 from tlbench.training.setup import build_model
 
 
 def _cells(**recipe):
     data = yaml.safe_load(TINY_SUITE)
     data["recipe"].update(recipe)
-    return plan(validate(data, origin="tiny.yaml"), get_registry(), check_data=False)[0]
+    return plan(validate(data, origin="tiny.yaml"), get_registry(), check_data=False).cells
 
 
 def test_the_default_bottleneck_keeps_its_parameter_names_and_every_cell_id():
@@ -35,7 +36,7 @@ def test_the_default_bottleneck_keeps_its_parameter_names_and_every_cell_id():
         "1.num_batches_tracked",
     ]
     assert [c.id for c in _cells(bottleneck_layers=1, bottleneck_norm="batch")] == [c.id for c in _cells()]
-    assert "bottleneck_norm" not in _cells()[0].recipe
+    assert "bottleneck_norm" not in _cells()[0].recipe.id_config()
     assert {c.id for c in _cells(bottleneck_norm="none")}.isdisjoint(c.id for c in _cells())
 
 
@@ -55,7 +56,7 @@ def test_ganins_label_predictor_is_two_plain_layers_of_100():
 
 
 def test_the_recipe_builds_the_head_it_names():
-    recipe = {"bottleneck_dim": 16, "bottleneck_layers": 3, "bottleneck_norm": "none", "backbone_lr_scale": 1.0}
+    recipe = Recipe(bottleneck_dim=16, bottleneck_layers=3, bottleneck_norm="none", backbone_lr_scale=1.0)
     model, _, _ = build_model("dann_mnist", "random", 10, recipe, get_registry())
     assert sum(isinstance(m, nn.Linear) for m in model.bottleneck) == 3
     assert not any(isinstance(m, nn.BatchNorm1d) for m in model.bottleneck)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 
 from tlbench.errors import UserError
-from tlbench.matrix.cells import expand_cells, resolve_pairs
-from tlbench.matrix.planning import waves
-from tlbench.matrix.suite import load_suite
 from tlbench.plugins.registry import get_registry
+from tlbench.spec.expand import expand_cells, resolve_pairs
+from tlbench.spec.loading import load_suite
+from tlbench.spec.plan import Plan
 
 SUITE = """\
 name: m
@@ -51,7 +51,7 @@ def test_matrix_size_and_teachers_are_matrix_cells(tmp_path):
 
 def test_teacher_trained_once_and_first(tmp_path):
     cells = cells_of(tmp_path)
-    first, rest = waves(cells)
+    first, rest = Plan(suite=None, dataset=None, pairs=[], cells=cells).waves()
     assert {c.id for c in first} == {c.teacher.id for c in cells if c.teacher}
     assert len(first) == 4  # one teacher per (pair, seed), shared by both students' backbones
     assert not {c.id for c in first} & {c.id for c in rest}

@@ -7,6 +7,7 @@ import types
 import pytest
 import torch
 
+from tlbench.spec.recipe import Recipe
 from tlbench.training.checkpoints import CheckpointEvaluator, checkpoint_subset
 from tlbench.training.evaluation import Evaluation, ModelOutputs
 
@@ -20,7 +21,7 @@ def test_the_subset_is_fixed_sorted_and_depends_on_the_size_only():
 
 
 def _evaluator(n=12, cap=5):
-    setup = types.SimpleNamespace(recipe={"eval_points_images": cap}, total_steps=10)
+    setup = types.SimpleNamespace(recipe=Recipe(eval_points_images=cap), total_steps=10)
     images = torch.arange(n, dtype=torch.uint8).view(n, 1, 1, 1).expand(n, 3, 2, 2)
     labels = torch.arange(n) % 3
     return CheckpointEvaluator(setup, images, labels, points=2), labels
@@ -46,9 +47,10 @@ def test_every_checkpoint_reads_the_same_subset_and_the_last_is_cut_to_it():
     assert cut.target_acc == pytest.approx(100 * float((labels[index] == 0).float().mean()))
 
 
-def test_a_cell_recipe_without_the_key_gets_its_default():
-    # a cell's recipe leaves out later keys at their default (Recipe.cell_config): 1,000 images
-    setup = types.SimpleNamespace(recipe={}, total_steps=10)
+def test_a_recipe_at_its_defaults_reads_a_thousand_target_images():
+    # the key is left out of the cell id at its default (Recipe.id_config), never out of the recipe
+    assert "eval_points_images" not in Recipe().id_config()
+    setup = types.SimpleNamespace(recipe=Recipe(), total_steps=10)
     images = torch.zeros(1500, 3, 2, 2, dtype=torch.uint8)
     ev = CheckpointEvaluator(setup, images, torch.zeros(1500, dtype=torch.int64), points=5)
     assert len(ev.target_images) == len(ev.target_labels) == 1000

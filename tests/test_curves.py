@@ -11,22 +11,17 @@ import torch
 from torch import nn
 
 from tlbench.cli import main
-from tlbench.matrix.results import CellRecord, ResultsDir
+from tlbench.spec.recipe import Recipe
+from tlbench.spec.record import CellRecord
+from tlbench.spec.store import ResultsDir
 from tlbench.training.curves import CurveRecorder, Curves
 from tlbench.training.loop import run_steps
 from tlbench.training.schedule import ParamSchedule
 from tlbench.training.strategy import Batch, ParamGroup, StepContext, StepOutput
 
-RECIPE = {
-    "steps": 4,
-    "lr": 0.1,
-    "lr_gamma": 0.0,
-    "lr_decay": 0.75,
-    "optimizer": "sgd",
-    "momentum": 0.0,
-    "nesterov": False,
-    "weight_decay": 0.0,
-}
+RECIPE = Recipe(
+    steps=4, lr=0.1, lr_gamma=0.0, lr_decay=0.75, optimizer="sgd", momentum=0.0, nesterov=False, weight_decay=0.0
+)
 
 
 class _Square(nn.Module):
@@ -94,6 +89,7 @@ def tiny_run(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_every_cell_has_one_point_per_logging_step_in_its_own_file(tiny_run):
     results = ResultsDir(tiny_run)
     records = results.records()
@@ -109,6 +105,7 @@ def test_every_cell_has_one_point_per_logging_step_in_its_own_file(tiny_run):
     assert "curves" not in (tiny_run / "results.jsonl").read_text()
 
 
+@pytest.mark.slow
 def test_tlbench_curves_prints_tables_and_draws_a_png(tiny_run, capsys, tmp_path):
     assert main(["curves", str(tiny_run), "--cells", "*dann*", "--metric", "lr/*"]) == 0
     out = capsys.readouterr().out

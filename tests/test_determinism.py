@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from conftest import TINY_SUITE  # tests/ is on sys.path (pytest rootdir conftest)
 
 from tlbench.cli import main
@@ -22,6 +23,7 @@ def _records(out: Path) -> dict[str, dict]:
     return out_records
 
 
+@pytest.mark.slow
 def test_same_suite_seed_and_device_give_the_same_numbers(tmp_path, capsys):
     suite = tmp_path / "tiny.yaml"
     # dann: random augmentations, sampling and a domain discriminator; reports are not the point here

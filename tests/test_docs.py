@@ -155,12 +155,12 @@ def test_example_plugin_registers_and_conforms(kind, tmp_path):
 
 
 def test_recipe_keys_table_matches_the_recipe_model():
-    from tlbench.matrix.suite import Recipe, recipe_keys_markdown
+    from tlbench.spec.recipe import Recipe, recipe_keys_markdown
 
     text = (DOC.parent / "recipe.md").read_text(encoding="utf-8")
     table = re.search(r"<!-- recipe-keys:start -->\n(.*?)<!-- recipe-keys:end -->", text, re.DOTALL)
     assert table, "docs/recipe.md has lost its recipe-keys markers"
     assert table.group(1) == recipe_keys_markdown(), (
-        "docs/recipe.md's table is stale: regenerate it with tlbench.matrix.suite.recipe_keys_markdown()"
+        "docs/recipe.md's table is stale: regenerate it with tlbench.spec.recipe.recipe_keys_markdown()"
     )
     assert [ln.split("`")[1] for ln in table.group(1).splitlines()[2:]] == list(Recipe.model_fields)

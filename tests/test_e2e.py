@@ -10,8 +10,8 @@ import pytest
 
 import tlbench
 from tlbench.cli import main
-from tlbench.matrix.results import RESULT_COLUMNS
 from tlbench.plugins.registry import Registry, set_registry
+from tlbench.spec.record import RESULT_COLUMNS
 
 
 @pytest.fixture(scope="module")
@@ -21,6 +21,7 @@ def finished_run(tmp_path_factory):
     return run_tiny_suite(tmp_path_factory.mktemp("e2e"))
 
 
+@pytest.mark.slow
 def test_run_writes_every_cell_once_with_exact_columns(finished_run):
     _, out, code = finished_run
     assert code == 0
@@ -38,6 +39,7 @@ def test_run_writes_every_cell_once_with_exact_columns(finished_run):
     assert (out / "leaderboard.md").read_text().count("source_only") >= 1
 
 
+@pytest.mark.slow
 def test_resume_skips_finished_cells(finished_run, capsys):
     suite, out, _ = finished_run
     before = (out / "results.csv").read_text()
@@ -46,12 +48,14 @@ def test_resume_skips_finished_cells(finished_run, capsys):
     assert (out / "results.csv").read_text() == before
 
 
+@pytest.mark.slow
 def test_narrowing_reruns_nothing_it_has(finished_run, capsys):
     suite, out, _ = finished_run
     assert main(["run", str(suite), "--out", str(out), "--quiet", "--strategies", "dann"]) == 0
     assert "1 cells: 0 run, 1 already done" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_same_seed_same_numbers_on_cpu(finished_run, tmp_path):
     suite, out, _ = finished_run
     again = tmp_path / "again"
@@ -151,6 +155,7 @@ def test_list_filters_with_wildcards(capsys):
     assert "tf_efficientnet_lite0" in capsys.readouterr().out.split()
 
 
+@pytest.mark.slow
 def test_compiled_backbone_trains_to_the_same_result(tiny_suite, tmp_path):
     """recipe.compile: the backbone goes through torch.compile (inductor; about a minute on a CPU)."""
     plain, compiled = tmp_path / "plain", tmp_path / "compiled"

@@ -12,10 +12,11 @@ from conftest import TINY_SUITE  # tests/ is on sys.path (pytest rootdir conftes
 from torch import nn
 
 from tlbench.errors import DivergedError, UserError
-from tlbench.matrix.cells import CellTask
-from tlbench.matrix.planning import plan
-from tlbench.matrix.suite import load_suite
 from tlbench.plugins.registry import get_registry
+from tlbench.spec.cell import CellTask
+from tlbench.spec.loading import load_suite
+from tlbench.spec.plan import plan
+from tlbench.spec.recipe import Recipe
 from tlbench.training.augment import Augmenter, FixedViews, Normalizer
 from tlbench.training.batches import BatchSource, DomainImages
 from tlbench.training.curves import CurveRecorder
@@ -28,24 +29,24 @@ from tlbench.training.schedule import ParamSchedule
 from tlbench.training.setup import set_up_cell
 from tlbench.training.strategy import Batch, ParamGroup, StepContext, StepOutput
 
-RECIPE = {
-    "steps": 10,
-    "lr": 0.1,
-    "lr_gamma": 0.0,
-    "lr_decay": 0.75,
-    "optimizer": "sgd",
-    "momentum": 0.0,
-    "nesterov": False,
-    "weight_decay": 0.0,
-    "batch_size": 4,
-    "source_sampling": "shuffle",
-}
+RECIPE = Recipe(
+    steps=10,
+    lr=0.1,
+    lr_gamma=0.0,
+    lr_decay=0.75,
+    optimizer="sgd",
+    momentum=0.0,
+    nesterov=False,
+    weight_decay=0.0,
+    batch_size=4,
+    source_sampling="shuffle",
+)
 
 
 def _task(tmp_path, strategies: str = "[source_only]", extra: str = "") -> CellTask:
     path = tmp_path / "suite.yaml"
     path.write_text(TINY_SUITE.replace("strategies: [source_only, dann]", f"strategies: {strategies}") + extra)
-    cells, _ = plan(load_suite(path), get_registry())
+    cells = plan(load_suite(path), get_registry()).cells
     return CellTask(
         cell=cells[0],
         out_dir=str(tmp_path / "out"),
@@ -66,7 +67,7 @@ def test_setup_splits_a_shared_base_domain_into_disjoint_halves_and_holds_out_so
     data = setup.data
     n_src, n_hold, n_tgt = len(data.source_train), len(data.source_holdout), len(data.target)
     assert n_src + n_hold + n_tgt == 1797  # sklearn's digits, each image on one side only
-    assert n_hold == round(setup.recipe["source_holdout"] * (n_src + n_hold))
+    assert n_hold == round(setup.recipe.source_holdout * (n_src + n_hold))
     assert data.num_classes == 10
     assert setup.schedule.optimizer.param_groups  # groups active at step 0 are in the optimizer
 
@@ -144,7 +145,7 @@ def test_setup_is_the_same_for_the_same_seed(tmp_path):
 def test_schedule_adds_a_group_at_its_start_step_and_decays_the_rate():
     early, late = nn.Linear(2, 2), nn.Linear(2, 2)
     groups = [ParamGroup("early", list(early.parameters())), ParamGroup("late", list(late.parameters()), start=0.5)]
-    recipe = dict(RECIPE, lr_gamma=10.0)
+    recipe = RECIPE.model_copy(update={"lr_gamma": 10.0})
     model = nn.Sequential(early, late)
     schedule = ParamSchedule(groups, [model], model, recipe, torch.device("cpu"), "probe")
     assert schedule.start_step[id(groups[1])] == 5
@@ -276,7 +277,12 @@ class _Log(StepObserver):
 def _loop(strategy, observers, steps: int = 5, log_every: int = 2, recorder: list | None = None):
     """Run the loop; with ``recorder`` (a list), a CurveRecorder joins the observers and is put in it."""
     schedule = ParamSchedule(
-        [ParamGroup("w", [strategy.w])], [strategy], strategy, dict(RECIPE, steps=steps), torch.device("cpu"), "probe"
+        [ParamGroup("w", [strategy.w])],
+        [strategy],
+        strategy,
+        RECIPE.model_copy(update={"steps": steps}),
+        torch.device("cpu"),
+        "probe",
     )
     if recorder is not None:
         recorder.append(CurveRecorder(schedule))

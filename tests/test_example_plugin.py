@@ -39,6 +39,7 @@ def test_it_appears_in_plugins_and_lists(capsys):
     assert capsys.readouterr().out.split()[:2] == ["csv_images", "tlbench_coral.csv_images"]
 
 
+@pytest.mark.slow
 def test_its_suite_runs_coral_next_to_source_only(tmp_path, capsys):
     out = tmp_path / "out"
     assert main(["run", str(SUITE), "--out", str(out), "--quiet"]) == 0

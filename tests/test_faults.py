@@ -101,6 +101,7 @@ def faulty_registry():
     set_registry(None)
 
 
+@pytest.mark.slow
 def test_faults_are_recorded_per_cell_and_the_matrix_goes_on(faulty_registry, tmp_path, capsys):
     suite = tmp_path / "faults.yaml"
     suite.write_text(SUITE)
@@ -110,7 +111,7 @@ def test_faults_are_recorded_per_cell_and_the_matrix_goes_on(faulty_registry, tm
     assert code == 1, captured
     assert "Traceback" not in captured.out + captured.err
 
-    df = pd.read_csv(out / "results.csv").set_index("strategy")
+    df = pd.read_csv(out / "results.csv").set_index("label")
     assert sorted(df.index) == sorted(
         ["boom", "oom", "goes_nan", "before_hook_fails", "after_hook_fails", "source_only"]
     )
@@ -148,6 +149,7 @@ def test_faults_are_recorded_per_cell_and_the_matrix_goes_on(faulty_registry, tm
     assert len(failures) == 5
 
 
+@pytest.mark.slow
 def test_failed_cells_are_retried_and_diverged_ones_kept(faulty_registry, tmp_path, capsys):
     """A rerun retries a failed cell (its fault may have been the machine's); a diverged cell is a
     result, kept until --force; the exit code is that of every cell of the matrix."""

@@ -20,10 +20,10 @@ from tlbench.data.domains import TEST, TRAIN, Domain
 from tlbench.data.splits import TEST_FRACTION, VALIDATION_FRACTION, train_test_split
 from tlbench.data.tasks import split_task
 from tlbench.errors import UserError
-from tlbench.matrix.cells import CellTask
-from tlbench.matrix.planning import plan
-from tlbench.matrix.suite import load_suite
 from tlbench.plugins.registry import Registry
+from tlbench.spec.cell import CellTask
+from tlbench.spec.loading import load_suite
+from tlbench.spec.plan import plan
 from tlbench.training.strategy import Batch
 
 FINETUNE = TINY_SUITE.replace(
@@ -232,7 +232,7 @@ def test_held_back_labels_and_test_images_never_reach_a_strategy(tmp_path, monke
 
     registry = Registry(plugins={"spy": SPY})
     text = FINETUNE.replace("budgets: [10%, 100%]", "budgets: [10%]")
-    cells, _ = plan(load_suite(_suite(tmp_path, text, "[spy]")), registry)
+    cells = plan(load_suite(_suite(tmp_path, text, "[spy]")), registry).cells
     served = {}
     build = engine.BatchSource.build
 
@@ -314,9 +314,9 @@ def test_bad_finetune_suites_are_one_line(capsys, tmp_path, edit, expected):
 
 def test_uda_cell_ids_carry_no_finetune_keys_and_finetune_ids_do(tmp_path):
     registry = Registry()
-    uda, _ = plan(load_suite(_suite(tmp_path, TINY_SUITE)), registry)
+    uda = plan(load_suite(_suite(tmp_path, TINY_SUITE)), registry).cells
     assert not {"protocol", "budget", "score_on", "test_split"} & set(uda[0].config())
-    ft, _ = plan(load_suite(_suite(tmp_path)), registry)
+    ft = plan(load_suite(_suite(tmp_path)), registry).cells
     assert [(c.protocol, c.task, c.budget, c.pair) for c in ft] == [
         ("finetune", "digits", "10%", "digits 10%"),
         ("finetune", "digits", "100%", "digits 100%"),
@@ -326,7 +326,7 @@ def test_uda_cell_ids_carry_no_finetune_keys_and_finetune_ids_do(tmp_path):
 
 def test_tasks_flag_narrows_a_finetune_suite_and_is_refused_by_a_uda_one(tmp_path, capsys):
     text = FINETUNE.replace("tasks: [digits]", "tasks: [digits, digits+invert]")
-    cells, _ = plan(load_suite(_suite(tmp_path, text), tasks=["digits+invert"]), Registry())
+    cells = plan(load_suite(_suite(tmp_path, text), tasks=["digits+invert"]), Registry()).cells
     assert {c.task for c in cells} == {"digits+invert"} and len(cells) == 2
     uda = tmp_path / "uda.yaml"
     uda.write_text(TINY_SUITE)
@@ -344,6 +344,7 @@ def finetune_run(tmp_path_factory):
     return out, code
 
 
+@pytest.mark.slow
 def test_every_supporting_strategy_runs_end_to_end_in_a_tiny_finetune_suite(finetune_run):
     out, code = finetune_run
     assert code == 0

@@ -15,11 +15,11 @@ from conftest import TINY_SUITE  # tests/ is on sys.path (pytest rootdir conftes
 
 import tlbench
 from tlbench.data.files import load_checked
-from tlbench.matrix.cells import CellTask
-from tlbench.matrix.planning import plan
-from tlbench.matrix.results import ResultsDir
-from tlbench.matrix.suite import load_suite
 from tlbench.plugins.registry import Registry
+from tlbench.spec.cell import CellTask
+from tlbench.spec.loading import load_suite
+from tlbench.spec.plan import plan
+from tlbench.spec.store import ResultsDir
 from tlbench.testing import make_tiny_model
 from tlbench.training.augment import Augmenter, Normalizer
 from tlbench.training.engine import train_cell
@@ -65,7 +65,7 @@ def _cells(tmp_path: Path, strategies: str, extra: str = ""):
     path = tmp_path / "suite.yaml"
     path.write_text(TINY_SUITE.replace("strategies: [source_only, dann]", strategies) + extra)
     suite = load_suite(path)
-    cells, _ = plan(suite, registry)
+    cells = plan(suite, registry).cells
     return cells, registry
 
 
@@ -91,7 +91,7 @@ def test_unfreeze_trains_on_cached_features_until_the_first_stage_joins(tmp_path
     (cell,) = cells
     record = _train(cell, registry, tmp_path)
     assert record.status == "ok", record.error
-    steps = cell.recipe["steps"]
+    steps = cell.recipe.steps
     joins = math.ceil(0.5 * steps)
     assert record.extra["feature_cache"] is True and record.extra["feature_cache_steps"] == joins
     shapes = {step: shape for name, step, shape, _ in SEEN}

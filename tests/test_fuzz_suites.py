@@ -264,6 +264,7 @@ def no_work(monkeypatch):
 @settings(
     max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
 )
+@pytest.mark.slow
 @given(suite_text=mutation())
 def test_broken_suites_get_one_clean_error_line(suite_text, tmp_path, no_work):
     path: Path = tmp_path / "fuzz.yaml"

@@ -9,10 +9,11 @@ import yaml
 from tests.conftest import TINY_SUITE
 from tlbench.data.domains import Domain
 from tlbench.errors import UserError
-from tlbench.matrix.planning import plan
-from tlbench.matrix.suite import validate
 from tlbench.models.backbones import Backbone
 from tlbench.plugins.registry import get_registry
+from tlbench.spec.loading import validate
+from tlbench.spec.plan import plan
+from tlbench.spec.recipe import Recipe
 from tlbench.training.augment import Normalizer
 from tlbench.training.setup import CellData, input_mean
 
@@ -22,12 +23,12 @@ def _cells(backbones=None, **recipe):
     data["recipe"].update(recipe)
     if backbones is not None:
         data["backbones"] = backbones
-    return plan(validate(data, origin="tiny.yaml"), get_registry(), check_data=False)[0]
+    return plan(validate(data, origin="tiny.yaml"), get_registry(), check_data=False).cells
 
 
 def test_input_mean_backbone_keeps_every_cell_id():
     assert [c.id for c in _cells(input_mean="backbone")] == [c.id for c in _cells()]
-    assert "input_mean" not in _cells()[0].recipe
+    assert "input_mean" not in _cells()[0].recipe.id_config()
     assert {c.id for c in _cells(input_mean="domains")}.isdisjoint(c.id for c in _cells())
 
 
@@ -37,7 +38,7 @@ def test_a_backbone_recipe_reaches_only_that_backbones_cells():
     cells = _cells([plain, own])
     by_backbone = {b: [c for c in cells if c.backbone == b] for b in ("test_efficientnet", "test_resnet")}
     assert [c.id for c in by_backbone["test_efficientnet"]] == [c.id for c in _cells()]
-    assert {c.recipe["input_mean"] for c in by_backbone["test_resnet"]} == {"domains"}
+    assert {c.recipe.input_mean for c in by_backbone["test_resnet"]} == {"domains"}
 
 
 @pytest.mark.parametrize(
@@ -73,10 +74,10 @@ def test_domains_mean_is_the_mean_pixel_of_source_training_and_served_target_ima
     )
     # three source images and one target image; the held-out source is not part of it
     expected = ((3 * 0 + 102) / 4 / 255, (3 * 51 + 51) / 4 / 255, (3 * 255 + 0) / 4 / 255)
-    assert input_mean({"input_mean": "domains"}, data, colour) == pytest.approx(expected)
-    assert input_mean({"input_mean": "domains"}, data, grey) == pytest.approx((sum(expected) / 3,))
-    assert input_mean({"input_mean": "backbone"}, data, colour) is None  # the backbone's own constants
-    assert input_mean({}, data, grey) is None
+    assert input_mean(Recipe(input_mean="domains"), data, colour) == pytest.approx(expected)
+    assert input_mean(Recipe(input_mean="domains"), data, grey) == pytest.approx((sum(expected) / 3,))
+    assert input_mean(Recipe(input_mean="backbone"), data, colour) is None  # the backbone's own constants
+    assert input_mean(Recipe(), data, grey) is None
 
 
 def test_under_finetune_the_mean_reads_the_unlabelled_images_not_the_scored_ones():
@@ -88,7 +89,7 @@ def test_under_finetune_the_mean_reads_the_unlabelled_images_not_the_scored_ones
         unlabelled=_domain("pool", (100, 100, 100), 1),
     )
     colour = Backbone(network=torch.nn.Identity(), feature_dim=3)
-    assert input_mean({"input_mean": "domains"}, data, colour) == pytest.approx((50 / 255,) * 3)
+    assert input_mean(Recipe(input_mean="domains"), data, colour) == pytest.approx((50 / 255,) * 3)
 
 
 def test_a_normalisation_of_its_own_enters_cache_keys_and_the_backbones_does_not():

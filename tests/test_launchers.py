@@ -111,6 +111,7 @@ def baseline(tmp_path_factory) -> pd.DataFrame:
 # -- multigpu ---------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_multigpu_two_cpu_workers_match_local_and_survive_a_killed_worker(baseline, worker_env, arm, tmp_path):
     arm(1)  # the first cell (the teacher) is killed once and retried in a fresh worker
     code, df = run(tmp_path, {"name": "multigpu", "options": {"workers": 2, "retries": 1}})
@@ -119,6 +120,7 @@ def test_multigpu_two_cpu_workers_match_local_and_survive_a_killed_worker(baseli
     assert_teacher_first(tmp_path / "out")
 
 
+@pytest.mark.slow
 def test_multigpu_records_a_cell_whose_worker_keeps_dying(worker_env, arm, tmp_path):
     arm(2)
     code, df = run(
@@ -141,11 +143,11 @@ def test_multigpu_without_gpu_needs_workers(tmp_path):
 def _one_task(tmp_path: Path):
     """A real task of the suite's first cell, as the runner would hand it to a launcher."""
     from tlbench.data.cache import default_cache_dir
-    from tlbench.matrix.cells import CellTask
-    from tlbench.matrix.planning import plan
-    from tlbench.matrix.suite import load_suite
+    from tlbench.spec.cell import CellTask
+    from tlbench.spec.loading import load_suite
+    from tlbench.spec.plan import plan
 
-    cells, _ = plan(load_suite(write_suite(tmp_path), strategies=["source_only"]), get_registry())
+    cells = plan(load_suite(write_suite(tmp_path), strategies=["source_only"]), get_registry()).cells
     return CellTask(
         cell=cells[0],
         out_dir=str(tmp_path / "out"),
@@ -159,6 +161,7 @@ def interrupt_on_start(task) -> None:
     raise KeyboardInterrupt
 
 
+@pytest.mark.slow
 def test_multigpu_ctrl_c_stops_its_workers(worker_env, tmp_path):
     from tlbench.training.engine import run_cell
     from tlbench_builtins.launchers.multigpu import MultiGpuLauncher
@@ -186,11 +189,13 @@ def local_ray(worker_env):
     ray.shutdown()
 
 
+@pytest.mark.slow
 def test_local_ray_listens_on_loopback_only(local_ray):
     assert local_ray.get_runtime_context().gcs_address.startswith("127.0.0.1:")
     assert {n["NodeManagerAddress"] for n in local_ray.nodes()} == {"127.0.0.1"}
 
 
+@pytest.mark.slow
 def test_ray_matches_local_and_retries_a_killed_worker(baseline, local_ray, arm, tmp_path):
     arm(1)
     code, df = run(tmp_path, {"name": "ray", "options": {"max_retries": 1}})
@@ -227,6 +232,7 @@ def submitit_installed():
         pytest.skip("submitit is not installed (pip install 'tlbench[slurm]')")
 
 
+@pytest.mark.slow
 def test_slurm_local_matches_local_and_retries_a_killed_job(baseline, submitit_installed, worker_env, arm, tmp_path):
     arm(1)
     code, df = run(tmp_path, {"name": "slurm", "options": {"cluster": "local", "retries": 1, "cpus_per_task": 1}})
@@ -236,6 +242,7 @@ def test_slurm_local_matches_local_and_retries_a_killed_job(baseline, submitit_i
     assert any((tmp_path / "out" / "slurm").rglob("*_log.err"))  # logs live inside the output directory
 
 
+@pytest.mark.slow
 def test_slurm_records_a_job_that_died_without_retries(submitit_installed, worker_env, arm, tmp_path):
     arm(1)
     code, df = run(

@@ -12,9 +12,11 @@ import pandas as pd
 import pytest
 
 from tlbench.errors import UserError
-from tlbench.matrix.results import CellRecord, ResultsDir
 from tlbench.reporting.leaderboard import build_leaderboard
 from tlbench.reporting.write import report_dirs
+from tlbench.spec.record import CellRecord
+from tlbench.spec.store import ResultsDir
+from tlbench.spec.summary import SuiteSummary
 
 PAIRS = ["A->W", "D->W"]
 XSS = "<script>alert(1)</script>"
@@ -115,7 +117,7 @@ def write_results(root, records, suite=SUITE):
     rd = ResultsDir(root)
     for r in records:
         rd.write_record(r)
-    rd.write_suite(suite)
+    rd.write_suite(SuiteSummary.from_dict(suite))
     return root
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib
 import sys
 
+import pytest
+
 from tlbench.plugins.provenance import provenance, source_digest
 from tlbench.plugins.registry import Registry
 
@@ -52,6 +54,7 @@ def register_strategies(register):
 '''
 
 
+@pytest.mark.slow
 def test_a_finished_cell_whose_strategy_source_changed_is_stale(tmp_path, monkeypatch, capsys):
     from conftest import TINY_SUITE
 

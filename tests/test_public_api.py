@@ -131,6 +131,7 @@ RUNTIME_CHECK = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_importing_the_core_and_using_the_registry_loads_no_builtin():
     result = subprocess.run(
         [sys.executable, "-c", RUNTIME_CHECK], capture_output=True, text=True, cwd=ROOT / "tests", timeout=300

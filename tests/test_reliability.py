@@ -150,6 +150,7 @@ def _record_with_started_at_5(record: dict) -> dict:
     return {**record, "started_at": 5}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("content", ["{}", "[]", "null", '"a string"', "started_at: 5", "not json {"])
 def test_a_record_that_does_not_validate_is_named_and_its_cell_runs_again(capsys, tmp_path, finished_run, content):
     suite, out, record = copy_run(finished_run, tmp_path)
@@ -312,6 +313,7 @@ def faulty(monkeypatch, tmp_path):
     set_registry(None)
 
 
+@pytest.mark.slow
 def test_a_rerun_retries_failed_cells(faulty, capsys, tmp_path):
     suite = tiny(tmp_path, TINY_SUITE.replace("[source_only, dann]", "[fails_while_flagged, source_only]"))
     out = tmp_path / "out"
@@ -324,6 +326,7 @@ def test_a_rerun_retries_failed_cells(faulty, capsys, tmp_path):
     assert set(pd.read_csv(out / "results.csv")["status"]) == {"ok"}
 
 
+@pytest.mark.slow
 def test_diverged_cells_are_kept_and_the_exit_code_is_the_whole_matrix(faulty, capsys, tmp_path):
     suite = tiny(tmp_path, TINY_SUITE.replace("[source_only, dann]", "[goes_nan, source_only]"))
     out = tmp_path / "out"
@@ -338,6 +341,7 @@ def test_diverged_cells_are_kept_and_the_exit_code_is_the_whole_matrix(faulty, c
     assert code == 1 and "1 cells: 1 run, 0 already done, 1 failed" in stdout
 
 
+@pytest.mark.slow
 def test_a_strategy_that_calls_sys_exit_fails_its_cell_only(faulty, capsys, tmp_path):
     suite = tiny(tmp_path, TINY_SUITE.replace("[source_only, dann]", "[exits, source_only]"))
     out = tmp_path / "out"
@@ -351,6 +355,7 @@ def test_a_strategy_that_calls_sys_exit_fails_its_cell_only(faulty, capsys, tmp_
 KD_SUITE = TINY_SUITE.replace("[source_only, dann]", "[{kd: {teacher_strategy: source_only}}]")
 
 
+@pytest.mark.slow
 def test_a_damaged_kd_teacher_is_retrained_by_the_same_command(faulty, capsys, tmp_path):
     suite = tiny(tmp_path, KD_SUITE)
     out = tmp_path / "out"
@@ -383,6 +388,7 @@ def _run_subprocess(suite: Path, out: Path, env: dict[str, str]) -> subprocess.C
     )
 
 
+@pytest.mark.slow
 def test_a_cell_that_kills_its_process_is_that_cells_failure(tmp_path):
     kill_dir = tmp_path / "kill"
     kill_dir.mkdir()
@@ -607,6 +613,7 @@ def test_a_file_given_as_the_image_folder_is_called_a_file(capsys, tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_a_feature_cache_path_that_is_a_folder_is_a_warning(capsys, tmp_path, monkeypatch):
     cache = tmp_path / "cache"
     monkeypatch.setenv("TLBENCH_CACHE", str(cache))
@@ -671,8 +678,8 @@ def test_set_errors_are_blamed_on_set(capsys, tmp_path):
 
 
 def test_domain_names_are_escaped_in_the_markdown_report():
-    from tlbench.matrix.results import CellRecord
     from tlbench.reporting.leaderboard import build_leaderboard
+    from tlbench.spec.record import CellRecord
     from tlbench_builtins.reports.markdown import render
 
     hostile = "<img src=x onerror=alert(1)>"

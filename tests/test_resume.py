@@ -103,6 +103,7 @@ def _comparable(out: Path) -> pd.DataFrame:
     return df.sort_values("cell_id").reset_index(drop=True)
 
 
+@pytest.mark.slow
 def test_sigkill_loses_nothing_and_resumes_to_the_same_leaderboard(tmp_path, capsys, started):
     suite = tmp_path / "resume.yaml"
     suite.write_text(SUITE)

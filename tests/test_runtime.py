@@ -133,6 +133,7 @@ def _run_command(tmp_path, **env_changes) -> dict:
     return record["extra"]["cpu_runtime"]
 
 
+@pytest.mark.slow
 def test_the_command_starts_again_with_the_settings_and_its_record_says_so(tmp_path):
     described = _run_command(tmp_path, TLBENCH_CPU_RUNTIME="glibc")
     assert described["allocator"] == "glibc"
@@ -141,6 +142,7 @@ def test_the_command_starts_again_with_the_settings_and_its_record_says_so(tmp_p
     assert described["omp_wait_policy"] == ("PASSIVE" if busy >= runtime.BUSY_CORES else "default")
 
 
+@pytest.mark.slow
 def test_the_command_started_on_a_busy_machine_waits_passively(tmp_path):
     rival = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     try:
@@ -154,10 +156,12 @@ def test_the_command_started_on_a_busy_machine_waits_passively(tmp_path):
 @pytest.mark.skipif(
     runtime.find_library("jemalloc") is None, reason="jemalloc is not installed here (apt install libjemalloc2)"
 )
+@pytest.mark.slow
 def test_jemalloc_is_loaded_into_the_process_when_installed(tmp_path):
     assert _run_command(tmp_path)["allocator"] == "jemalloc"  # read from /proc/self/maps, not from intent
 
 
+@pytest.mark.slow
 def test_the_switch_turns_everything_off(tmp_path):
     described = _run_command(tmp_path, TLBENCH_CPU_RUNTIME="off")
     assert described == {"allocator": "glibc", "allocator_settings": "defaults", "omp_wait_policy": "default"}

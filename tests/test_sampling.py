@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tlbench.errors import UserError
-from tlbench.matrix.suite import Recipe
+from tlbench.spec.recipe import Recipe
 from tlbench.training.batches import ClassBalancedSampler, Sampler, source_sampler
 
 
@@ -29,15 +29,15 @@ def test_class_balanced_draws_give_every_class_the_same_share_whatever_its_size(
 def test_the_recipe_chooses_the_source_sampler():
     labels = torch.tensor([0, 0, 1])
     g = torch.Generator().manual_seed(0)
-    base = Recipe().model_dump(mode="json")
-    assert base["source_sampling"] == "shuffle"
+    base = Recipe()
+    assert base.source_sampling == "shuffle"
     assert isinstance(source_sampler(labels, base, g, torch.device("cpu")), Sampler)
-    balanced = Recipe(source_sampling="class_balanced").model_dump(mode="json")
+    balanced = Recipe(source_sampling="class_balanced")
     assert isinstance(source_sampler(labels, balanced, g, torch.device("cpu")), ClassBalancedSampler)
 
 
 def test_an_unknown_source_sampling_is_a_suite_error_naming_the_choices(tmp_path):
-    from tlbench.matrix.suite import load_suite
+    from tlbench.spec.loading import load_suite
 
     path = tmp_path / "s.yaml"
     path.write_text(

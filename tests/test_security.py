@@ -21,7 +21,7 @@ from conftest import ROOT, TINY_SUITE  # tests/ is on sys.path (pytest rootdir c
 from PIL import Image
 
 from tlbench.cli import main
-from tlbench.matrix.results import ResultsDir
+from tlbench.spec.store import ResultsDir
 
 CODE_DIRS = [ROOT / "tlbench", ROOT / "plugins"]
 
@@ -51,8 +51,7 @@ def test_suite_plugin_names_are_names_never_import_paths(tmp_path, capsys):
     assert "unknown strategy 'os.system'" in capsys.readouterr().err
     # the modules that turn a suite into work never import or look up objects by a dotted path
     for path in (
-        ROOT / "tlbench" / "matrix" / "suite.py",
-        ROOT / "tlbench" / "matrix" / "cells.py",
+        *sorted((ROOT / "tlbench" / "spec").glob("*.py")),
         ROOT / "tlbench" / "matrix" / "runner.py",
     ):
         tree = ast.parse(path.read_text())
@@ -136,13 +135,14 @@ def _damage(path: Path, how: str) -> None:
 @pytest.mark.parametrize("how", ["flip", "truncate"])
 def test_feature_cache_damage_is_detected_and_rebuilt(tmp_path, how):
     from tlbench.plugins.registry import get_registry
+    from tlbench.spec.recipe import Recipe
     from tlbench.training.augment import Augmenter, Normalizer
     from tlbench.training.frozen import FeatureBank
     from tlbench.training.setup import build_model
 
     torch.manual_seed(0)
     model, _, _ = build_model(
-        "test_efficientnet", "random", 10, {"bottleneck_dim": 0, "backbone_lr_scale": 0.1}, get_registry()
+        "test_efficientnet", "random", 10, Recipe(bottleneck_dim=0, backbone_lr_scale=0.1), get_registry()
     )
     calls = []
     model.backbone.register_forward_hook(lambda *a: calls.append(1))
@@ -269,6 +269,7 @@ def _chmod_tree(root: Path, writable: bool) -> None:
             p.chmod(0o644 if writable else 0o444)
 
 
+@pytest.mark.slow
 def test_a_run_writes_only_to_its_output_dir_and_cache(tmp_path):
     cwd, home, cache, tmp, data, suites = (tmp_path / n for n in ("cwd", "home", "cache", "tmp", "data", "suites"))
     for d in (cwd, home, cache, tmp, suites):

@@ -11,10 +11,11 @@ import pytest
 import yaml
 
 from tests.conftest import TINY_SUITE
-from tlbench.matrix.evaluations import CheckpointEvaluations
-from tlbench.matrix.results import CellRecord, ResultsDir
 from tlbench.plugins.registry import get_registry
 from tlbench.reporting.selection import LAST, LAST_ROW, select
+from tlbench.spec.evaluations import CheckpointEvaluations
+from tlbench.spec.record import CellRecord
+from tlbench.spec.store import ResultsDir
 
 
 def _validators():
@@ -101,6 +102,7 @@ def test_regret_is_the_oracle_best_minus_the_choice(sweep):
     assert -1 <= table.loc["im", "rank_correlation"] <= 1
 
 
+@pytest.mark.slow
 def test_a_chosen_last_checkpoint_shows_the_records_accuracy_on_every_target_image(sweep):
     records, stored = sweep
     # the records' accuracy reads every target image; the stored last point only the checkpoint images
@@ -164,6 +166,7 @@ def _suite(tmp_path, name, **changes):
     return path
 
 
+@pytest.mark.slow
 def test_reselection_from_stored_evaluations_equals_selection_during_the_run(tmp_path, capsys):
     from tlbench.cli import main
 

@@ -12,9 +12,9 @@ import pytest
 from conftest import ROOT, SHARED_DATA  # tests/ is on sys.path (pytest rootdir conftest)
 
 from tlbench.errors import WeightsUnavailableError
-from tlbench.matrix.planning import plan
-from tlbench.matrix.suite import load_suite
 from tlbench.plugins.registry import get_registry
+from tlbench.spec.loading import load_suite
+from tlbench.spec.plan import plan
 
 SUITES = sorted((ROOT / "suites").glob("*.yaml"))
 
@@ -41,14 +41,16 @@ def test_suite_validates_and_expands(path: Path, tmp_path: Path):
     overrides = _my_images(tmp_path / "my_images") if path.name == "my_images.yaml" else []
     suite = load_suite(path, data_root=str(SHARED_DATA), overrides=overrides)
     try:
-        cells, pairs = plan(suite, get_registry(), check_data=has_data)
+        planned = plan(suite, get_registry(), check_data=has_data)
+        cells, pairs = planned.cells, planned.pairs
     except WeightsUnavailableError as exc:
         # Weights are checked last, once every name resolved and the matrix expanded: office31's
         # ResNet-50 has no offline weights on a machine without internet. The rest of it must plan.
         missing = [b for b in suite.backbones if repr(b.name) in str(exc)]
         assert missing and len(missing) < len(suite.backbones), str(exc)
         suite.backbones = [b for b in suite.backbones if b not in missing]
-        cells, pairs = plan(suite, get_registry(), check_data=has_data)
+        planned = plan(suite, get_registry(), check_data=has_data)
+        cells, pairs = planned.cells, planned.pairs
     runs = sum(len(b.pairs) if b.pairs is not None else len(pairs) for b in suite.backbones)  # backbone x pair
     expected = runs * len(suite.strategies) * len(suite.seeds)
     assert pairs
@@ -74,7 +76,7 @@ def test_timm_suites_plan_the_cells_of_their_committed_leaderboards(folder):
     committed = {p.name for p in (ROOT / "results" / folder / "cells").iterdir()}
     name, narrow = COMMITTED[folder]
     suite = load_suite(ROOT / "suites" / name, data_root=str(SHARED_DATA), **narrow)
-    cells, _ = plan(suite, get_registry(), check_data=False)
+    cells = plan(suite, get_registry(), check_data=False).cells
     assert committed and committed <= {c.id for c in cells}
 
 
@@ -83,13 +85,14 @@ def test_the_committed_digits_leaderboard_is_exactly_what_its_suite_plans():
     recipe changed in the suite without its cells retrained (or left over from an earlier recipe) fails."""
     committed = {p.name for p in (ROOT / "results" / "digits" / "cells").iterdir()}
     suite = load_suite(ROOT / "suites" / "digits.yaml", data_root=str(SHARED_DATA), seeds=[0, 1, 2])
-    cells, _ = plan(suite, get_registry(), check_data=False)
+    cells = plan(suite, get_registry(), check_data=False).cells
     assert committed == {c.id for c in cells}
 
 
 def test_the_digits_suite_narrowed_to_one_pair_plans_only_its_network(tmp_path):
     """``--pairs`` narrows a suite whose backbones name their own pairs: only the network of that pair runs."""
     suite = load_suite(ROOT / "suites" / "digits.yaml", pairs=["mnist->usps"], data_root=str(tmp_path))
-    cells, pairs = plan(suite, get_registry(), check_data=False)
+    planned = plan(suite, get_registry(), check_data=False)
+    cells, pairs = planned.cells, planned.pairs
     assert pairs == [("mnist", "usps")]
     assert {c.backbone for c in cells} == {"lenet"} and {c.pair for c in cells} == {"mnist->usps"}

@@ -6,9 +6,9 @@ import math
 
 import pytest
 
-from tlbench.matrix.results import CellRecord
 from tlbench.reporting import stats
 from tlbench.reporting.leaderboard import build_leaderboard
+from tlbench.spec.record import CellRecord
 
 PAIRS = ("a->b", "b->a", "a->c")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tlbench.errors import UserError
-from tlbench.matrix.suite import apply_override, load_suite
+from tlbench.spec.loading import apply_override, load_suite
 
 BASE = """\
 name: s

@@ -9,8 +9,8 @@ from conftest import ROOT
 
 from tlbench.cli import main
 from tlbench.errors import UserError
-from tlbench.matrix.shipped import resolve_suite, shipped_suites
-from tlbench.matrix.suite_yaml import read_yaml
+from tlbench.spec.shipped import resolve_suite, shipped_suites
+from tlbench.spec.suite_yaml import read_yaml
 
 SHIPPED = sorted(p.stem for p in (ROOT / "suites").glob("*.yaml"))
 

@@ -19,8 +19,8 @@ from conftest import TINY_SUITE, run_tiny_suite
 
 import tlbench
 from tlbench.cli import main
-from tlbench.matrix.results import ResultsDir
 from tlbench.plugins.registry import Registry, set_registry
+from tlbench.spec.store import ResultsDir
 
 SENT: list[str] = []
 
@@ -80,6 +80,7 @@ def _run(tmp_path: Path, *extra: str) -> int:
     )
 
 
+@pytest.mark.slow
 def test_a_resumed_run_sends_no_finished_cell_twice(with_test_trackers, tmp_path):
     assert _run(tmp_path, "--tracker", "counting") == 0
     records = ResultsDir(tmp_path / "out").records()
@@ -88,6 +89,7 @@ def test_a_resumed_run_sends_no_finished_cell_twice(with_test_trackers, tmp_path
     assert len(SENT) == 2
 
 
+@pytest.mark.slow
 def test_a_failing_tracker_leaves_the_exit_code_and_the_records_alone(with_test_trackers, tmp_path, capsys):
     assert _run(tmp_path / "plain") == 0
     plain = {r.strategy: r.target_acc for r in ResultsDir(tmp_path / "plain" / "out").records()}
@@ -118,6 +120,7 @@ def tracked_run(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_tensorboard_event_files_hold_every_cell_with_its_curves(tracked_run):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -234,6 +237,7 @@ def test_mlflow_ui_serves_the_runs_on_loopback(tracked_run):
         proc.wait(timeout=30)
 
 
+@pytest.mark.slow
 def test_mlflow_server_down_is_a_warning_not_a_failure(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")

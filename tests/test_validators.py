@@ -131,7 +131,7 @@ def test_validator_inputs_hold_no_target_label():
 
 
 def test_checkpoint_evaluations_store_no_target_labels_and_inputs_are_built_without_them():
-    from tlbench.matrix.evaluations import CheckpointEvaluations
+    from tlbench.spec.evaluations import CheckpointEvaluations
 
     evaluations = _evaluations(np.random.default_rng(0))
     stored = np.load(__import__("io").BytesIO(evaluations.to_bytes()))
@@ -157,7 +157,7 @@ def test_no_validator_score_changes_with_the_target_accuracy():
 
 
 def _evaluations(rng, k=3, nt=30, ns=20, c=4, d=8):
-    from tlbench.matrix.evaluations import CheckpointEvaluations
+    from tlbench.spec.evaluations import CheckpointEvaluations
 
     return CheckpointEvaluations(
         steps=np.arange(1, k + 1) * 10,

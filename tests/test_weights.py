@@ -136,6 +136,7 @@ def test_create_backbone_auto_uses_the_package(registry):
     assert torch.equal(model.conv_head.weight, expected)
 
 
+@pytest.mark.slow
 @needs_lite0
 def test_a_package_file_without_its_classifier_loads_bit_for_bit(tmp_path, monkeypatch, registry):
     """The carried weights of the GPU plan (make_gpu_subset.py: ``_fc.*`` dropped, xz) load as the full file does."""

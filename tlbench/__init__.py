@@ -56,6 +56,9 @@ _LAZY: dict[str, str] = {
     "Tracker": "tlbench.reporting.tracker",
     **dict.fromkeys(("Validator", "ValidatorInputs", "softmax", "entropy"), "tlbench.reporting.validator"),
     "Launcher": "tlbench.matrix.launcher",
+    # the types the cell hooks and trackers receive
+    "Cell": "tlbench.spec.cell",
+    "CellRecord": "tlbench.spec.record",
     **dict.fromkeys(("Leaderboard", "Footnote"), "tlbench.reporting.leaderboard"),
     **dict.fromkeys(("atomic_write_text", "atomic_write_bytes"), "tlbench.data.files"),
 }
@@ -100,6 +103,8 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from tlbench.reporting.reporter import Reporter
     from tlbench.reporting.tracker import Tracker
     from tlbench.reporting.validator import Validator, ValidatorInputs, entropy, softmax
+    from tlbench.spec.cell import Cell
+    from tlbench.spec.record import CellRecord
     from tlbench.training.strategy import (
         Batch,
         ParamGroup,

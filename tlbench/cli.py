@@ -11,6 +11,7 @@ import contextlib
 import os
 import sys
 from pathlib import Path
+from typing import cast
 
 from tlbench.errors import UserError
 
@@ -62,7 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     p.add_argument("--strict-plugins", action="store_true", help="a plugin that fails to load is fatal")
     # the two global flags are accepted after any subcommand too (tlbench list --strict-plugins ...)
-    common = argparse.ArgumentParser(add_help=False)
+    # cast: typeshed types add_parser's parents as the subparsers' own class (_Parser here), though argparse
+    # only copies a parent's arguments, from any ArgumentParser
+    common = cast(_Parser, argparse.ArgumentParser(add_help=False))
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
     common.add_argument(
         "--strict-plugins", action="store_true", default=argparse.SUPPRESS, help="a plugin that fails to load is fatal"
@@ -243,8 +246,8 @@ def _dispatch(args) -> int:
 
 def _run(args, registry) -> int:
     from tlbench.matrix.runner import RunOptions, run_suite
-    from tlbench.matrix.shipped import resolve_suite
-    from tlbench.matrix.suite import load_suite
+    from tlbench.spec.loading import load_suite
+    from tlbench.spec.shipped import resolve_suite
 
     suite = load_suite(
         resolve_suite(args.suite),
@@ -259,11 +262,10 @@ def _run(args, registry) -> int:
     out = args.out or DEFAULT_RUNS / suite.name
     if args.dry_run:
         from tlbench.matrix.estimate import estimate
-        from tlbench.matrix.planning import plan
-        from tlbench.matrix.results import ResultsDir
+        from tlbench.spec.plan import plan
+        from tlbench.spec.store import ResultsDir
 
-        cells, _ = plan(suite, registry)
-        for line in estimate(cells, ResultsDir(out), force=args.force).lines():
+        for line in estimate(plan(suite, registry).cells, ResultsDir(out), force=args.force).lines():
             print(line)
         return 0
     launcher_options = {"address": args.ray_address} if args.ray_address else {}
@@ -286,7 +288,7 @@ def _run(args, registry) -> int:
     print(f"{summary.total} cells: {ran} run, {summary.skipped} already done, {len(summary.failures)} failed")
     for r in summary.failures:
         first = r.error.splitlines()[0] if r.error else ""
-        print(f"  {r.status}: {r.backbone} {r.strategy} {r.column} seed={r.seed}: {first}")
+        print(f"  {r.status}: {r.backbone} {r.label} {r.column} seed={r.seed}: {first}")
     board = next((f for f in summary.report_files if f.name == "leaderboard.md"), None)
     print(f"results: {out / 'results.csv'}")
     if board:
@@ -349,7 +351,7 @@ def _list(args, registry) -> int:
 
 
 def _list_suites(pattern: str | None) -> int:
-    from tlbench.matrix.shipped import describe_shipped
+    from tlbench.spec.shipped import describe_shipped
 
     rows = describe_shipped(pattern)
     width = max([NAME_WIDTH, *(len(n) for n, _ in rows)])
@@ -385,23 +387,22 @@ def _prepare(args, registry) -> int:
     """Decode every domain at every stored size the suite's cells read (a backbone's own recipe or a
     swept size included), so the run starts from the cache."""
     from tlbench.data.cache import default_cache_dir, load_domain
-    from tlbench.matrix.planning import open_dataset, plan
-    from tlbench.matrix.shipped import resolve_suite
-    from tlbench.matrix.suite import load_suite
+    from tlbench.spec.loading import load_suite
+    from tlbench.spec.plan import plan
+    from tlbench.spec.shipped import resolve_suite
 
     suite = load_suite(resolve_suite(args.suite), pairs=args.pairs, data_root=args.data_root)
-    cells, _ = plan(suite, registry)
-    dataset = open_dataset(suite, registry)
+    run_plan = plan(suite, registry)
     cache = args.cache or default_cache_dir()
     wanted = sorted(
         {
-            (spec, int(cell.recipe["resize_size"]), cell.shift_seed)
-            for cell in cells
+            (spec, cell.recipe.stored_size, cell.shift_seed)
+            for cell in run_plan.cells
             for spec in (cell.source, cell.target)
         }
     )
     for spec, size, shift_seed in wanted:
-        dom = load_domain(dataset, spec, size, cache_dir=cache, shift_seed=shift_seed, registry=registry)
+        dom = load_domain(run_plan.dataset, spec, size, cache_dir=cache, shift_seed=shift_seed, registry=registry)
         print(f"{spec}: {len(dom)} images, {len(dom.classes)} classes, {size}px -> {cache}")
     return 0
 

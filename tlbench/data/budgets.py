@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import Tensor
@@ -47,7 +48,7 @@ class Budget:
     def __str__(self) -> str:
         if self.shots is not None:
             return f"{self.shots}-shot"
-        return f"{self.fraction * 100:g}%"
+        return f"{cast(float, self.fraction) * 100:g}%"  # parse() sets exactly one of shots, fraction
 
     @property
     def everything(self) -> bool:

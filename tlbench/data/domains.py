@@ -232,7 +232,7 @@ def _decode_hwc(path: Path, size: int) -> np.ndarray:
         # (Office-31's DSLR images are 1000 px) decode several times faster, to within a
         # fraction of a grey level of a full decode followed by the same resize.
         im.draft("RGB", (size, size))
-        im = im.convert("RGB").resize((size, size), Image.BILINEAR)
+        im = im.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
         return np.asarray(im, dtype=np.uint8).copy()
 
 

@@ -55,6 +55,7 @@ def stratified_split(
                 raise ValueError(f"class {cls} has {n} image(s), fewer than the {per_class} asked for")
             k = per_class
         else:
+            assert fraction is not None  # exactly one of fraction and per_class, checked above
             k = min(max(int(round(fraction * n)), 1), n - 1) if n > 1 else n
         first.append(members[:k])
         second.append(members[k:])

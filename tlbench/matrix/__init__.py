@@ -1,6 +1,4 @@
-"""The matrix: a suite expanded into cells, run by a launcher, recorded in a results directory.
+"""The driver: runs a planned matrix (lock, preflight, resume, launchers, trackers) and writes its records.
 
-``suite`` (the YAML schema) → ``cells`` (expansion, hashed ids, kd teachers first) → ``runner``
-(lock, preflight, skip what is done, launch the rest) with the ``launcher`` contract → ``results``
-(records, ``results.csv``/``.jsonl``).
+The data model it drives (suites, cells, plans, records) is :mod:`tlbench.spec`.
 """

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tlbench.matrix.cells import Cell
-from tlbench.matrix.results import CellRecord, ResultsDir
+from tlbench.spec.cell import Cell
+from tlbench.spec.record import CellRecord
+from tlbench.spec.store import ResultsDir
 
 
 @dataclass
@@ -43,14 +44,14 @@ def estimate(cells: list[Cell], out: ResultsDir, *, force: bool = False) -> Esti
     per_step: dict[tuple, list[float]] = {}
     for r in out.records():
         if r.status == "ok" and r.wall_s and r.steps:
-            for key in _keys(r.dataset, _network(r), r.strategy):
+            for key in _keys(r.dataset, _network(r), r.label):
                 per_step.setdefault(key, []).append(r.wall_s / r.steps)
     todo = [c for c in cells if force or not out.is_done(c.id)]
     seconds, estimated = 0.0, 0
     for cell in todo:
         rates = next((per_step[k] for k in _keys(cell.dataset, cell.backbone, cell.label) if k in per_step), None)
         if rates:
-            seconds += sum(rates) / len(rates) * int(cell.recipe["steps"])
+            seconds += sum(rates) / len(rates) * int(cell.recipe.steps)
             estimated += 1
     return Estimate(len(cells), len(cells) - len(todo), seconds, estimated, len(todo) - estimated)
 

@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 
 from tlbench.errors import UserError
 from tlbench.plugins.registry import Plugin
+from tlbench.spec.record import failure_record
 
 
 class Launcher(Plugin):
@@ -41,8 +42,8 @@ class Launcher(Plugin):
         on_record: Callable[[Any], None],
         on_start: Callable[[Any], None] | None = None,
     ) -> None:
-        """Run ``execute(task)`` for every task (a picklable :class:`tlbench.matrix.cells.CellTask`) and
-        pass each resulting :class:`tlbench.matrix.results.CellRecord` to ``on_record`` in the driver.
+        """Run ``execute(task)`` for every task (a picklable :class:`tlbench.spec.cell.CellTask`) and
+        pass each resulting :class:`tlbench.spec.record.CellRecord` to ``on_record`` in the driver.
 
         ``on_start(task)``, when given, is called in the driver as a task starts running (again
         if it is retried). On KeyboardInterrupt a launcher stops its workers and re-raises.
@@ -56,6 +57,4 @@ class Launcher(Plugin):
     @staticmethod
     def failed_record(task: Any, error: str, *, started_at: str = "", wall_s: float | None = None) -> Any:
         """The ``failed`` record of a task whose worker never returned one (it died, was lost)."""
-        from tlbench.training.record import failed_record
-
-        return failed_record(task, "failed", error, started_at, wall_s)
+        return failure_record(task.cell, "failed", error, started_at=started_at, wall_s=wall_s)

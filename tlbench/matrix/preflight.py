@@ -8,18 +8,21 @@ folder checked, and on the CPU a step that cannot fit in memory refused: each pr
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
+from typing import Any
 
 from tlbench.data.budgets import Budget
+from tlbench.data.cache import load_domain
 from tlbench.data.domains import Domain
 from tlbench.data.tasks import split_task
 from tlbench.errors import UserError
-from tlbench.matrix.cells import Cell
-from tlbench.matrix.planning import open_dataset
-from tlbench.matrix.results import ResultsDir
+from tlbench.spec.cell import Cell
+from tlbench.spec.plan import Plan
+from tlbench.spec.store import ResultsDir
 
 
-def preflight(suite, cells: list[Cell], registry, cache_dir: Path | None, device: str = "auto") -> None:
+def preflight(run_plan: Plan, cells: list[Cell], registry: Any, cache_dir: Path | None, device: str = "auto") -> None:
     """Decode every domain and load every pretrained backbone the cells will use, before any trains.
 
     Datasets decode lazily, so without this a corrupt image, an empty domain or a weights file
@@ -28,67 +31,15 @@ def preflight(suite, cells: list[Cell], registry, cache_dir: Path | None, device
     cache (and this process's LRU), so the cells reuse them instead of decoding again. Files
     skipped under ``on_bad_image: skip`` are reported once per domain as a warning.
     """
-    import warnings
-
-    from tlbench.data.cache import load_domain
-
     if not cells:
         return
-    dataset = open_dataset(suite, registry)
-    classes: dict[str, list[str]] = {}
-    labels: dict[str, set[int]] = {}
     loaded: dict[str, Domain] = {}
     for cell in cells:
         for spec in (cell.source, cell.target):
-            if spec in classes:
-                continue
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                try:
-                    domain = load_domain(
-                        dataset,
-                        spec,
-                        cell.recipe["resize_size"],
-                        cache_dir=cache_dir,
-                        shift_seed=cell.shift_seed,
-                        registry=registry,
-                    )
-                except UserError:
-                    raise
-                except Exception as exc:
-                    first = (str(exc).splitlines() or [""])[0]
-                    raise UserError(
-                        f"dataset {suite.dataset!r}: domain {spec!r} cannot be loaded "
-                        f"({type(exc).__name__}: {first}); no cell was run"
-                    ) from exc
-            for w in caught:  # per-file skip warnings are summed up below, the rest passed on
-                if not str(w.message).startswith("skipping "):
-                    warnings.warn(str(w.message), w.category, stacklevel=2)
-            if domain.skipped:
-                warnings.warn(
-                    f"dataset {suite.dataset!r}: domain {spec!r}: {len(domain.skipped)} unreadable "
-                    f"image(s) skipped (on_bad_image: skip), e.g. {domain.skipped[0]}",
-                    stacklevel=2,
-                )
-            classes[spec] = list(domain.classes)
-            labels[spec] = set(domain.labels.unique().tolist())
-            loaded[spec] = domain
-        if classes[cell.source] != classes[cell.target]:
-            src, tgt = set(classes[cell.source]), set(classes[cell.target])
-            only_src, only_tgt = sorted(src - tgt), sorted(tgt - src)
-            detail = "; ".join(
-                part
-                for part in (
-                    f"only in {cell.source}: {', '.join(only_src[:5])}" if only_src else "",
-                    f"only in {cell.target}: {', '.join(only_tgt[:5])}" if only_tgt else "",
-                )
-                if part
-            )
-            raise UserError(
-                f"pair {cell.pair}: source and target have different classes "
-                f"({detail or 'same names, different order'}); every domain needs the same classes"
-            )
-        _check_target_classes(cell, labels)
+            if spec not in loaded:
+                loaded[spec] = _decode(run_plan, spec, cell, registry, cache_dir)
+        _check_same_classes(cell, loaded[cell.source], loaded[cell.target])
+        _check_target_classes(cell, loaded)
         if cell.finetune:  # a budget the training split cannot give, a class without training images
             split_task(loaded[cell.source], Budget.parse(cell.budget), cell.seed, cell.score_on)
     _preflight_weights(cells, registry)
@@ -96,9 +47,63 @@ def preflight(suite, cells: list[Cell], registry, cache_dir: Path | None, device
         _preflight_memory(cells, registry, available_memory())
 
 
-def _check_target_classes(cell: Cell, labels: dict[str, set[int]]) -> None:
+def _decode(run_plan: Plan, spec: str, cell: Cell, registry: Any, cache_dir: Path | None) -> Domain:
+    """One domain decoded at the cell's stored size (into the cache); its skipped files said once."""
+    name = run_plan.suite.dataset
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            domain = load_domain(
+                run_plan.dataset,
+                spec,
+                cell.recipe.stored_size,
+                cache_dir=cache_dir,
+                shift_seed=cell.shift_seed,
+                registry=registry,
+            )
+        except UserError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - whatever a dataset plugin raises, the user gets one line
+            first = (str(exc).splitlines() or [""])[0]
+            raise UserError(
+                f"dataset {name!r}: domain {spec!r} cannot be loaded ({type(exc).__name__}: {first}); no cell was run"
+            ) from exc
+    for w in caught:  # per-file skip warnings are summed up below, the rest passed on
+        if not str(w.message).startswith("skipping "):
+            warnings.warn(str(w.message), w.category, stacklevel=3)
+    if domain.skipped:
+        warnings.warn(
+            f"dataset {name!r}: domain {spec!r}: {len(domain.skipped)} unreadable "
+            f"image(s) skipped (on_bad_image: skip), e.g. {domain.skipped[0]}",
+            stacklevel=3,
+        )
+    return domain
+
+
+def _check_same_classes(cell: Cell, source: Domain, target: Domain) -> None:
+    """Source and target name the same classes in the same order."""
+    if list(source.classes) == list(target.classes):
+        return
+    src, tgt = set(source.classes), set(target.classes)
+    only_src, only_tgt = sorted(src - tgt), sorted(tgt - src)
+    detail = "; ".join(
+        part
+        for part in (
+            f"only in {cell.source}: {', '.join(only_src[:5])}" if only_src else "",
+            f"only in {cell.target}: {', '.join(only_tgt[:5])}" if only_tgt else "",
+        )
+        if part
+    )
+    raise UserError(
+        f"pair {cell.pair}: source and target have different classes "
+        f"({detail or 'same names, different order'}); every domain needs the same classes"
+    )
+
+
+def _check_target_classes(cell: Cell, loaded: dict[str, Domain]) -> None:
     """Every class the source teaches must have images in the target, or its accuracy means nothing."""
-    absent = sorted(labels[cell.source] - labels[cell.target])
+    source, target = (set(loaded[spec].labels.unique().tolist()) for spec in (cell.source, cell.target))
+    absent = sorted(source - target)
     if absent:
         names = ", ".join(str(i) for i in absent[:5]) + (", ..." if len(absent) > 5 else "")
         raise UserError(
@@ -151,7 +156,7 @@ def _preflight_memory(cells: list[Cell], registry, available: int | None) -> Non
         images = _images_per_step(cell, registry)
         if not images:
             continue
-        key = (cell.backbone, int(cell.recipe["image_size"]))
+        key = (cell.backbone, int(cell.recipe.image_size))
         if key not in per_image:
             per_image[key] = activation_bytes(*key, registry=registry)
         need = images * per_image[key]
@@ -159,7 +164,7 @@ def _preflight_memory(cells: list[Cell], registry, available: int | None) -> Non
             raise UserError(
                 f"{cell.describe()}: one training step needs at least {need / 2**30:.1f} GiB of memory "
                 f"({images} images of {key[1]}px through {cell.backbone}) and {available / 2**30:.1f} GiB are "
-                f"available; lower recipe.batch_size (now {cell.recipe['batch_size']}) or recipe.image_size"
+                f"available; lower recipe.batch_size (now {cell.recipe.batch_size}) or recipe.image_size"
             )
 
 
@@ -168,7 +173,7 @@ def _images_per_step(cell: Cell, registry) -> int:
     cls = registry.get("strategy", cell.strategy)
     if getattr(cls, "accepts_features", False) and not getattr(cls, "trains_backbone", True):
         return 0  # a frozen backbone's features are computed once, in evaluation batches
-    return int(cell.recipe["batch_size"]) * (1 + len(getattr(cls, "target_views", ())))
+    return int(cell.recipe.batch_size) * (1 + len(getattr(cls, "target_views", ())))
 
 
 def activation_bytes(backbone: str, image_size: int, *, registry) -> int:

@@ -8,14 +8,18 @@ refused unless kept on purpose (:mod:`tlbench.matrix.staleness`).
 
 from __future__ import annotations
 
-from tlbench.matrix.cells import Cell
-from tlbench.matrix.results import CellRecord, ResultsDir
+import warnings
+from typing import Any
+
+from tlbench.data.files import checked_file_ok
+from tlbench.matrix.staleness import refuse_stale, stale_cells
+from tlbench.spec.cell import Cell
+from tlbench.spec.record import CellRecord, failure_record
+from tlbench.spec.store import ResultsDir
 
 
-def is_skipped(cell: Cell, out: ResultsDir, teacher_ids: set[str], force: bool) -> bool:
+def is_skipped(cell: Cell, out: ResultsDir, teacher_ids: frozenset[str] | set[str], force: bool) -> bool:
     """Whether a cell is skipped: its result is kept (and, for a kd teacher, its weights are intact)."""
-    from tlbench.data.files import checked_file_ok
-
     if force or not out.is_done(cell.id):
         return False
     if cell.id not in teacher_ids:
@@ -31,8 +35,6 @@ def killed_cells(cells: list[Cell], out: ResultsDir) -> list[CellRecord]:
     with a warning. A cell that a second run also died on is recorded as failed, named "killed", and
     the matrix goes on without it; the next run tries it again, like any failed cell.
     """
-    import warnings
-
     found = []
     for cell in cells:
         sentinel = out.running_path(cell.id)
@@ -48,8 +50,9 @@ def killed_cells(cells: list[Cell], out: ResultsDir) -> list[CellRecord]:
             )
             continue
         found.append(
-            cell_failure_record(
+            failure_record(
                 cell,
+                "failed",
                 f"killed: the run died {deaths} times while this cell was running (the "
                 "kernel's out-of-memory killer, or a signal); run the same command again "
                 "to retry it, with a smaller recipe.batch_size if memory was short",
@@ -58,12 +61,8 @@ def killed_cells(cells: list[Cell], out: ResultsDir) -> list[CellRecord]:
     return found
 
 
-def check_stale(cells: list[Cell], out: ResultsDir, registry, *, force: bool, keep: bool) -> None:
+def check_stale(cells: list[Cell], out: ResultsDir, registry: Any, *, force: bool, keep: bool) -> None:
     """Finished cells computed by other code than is installed now: refused, or kept with a warning."""
-    import warnings
-
-    from tlbench.matrix.staleness import refuse_stale, stale_cells
-
     if force:
         return  # they are rerun anyway
     stale = stale_cells(cells, out, registry)
@@ -83,30 +82,4 @@ def failed_teacher_record(cell: Cell, out: ResultsDir) -> CellRecord | None:
     if rec is not None and rec.status == "ok":
         return None
     why = rec.error if rec else "it did not run"
-    return cell_failure_record(cell, f"teacher cell {cell.teacher.id} ({cell.teacher.describe()}) failed: {why}")
-
-
-def cell_failure_record(cell: Cell, error: str) -> CellRecord:
-    """A failed record the driver writes for a cell that did not get to train."""
-    import datetime as _dt
-
-    import torch
-
-    import tlbench
-
-    return CellRecord(
-        suite=cell.suite,
-        dataset=cell.dataset,
-        backbone=cell.row_backbone,
-        strategy=cell.label,
-        source=cell.source,
-        target=cell.target,
-        seed=cell.seed,
-        status="failed",
-        error=error,
-        torch_version=torch.__version__,
-        tlbench_version=tlbench.__version__,
-        cell_id=cell.id,
-        started_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        extra={"label": cell.label},
-    )
+    return failure_record(cell, "failed", f"teacher cell {cell.teacher.id} ({cell.teacher.describe()}) failed: {why}")

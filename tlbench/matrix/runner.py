@@ -1,7 +1,7 @@
 """The matrix runner: validate a suite, expand it into cells, skip what is done, launch the rest.
 
-Planning (``planning``), preflight (``preflight``) and what a rerun skips or retries (``resume``) have
-their own modules; this one is the driver that calls them in order.
+Planning (:mod:`tlbench.spec.plan`), preflight (``preflight``) and what a rerun skips or retries
+(``resume``) have their own modules; this one is the driver that calls them in order.
 
 The runner is the driver: whatever launcher trains the cells, records come back here and only
 here are they written (atomically), so a worker that dies loses at most its own cell and a
@@ -12,20 +12,29 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
+import inspect
 import os
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from tqdm.auto import tqdm
+
+from tlbench.data.cache import default_cache_dir, usable_cache_dir
 from tlbench.errors import RunLockedError, UserError
-from tlbench.matrix.cells import CellTask
-from tlbench.matrix.planning import open_dataset, plan, waves
 from tlbench.matrix.preflight import check_device, check_output_dir, preflight
-from tlbench.matrix.results import CellRecord, ResultsDir, column_label, evaluation_files
 from tlbench.matrix.resume import check_stale, failed_teacher_record, is_skipped, killed_cells
 from tlbench.matrix.tracking import TrackerFeed, tracker_entries
+from tlbench.reporting.selection import read_checkpoint_tables
+from tlbench.reporting.write import write_reports
+from tlbench.spec.cell import Cell, CellTask
+from tlbench.spec.plan import Plan, plan
+from tlbench.spec.record import CellRecord
+from tlbench.spec.store import ResultsDir, evaluation_files
+from tlbench.spec.suite import Suite
+from tlbench.training.engine import run_cell
 
 
 @dataclass
@@ -87,167 +96,136 @@ def run_lock(out_dir: Path) -> Iterator[None]:
         os.close(fd)  # closing releases the lock, also when the process is killed
 
 
-def run_suite(suite, options: RunOptions, registry) -> RunSummary:
+def run_suite(suite: Suite, options: RunOptions, registry: Any) -> RunSummary:
     """Run (or resume) a validated suite into ``options.out_dir``."""
-    from tlbench.data.cache import default_cache_dir, usable_cache_dir
-
     check_device(options.device)
-    cells, pairs = plan(suite, registry)
+    run_plan = plan(suite, registry)
     for name in options.trackers:  # the suite's own were checked by plan()
         registry.get("tracker", name)
     out = ResultsDir(options.out_dir)
-    check_output_dir(out, suite.data_root, [c.id for c in cells])
-    check_stale(cells, out, registry, force=options.force, keep=options.keep_stale)
+    check_output_dir(out, suite.data_root, [c.id for c in run_plan.cells])
+    check_stale(run_plan.cells, out, registry, force=options.force, keep=options.keep_stale)
     cache_dir = usable_cache_dir(options.cache_dir or default_cache_dir())
-    teacher_ids = {c.teacher.id for c in cells if c.teacher is not None}
-    preflight(
-        suite,
-        [c for c in cells if options.force or c.id in teacher_ids or not out.is_done(c.id)],
-        registry,
-        cache_dir,
-        options.device,
-    )
-    launcher_name = options.launcher or suite.launcher.name
+    to_run = [c for c in run_plan.cells if options.force or c.id in run_plan.teacher_ids or not out.is_done(c.id)]
+    preflight(run_plan, to_run, registry, cache_dir, options.device)
     launcher_opts = {**suite.launcher.options, **options.launcher_options}
-    launcher = registry.get("launcher", launcher_name)(**launcher_opts)
-    by_id = {c.id: c for c in cells}
+    launcher = registry.get("launcher", options.launcher or suite.launcher.name)(**launcher_opts)
 
     with run_lock(options.out_dir):
-        meta = _suite_meta(suite, pairs, registry)
-        out.write_suite(meta)
-        feed = TrackerFeed(tracker_entries(suite.trackers, options.trackers), options.out_dir, meta, registry)
-        records: list[CellRecord] = []
-        skipped = 0
-        progress = _matrix_progress(len(cells), options.quiet)
-        running = _Running(progress, out)
-        killed = killed_cells(cells, out)
-
-        def finished(rec: CellRecord) -> None:
-            _write(out, rec, records, progress)
-            feed.log_cell(by_id[rec.cell_id], rec)
-
+        summary = run_plan.summary()
+        out.write_suite(summary)
+        feed = TrackerFeed(
+            tracker_entries(suite.trackers, options.trackers), options.out_dir, summary.to_dict(), registry
+        )
         try:
-            for rec in killed:  # recorded now, not run: not counted among the cells run
-                _write(out, rec, [], progress)
-                out.running_path(rec.cell_id).unlink(missing_ok=True)
-            killed_ids = {rec.cell_id for rec in killed}
-            for wave in waves(cells):
-                tasks = []
-                for cell in wave:
-                    if cell.id in killed_ids:
-                        continue
-                    if is_skipped(cell, out, teacher_ids, options.force):
-                        skipped += 1
-                        progress.update(1)
-                        continue
-                    blocked = failed_teacher_record(cell, out)
-                    if blocked:
-                        finished(blocked)
-                        continue
-                    tasks.append(
-                        CellTask(
-                            cell=cell,
-                            out_dir=str(options.out_dir),
-                            data_root=suite.data_root,
-                            cache_dir=str(cache_dir) if cache_dir else None,
-                            device=options.device,
-                            save_model=cell.id in teacher_ids,
-                            teacher_model=str(out.model_path(cell.teacher.id)) if cell.teacher else None,
-                            show_progress=not options.quiet,
-                            strict_plugins=options.strict_plugins,
-                            debug=options.debug,
-                        )
-                    )
-                if tasks:
-                    from tlbench.training.engine import run_cell
-
-                    def on_record(rec: CellRecord) -> None:
-                        finished(rec)
-                        running.end(rec.cell_id)
-
-                    if _accepts_on_start(launcher):
-                        launcher.launch(tasks, run_cell, on_record, on_start=running.start)
-                    else:  # a launcher written before on_start existed
-                        launcher.launch(tasks, run_cell, on_record)
-        except BaseException as exc:
-            if isinstance(exc, KeyboardInterrupt):
-                running.interrupted()  # Ctrl-C is not a death: the cells in flight simply run again
+            driver = _Driver(run_plan, options, out, cache_dir, feed)
+            try:
+                driver.run(launcher)
+            finally:
+                launcher.close()
+            report_files = _write_reports(run_plan, options, out, registry) if options.reports else []
+            feed.log_reports(report_files)
+        finally:
             feed.close()
+    matrix = [r for r in (out.read_record(c.id) for c in run_plan.cells) if r is not None]
+    return RunSummary(options.out_dir, len(run_plan.cells), driver.skipped, driver.records, report_files, matrix)
+
+
+class _Driver:
+    """One run's waves: what to skip, what to record without running, what to hand the launcher,
+    and every record written (with the results tables) as it comes back."""
+
+    def __init__(self, run_plan: Plan, options: RunOptions, out: ResultsDir, cache_dir: Path | None, feed):
+        self.plan, self.options, self.out, self.cache_dir, self.feed = run_plan, options, out, cache_dir, feed
+        self.by_id = {c.id: c for c in run_plan.cells}
+        self.records: list[CellRecord] = []  # the cells run (or found killed) this time
+        self.skipped = 0
+        self.progress = _matrix_progress(len(run_plan.cells), options.quiet)
+        self.running = _Running(self.progress, out)
+
+    def run(self, launcher: Any) -> None:
+        try:
+            killed = killed_cells(self.plan.cells, self.out)
+            for rec in killed:  # recorded now, not run: not counted among the cells run
+                self._write(rec, counted=False)
+                self.out.running_path(rec.cell_id).unlink(missing_ok=True)
+            killed_ids = {rec.cell_id for rec in killed}
+            for wave in self.plan.waves():
+                tasks = [t for t in (self._task(c) for c in wave if c.id not in killed_ids) if t is not None]
+                if tasks:
+                    self._launch(launcher, tasks)
+        except KeyboardInterrupt:
+            self.running.interrupted()  # Ctrl-C is not a death: the cells in flight simply run again
             raise
         finally:
-            launcher.close()
-            progress.close()
-            out.write_tables()
-        report_files = []
-        try:
-            if options.reports:
-                from tlbench.reporting.selection import read_checkpoint_tables
-                from tlbench.reporting.write import write_reports
+            self.progress.close()
+            self.out.write_tables()
 
-                report_files = write_reports(
-                    options.out_dir,
-                    out.records(curves=True),
-                    out.read_suite(),
-                    suite.reports,
-                    registry=registry,
-                    evaluations=evaluation_files([options.out_dir]),
-                    stored_checkpoints=read_checkpoint_tables([options.out_dir]),
-                )
-                feed.log_reports(report_files)
-        finally:
-            feed.close()
-    matrix = [r for r in (out.read_record(c.id) for c in cells) if r is not None]
-    return RunSummary(options.out_dir, len(cells), skipped, records, report_files, matrix)
-
-
-def _write(out: ResultsDir, record: CellRecord, records: list[CellRecord], progress) -> None:
-    out.write_record(record)
-    out.write_tables()
-    records.append(record)
-    progress.update(1)
-    if record.status != "ok":
-        progress.write(
-            f"cell {record.cell_id} {record.backbone} {record.strategy} {record.column} "
-            f"seed={record.seed}: {record.status}: {record.error.splitlines()[0] if record.error else ''}"
+    def _task(self, cell: Cell) -> CellTask | None:
+        """The cell's task, or None when it is skipped (done) or recorded as failed (its teacher failed)."""
+        if is_skipped(cell, self.out, self.plan.teacher_ids, self.options.force):
+            self.skipped += 1
+            self.progress.update(1)
+            return None
+        blocked = failed_teacher_record(cell, self.out)
+        if blocked:
+            self._finished(blocked)
+            return None
+        return CellTask(
+            cell=cell,
+            out_dir=str(self.options.out_dir),
+            data_root=self.plan.suite.data_root,
+            cache_dir=str(self.cache_dir) if self.cache_dir else None,
+            device=self.options.device,
+            save_model=cell.id in self.plan.teacher_ids,
+            teacher_model=str(self.out.model_path(cell.teacher.id)) if cell.teacher else None,
+            show_progress=not self.options.quiet,
+            strict_plugins=self.options.strict_plugins,
+            debug=self.options.debug,
         )
 
+    def _launch(self, launcher: Any, tasks: list[CellTask]) -> None:
+        def on_record(rec: CellRecord) -> None:
+            self._finished(rec)
+            self.running.end(rec.cell_id)
 
-def _suite_meta(suite, pairs: list[tuple[str, str]], registry) -> dict:
-    """What reports need to know about the suite; reference pairs use the same canonical names."""
-    from tlbench.matrix.cells import canonical_pair
+        if _accepts_on_start(launcher):
+            launcher.launch(tasks, run_cell, on_record, on_start=self.running.start)
+        else:  # a launcher written before on_start existed
+            launcher.launch(tasks, run_cell, on_record)
 
-    dataset = open_dataset(suite, registry)
-    finetune = suite.protocol == "finetune"
-    references = []
-    for ref in suite.reference:
-        r = ref.model_dump()
-        if not finetune:  # finetune references name their columns ('amazon 10%') as written
-            r["acc"] = {"->".join(canonical_pair(k, dataset)): v for k, v in ref.acc.items()}
-        references.append(r)
-    # the leaderboard's columns: pairs, or task × budget
-    columns = [column_label(suite.protocol, s, t, b) for s, t in pairs for b in (suite.budgets if finetune else [""])]
-    return {
-        "name": suite.name,
-        "description": suite.description,
-        "dataset": suite.dataset,
-        "protocol": suite.protocol,
-        "pairs": columns,
-        "backbones": [b.name for b in suite.backbones],
-        **({"tasks": [s for s, _ in pairs], "budgets": suite.budgets, "score_on": suite.score_on} if finetune else {}),
-        # backbones that run only some pairs: how many (backbone, pair) runs a strategy and seed have
-        "backbone_pair_runs": sum(len(b.pairs) if b.pairs is not None else len(columns) for b in suite.backbones),
-        "strategies": [s.label or s.name for s in suite.strategies],
-        "seeds": suite.seeds,
-        "recipe": json.loads(suite.recipe.model_dump_json()),
-        "recipe_sweep": suite.recipe_sweep,
-        "selection": suite.selection,
-        "reference": references,
-    }
+    def _finished(self, record: CellRecord) -> None:
+        self._write(record)
+        self.feed.log_cell(self.by_id[record.cell_id], record)
+
+    def _write(self, record: CellRecord, *, counted: bool = True) -> None:
+        self.out.write_record(record)
+        self.out.write_tables()
+        if counted:
+            self.records.append(record)
+        self.progress.update(1)
+        if record.status != "ok":
+            first = record.error.splitlines()[0] if record.error else ""
+            self.progress.write(
+                f"cell {record.cell_id} {record.backbone} {record.label} {record.column} "
+                f"seed={record.seed}: {record.status}: {first}"
+            )
 
 
-def _accepts_on_start(launcher) -> bool:
-    import inspect
+def _write_reports(run_plan: Plan, options: RunOptions, out: ResultsDir, registry: Any) -> list[Path]:
+    """Every report of the output folder, from all its records (those of earlier runs included)."""
+    return write_reports(
+        options.out_dir,
+        out.records(curves=True),
+        out.read_suite(),
+        run_plan.suite.reports,
+        registry=registry,
+        evaluations=evaluation_files([options.out_dir]),
+        stored_checkpoints=read_checkpoint_tables([options.out_dir]),
+    )
 
+
+def _accepts_on_start(launcher: Any) -> bool:
     params = inspect.signature(launcher.launch).parameters
     return "on_start" in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
 
@@ -289,6 +267,4 @@ class _NoProgress:
 def _matrix_progress(total: int, quiet: bool):
     if quiet:
         return _NoProgress()
-    from tqdm.auto import tqdm
-
     return tqdm(total=total, desc="matrix", unit="cell", dynamic_ncols=True)

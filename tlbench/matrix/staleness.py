@@ -6,12 +6,12 @@ silently reused after the code that produced it was edited.
 from __future__ import annotations
 
 from tlbench.errors import UserError
-from tlbench.matrix.cells import Cell
-from tlbench.matrix.results import ResultsDir
 from tlbench.plugins.provenance import provenance
+from tlbench.spec.cell import Cell
+from tlbench.spec.store import ResultsDir
 
 
-def changed_names(recorded: dict, cell: Cell, registry) -> list[str]:
+def changed_names(recorded: object, cell: Cell, registry) -> list[str]:
     """The names (``strategy 'dann'``, ``shift 'invert'``...) whose installed source digest or version
     differs from the one recorded; a record without provenance (older tlbench) has none to compare."""
     if not isinstance(recorded, dict):

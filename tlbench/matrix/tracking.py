@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from tlbench.errors import UserError
-from tlbench.matrix.cells import Cell
-from tlbench.matrix.results import CellRecord
+from tlbench.spec.cell import Cell
+from tlbench.spec.record import CellRecord
 
 
 class TrackerFeed:

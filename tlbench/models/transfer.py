@@ -11,6 +11,7 @@ backbone: ``forward``, ``forward_all`` (features, embedding, logits), ``head_par
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -48,7 +49,7 @@ class TransferModel(nn.Module):
         self.backbone = backbone
         self.backbone_name = backbone_name
         self.backbone_lr_scale = backbone_lr_scale
-        self.feature_dim = int(feature_dim if feature_dim is not None else backbone.num_features)
+        self.feature_dim = int(feature_dim if feature_dim is not None else cast(int, backbone.num_features))
         self.stage_names = stages
         self.num_classes = num_classes
         if bottleneck_dim > 0:
@@ -152,7 +153,7 @@ def activations_out_of_place(module: nn.Module) -> int:
     for m in module.modules():
         kind = isinstance(m, INPLACE_COPIES_INPUT) or type(m).__name__ in TIMM_INPLACE_COPIES_INPUT
         if kind and getattr(m, "inplace", False):
-            m.inplace = False
+            cast(Any, m).inplace = False  # a plain bool attribute of the activation, not a submodule
             changed += 1
     return changed
 

@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 if TYPE_CHECKING:
-    from tlbench.matrix.cells import Cell
-    from tlbench.matrix.results import CellRecord
+    from tlbench.spec.cell import Cell
+    from tlbench.spec.record import CellRecord
 
 PROJECT = "tlbench"
 hookspec = pluggy.HookspecMarker(PROJECT)

@@ -11,11 +11,13 @@ from __future__ import annotations
 import fnmatch
 import io
 from pathlib import Path
+from typing import Any, cast
 
 import pandas as pd
 
 from tlbench.errors import UserError
-from tlbench.matrix.results import CellRecord, load_records
+from tlbench.spec.record import CellRecord
+from tlbench.spec.store import load_records
 
 #: the long table's columns: one row per (cell, metric, logging step)
 CURVE_COLUMNS = ("backbone", "strategy", "pair", "seed", "metric", "step", "value")
@@ -23,7 +25,7 @@ CURVE_COLUMNS = ("backbone", "strategy", "pair", "seed", "metric", "step", "valu
 
 def describe(record: CellRecord) -> str:
     """A cell's description, as progress bars and trackers name it."""
-    return f"{record.backbone} {record.strategy} {record.column} seed={record.seed}"
+    return f"{record.backbone} {record.label} {record.column} seed={record.seed}"
 
 
 def curve_frame(records: list[CellRecord]) -> pd.DataFrame:
@@ -36,7 +38,7 @@ def curve_frame(records: list[CellRecord]) -> pd.DataFrame:
         for metric, values in sorted((r.curves.get("series") or {}).items()):
             for step, value in zip(steps, values):
                 if value is not None:
-                    rows.append((r.backbone, r.strategy, r.column, r.seed, metric, int(step), float(value)))
+                    rows.append((r.backbone, r.label, r.column, r.seed, metric, int(step), float(value)))
     return pd.DataFrame(rows, columns=list(CURVE_COLUMNS))
 
 
@@ -60,7 +62,8 @@ def select_cells(dirs: list[Path], pattern: str | None) -> list[CellRecord]:
 
 def metric_names(records: list[CellRecord], metric: str | None) -> list[str]:
     """The metrics to show: ``metric`` (a wildcard) or all; an unknown one names those that exist."""
-    names = sorted({m for r in records for m in (r.curves.get("series") or {})})
+    # records of select_cells: each has its curves
+    names = sorted({m for r in records for m in (cast("dict[str, Any]", r.curves).get("series") or {})})
     if metric is None:
         return names
     chosen = [m for m in names if fnmatch.fnmatchcase(m, metric)]
@@ -75,9 +78,10 @@ def curves_text(records: list[CellRecord], metrics: list[str]) -> str:
 
     parts = []
     for r in records:
-        series = r.curves.get("series") or {}
+        curves = cast("dict[str, Any]", r.curves)  # records of select_cells: each has its curves
+        series = curves.get("series") or {}
         shown = [m for m in metrics if m in series]
-        rows = [[step, *(series[m][i] for m in shown)] for i, step in enumerate(r.curves.get("steps") or [])]
+        rows = [[step, *(series[m][i] for m in shown)] for i, step in enumerate(curves.get("steps") or [])]
         parts.append(
             f"{describe(r)}  [{r.cell_id}]\n" + tabulate(rows, headers=["step", *shown], floatfmt=".4g", missingval="-")
         )
@@ -96,10 +100,11 @@ def curves_png(records: list[CellRecord], metrics: list[str]) -> bytes:
     axes = fig.subplots(rows, cols, squeeze=False).ravel()
     for ax, metric in zip(axes, metrics):
         for r in records:
-            values = (r.curves.get("series") or {}).get(metric)
+            curves = cast("dict[str, Any]", r.curves)  # records of select_cells: each has its curves
+            values = (curves.get("series") or {}).get(metric)
             if values is None:
                 continue
-            points = [(s, v) for s, v in zip(r.curves["steps"], values) if v is not None]
+            points = [(s, v) for s, v in zip(curves["steps"], values) if v is not None]
             if points:
                 ax.plot(*zip(*points), marker=".", label=describe(r))
         ax.set_title(metric, fontsize=9)

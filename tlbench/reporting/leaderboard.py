@@ -14,24 +14,26 @@ Rules a reader of any report can rely on:
 * failed and diverged cells are never dropped: each gets a footnote with its status and error;
 * published reference numbers stay in their own table, outside ranks and best marks.
 
-One module over ~400 lines on purpose: the rules above and the code that enforces them are read
-together. Writing the tables out is ``tlbench.reporting.write``.
+The accuracy table is built in :mod:`tlbench.reporting.accuracy`, the costs, references and environment
+in :mod:`tlbench.reporting.side_tables`; writing the tables out is :mod:`tlbench.reporting.write`.
 """
 
 from __future__ import annotations
 
-import datetime as _dt
-import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from tlbench.errors import UserError
-from tlbench.matrix.results import CellRecord
-from tlbench.reporting import stats
+from tlbench.reporting.accuracy import (
+    Footnote,
+    accuracy_frame,
+    mark_best,
+    number_footnotes,
+    row_stats,
+)
 from tlbench.reporting.curves import CURVE_COLUMNS, curve_frame
 from tlbench.reporting.mixing import mixed_origins
 from tlbench.reporting.ranking import AVG, critical_difference_summary, matched_results, rank_rows
@@ -43,11 +45,9 @@ from tlbench.reporting.selection import (
     Selection,
     selection_text,
 )
-
-#: per-column fields of :attr:`Leaderboard.accuracy`, named ``f"{column} {field}"``
-COLUMN_FIELDS = ("mean", "std", "ci95", "n", "best", "status", "notes")
-#: cell statuses in :attr:`Leaderboard.accuracy` (``f"{column} status"``)
-CELL_STATUSES = ("ok", "partial", "failed", "diverged", "failed/diverged", "missing")
+from tlbench.reporting.side_tables import common, costs, environment, references
+from tlbench.spec.record import CellRecord
+from tlbench.spec.summary import SuiteSummary
 
 PROTOCOL = "{selection}; target labels never used for training{or_selection}; accuracy on all target images"
 #: the header of a finetune leaderboard: the protocol in words (suite ``protocol: finetune``)
@@ -78,31 +78,13 @@ VALIDATOR_TEXT = (
 
 
 @dataclass
-class Footnote:
-    """Failed or diverged cells that share one status and error text."""
-
-    number: int
-    status: str
-    error: str
-    #: where it happened, e.g. ``"resnet18 / dann / A->W, seeds 0, 2"``
-    cells: list[str] = field(default_factory=list)
-
-    @property
-    def summary(self) -> str:
-        """The error's last non-empty line (for a traceback: the exception), at most 300 characters."""
-        lines = [ln.strip() for ln in self.error.splitlines() if ln.strip()]
-        text = lines[-1] if lines else "(no error text recorded)"
-        return text if len(text) <= 300 else text[:299] + "…"
-
-
-@dataclass
 class Leaderboard:
     """Everything a reporter writes; numbers stay numbers (NaN / <NA> where there is none).
 
     ``accuracy``: one row per backbone × strategy in rank order, with columns ``rank`` (nullable
     int; <NA> for rows without Avg), ``backbone``, ``strategy``, for every ``c`` in :attr:`columns`
     the fields ``f"{c} mean"``, ``f"{c} std"``, ``f"{c} n"``, ``f"{c} best"`` (bool),
-    ``f"{c} status"`` (one of :data:`CELL_STATUSES`) and ``f"{c} notes"`` (tuple of footnote
+    ``f"{c} status"`` (one of :data:`tlbench.reporting.accuracy.CELL_STATUSES`) and ``f"{c} notes"`` (tuple of footnote
     numbers), and ``missing`` (the pairs without a value, in order).
 
     ``costs``: one row per accuracy row, same order: ``backbone``, ``strategy``, ``cells_ok``,
@@ -187,11 +169,15 @@ class Leaderboard:
 
 # -- building ---------------------------------------------------------------------------------------
 def build_leaderboard(
-    records: list[CellRecord], suite: dict[str, Any], *, date: str | None = None, selection: Selection | None = None
+    records: list[CellRecord],
+    suite: SuiteSummary | Mapping[str, Any] | None,
+    *,
+    date: str | None = None,
+    selection: Selection | None = None,
 ) -> Leaderboard:
     """The leaderboard of ``records`` under ``suite`` (the dict of ``<out>/suite.json``); with a
     ``selection``, of the records it chose (one per strategy, pair and seed), with its tables."""
-    suite = suite or {}
+    suite = suite if isinstance(suite, SuiteSummary) else SuiteSummary.from_dict(dict(suite or {}))
     if selection is not None:
         records = selection.records
     records, duplicates = _dedupe(records)
@@ -205,33 +191,33 @@ def build_leaderboard(
     rows = _row_keys(records)
     by_cell: dict[tuple[str, str, str], list[CellRecord]] = {}
     for r in records:
-        by_cell.setdefault((r.backbone, r.strategy, r.column), []).append(r)
+        by_cell.setdefault((r.backbone, r.label, r.column), []).append(r)
 
-    data = [_row_stats(b, s, pairs, by_cell) for b, s in rows]
-    acc = _accuracy_frame(data, pairs)
+    data = [row_stats(b, s, pairs, by_cell) for b, s in rows]
+    acc = accuracy_frame(data, pairs)
     acc, rank_text = rank_rows(acc, matched_results(by_cell), len({r.seed for r in records}))
     cd, cd_text = critical_difference_summary(acc, pairs)
-    _mark_best(acc, [*pairs, AVG])
-    footnotes, failures = _footnotes(acc, pairs, by_cell)
+    mark_best(acc, [*pairs, AVG])
+    footnotes, failures = number_footnotes(acc, pairs, by_cell)
     for _, row in acc.iterrows():
         if row["missing"]:
             notes.append(
                 f"{row['backbone']} / {row['strategy']}: Avg not computed, missing: {', '.join(row['missing'])}"
             )
-    expected = _expected_cells(suite, pairs)
+    expected = suite.expected_cells()
     if expected is not None and len(records) < expected:
         notes.append(f"{len(records)} of {expected} cells have finished; the others are not shown.")
 
-    name = str(suite.get("name") or _common(r.suite for r in records) or "tlbench")
-    dataset = str(suite.get("dataset") or _common(r.dataset for r in records) or "")
+    name = suite.name or common(r.suite for r in records) or "tlbench"
+    dataset = suite.dataset or common(r.dataset for r in records) or ""
     return Leaderboard(
         title=f"{name} — {dataset}" if dataset else name,
         suite=name,
         dataset=dataset,
         pairs=pairs,
         accuracy=acc,
-        costs=_costs(acc, records),
-        references=_references(suite.get("reference") or [], pairs),
+        costs=costs(acc, records),
+        references=references(suite.references, pairs),
         failures=failures,
         footnotes=footnotes,
         n_seeds=len({r.seed for r in records}),
@@ -241,7 +227,7 @@ def build_leaderboard(
         rank_text=rank_text,
         critical_difference=cd,
         cd_text=cd_text,
-        environment=_environment(records, date),
+        environment=environment(records, date),
         curves=curve_frame(records),
         mixed=mixed_origins(records),
         **(
@@ -271,9 +257,9 @@ def protocol_text(rule: str, protocols: Sequence[str] = ("uda",)) -> str:
     )
 
 
-def _protocols(records: list[CellRecord], suite: dict[str, Any]) -> list[str]:
+def _protocols(records: list[CellRecord], suite: SuiteSummary) -> list[str]:
     """The suite's protocol, else the records' (a merged report of both names both)."""
-    return [str(suite["protocol"])] if suite.get("protocol") else list(dict.fromkeys(r.protocol for r in records))
+    return [suite.protocol] if suite.protocol else list(dict.fromkeys(r.protocol for r in records))
 
 
 def _dedupe(records: Iterable[CellRecord]) -> tuple[list[CellRecord], int]:
@@ -281,7 +267,7 @@ def _dedupe(records: Iterable[CellRecord]) -> tuple[list[CellRecord], int]:
     keep: dict[tuple, CellRecord] = {}
     dupes = 0
     for r in records:
-        key = (r.backbone, r.strategy, r.column, r.seed)
+        key = (r.backbone, r.label, r.column, r.seed)
         old = keep.get(key)
         if old is not None:
             dupes += 1
@@ -291,10 +277,9 @@ def _dedupe(records: Iterable[CellRecord]) -> tuple[list[CellRecord], int]:
     return list(keep.values()), dupes
 
 
-def _pairs(records: list[CellRecord], suite: dict[str, Any]) -> list[str]:
+def _pairs(records: list[CellRecord], suite: SuiteSummary) -> list[str]:
     """The suite's pairs in order, then any other pair the records have (first seen)."""
-    listed = suite.get("pairs")
-    out = [str(p) for p in listed] if isinstance(listed, list) else []
+    out = list(suite.columns or [])
     for r in records:
         if r.column not in out:
             out.append(r.column)
@@ -304,266 +289,5 @@ def _pairs(records: list[CellRecord], suite: dict[str, Any]) -> list[str]:
 def _row_keys(records: list[CellRecord]) -> list[tuple[str, str]]:
     seen: dict[tuple[str, str], None] = {}
     for r in records:
-        seen.setdefault((r.backbone, r.strategy), None)
+        seen.setdefault((r.backbone, r.label), None)
     return list(seen)
-
-
-def _mean_std(values: Sequence[float]) -> tuple[float, float]:
-    s = pd.Series(values, dtype="float64")
-    return float(s.mean()), float(s.std(ddof=1)) if len(s) > 1 else math.nan
-
-
-def _cell_status(recs: list[CellRecord]) -> str:
-    if not recs:
-        return "missing"
-    bad = {"diverged" if r.status == "diverged" else "failed" for r in recs if not r.scored}
-    if any(r.scored for r in recs):
-        return "partial" if bad else "ok"
-    return "failed/diverged" if len(bad) == 2 else bad.pop()
-
-
-def _row_stats(
-    backbone: str, strategy: str, pairs: list[str], by_cell: dict[tuple[str, str, str], list[CellRecord]]
-) -> dict[str, Any]:
-    row: dict[str, Any] = {"backbone": backbone, "strategy": strategy}
-    per_seed: dict[int, dict[str, float]] = {}
-    seeds: set[int] = set()
-    means: list[float] = []
-    missing: list[str] = []
-    for p in pairs:
-        recs = by_cell.get((backbone, strategy, p), [])
-        seeds.update(r.seed for r in recs)
-        values = [float(r.target_acc) for r in recs if r.scored]
-        for r in recs:
-            if r.scored:
-                per_seed.setdefault(r.seed, {})[p] = float(r.target_acc)
-        mean, std = _mean_std(values) if values else (math.nan, math.nan)
-        row.update(
-            {
-                f"{p} mean": mean,
-                f"{p} std": std,
-                f"{p} ci95": stats.ci95_halfwidth(std, len(values)),
-                f"{p} n": len(values) if values else pd.NA,
-                f"{p} status": _cell_status(recs),
-            }
-        )
-        if values:
-            means.append(mean)
-        else:
-            missing.append(p)
-    if pairs and not missing:
-        avg = float(sum(means) / len(means))
-        complete = [s for s in sorted(seeds) if len(per_seed.get(s, {})) == len(pairs)]
-        if len(complete) == len(seeds):
-            _, avg_std = _mean_std([sum(per_seed[s].values()) / len(pairs) for s in complete])
-            avg_n: Any = len(complete)
-        else:
-            avg_std, avg_n = math.nan, pd.NA
-        ci = stats.ci95_halfwidth(avg_std, len(complete)) if avg_n is not pd.NA else math.nan
-        row.update(
-            {f"{AVG} mean": avg, f"{AVG} std": avg_std, f"{AVG} ci95": ci, f"{AVG} n": avg_n, f"{AVG} status": "ok"}
-        )
-    else:
-        row.update(
-            {
-                f"{AVG} mean": math.nan,
-                f"{AVG} std": math.nan,
-                f"{AVG} ci95": math.nan,
-                f"{AVG} n": pd.NA,
-                f"{AVG} status": "missing",
-            }
-        )
-    row["missing"] = tuple(missing)
-    return row
-
-
-def _accuracy_frame(data: list[dict[str, Any]], pairs: list[str]) -> pd.DataFrame:
-    cols = ["rank", "backbone", "strategy"]
-    for c in [*pairs, AVG]:
-        cols += [f"{c} {f}" for f in COLUMN_FIELDS]
-    cols.append("missing")
-    df = pd.DataFrame(data, columns=[c for c in cols if c != "rank"])
-    df.insert(0, "rank", pd.array([pd.NA] * len(df), dtype="Int64"))
-    for c in [*pairs, AVG]:
-        df[f"{c} mean"] = df[f"{c} mean"].astype("float64")
-        df[f"{c} std"] = df[f"{c} std"].astype("float64")
-        df[f"{c} ci95"] = df[f"{c} ci95"].astype("float64")
-        df[f"{c} n"] = df[f"{c} n"].astype("Int64")
-        df[f"{c} best"] = False
-        df[f"{c} notes"] = [() for _ in range(len(df))]
-    return df[cols]
-
-
-def _mark_best(df: pd.DataFrame, columns: list[str]) -> None:
-    for c in columns:
-        values = df[f"{c} mean"]
-        if values.notna().any():
-            df[f"{c} best"] = values == values.max()
-
-
-def _seeds_text(seeds: list[int]) -> str:
-    return f"seed {seeds[0]}" if len(seeds) == 1 else f"seeds {', '.join(map(str, seeds))}"
-
-
-def _footnotes(
-    acc: pd.DataFrame, pairs: list[str], by_cell: dict[tuple[str, str, str], list[CellRecord]]
-) -> tuple[list[Footnote], pd.DataFrame]:
-    """Number the failed/diverged records in table order; identical status+error share a number."""
-    notes: dict[tuple[str, str], Footnote] = {}
-    rows: list[dict[str, Any]] = []
-    for i, row in acc.iterrows():
-        for p in pairs:
-            bad = sorted(
-                (r for r in by_cell.get((row["backbone"], row["strategy"], p), []) if not r.scored),
-                key=lambda r: r.seed,
-            )
-            numbers: list[int] = []
-            groups: dict[int, list[int]] = {}
-            for r in bad:
-                status = "diverged" if r.status == "diverged" else "failed"
-                error = r.error or ("" if r.status != "ok" else "status ok but no finite target_acc recorded")
-                key = (status, error)
-                if key not in notes:
-                    notes[key] = Footnote(number=len(notes) + 1, status=status, error=error)
-                note = notes[key]
-                groups.setdefault(note.number, []).append(r.seed)
-                if note.number not in numbers:
-                    numbers.append(note.number)
-                rows.append(
-                    {
-                        "backbone": r.backbone,
-                        "strategy": r.strategy,
-                        "pair": p,
-                        "seed": r.seed,
-                        "status": r.status,
-                        "error": r.error,
-                        "footnote": note.number,
-                    }
-                )
-            for number, seeds in groups.items():
-                note = next(n for n in notes.values() if n.number == number)
-                note.cells.append(f"{row['backbone']} / {row['strategy']} / {p}, {_seeds_text(seeds)}")
-            acc.at[i, f"{p} notes"] = tuple(numbers)
-    failures = pd.DataFrame(rows, columns=["backbone", "strategy", "pair", "seed", "status", "error", "footnote"])
-    return sorted(notes.values(), key=lambda n: n.number), failures
-
-
-def _mode(values: list[float]) -> Any:
-    if not values:
-        return pd.NA
-    counts = pd.Series(values).value_counts()
-    return int(max(v for v, c in counts.items() if c == counts.max()))
-
-
-def _costs(acc: pd.DataFrame, records: list[CellRecord]) -> pd.DataFrame:
-    out = []
-    for _, row in acc.iterrows():
-        recs = [r for r in records if (r.backbone, r.strategy) == (row["backbone"], row["strategy"])]
-        ok = [r for r in recs if r.status == "ok"]
-
-        def values(attr: str, pool: list[CellRecord]) -> list[float]:
-            return [float(getattr(r, attr)) for r in pool if stats.finite_number(getattr(r, attr))]
-
-        train, ev, mem, wall = (
-            values("train_img_per_s", ok),
-            values("eval_img_per_s", ok),
-            values("peak_mem_mb", ok),
-            values("wall_s", recs),
-        )
-        out.append(
-            {
-                "backbone": row["backbone"],
-                "strategy": row["strategy"],
-                "cells_ok": len(ok),
-                "cells_failed": sum(r.status not in ("ok", "diverged") for r in recs),
-                "cells_diverged": sum(r.status == "diverged" for r in recs),
-                "train_img_per_s": sum(train) / len(train) if train else math.nan,
-                "eval_img_per_s": sum(ev) / len(ev) if ev else math.nan,
-                "peak_mem_mb": max(mem) if mem else math.nan,
-                "wall_s_total": sum(wall) if wall else math.nan,
-                "wall_s_mean": sum(wall) / len(wall) if wall else math.nan,
-                "trainable_params": _mode(values("trainable_params", ok or recs)),
-                "total_params": _mode(values("total_params", ok or recs)),
-            }
-        )
-    df = pd.DataFrame(
-        out,
-        columns=[
-            "backbone",
-            "strategy",
-            "cells_ok",
-            "cells_failed",
-            "cells_diverged",
-            "train_img_per_s",
-            "eval_img_per_s",
-            "peak_mem_mb",
-            "wall_s_total",
-            "wall_s_mean",
-            "trainable_params",
-            "total_params",
-        ],
-    )
-    for c in ("train_img_per_s", "eval_img_per_s", "peak_mem_mb", "wall_s_total", "wall_s_mean"):
-        df[c] = df[c].astype("float64")
-    for c in ("trainable_params", "total_params"):
-        df[c] = df[c].astype("Int64")
-    return df
-
-
-def _references(refs: list[Any], pairs: list[str]) -> pd.DataFrame:
-    """Published rows; Avg is the source's own number, else the mean when it covers every pair."""
-    out = []
-    for i, ref in enumerate(refs):
-        if not isinstance(ref, dict) or not isinstance(ref.get("acc"), dict):
-            raise UserError(
-                f"suite reference[{i}]: expected a mapping with backbone, strategy, source, "
-                f"acc {{pair: accuracy}} and optional avg; got {ref!r}"
-            )
-        acc = {str(k): float(v) for k, v in ref["acc"].items() if stats.finite_number(v)}
-        row: dict[str, Any] = {
-            "backbone": str(ref.get("backbone", "")),
-            "strategy": str(ref.get("strategy", "")),
-            "source": str(ref.get("source", "")) + (f"; weights: {ref['weights']}" if ref.get("weights") else ""),
-        }
-        for p in pairs:
-            row[f"{p} mean"] = acc.get(p, math.nan)
-        published = ref.get("avg")
-        if stats.finite_number(published):
-            row[f"{AVG} mean"], row["avg_published"] = float(published), True
-        elif pairs and all(p in acc for p in pairs):
-            row[f"{AVG} mean"], row["avg_published"] = sum(acc[p] for p in pairs) / len(pairs), False
-        else:
-            row[f"{AVG} mean"], row["avg_published"] = math.nan, False
-        out.append(row)
-    cols = ["backbone", "strategy", "source", *[f"{c} mean" for c in [*pairs, AVG]], "avg_published"]
-    df = pd.DataFrame(out, columns=cols)
-    for c in [*pairs, AVG]:
-        df[f"{c} mean"] = df[f"{c} mean"].astype("float64")
-    df["avg_published"] = df["avg_published"].astype(bool)
-    return df
-
-
-def _expected_cells(suite: dict[str, Any], pairs: list[str]) -> int | None:
-    parts = [suite.get(k) for k in ("backbones", "strategies", "seeds")]
-    if not all(isinstance(x, list) and x for x in parts) or not isinstance(suite.get("pairs"), list):
-        return None
-    runs = suite.get("backbone_pair_runs") or len(parts[0]) * len(suite["pairs"])
-    return runs * len(parts[1]) * len(parts[2])
-
-
-def _common(values: Iterable[str]) -> str:
-    seen = list(dict.fromkeys(v for v in values if v))
-    return ", ".join(seen)
-
-
-def _environment(records: list[CellRecord], date: str | None) -> dict[str, str]:
-    def seen(values: Iterable[Any]) -> str:
-        return _common(str(v) for v in values if v) or "not recorded"
-
-    return {
-        "device": seen(r.device for r in records),
-        "torch": seen(r.torch_version for r in records),
-        "timm": seen(r.extra.get("timm_version") for r in records if isinstance(r.extra, dict)),
-        "tlbench": seen(r.tlbench_version for r in records),
-        "report date": date or _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-    }

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Iterator
 
-from tlbench.matrix.results import CellRecord
+from tlbench.spec.record import CellRecord
 
 NOT_RECORDED = "not recorded"
 HEADLINE = "Cells from different code or machines"

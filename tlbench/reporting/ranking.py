@@ -5,10 +5,12 @@ The statistics themselves (and the rules, in words) are in :mod:`tlbench.reporti
 
 from __future__ import annotations
 
+from typing import cast
+
 import pandas as pd
 
-from tlbench.matrix.results import CellRecord
 from tlbench.reporting import stats
+from tlbench.spec.record import CellRecord
 
 #: the name of the leaderboard's average column (``tlbench.reporting.leaderboard.AVG``)
 AVG = "Avg"
@@ -32,8 +34,8 @@ def matched_results(by_cell: dict[tuple[str, str, str], list[CellRecord]]) -> di
     out: dict[tuple[str, str], dict[tuple[str, int], float]] = {}
     for (backbone, strategy, pair), recs in by_cell.items():
         for r in recs:
-            if r.scored:
-                out.setdefault((backbone, strategy), {})[(pair, r.seed)] = float(r.target_acc)
+            if r.scored:  # so target_acc is a finite number
+                out.setdefault((backbone, strategy), {})[(pair, r.seed)] = float(cast(float, r.target_acc))
     return out
 
 

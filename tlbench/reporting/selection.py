@@ -27,15 +27,15 @@ import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
 
 from tlbench.errors import UserError
-from tlbench.matrix.evaluations import CheckpointEvaluations
-from tlbench.matrix.results import CellRecord
 from tlbench.reporting.validator import Validator, ValidatorInputs
+from tlbench.spec.evaluations import CheckpointEvaluations
+from tlbench.spec.record import CellRecord
 
 LAST = "last"
 ORACLE = "oracle"
@@ -140,7 +140,7 @@ def select(
         )
     groups: dict[tuple, list[CellRecord]] = {}
     for r in records:
-        groups.setdefault((r.backbone, r.strategy, r.column, r.seed), []).append(r)
+        groups.setdefault((r.backbone, r.label, r.column, r.seed), []).append(r)
     failing: set[str] = set()
     out, chosen_rows, fallback = [], [], 0
     per_group: list[list[Candidate]] = []
@@ -155,7 +155,7 @@ def select(
         pick = _choose(candidates, rule)
         if pick is None:
             fallback += 1
-            pick = _choose(candidates, LAST)
+            pick = cast(Candidate, _choose(candidates, LAST))  # last always picks one
         out.append(_chosen_record(pick, rule))
         chosen_rows.append(
             {
@@ -199,7 +199,7 @@ def checkpoint_table(groups: list[list[Candidate]], names: list[str]) -> pd.Data
     rows = [
         {
             "backbone": c.record.backbone,
-            "strategy": c.record.strategy,
+            "strategy": c.record.label,
             "pair": c.record.column,
             "seed": c.record.seed,
             "params": _params_text(c.record),
@@ -217,14 +217,11 @@ def checkpoint_table(groups: list[list[Candidate]], names: list[str]) -> pd.Data
 
 
 def _sweep_order(r: CellRecord) -> tuple:
-    sweep = r.extra.get("sweep") if isinstance(r.extra, dict) else None
-    order = sweep.get("order", 0) if isinstance(sweep, dict) else 0
-    return (order if isinstance(order, int) else 0, r.started_at)
+    return (r.sweep.order if r.sweep is not None else 0, r.started_at)
 
 
 def _is_default(r: CellRecord) -> bool:
-    sweep = r.extra.get("sweep") if isinstance(r.extra, dict) else None
-    return not isinstance(sweep, dict) or bool(sweep.get("default"))
+    return r.sweep is None or r.sweep.default
 
 
 def _candidates(
@@ -234,10 +231,9 @@ def _candidates(
     if (evaluations is None or not len(evaluations)) and stored.get(r.cell_id):
         return _stored_candidates(r, stored[r.cell_id], validators)
     if evaluations is None or not len(evaluations):
-        oracle = {
-            n: v.score_target_accuracy(float(r.target_acc)) for n, v in validators.items() if v.uses_target_labels
-        }
-        return [Candidate(r, int(r.steps or 0), float(r.target_acc), r.source_acc, oracle, True)]
+        target_acc = cast(float, r.target_acc)  # r is scored: a finite number
+        oracle = {n: v.score_target_accuracy(float(target_acc)) for n, v in validators.items() if v.uses_target_labels}
+        return [Candidate(r, int(r.steps or 0), float(target_acc), r.source_acc, oracle, True)]
     out = []
     for k in range(len(evaluations)):
         scores = {}
@@ -296,8 +292,8 @@ def _choose(candidates: list[Candidate], rule: str) -> Candidate | None:
     return best
 
 
-def _swept(records) -> bool:
-    return any(isinstance(r.extra, dict) and "sweep" in r.extra for r in records)
+def _swept(records: Iterable[CellRecord]) -> bool:
+    return any(r.sweep is not None for r in records)
 
 
 def _chosen_record(c: Candidate, rule: str) -> CellRecord:
@@ -310,9 +306,7 @@ def _chosen_record(c: Candidate, rule: str) -> CellRecord:
 
 
 def _params_text(r: CellRecord) -> str:
-    sweep = r.extra.get("sweep") if isinstance(r.extra, dict) else None
-    values = sweep.get("values") if isinstance(sweep, dict) else None
-    return ", ".join(f"{k}={v}" for k, v in values.items()) if isinstance(values, dict) and values else "default"
+    return r.sweep.describe() if r.sweep is not None else "default"
 
 
 def validator_table(
@@ -323,7 +317,7 @@ def validator_table(
 
     rows = []
     if groups:  # the default, as a yardstick: what choosing nothing costs
-        regrets = [max(c.target_acc for c in g) - _choose(g, LAST).target_acc for g in groups]
+        regrets = [max(c.target_acc for c in g) - cast(Candidate, _choose(g, LAST)).target_acc for g in groups]
         rows.append(
             {
                 "validator": LAST_ROW,
@@ -340,7 +334,7 @@ def validator_table(
             scored = [c for c in candidates if math.isfinite(c.scores.get(name, math.nan))]
             if not scored:
                 continue
-            pick = _choose(scored, name)
+            pick = cast(Candidate, _choose(scored, name))  # every candidate in scored has a finite score
             regrets.append(max(c.target_acc for c in candidates) - pick.target_acc)
             scores, accs = [c.scores[name] for c in scored], [c.target_acc for c in scored]
             if len(scored) >= 3 and len(set(scores)) > 1 and len(set(accs)) > 1:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Mapping, Sequence
+from typing import TypeGuard
 
 ALPHA = 0.05
 MIN_CD_PAIRS = 5
@@ -29,7 +30,7 @@ MIN_MATCHED = 6
 Matched = Mapping[tuple[str, int], float]  # (pair, seed) -> target accuracy
 
 
-def finite_number(x: object) -> bool:
+def finite_number(x: object) -> TypeGuard[float]:
     """A real number that is neither NaN nor infinite (booleans are not numbers here)."""
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
@@ -97,8 +98,8 @@ def average_ranks(scores: Mapping[str, Mapping[str, float]]) -> dict[str, float]
     for pair in common:
         values = sorted(((scores[s][pair], s) for s in strategies), reverse=True)
         position = 0
-        for _, group in itertools.groupby(values, key=lambda v: v[0]):
-            group = list(group)
+        for _, tied in itertools.groupby(values, key=lambda v: v[0]):
+            group = list(tied)
             shared = position + (len(group) + 1) / 2  # ties share the mean of their positions
             for _, s in group:
                 totals[s] += shared

@@ -17,8 +17,8 @@ from tlbench.plugins.registry import Plugin
 from tlbench.reporting.stats import finite_number
 
 if TYPE_CHECKING:
-    from tlbench.matrix.cells import Cell
-    from tlbench.matrix.results import CellRecord
+    from tlbench.spec.cell import Cell
+    from tlbench.spec.record import CellRecord
 
 
 class Tracker(Plugin):

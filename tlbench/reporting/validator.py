@@ -9,7 +9,7 @@ that declares ``uses_target_labels = True`` (the oracle), which gets only the ch
 accuracy and is marked as using target labels in every table.
 
 Scores are "higher is better"; selection takes the highest. Validators run when reports are written,
-on the checkpoint evaluations stored with each cell (:mod:`tlbench.matrix.evaluations`).
+on the checkpoint evaluations stored with each cell (:mod:`tlbench.spec.evaluations`).
 """
 
 from __future__ import annotations
@@ -19,14 +19,14 @@ from typing import ClassVar
 
 import numpy as np
 
-from tlbench.matrix.evaluations import CheckpointEvaluations
 from tlbench.plugins.registry import Plugin
+from tlbench.spec.evaluations import CheckpointEvaluations
 
 
 @dataclass(frozen=True)
 class ValidatorInputs:
     """One checkpoint as a validator sees it (float32 arrays; the embeddings as stored, see
-    :mod:`tlbench.matrix.evaluations`). Holds no target label and nothing computed from one."""
+    :mod:`tlbench.spec.evaluations`). Holds no target label and nothing computed from one."""
 
     source_logits: np.ndarray  # (Ns, C) on the source's held-out split (Ns = 0 without one)
     source_embed: np.ndarray  # (Ns, d)

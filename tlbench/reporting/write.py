@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from tlbench.errors import UserError
-from tlbench.matrix.results import CellRecord, ResultsDir, evaluation_files, load_records, read_evaluations
 from tlbench.reporting.leaderboard import build_leaderboard
 from tlbench.reporting.selection import LAST, StoredCandidates, read_checkpoint_tables, select
+from tlbench.spec.record import CellRecord
+from tlbench.spec.store import ResultsDir, evaluation_files, load_records, read_evaluations
+from tlbench.spec.summary import SuiteSummary, merge_summaries
 
 
 def write_reports(
     out_dir: Path,
     records: list[CellRecord],
-    suite: dict[str, Any],
+    suite: SuiteSummary | Mapping[str, Any] | None,
     formats: list[str] | None = None,
     registry: Any = None,
     *,
@@ -39,9 +42,10 @@ def write_reports(
     reporters = sorted(zip(names, reporters), key=lambda nr: (getattr(nr[1], "order", 0), nr[0]))
     validators = {n: registry.get("validator", n)() for n in registry.names("validator")}
     files = evaluations or {}
+    suite = suite if isinstance(suite, SuiteSummary) else SuiteSummary.from_dict(dict(suite or {}))
     chosen = select(
         records,
-        selection or str(suite.get("selection") or LAST),
+        selection or suite.selection or LAST,
         validators,
         lambda cell_id: read_evaluations(files[cell_id]) if cell_id in files else None,
         stored_checkpoints,
@@ -89,16 +93,7 @@ def report_dirs(
             f"no finished cells in {', '.join(map(str, dirs))} "
             "(no cells/*/record.json yet); run the suite first or wait for a cell to finish"
         )
-    suite: dict[str, Any] = {}
-    refs: list[Any] = []
-    for d in dirs:
-        s = ResultsDir(d).read_suite()
-        if s and not suite:
-            suite = dict(s)
-        for ref in s.get("reference") or []:
-            if ref not in refs:
-                refs.append(ref)
-    suite["reference"] = refs
+    suite = merge_summaries([ResultsDir(d).read_suite() for d in dirs])
     return write_reports(
         Path(out),
         records,

@@ -13,7 +13,9 @@ from tlbench.testing.common import _check_docstring, _check_plugin_name, _requir
 BACKBONE_CHECK_SIZE = 32
 
 
-def check_backbone(cls: type, names: list[str] | None = None, *, batch_size: int = 4, seed: int = 0) -> None:
+def check_backbone(
+    cls: type[BackboneProvider], names: list[str] | None = None, *, batch_size: int = 4, seed: int = 0
+) -> None:
     """Check backbone provider ``cls`` on each of ``names`` (default: every name it lists).
 
     Checks: metadata (``name``, a docstring whose first line is one whole sentence, an integer
@@ -105,7 +107,7 @@ def _check_stages(who: str, made: Backbone, params: dict[str, nn.Parameter]) -> 
     if made.stages is None:
         return
     _require(
-        isinstance(made.stages, list) and made.stages and all(isinstance(s, list) and s for s in made.stages),
+        isinstance(made.stages, list) and bool(made.stages) and all(isinstance(s, list) and s for s in made.stages),
         f"{who}: stages must be a non-empty list of non-empty lists of parameter names (input side first)",
     )
     flat = [n for stage in made.stages for n in stage]

@@ -23,7 +23,7 @@ _UNKNOWN_OPTION = "tlbench_conformance_unknown_option"
 
 
 # -- datasets ------------------------------------------------------------------------------------
-def check_dataset(cls: type, root: Any = None, **options: Any) -> None:
+def check_dataset(cls: type[Dataset], root: Any = None, **options: Any) -> None:
     """Check that dataset class ``cls`` honours the contract tlbench relies on; ``AssertionError`` if not.
 
     ``root`` and ``options`` are what a suite would give (its data root and ``dataset_options``)
@@ -108,13 +108,13 @@ def check_dataset(cls: type, root: Any = None, **options: Any) -> None:
     )
 
 
-def _new_dataset(cls: type, root: Any, options: Mapping[str, Any]) -> Dataset:
+def _new_dataset(cls: type[Dataset], root: Any, options: Mapping[str, Any]) -> Dataset:
     ok, result = _user_error_only(f"{cls.__name__}(root, **options)", lambda: cls(root, **copy.deepcopy(dict(options))))
     _require(ok, f"{cls.__name__}(root, **options) refused the data given to check_dataset: {result}")
     return result
 
 
-def _check_dataset_without_data(cls: type, options: Mapping[str, Any]) -> None:
+def _check_dataset_without_data(cls: type[Dataset], options: Mapping[str, Any]) -> None:
     """Missing data must surface as a UserError before training (construction, check() or domains())."""
     who = cls.__name__
     with _tempfile.TemporaryDirectory(prefix="tlbench-empty-root-") as empty:
@@ -129,7 +129,7 @@ def _check_dataset_without_data(cls: type, options: Mapping[str, Any]) -> None:
         _user_error_only(f"{who}.domains() with an empty data root", dataset.domains)
 
 
-def _check_domain_names(cls: type, dataset: Dataset) -> list[str]:
+def _check_domain_names(cls: type[Dataset], dataset: Dataset) -> list[str]:
     who = cls.__name__
     domains = _call(f"{who}.domains()", dataset.domains)
     _require(
@@ -186,7 +186,7 @@ def _check_domain(who: str, name: str, domain: Any) -> None:
 
 
 # -- shifts --------------------------------------------------------------------------------------
-def check_shift(cls: type, *, seed: int = 0) -> None:
+def check_shift(cls: type[Shift], *, seed: int = 0) -> None:
     """Check that shift class ``cls`` honours the contract tlbench relies on; ``AssertionError`` if not.
 
     Checks: metadata (``name`` usable in a domain spec such as ``digits+NAME:3``, a docstring whose

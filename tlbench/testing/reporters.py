@@ -17,9 +17,10 @@ from tlbench.testing.common import _call, _check_plugin_name, _require
 def sample_records() -> list[Any]:
     """Cell records of a small finished run: 2 strategies × 2 pairs × 2 seeds, one failed and one
     diverged cell whose error texts hold characters that need escaping in most formats."""
-    from tlbench.matrix.results import CellRecord
+    from tlbench.spec.record import CellRecord
 
-    records = []
+    records: list[CellRecord] = []
+    acc: float | None
     for s, strategy in enumerate(("source_only", "my_method")):
         for p, (source, target) in enumerate((("amazon", "webcam"), ("digits", "digits+rotate:3"))):
             for seed in (0, 1):
@@ -66,7 +67,7 @@ def sample_records() -> list[Any]:
     return records
 
 
-def check_reporter(cls: type, records: Iterable[Any] | None = None) -> None:
+def check_reporter(cls: type[Reporter], records: Iterable[Any] | None = None) -> None:
     """Check that reporter class ``cls`` honours the contract tlbench relies on; ``AssertionError`` if not.
 
     Checks: metadata (``name``, a docstring or ``description``, an integer ``order``); for the

@@ -38,7 +38,7 @@ def apply_engine_trainability(
 
 
 # -- the conformance check -------------------------------------------------------------------
-def check_strategy(cls: type, params: Any = None, *, seed: int = 0, total_steps: int = 10) -> None:
+def check_strategy(cls: type[Strategy], params: Any = None, *, seed: int = 0, total_steps: int = 10) -> None:
     """Check that strategy class ``cls`` honours the engine's contract; ``AssertionError`` if not.
 
     Checks: metadata (``name``, a docstring whose first line is one whole sentence, ``Params`` a
@@ -79,7 +79,7 @@ def check_strategy(cls: type, params: Any = None, *, seed: int = 0, total_steps:
             _require(value == other, f"{cls.__name__}: two runs with seed {seed} differ in {key}")
 
 
-def _check_metadata(cls: type) -> None:
+def _check_metadata(cls: type[Strategy]) -> None:
     _require(isinstance(cls, type) and issubclass(cls, Strategy), f"{cls!r} must be a subclass of tlbench.Strategy")
     who = cls.__name__
     _require(
@@ -118,7 +118,7 @@ def _check_metadata(cls: type) -> None:
         )
 
 
-def _resolve_params(cls: type, params: Any) -> Any:
+def _resolve_params(cls: type[Strategy], params: Any) -> Any:
     if params is None or isinstance(params, Mapping):
         try:
             return cls.parse_params(dict(params or {}))
@@ -130,7 +130,7 @@ def _resolve_params(cls: type, params: Any) -> Any:
     return params
 
 
-def _new_strategy(cls: type, params: Any, model: TransferModel, total_steps: int, seed: int) -> Strategy:
+def _new_strategy(cls: type[Strategy], params: Any, model: TransferModel, total_steps: int, seed: int) -> Strategy:
     strategy = cls(copy.deepcopy(params))
     ctx = SetupContext(
         num_classes=model.num_classes,
@@ -147,7 +147,7 @@ def _new_strategy(cls: type, params: Any, model: TransferModel, total_steps: int
     return strategy.to(torch.device("cpu"))
 
 
-def _check_groups(cls: type, groups: Any, model: TransferModel, strategy: Strategy) -> None:
+def _check_groups(cls: type[Strategy], groups: Any, model: TransferModel, strategy: Strategy) -> None:
     who = cls.__name__
     if not (isinstance(groups, list) and all(isinstance(g, ParamGroup) for g in groups)):
         got = type(groups).__name__ if not isinstance(groups, list) else [type(g).__name__ for g in groups]
@@ -222,13 +222,13 @@ def _score_recorder(who: str, batch: Batch, calls: list[int]) -> Callable[[Tenso
 def _as_features(model: TransferModel, batch: Batch) -> Batch:
     """The batch the engine serves a frozen backbone: pooled features instead of images."""
     with torch.no_grad():
-        f = lambda t: None if t is None else model.features(t).detach()
+        f: Callable[[Tensor | None], Any] = lambda t: None if t is None else model.features(t).detach()
         return dataclasses.replace(
             batch, source=f(batch.source), target=f(batch.target), target_strong=f(batch.target_strong)
         )
 
 
-def _run(cls: type, params: Any, seed: int, total_steps: int) -> dict[str, Any]:
+def _run(cls: type[Strategy], params: Any, seed: int, total_steps: int) -> dict[str, Any]:
     """One seeded run of the checks; returns what must be identical across runs."""
     who = cls.__name__
     record: dict[str, Any] = {}
@@ -341,7 +341,7 @@ def _check_output(where: str, out: Any, expects_grad: bool) -> None:
             raise AssertionError(f"{where}: metric {key!r} must be a number or a one-element tensor, got {value!r}")
 
 
-def _check_state_roundtrip(cls: type, params: Any, strategy: Strategy, seed: int, total_steps: int) -> None:
+def _check_state_roundtrip(cls: type[Strategy], params: Any, strategy: Strategy, seed: int, total_steps: int) -> None:
     who = cls.__name__
     state = strategy.state_dict()
     torch.manual_seed(seed + 12345)  # a fresh instance initialised differently

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from tlbench.models.transfer import TransferModel
 from tlbench.training.strategy import Batch
@@ -60,7 +61,7 @@ def make_tiny_batch(
     target = torch.randn(shape, generator=g) + target_shift if "weak" in views else None
     strong = (target + 0.3 * torch.randn(shape, generator=g)) if "strong" in views and target is not None else None
     index = torch.arange(batch_size) if target is not None else None
-    to = lambda t: None if t is None else t.to(device)
+    to: Callable[[Tensor | None], Any] = lambda t: None if t is None else t.to(device)
     return Batch(
         source=to(source), source_labels=to(labels), target=to(target), target_strong=to(strong), target_index=to(index)
     )

@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from tlbench.spec.recipe import Recipe
 from tlbench.training.augment import Augmenter, FixedViews
 from tlbench.training.frozen import FrozenOutputs
 from tlbench.training.strategy import Batch
@@ -61,12 +62,12 @@ class ClassBalancedSampler:
 
 
 def source_sampler(
-    labels: Tensor, recipe: dict, g: torch.Generator, device: torch.device
+    labels: Tensor, recipe: Recipe, g: torch.Generator, device: torch.device
 ) -> Sampler | ClassBalancedSampler:
     """The labelled source's sampler the recipe asks for."""
-    if recipe["source_sampling"] == "class_balanced":
-        return ClassBalancedSampler(labels, int(recipe["batch_size"]), g)
-    return Sampler(len(labels), int(recipe["batch_size"]), g, device)
+    if recipe.source_sampling == "class_balanced":
+        return ClassBalancedSampler(labels, int(recipe.batch_size), g)
+    return Sampler(len(labels), int(recipe.batch_size), g, device)
 
 
 class DomainImages:
@@ -100,7 +101,7 @@ class BatchSource:
         *,
         target_views: tuple[str, ...],
         augmenter: Augmenter,
-        recipe: dict,
+        recipe: Recipe,
         g: torch.Generator,
         feature_steps: int,
     ):
@@ -109,9 +110,7 @@ class BatchSource:
         self.feature_steps = feature_steps
         device = source.images.device
         self.source_sampler = source_sampler(source_labels, recipe, g, device)
-        self.target_sampler = (
-            Sampler(len(target.images), int(recipe["batch_size"]), g, device) if target_views else None
-        )
+        self.target_sampler = Sampler(len(target.images), int(recipe.batch_size), g, device) if target_views else None
 
     @classmethod
     def build(
@@ -123,7 +122,7 @@ class BatchSource:
         *,
         target_views: tuple[str, ...],
         augmenter: Augmenter,
-        recipe: dict,
+        recipe: Recipe,
         g: torch.Generator,
     ) -> BatchSource:
         return cls(
@@ -146,6 +145,7 @@ class BatchSource:
         x, t = self.source.view(si, self.augmenter, self.g)
         batch = Batch(source=x, source_labels=self.source_labels[si], source_teacher=t)
         if self.views:
+            assert self.target_sampler is not None  # made in __init__ whenever there are target views
             ti = self.target_sampler.next()
             batch.target_index = ti
             batch.target, batch.target_teacher = self.target.view(ti, self.augmenter, self.g)

@@ -9,7 +9,7 @@ afterwards, the clock paused), so training goes on exactly as without it. The la
 engine's final evaluation itself, cut to the same subset (:meth:`finish`): the last checkpoint costs
 no second pass. Evaluating every image of a large target at every point would cost more than the
 training of a short schedule (on the digits suite, 21-42 % of a cell's wall time for USPS's 9,298
-images; benchmarks/RESULTS.md). What is kept is :class:`tlbench.matrix.evaluations.
+images; benchmarks/RESULTS.md). What is kept is :class:`tlbench.spec.evaluations.
 CheckpointEvaluations`; target labels only turn into each point's accuracy, the oracle.
 
 Model selection without target labels needs these outputs (Musgrave et al., "Benchmarking
@@ -20,13 +20,13 @@ when reports are written, so a new validator rescores finished runs without trai
 from __future__ import annotations
 
 import dataclasses
+from typing import cast
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from tlbench.matrix.evaluations import CheckpointEvaluations, compact_embeddings
-from tlbench.matrix.suite import RECIPE_KEYS_ADDED_LATER
+from tlbench.spec.evaluations import CheckpointEvaluations, compact_embeddings
 from tlbench.training.evaluation import Evaluation, ModelOutputs, accuracy, evaluate_cell
 from tlbench.training.loop import StepObserver
 from tlbench.training.setup import CellSetup
@@ -55,8 +55,7 @@ class CheckpointEvaluator(StepObserver):
     """Evaluates the model at ``checkpoint_steps``; the last point comes from the final evaluation."""
 
     def __init__(self, setup: CellSetup, target_images: Tensor, target_labels: Tensor, points: int):
-        cap = setup.recipe.get("eval_points_images", RECIPE_KEYS_ADDED_LATER["eval_points_images"])  # absent: default
-        self.subset = checkpoint_subset(len(target_images), int(cap))
+        self.subset = checkpoint_subset(len(target_images), setup.recipe.eval_points_images)
         if self.subset is not None:
             index = self.subset.to(target_images.device)
             target_images, target_labels = target_images[index], target_labels[index]
@@ -102,7 +101,7 @@ class CheckpointEvaluator(StepObserver):
     def _on_subset(self, evaluation: Evaluation) -> Evaluation:
         if self.subset is None:
             return evaluation
-        out = evaluation.target_outputs
+        out = cast(ModelOutputs, evaluation.target_outputs)  # evaluate_cell always sets it
         index = self.subset.to(out.logits.device)
         logits = out.logits[index]
         embedding = out.embedding[index] if out.embedding is not None else None
@@ -112,7 +111,8 @@ class CheckpointEvaluator(StepObserver):
         )
 
     def _add(self, step: int, evaluation: Evaluation) -> None:
-        self._points.append((step, evaluation.target_acc, evaluation.target_outputs, evaluation.source_outputs))
+        target = cast(ModelOutputs, evaluation.target_outputs)  # evaluate_cell always sets it
+        self._points.append((step, evaluation.target_acc, target, evaluation.source_outputs))
 
 
 def _embed(outputs: ModelOutputs) -> np.ndarray:

@@ -14,7 +14,7 @@ Curves travel with the cell's record to the driver, which writes them beside it
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor
@@ -89,7 +89,9 @@ class CurveRecorder(StepObserver):
     def at_log_point(self, step: int, loss: Tensor) -> None:
         names = list(self._sums)
         on_device = [n for n in names if isinstance(self._sums[n], Tensor)]
-        read = torch.stack([self._sums[n].float().mean() for n in on_device]).tolist() if on_device else []
+        read = (
+            torch.stack([cast(Tensor, self._sums[n]).float().mean() for n in on_device]).tolist() if on_device else []
+        )
         values = dict(zip(on_device, read))  # the one host transfer of this logging point
         values.update({n: float(self._sums[n]) for n in names if n not in values})
         for n, v in values.items():

@@ -13,16 +13,17 @@ nothing waits on the device except at logging points.
 
 from __future__ import annotations
 
-import datetime as _dt
 import time
 from pathlib import Path
+from typing import cast
 
 import torch
 
 from tlbench.data.files import save_checked
 from tlbench.errors import DivergedError
-from tlbench.matrix.cells import CellTask
-from tlbench.matrix.results import CellRecord, ResultsDir
+from tlbench.spec.cell import CellTask
+from tlbench.spec.record import CellRecord, failure_record, now
+from tlbench.spec.store import ResultsDir
 from tlbench.training.batches import BatchSource
 from tlbench.training.checkpoints import CheckpointEvaluator
 from tlbench.training.curves import CurveRecorder
@@ -30,7 +31,7 @@ from tlbench.training.evaluation import PseudoLabelAudit, evaluate_cell
 from tlbench.training.frozen import prepare_frozen_outputs
 from tlbench.training.loop import NonFiniteCheck, ProgressBar, StepObserver, run_steps
 from tlbench.training.measure import PeakMemory, device_name, select_device
-from tlbench.training.record import cell_provenance, failed_record, ok_record
+from tlbench.training.record import cell_provenance, ok_record
 from tlbench.training.setup import set_up_cell
 from tlbench.training.strategy import StepContext
 
@@ -40,7 +41,7 @@ def train_cell(task: CellTask, registry=None) -> CellRecord:
     from tlbench.plugins.registry import get_registry
 
     registry = registry or get_registry(strict=task.strict_plugins)
-    t_start, started = time.perf_counter(), _now()
+    t_start, started = time.perf_counter(), now()
     device = select_device(task.device)
     memory = PeakMemory(device)
     memory.reset()
@@ -86,7 +87,7 @@ def train_cell(task: CellTask, registry=None) -> CellRecord:
         scored_images, scored_labels = pool_images, pool_labels
     else:  # finetune: the task's test (or validation) split, never served
         scored_images, scored_labels = data.target.images.to(device), data.target.labels.to(device)
-    checkpoints = CheckpointEvaluator(setup, scored_images, scored_labels, int(recipe.get("eval_points", 1)))
+    checkpoints = CheckpointEvaluator(setup, scored_images, scored_labels, int(recipe.eval_points))
     observers: list[StepObserver] = [NonFiniteCheck(device), curves, checkpoints]
     if task.show_progress:
         observers.append(ProgressBar(setup.total_steps, cell.describe()))
@@ -98,8 +99,8 @@ def train_cell(task: CellTask, registry=None) -> CellRecord:
         setup.autocast,
         observers,
         total_steps=setup.total_steps,
-        log_every=int(recipe["log_every"]),
-        warmup_steps=int(recipe["timing_warmup_steps"]),
+        log_every=int(recipe.log_every),
+        warmup_steps=int(recipe.timing_warmup_steps),
         device=device,
     )
 
@@ -128,8 +129,9 @@ def train_cell(task: CellTask, registry=None) -> CellRecord:
     )
 
 
-def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+def _failed(task: CellTask, status: str, error: str, started: str, t0: float, steps: int | None = None) -> CellRecord:
+    """The record of a cell that stopped with ``error`` (``status`` failed or diverged)."""
+    return failure_record(task.cell, status, error, started_at=started, wall_s=time.perf_counter() - t0, steps=steps)
 
 
 class _HookError(Exception):
@@ -145,7 +147,7 @@ def run_cell(task: CellTask) -> CellRecord:
     """
     from tlbench.plugins.registry import format_traceback, get_registry
 
-    started = _now()
+    started = now()
     t0 = time.perf_counter()
     registry = get_registry(strict=task.strict_plugins)
     record: CellRecord
@@ -158,26 +160,23 @@ def run_cell(task: CellTask) -> CellRecord:
     except KeyboardInterrupt:
         raise
     except _HookError as exc:
-        message = str(exc) + ("\n" + format_traceback(exc.__cause__) if task.debug else "")
-        record = failed_record(task, "failed", message, started, time.perf_counter() - t0)
+        # a _HookError is always raised from the hook's exception
+        message = str(exc) + ("\n" + format_traceback(cast(BaseException, exc.__cause__)) if task.debug else "")
+        record = _failed(task, "failed", message, started, t0)
     except DivergedError as exc:
-        record = failed_record(task, "diverged", str(exc), started, time.perf_counter() - t0, steps=exc.step)
+        record = _failed(task, "diverged", str(exc), started, t0, steps=exc.step)
     except torch.OutOfMemoryError as exc:
-        record = failed_record(
-            task, "failed", f"out of memory: {str(exc).splitlines()[0]}", started, time.perf_counter() - t0
-        )
+        record = _failed(task, "failed", f"out of memory: {str(exc).splitlines()[0]}", started, t0)
     except BaseException as exc:  # noqa: BLE001 - a strategy's sys.exit() fails its cell, not the matrix
         message = f"{type(exc).__name__}: {exc}"
         if task.debug:
             message += "\n" + format_traceback(exc)
-        record = failed_record(task, "failed", message, started, time.perf_counter() - t0)
+        record = _failed(task, "failed", message, started, t0)
     finally:
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
     try:
         registry.hook.after_cell(cell=task.cell, record=record)
     except Exception as exc:  # noqa: BLE001 - a plugin hook that raises fails the cell, not the run
-        record = failed_record(
-            task, "failed", f"after_cell hook raised {type(exc).__name__}: {exc}", started, time.perf_counter() - t0
-        )
+        record = _failed(task, "failed", f"after_cell hook raised {type(exc).__name__}: {exc}", started, t0)
     return record

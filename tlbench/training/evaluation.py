@@ -7,6 +7,7 @@ strategy's pseudo-labels against them for the record and never feeds anything ba
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -50,7 +51,7 @@ def model_outputs(
     for i in range(0, len(images), batch_size):
         x = augmenter.test(images[i : i + batch_size].to(device, non_blocking=True))
         with autocast():
-            out = model.forward_all(x) if full else None
+            out: Any = cast(Any, model).forward_all(x) if full else None  # a TransferModel's Outputs
             logits.append((out.logits if full else model(x)).float())
             if full:
                 embeds.append(out.embedding.float())
@@ -81,7 +82,7 @@ def evaluate(
 
 def evaluate_cell(setup: CellSetup, target_images: Tensor, target_labels: Tensor) -> Evaluation:
     """The current model on all target images (timed) and on the source's held-out split, one pass each."""
-    bs = setup.recipe["eval_batch_size"]
+    bs = setup.recipe.eval_batch_size
     target = model_outputs(setup.model, target_images, setup.augmenter, bs, setup.device, setup.autocast)
     source, source_acc = None, None
     holdout = setup.data.source_holdout

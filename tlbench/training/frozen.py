@@ -16,7 +16,7 @@ import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import torch
 from torch import Tensor
@@ -175,7 +175,7 @@ def prepare_frozen_outputs(
     steps = frozen_backbone_steps(setup.model, schedule)
     if (
         type(strategy).accepts_features
-        and bool(recipe["feature_cache"])
+        and bool(recipe.feature_cache)
         and steps > 0
         and "strong" not in views
         and teacher is None
@@ -183,23 +183,25 @@ def prepare_frozen_outputs(
         bank = FeatureBank(
             setup.model,
             setup.augmenter,
-            ["center", "flip"] if recipe["hflip"] else ["center"],
-            recipe["eval_batch_size"],
+            ["center", "flip"] if recipe.hflip else ["center"],
+            recipe.eval_batch_size,
             cache_dir,
             key=f"{cell.backbone}|{setup.weights_used}|{cell.weights}|{weights_digest(setup)}|"
-            f"{recipe['image_size']}{setup.augmenter.normalize.key()}",
+            f"{recipe.image_size}{setup.augmenter.normalize.key()}",
         )
         out.feature_steps = steps
         out.source_features = bank.features(src_images, domain_key(setup.data.source_train), setup.autocast)
         if views:
             out.target_features = bank.features(tgt_images, domain_key(setup.data.served_target), setup.autocast)
     if teacher is not None and strategy.teacher_views:
+        # a teacher was loaded, so its weights file is set (setup.load_teacher refuses a cell without one)
+        teacher_model = cast(str, teacher_model)
         out.teacher_views = strategy.teacher_views
         tbank = TeacherViewBank(
             teacher,
             setup.augmenter,
             out.teacher_views,
-            recipe["eval_batch_size"],
+            recipe.eval_batch_size,
             cache_dir,
             key=f"teacher={checked_digest(Path(teacher_model))}{setup.augmenter.normalize.key()}",
         )

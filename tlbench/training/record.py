@@ -8,12 +8,12 @@ import torch
 
 import tlbench
 from tlbench.data.domains import DomainSpec
-from tlbench.matrix.cells import Cell, CellTask
-from tlbench.matrix.evaluations import CheckpointEvaluations
-from tlbench.matrix.results import CellRecord
 from tlbench.models.transfer import count_parameters
 from tlbench.plugins.provenance import provenance
 from tlbench.runtime import describe_runtime
+from tlbench.spec.cell import Cell
+from tlbench.spec.evaluations import CheckpointEvaluations
+from tlbench.spec.record import CellRecord, cell_fields
 from tlbench.training.curves import Curves
 from tlbench.training.evaluation import Evaluation
 from tlbench.training.frozen import FrozenOutputs
@@ -63,11 +63,10 @@ def ok_record(
             "deterministic": setup.deterministic,
             "precision": "bf16" if setup.precision.bf16 else "fp32",
             "channels_last": setup.precision.channels_last,
-            "compiled": bool(recipe["compile"]),
+            "compiled": bool(recipe.compile),
             "feature_cache": frozen.feature_steps > 0,
             "feature_cache_steps": frozen.feature_steps,
             "teacher_views": frozen.teacher_views,
-            "label": cell.label,
             "train_images": len(setup.data.source_train),
             "target_images": len(setup.data.target),
             "train_seconds": timing.seconds,
@@ -78,8 +77,6 @@ def ok_record(
         extra["cpu_runtime"] = describe_runtime()  # the allocator and OpenMP waits this process ran with
     if evaluations is not None and len(evaluations):
         extra["checkpoint_target_images"] = int(evaluations.target_logits.shape[1])  # recipe.eval_points_images
-    if cell.sweep:  # a point of a sweep: which values, and whether they are the defaults (selection 'last')
-        extra["sweep"] = dict(cell.sweep)
     split = setup.data.task_split
     if split is not None:  # finetune: how the task was cut
         extra.update(
@@ -92,13 +89,7 @@ def ok_record(
         )
     train_images = split.train_size if split is not None else len(setup.data.source_train)
     return CellRecord(
-        suite=cell.suite,
-        dataset=cell.dataset,
-        backbone=cell.row_backbone,
-        strategy=cell.label,
-        source=cell.source,
-        target=cell.target,
-        seed=cell.seed,
+        **cell_fields(cell),
         status="ok",
         target_acc=evaluation.target_acc,
         source_acc=evaluation.source_acc,
@@ -112,50 +103,10 @@ def ok_record(
         device=device,
         torch_version=torch.__version__,
         tlbench_version=tlbench.__version__,
-        cell_id=cell.id,
         started_at=started_at,
-        **protocol_fields(cell),
         train_images=train_images,
         test_images=len(setup.data.target),
         extra=extra,
         curves=curves.to_dict(),
         evaluations=evaluations,
-    )
-
-
-def protocol_fields(cell: Cell) -> dict[str, str]:
-    """The record's protocol, task and budget (empty task and budget under uda)."""
-    return {"protocol": cell.protocol, "task": cell.task, "budget": cell.budget}
-
-
-def failed_record(
-    task: CellTask,
-    status: str,
-    error: str,
-    started: str,
-    wall_s: float | None,
-    device: str = "",
-    steps: int | None = None,
-) -> CellRecord:
-    """The record of a cell that failed or diverged (``status``), with the error that stopped it."""
-    cell = task.cell
-    return CellRecord(
-        suite=cell.suite,
-        dataset=cell.dataset,
-        backbone=cell.row_backbone,
-        strategy=cell.label,
-        source=cell.source,
-        target=cell.target,
-        seed=cell.seed,
-        status=status,
-        error=error,
-        steps=steps,
-        wall_s=wall_s,
-        device=device,
-        torch_version=torch.__version__,
-        tlbench_version=tlbench.__version__,
-        cell_id=cell.id,
-        started_at=started,
-        **protocol_fields(cell),
-        extra={"label": cell.label, **({"sweep": dict(cell.sweep)} if cell.sweep else {})},
     )

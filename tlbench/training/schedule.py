@@ -16,6 +16,7 @@ from torch import nn
 
 from tlbench.errors import UserError
 from tlbench.models.transfer import set_batchnorm_eval_where_frozen
+from tlbench.spec.recipe import Recipe
 from tlbench.training.strategy import ParamGroup
 
 
@@ -27,13 +28,13 @@ class ParamSchedule:
         groups: list[ParamGroup],
         modules: list[nn.Module],
         model: nn.Module,
-        recipe: dict[str, Any],
+        recipe: Recipe,
         device: torch.device,
         strategy_name: str,
     ):
         check_groups(groups, strategy_name)
         self.groups, self.model, self.recipe = groups, model, recipe
-        self.total_steps = int(recipe["steps"])
+        self.total_steps = int(recipe.steps)
         for module in modules:
             for p in module.parameters():
                 p.requires_grad_(False)
@@ -63,32 +64,32 @@ class ParamSchedule:
             self.optimizer.add_param_group(torch_group(group, self.recipe))
             self.model.train()
             set_batchnorm_eval_where_frozen(self.model)
-        factor = (1.0 + self.recipe["lr_gamma"] * step / self.total_steps) ** (-self.recipe["lr_decay"])
+        factor = (1.0 + self.recipe.lr_gamma * step / self.total_steps) ** (-self.recipe.lr_decay)
         for pg in self.optimizer.param_groups:
             pg["lr"] = pg["base_lr"] * factor
 
 
-def make_optimizer(groups: list[dict], recipe: dict, device: torch.device) -> torch.optim.Optimizer:
+def make_optimizer(groups: list[dict], recipe: Recipe, device: torch.device) -> torch.optim.Optimizer:
     """SGD (momentum, optional Nesterov) or AdamW over torch parameter groups; fused on a GPU."""
-    fused = {"fused": True} if device.type == "cuda" else {}
-    if recipe["optimizer"] == "adamw":
-        return torch.optim.AdamW(groups, lr=recipe["lr"], weight_decay=recipe["weight_decay"], **fused)
+    fused: dict[str, Any] = {"fused": True} if device.type == "cuda" else {}
+    if recipe.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=recipe.lr, weight_decay=recipe.weight_decay, **fused)
     return torch.optim.SGD(
         groups,
-        lr=recipe["lr"],
-        momentum=recipe["momentum"],
-        nesterov=recipe["nesterov"],
-        weight_decay=recipe["weight_decay"],
+        lr=recipe.lr,
+        momentum=recipe.momentum,
+        nesterov=recipe.nesterov,
+        weight_decay=recipe.weight_decay,
         **fused,
     )
 
 
-def torch_group(group: ParamGroup, recipe: dict) -> dict:
+def torch_group(group: ParamGroup, recipe: Recipe) -> dict:
     """A torch optimizer's parameter group for one :class:`ParamGroup` (``base_lr`` before decay)."""
     g = {
         "params": group.params,
-        "lr": recipe["lr"] * group.lr_scale,
-        "base_lr": recipe["lr"] * group.lr_scale,
+        "lr": recipe.lr * group.lr_scale,
+        "base_lr": recipe.lr * group.lr_scale,
         "name": group.name,
     }
     if group.weight_decay is not None:

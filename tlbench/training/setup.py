@@ -11,7 +11,7 @@ import contextlib
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import cast
 
 import numpy as np
 import torch
@@ -23,10 +23,11 @@ from tlbench.data.files import load_checked
 from tlbench.data.splits import stratified_split
 from tlbench.data.tasks import TaskSplit, split_task
 from tlbench.errors import UserError
-from tlbench.matrix.cells import Cell, CellTask
 from tlbench.models.backbones import Backbone
 from tlbench.models.transfer import TransferModel
 from tlbench.models.weights import load_backbone
+from tlbench.spec.cell import Cell, CellTask
+from tlbench.spec.recipe import Recipe
 from tlbench.training.augment import Augmenter, Normalizer
 from tlbench.training.schedule import ParamSchedule
 from tlbench.training.strategy import SetupContext, Strategy
@@ -78,7 +79,7 @@ class CellSetup:
     """What the later phases share: built once by :func:`set_up_cell`."""
 
     cell: Cell
-    recipe: dict[str, Any]
+    recipe: Recipe
     device: torch.device
     deterministic: bool
     precision: Precision
@@ -93,7 +94,7 @@ class CellSetup:
 
     @property
     def total_steps(self) -> int:
-        return int(self.recipe["steps"])
+        return int(self.recipe.steps)
 
     def autocast(self) -> contextlib.AbstractContextManager:
         return self.precision.autocast(self.device)
@@ -103,7 +104,7 @@ def set_up_cell(task: CellTask, registry, device: torch.device) -> CellSetup:
     """Seeds, data, model, strategy, teacher and optimizer of one cell, on ``device``, in a fixed order."""
     cell, recipe = task.cell, task.cell.recipe
     configure_device(device)
-    deterministic = bool(recipe["deterministic"]) and device.type == "cpu"
+    deterministic = bool(recipe.deterministic) and device.type == "cpu"
     seed_everything(cell.seed, deterministic, device)
 
     data = load_cell_data(cell, task, registry)
@@ -111,11 +112,11 @@ def set_up_cell(task: CellTask, registry, device: torch.device) -> CellSetup:
     strategy = build_strategy(cell, registry)
     strategy.setup(
         model,
-        SetupContext(data.num_classes, model.feature_dim, model.embed_dim, int(recipe["steps"]), device, cell.seed),
+        SetupContext(data.num_classes, model.feature_dim, model.embed_dim, int(recipe.steps), device, cell.seed),
     )
     precision = choose_precision(recipe, device)
-    model.to(device, memory_format=precision.memory_format)
-    if recipe["compile"]:
+    model.to(device, memory_format=precision.memory_format)  # type: ignore[call-overload]  # torch stubs lack it
+    if recipe.compile:
         # Compile the backbone in place: parameter names (and so checkpoints) stay unchanged,
         # and strategies keep calling the same TransferModel methods. (The CLI points the
         # compiler's kernel cache into tlbench's cache.)
@@ -129,11 +130,11 @@ def set_up_cell(task: CellTask, registry, device: torch.device) -> CellSetup:
         own_mean or backbone.mean, backbone.std, device, backbone.in_chans, from_backbone=own_mean is None
     )
     augmenter = Augmenter(
-        recipe["image_size"],
+        recipe.image_size,
         normalizer,
-        hflip=recipe["hflip"],
-        scale=tuple(recipe["crop_scale"]),
-        random_crop=recipe.get("train_crop", "random_resized") != "none",
+        hflip=recipe.hflip,
+        scale=cast("tuple[float, float]", tuple(recipe.crop_scale)),
+        random_crop=recipe.train_crop != "none",
         memory_format=precision.memory_format,
     )
     schedule = ParamSchedule(strategy.param_groups(model), [model, strategy], model, recipe, device, cell.strategy)
@@ -154,7 +155,7 @@ def set_up_cell(task: CellTask, registry, device: torch.device) -> CellSetup:
     )
 
 
-def input_mean(recipe: dict, data: CellData, backbone: Backbone) -> tuple[float, ...] | None:
+def input_mean(recipe: Recipe, data: CellData, backbone: Backbone) -> tuple[float, ...] | None:
     """The mean subtracted from the inputs, one value per input channel of the network, in [0, 1];
     None for the backbone's own constants (the default).
 
@@ -163,10 +164,11 @@ def input_mean(recipe: dict, data: CellData, backbone: Backbone) -> tuple[float,
     implementation of Ganin et al.'s MNIST->MNIST-M experiment does (pumpikano/tf-dann's
     ``pixel_mean`` over both training sets).
     """
-    if recipe.get("input_mean", "backbone") != "domains":
+    if recipe.input_mean != "domains":
         return None
     images = [data.source_train.images, data.served_target.images]
-    total = sum(x.sum(dim=(0, 2, 3), dtype=torch.int64) for x in images).double()  # exact, no float copy
+    # exact, no float copy; images is never empty, so the sum is a tensor, not sum()'s start value 0
+    total = cast(torch.Tensor, sum(x.sum(dim=(0, 2, 3), dtype=torch.int64) for x in images)).double()
     count = sum(x.shape[0] * x.shape[2] * x.shape[3] for x in images)
     mean = (total / count / 255.0).tolist()
     return (sum(mean) / 3,) if backbone.in_chans == 1 else tuple(mean)
@@ -193,15 +195,15 @@ def seed_everything(seed: int, deterministic: bool, device: torch.device) -> Non
     torch.manual_seed(seed)
     if device.type == "cpu":
         torch.use_deterministic_algorithms(deterministic, warn_only=True)
-        torch_determinism.fill_uninitialized_memory = False
+        torch_determinism.fill_uninitialized_memory = False  # type: ignore[attr-defined]  # set by torch at run time
 
 
-def choose_precision(recipe: dict[str, Any], device: torch.device) -> Precision:
+def choose_precision(recipe: Recipe, device: torch.device) -> Precision:
     """bf16 on GPU by default (``precision: auto``); channels_last unless switched off: faster on
     GPUs (tensor cores) and, measured here, on CPUs too (2-4x for EfficientNet's depthwise
     convolutions with oneDNN)."""
-    bf16 = recipe["precision"] == "bf16" or (recipe["precision"] == "auto" and device.type == "cuda")
-    return Precision(bf16=bf16, channels_last=recipe["channels_last"] != "off")
+    bf16 = recipe.precision == "bf16" or (recipe.precision == "auto" and device.type == "cuda")
+    return Precision(bf16=bf16, channels_last=recipe.channels_last != "off")
 
 
 def load_cell_data(cell: Cell, task: CellTask, registry) -> CellData:
@@ -212,7 +214,7 @@ def load_cell_data(cell: Cell, task: CellTask, registry) -> CellData:
     dataset = registry.get("dataset", cell.dataset)(
         Path(task.data_root) if task.data_root else None, **cell.dataset_options
     )
-    size = cell.recipe["resize_size"]
+    size = cell.recipe.stored_size
     cache = Path(task.cache_dir) if task.cache_dir else None
     src = load_domain(dataset, cell.source, size, cache_dir=cache, shift_seed=cell.shift_seed, registry=registry)
     if cell.finetune:
@@ -225,7 +227,7 @@ def load_cell_data(cell: Cell, task: CellTask, registry) -> CellData:
         source_half, target_half = stratified_split(src.labels, 0.5, seed=0)
         src, tgt = src.subset(source_half), tgt.subset(target_half)
     holdout = None
-    frac = cell.recipe["source_holdout"]
+    frac = cell.recipe.source_holdout
     if frac > 0:
         g = torch.Generator().manual_seed(0)
         perm = torch.randperm(len(src), generator=g)
@@ -249,7 +251,7 @@ def finetune_data(domain: Domain, cell: Cell) -> CellData:
 
 
 def build_model(
-    backbone: str, weights: str, num_classes: int, recipe: dict, registry
+    backbone: str, weights: str, num_classes: int, recipe: Recipe, registry
 ) -> tuple[TransferModel, str, Backbone]:
     """The transfer model on a backbone with the named weights, the weight source used, and what
     the backbone's provider said about it (channels, normalisation, stages)."""
@@ -257,10 +259,10 @@ def build_model(
     model = TransferModel(
         made.network,
         num_classes,
-        bottleneck_dim=recipe["bottleneck_dim"],
-        bottleneck_layers=recipe.get("bottleneck_layers", 1),
-        bottleneck_norm=recipe.get("bottleneck_norm", "batch"),
-        backbone_lr_scale=recipe["backbone_lr_scale"],
+        bottleneck_dim=recipe.bottleneck_dim,
+        bottleneck_layers=recipe.bottleneck_layers,
+        bottleneck_norm=recipe.bottleneck_norm,
+        backbone_lr_scale=recipe.backbone_lr_scale,
         backbone_name=backbone,
         feature_dim=made.feature_dim,
         stages=made.stages,
@@ -289,7 +291,7 @@ def load_teacher(
             f"(checksum mismatch); run the same command again to retrain the teacher"
         )
     model.load_state_dict(state)
-    model.to(device, memory_format=memory_format).eval()
+    model.to(device, memory_format=memory_format).eval()  # type: ignore[call-overload]  # torch stubs lack it
     for p in model.parameters():
         p.requires_grad_(False)
     return model

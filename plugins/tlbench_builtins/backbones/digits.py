@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, cast
 
 from torch import nn
 
@@ -89,7 +90,7 @@ class DigitNetworks(BackboneProvider):
     def create(self, name: str) -> Backbone:
         net = self._net(name)
         network = nn.Sequential(net.build())
-        network.num_features = net.feature_dim
+        cast(Any, network).num_features = net.feature_dim  # a plain int attribute, as timm's networks have
         stages = [[f"{block}.{p}" for p, _ in module.named_parameters()] for block, module in network.named_children()]
         half = (0.5,) * net.in_chans
         return Backbone(network, net.feature_dim, in_chans=net.in_chans, mean=half, std=half, stages=stages)

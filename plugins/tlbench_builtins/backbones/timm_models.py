@@ -8,6 +8,8 @@ timm's hub), so every timm name counts as one that may have them; the stages are
 
 from __future__ import annotations
 
+from typing import cast
+
 from tlbench import IMAGENET_MEAN, IMAGENET_STD, Backbone, BackboneProvider, hookimpl
 
 
@@ -37,7 +39,7 @@ class TimmModels(BackboneProvider):
         cfg = getattr(network, "pretrained_cfg", None) or getattr(network, "default_cfg", {}) or {}
         return Backbone(
             network,
-            int(network.num_features),
+            int(cast(int, network.num_features)),
             in_chans=3,
             mean=tuple(cfg.get("mean", IMAGENET_MEAN)),
             std=tuple(cfg.get("std", IMAGENET_STD)),

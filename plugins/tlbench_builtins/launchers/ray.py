@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import os
+from typing import Any
 
 from tlbench import Launcher, UserError, hookimpl
 
@@ -41,7 +42,8 @@ def start_local_ray(num_cpus: int | None = None, num_gpus: int | None = None):
     saved_env = os.environ.get(switch)
     os.environ[switch] = "0"
     ray = import_ray()
-    constants = getattr(getattr(ray, "_private", None), "ray_constants", None)
+    # set only when saved_constant is, which getattr finds only on a module
+    constants: Any = getattr(getattr(ray, "_private", None), "ray_constants", None)
     saved_constant = getattr(constants, "ENABLE_RAY_CLUSTER", None)
     if saved_constant is not None:  # ray was imported before the variable was set
         constants.ENABLE_RAY_CLUSTER = False

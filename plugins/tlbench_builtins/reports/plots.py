@@ -17,6 +17,7 @@ import io
 import math
 import re
 from pathlib import Path
+from typing import cast
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -154,7 +155,7 @@ def pair_accuracy(board: Leaderboard) -> bytes:
                 if _finite(mean):
                     std = sub[f"{pair} std"].get(strategy)
                     xs.append(x)
-                    heights.append(float(mean))
+                    heights.append(float(cast(float, mean)))  # _finite: not None
                     errs.append(float(std) if _finite(std) else 0.0)
                 elif strategy in sub.index:
                     missing.append((x, str(sub[f"{pair} status"].get(strategy))))

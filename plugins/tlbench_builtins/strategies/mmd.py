@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -24,7 +25,8 @@ def multi_kernel_matrix(z: Tensor, alphas: Sequence[float] = DEFAULT_ALPHAS) -> 
     """
     sq_dist = (z.unsqueeze(0) - z.unsqueeze(1)).pow(2).sum(-1)
     scale = sq_dist.detach().mean().clamp_min(torch.finfo(sq_dist.dtype).tiny)
-    return sum(torch.exp(-sq_dist / (2.0 * a * scale)) for a in alphas)
+    # a tensor, not sum()'s start value 0, for the non-empty alphas that Params requires
+    return cast(Tensor, sum(torch.exp(-sq_dist / (2.0 * a * scale)) for a in alphas))
 
 
 def mk_mmd(x: Tensor, y: Tensor, alphas: Sequence[float] = DEFAULT_ALPHAS, *, linear: bool = False) -> Tensor:

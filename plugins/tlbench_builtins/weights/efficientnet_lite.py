@@ -13,6 +13,7 @@ import importlib.util
 import re
 from functools import lru_cache
 from pathlib import Path
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -59,7 +60,7 @@ def package_file(model_name: str) -> Path | None:
 def block_names(model: nn.Module) -> list[tuple[str, dict[str, str]]]:
     """timm prefix (``blocks.S.B``) and renaming table of every block, in the flat order."""
     out = []
-    for s, stage in enumerate(model.blocks):
+    for s, stage in enumerate(cast(Any, model.blocks)):  # timm's EfficientNet: a Sequential of Sequentials
         for b, block in enumerate(stage):
             table = _INVERTED_RESIDUAL if hasattr(block, "conv_pwl") else _DEPTHWISE_SEPARABLE
             out.append((f"blocks.{s}.{b}", table))
@@ -122,7 +123,8 @@ def _mapped(model_name: str, *, classifier: bool) -> dict[str, Tensor]:
     state = torch.load(path, map_location="cpu", weights_only=True)
     if not classifier:
         state = {k: v for k, v in state.items() if not k.startswith("_fc.")}
-    model = timm.create_model(model_name, pretrained=False, **({} if classifier else {"num_classes": 0}))
+    extra: dict[str, Any] = {} if classifier else {"num_classes": 0}
+    model = timm.create_model(model_name, pretrained=False, **extra)
     try:
         return to_timm(state, model)
     except ValueError as exc:

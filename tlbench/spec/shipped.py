@@ -67,7 +67,7 @@ def resolve_suite(path: Path) -> Path:
 def describe_shipped(pattern: str | None = None) -> list[tuple[str, str]]:
     """(name, description) of the shipped suites whose name matches a shell-style wildcard
     (all without one): what ``tlbench list suites`` prints."""
-    from tlbench.matrix.suite_yaml import read_yaml
+    from tlbench.spec.suite_yaml import read_yaml
 
     rows = []
     for name, file in shipped_suites().items():

@@ -1,15 +1,16 @@
-"""Cell records and the results directory.
+"""The results directory: one folder per cell named by its id, and the tables of every record.
 
-Layout of an output directory (DomainBed-style, one folder per cell named by its id)::
+Layout of an output directory (DomainBed-style)::
 
-    <out>/cells/<cell_id>/record.json    the cell's record; its presence marks the cell done
-    <out>/cells/<cell_id>/curves.json    its training curves (metrics and learning rates at logging points)
-    <out>/cells/<cell_id>/evaluations.npz  its checkpoint evaluations, what validators score (tlbench.matrix.evaluations)
-    <out>/cells/<cell_id>/running.json   while the cell runs: who runs it, how many runs died on it before
-    <out>/cells/<cell_id>/model.pt       trained weights, only for cells another cell needs (kd teachers)
-    <out>/results.csv                    every cell once, exactly RESULT_COLUMNS
-    <out>/results.jsonl                  every record, strategy extras included
-    <out>/suite.json                     the resolved suite (for reports: name, references)
+    <out>/cells/<cell_id>/record.json      the cell's record; its presence marks the cell done
+    <out>/cells/<cell_id>/curves.json      its training curves (metrics and learning rates at logging points)
+    <out>/cells/<cell_id>/evaluations.npz  its checkpoint evaluations, what validators score
+                                           (tlbench.spec.evaluations)
+    <out>/cells/<cell_id>/running.json     while the cell runs: who runs it, how many runs died on it before
+    <out>/cells/<cell_id>/model.pt         trained weights, only for cells another cell needs (kd teachers)
+    <out>/results.csv                      every cell once, exactly RESULT_COLUMNS
+    <out>/results.jsonl                    every record, strategy extras included
+    <out>/suite.json                       the suite summary (tlbench.spec.summary)
 
 Every file is written to a temporary name and renamed, so a kill at any moment leaves either
 the old file or the new one, never half of one.
@@ -17,166 +18,22 @@ the old file or the new one, never half of one.
 
 from __future__ import annotations
 
+import csv
 import datetime as _dt
+import io
 import json
-import math
 import os
 import socket
 import warnings
 from collections.abc import Iterable
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from tlbench.data.files import atomic_write_bytes, atomic_write_text
-from tlbench.matrix.evaluations import CheckpointEvaluations
-
-RESULT_COLUMNS = (
-    "suite",
-    "dataset",
-    "backbone",
-    "strategy",
-    "source",
-    "target",
-    "seed",
-    "status",
-    "error",
-    "target_acc",
-    "source_acc",
-    "train_img_per_s",
-    "eval_img_per_s",
-    "peak_mem_mb",
-    "trainable_params",
-    "total_params",
-    "steps",
-    "wall_s",
-    "device",
-    "torch_version",
-    "tlbench_version",
-    "cell_id",
-    "started_at",
-    "protocol",
-    "task",
-    "budget",
-    "train_images",
-    "test_images",
-)
-STATUSES = ("ok", "failed", "diverged")
-#: statuses a rerun keeps: a failed cell is run again, a diverged one is a result (``--force`` reruns it)
-DONE_STATUSES = ("ok", "diverged")
-
-
-@dataclass
-class CellRecord:
-    """One cell's outcome: the results schema plus strategy-specific ``extra`` metrics."""
-
-    suite: str
-    dataset: str
-    backbone: str
-    strategy: str
-    source: str
-    target: str
-    seed: int
-    status: str
-    error: str = ""
-    target_acc: float | None = None
-    source_acc: float | None = None
-    train_img_per_s: float | None = None
-    eval_img_per_s: float | None = None
-    peak_mem_mb: float | None = None
-    trainable_params: int | None = None
-    total_params: int | None = None
-    steps: int | None = None
-    wall_s: float | None = None
-    device: str = ""
-    torch_version: str = ""
-    tlbench_version: str = ""
-    cell_id: str = ""
-    started_at: str = ""
-    #: uda, or finetune: then ``task`` and ``budget`` (``10%``, ``5-shot``) name its leaderboard column
-    protocol: str = "uda"
-    task: str = ""
-    budget: str = ""
-    #: images of the training split (finetune: labelled and held back) and of the scored split
-    train_images: int | None = None
-    test_images: int | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-    #: the training curves (``tlbench.training.curves.Curves.to_dict()``): they travel with the record
-    #: from the worker to the driver, which writes them to ``curves.json`` beside ``record.json``
-    curves: dict[str, Any] | None = field(default=None, repr=False, compare=False)
-    #: the checkpoint evaluations: like the curves, they travel with the record to the driver, which
-    #: writes them to ``evaluations.npz``; records read back from disk leave them there (they are large)
-    evaluations: CheckpointEvaluations | None = field(default=None, repr=False, compare=False)
-
-    @property
-    def column(self) -> str:
-        """Its leaderboard column: ``source->target``, or ``task budget`` under finetune (as ``Cell.pair``)."""
-        return column_label(self.protocol, self.source, self.target, self.budget)
-
-    @property
-    def scored(self) -> bool:
-        """Whether the cell has a result to average and rank: status ok and a finite target accuracy."""
-        acc = self.target_acc
-        return (
-            self.status == "ok" and isinstance(acc, (int, float)) and not isinstance(acc, bool) and math.isfinite(acc)
-        )
-
-    def row(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in RESULT_COLUMNS}
-
-    def to_json(self) -> str:
-        """The record as ``record.json`` and ``results.jsonl`` hold it (curves have their own file)."""
-        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in _OWN_FILES}
-        return json.dumps(_finite(d), sort_keys=True)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> CellRecord:
-        """The record a JSON object describes; a ``ValueError`` naming the first field of the wrong shape."""
-        if not isinstance(d, dict):
-            raise ValueError(f"expected a JSON object, got {type(d).__name__}")
-        names = {f.name: f for f in fields(cls) if f.name not in _OWN_FILES or f.name == "curves"}
-        for name, f in names.items():
-            if name not in d:
-                if f.default is MISSING and f.default_factory is MISSING:
-                    raise ValueError(f"field {name!r} is missing")
-                continue
-            kinds = _FIELD_TYPES[f.type]
-            value = d[name]
-            if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
-                raise ValueError(f"field {name!r} is {type(value).__name__}, expected {f.type}")
-        if d["status"] not in STATUSES:
-            raise ValueError(f"status {d['status']!r} is not one of {', '.join(STATUSES)}")
-        return cls(**{k: v for k, v in d.items() if k in names})
-
-
-def column_label(protocol: str, source: str, target: str, budget: str) -> str:
-    """A cell's leaderboard column: ``source->target`` (uda), ``task budget`` (finetune: source is the task)."""
-    return f"{source} {budget}" if protocol == "finetune" else f"{source}->{target}"
-
-
-#: record fields kept in files of their own beside record.json, never in it
-_OWN_FILES = ("curves", "evaluations")
-
-#: the JSON types each annotation of CellRecord accepts (ints are valid floats; null only where optional)
-_FIELD_TYPES: dict[str, tuple[type, ...]] = {
-    "str": (str,),
-    "int": (int,),
-    "float | None": (int, float, type(None)),
-    "int | None": (int, type(None)),
-    "dict[str, Any]": (dict,),
-    "dict[str, Any] | None": (dict, type(None)),
-}
-
-
-def _finite(obj: Any) -> Any:
-    """JSON has no NaN/inf: write them as null so every reader can parse the file."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    return obj
+from tlbench.spec.evaluations import CheckpointEvaluations
+from tlbench.spec.record import DONE_STATUSES, RESULT_COLUMNS, CellRecord, json_finite
+from tlbench.spec.summary import SuiteSummary
 
 
 class ResultsDir:
@@ -185,6 +42,9 @@ class ResultsDir:
     def __init__(self, root: Path):
         self.root = Path(root)
         self._warned: set[Path] = set()
+        #: every record of the folder by cell id, once the tables were first written: later writes
+        #: update it, so the tables never read every record again after each cell
+        self._table: dict[str, CellRecord] | None = None
 
     def cell_dir(self, cell_id: str) -> Path:
         return self.root / "cells" / cell_id
@@ -236,8 +96,10 @@ class ResultsDir:
         if record.evaluations is not None:
             atomic_write_bytes(self.evaluations_path(record.cell_id), record.evaluations.to_bytes())
         if record.curves is not None:
-            atomic_write_text(self.curves_path(record.cell_id), json.dumps(_finite(record.curves)) + "\n")
+            atomic_write_text(self.curves_path(record.cell_id), json.dumps(json_finite(record.curves)) + "\n")
         atomic_write_text(self.record_path(record.cell_id), record.to_json() + "\n")
+        if self._table is not None:  # as a reader would see it, without its curves and evaluations
+            self._table[record.cell_id] = CellRecord.from_dict(json.loads(record.to_json()))
 
     def read_curves(self, cell_id: str) -> dict[str, Any] | None:
         """A cell's curves as written, or None when it has none (or they cannot be read)."""
@@ -279,11 +141,13 @@ class ResultsDir:
             return None
 
     def write_tables(self) -> None:
-        """Rewrite results.csv and results.jsonl from the records (each cell exactly once)."""
-        import csv
-        import io
+        """Rewrite results.csv and results.jsonl from the records (each cell exactly once).
 
-        records = self.records()
+        The folder's records are read once, at the first call; after that the records this object
+        wrote keep the tables current (a run holds the folder's lock, so nothing else writes there)."""
+        if self._table is None:
+            self._table = {r.cell_id: replace(r, curves=None) for r in self.records()}
+        records = sorted(self._table.values(), key=lambda r: (r.started_at, r.cell_id))
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=list(RESULT_COLUMNS), lineterminator="\n")
         writer.writeheader()
@@ -292,22 +156,22 @@ class ResultsDir:
         atomic_write_text(self.root / "results.csv", buf.getvalue())
         atomic_write_text(self.root / "results.jsonl", "".join(r.to_json() + "\n" for r in records))
 
-    def write_suite(self, resolved: dict[str, Any]) -> None:
-        atomic_write_text(self.root / "suite.json", json.dumps(resolved, indent=2, sort_keys=True) + "\n")
+    def write_suite(self, summary: SuiteSummary) -> None:
+        atomic_write_text(self.root / "suite.json", summary.to_json())
 
-    def read_suite(self) -> dict[str, Any]:
-        """The resolved suite a run wrote; {} (with a warning) when absent, unreadable or not a JSON object."""
+    def read_suite(self) -> SuiteSummary:
+        """The summary a run wrote; an empty one (with a warning) when absent, unreadable or not a JSON object."""
         path = self.root / "suite.json"
         if not path.exists():
-            return {}
+            return SuiteSummary()
         try:
-            suite = json.loads(path.read_text(encoding="utf-8"))
-            if not isinstance(suite, dict):
-                raise ValueError(f"expected a JSON object, got {type(suite).__name__}")
-            return suite
+            data = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(data, dict):
+                raise ValueError(f"expected a JSON object, got {type(data).__name__}")
         except (OSError, ValueError) as exc:
             warnings.warn(f"{path} is not a suite description ({_reason(exc)}); reporting without it", stacklevel=2)
-            return {}
+            return SuiteSummary()
+        return SuiteSummary.from_dict(data)
 
 
 def _reason(exc: Exception) -> str:

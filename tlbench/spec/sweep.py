@@ -11,11 +11,61 @@ which one the row reports (:mod:`tlbench.reporting.selection`).
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
+import warnings
 from collections.abc import Collection
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from tlbench.errors import UserError
+from tlbench.spec.recipe import Recipe
+
+if TYPE_CHECKING:
+    from tlbench.training.strategy import Strategy
+
+
+@dataclass(frozen=True)
+class SweepPoint:
+    """One point of a sweep, as a cell and its record carry it.
+
+    ``values`` are the swept keys' values (recipe keys as ``recipe.<key>``), ``default`` says whether
+    every one of them is its default (what selection ``last`` reports), and ``order`` is the point's
+    place in the sweep (0: every first value).
+    """
+
+    values: dict[str, Any]
+    default: bool
+    order: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"values": dict(self.values), "default": self.default, "order": self.order}
+
+    @classmethod
+    def from_dict(cls, data: Any) -> SweepPoint | None:
+        """The point a stored mapping describes; None for anything that is not one (a damaged or
+        foreign record: the cell then counts as outside any sweep)."""
+        if not isinstance(data, dict):
+            return None
+        values, order = data.get("values"), data.get("order", 0)
+        return cls(
+            values=dict(values) if isinstance(values, dict) else {},
+            default=bool(data.get("default")),
+            order=order if isinstance(order, int) and not isinstance(order, bool) else 0,
+        )
+
+    def __getitem__(self, key: str) -> Any:
+        """``point["values"]``, as when a sweep point was a dict: deprecated, read ``point.values``."""
+        warnings.warn(
+            f"sweep[{key!r}] is deprecated since a sweep point became a SweepPoint; read sweep.{key}",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self.to_dict()[key]
+
+    def describe(self) -> str:
+        """``key=value, ...``: the swept values, or ``default`` when there are none."""
+        return ", ".join(f"{k}={v}" for k, v in self.values.items()) or "default"
 
 
 def is_sweep(value: Any, sequence_valued: bool = False) -> bool:
@@ -52,8 +102,6 @@ def sweep_points(axes: dict[str, list[Any]]) -> list[dict[str, Any]]:
 
 def sequence_params(params_cls: type) -> set[str]:
     """The fields of a strategy's ``Params`` dataclass whose default is a list or tuple."""
-    import dataclasses
-
     out = set()
     for f in dataclasses.fields(params_cls):
         default = (
@@ -66,29 +114,27 @@ def sequence_params(params_cls: type) -> set[str]:
     return out
 
 
-def param_points(strategy_cls: type, params: dict[str, Any], *, where: str = "params") -> list[dict[str, Any]]:
+def param_points(
+    strategy_cls: type[Strategy], params: dict[str, Any], *, where: str = "params"
+) -> list[dict[str, Any]]:
     """A strategy entry's parameter mappings, one per point of its sweep (one without lists)."""
     fixed, axes = split_sweep(params, sequence_params(strategy_cls.Params), where=where)
     return [{**fixed, **point} for point in sweep_points(axes)]
 
 
 def strategy_points(
-    strategy_cls: type, params: dict[str, Any], recipes: list[tuple[dict[str, Any], dict[str, Any]]], *, where: str
-) -> list[tuple[dict[str, Any], dict[str, Any], dict[str, Any] | None]]:
-    """``(params, recipe, sweep)`` for every point of one strategy entry × the suite's recipe sweep.
+    strategy_cls: type[Strategy], params: dict[str, Any], recipes: list[tuple[dict[str, Any], Recipe]], *, where: str
+) -> list[tuple[dict[str, Any], Recipe, SweepPoint | None]]:
+    """``(params, recipe, sweep point)`` for every point of one strategy entry × the suite's recipe sweep.
 
-    ``recipes`` are ``(swept values, cell recipe)``; ``sweep`` is what the cell carries (see
-    :class:`tlbench.matrix.cells.Cell`), None when neither the entry nor the recipe is swept."""
-    from dataclasses import asdict
-
-    from tlbench.matrix.suite import Recipe
-
+    ``recipes`` are ``(swept values, recipe)``; the point is None when neither the entry nor the recipe
+    is swept."""
     fixed, axes = split_sweep(params, sequence_params(strategy_cls.Params), where=where)
     try:
-        defaults = asdict(strategy_cls.parse_params({}))
+        defaults = dataclasses.asdict(strategy_cls.parse_params({}))
     except (TypeError, ValueError):  # a parameter without a default: no point is "the defaults"
         defaults = {}
-    out = []
+    out: list[tuple[dict[str, Any], Recipe, SweepPoint | None]] = []
     for param_values in sweep_points(axes):
         for recipe_values, recipe in recipes:
             if not axes and not recipe_values:
@@ -98,7 +144,7 @@ def strategy_points(
             default = all(k in defaults and _same(defaults[k], v) for k, v in param_values.items()) and all(
                 _same(Recipe.model_fields[k].default, v) for k, v in recipe_values.items()
             )
-            out.append(({**fixed, **param_values}, recipe, {"values": values, "default": default, "order": len(out)}))
+            out.append(({**fixed, **param_values}, recipe, SweepPoint(values, default, len(out))))
     return out
 
 

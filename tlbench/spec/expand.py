@@ -1,126 +1,27 @@
-"""Cells: one (backbone, strategy + params, source, target, seed, recipe) of a matrix.
-
-Under protocol ``finetune`` a cell's source and target are both its task, and its label budget
-is one more axis; those keys enter the id only for finetune cells, so uda cells keep theirs.
-
-A cell's id is a hash of its resolved configuration, so an output directory knows what is done
-whatever order or subset of the matrix a later command asks for. A ``kd`` cell depends on its
-teacher's cell, which is an ordinary cell of its own (and reused when the matrix has it).
-"""
+"""Expanding a suite into cells: backbones × strategies (× their sweeps) × pairs × budgets × seeds,
+plus the kd teachers they depend on, with every domain name resolved to its canonical form."""
 
 from __future__ import annotations
 
-import hashlib
-import json
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import asdict
+from typing import Any, cast
 
-from tlbench.data.domains import parse_pair
+from tlbench.data.domains import DomainSpec, parse_pair
 from tlbench.errors import UserError
-from tlbench.matrix.results import column_label
+from tlbench.spec.cell import Cell
+from tlbench.spec.recipe import Recipe
+from tlbench.spec.suite import BackboneEntry, Suite
+from tlbench.spec.sweep import SweepPoint, param_points, strategy_points
+
+#: a (source, target) pair of canonical domain specs; under finetune, (task, task)
+Pair = tuple[str, str]
 
 
-@dataclass(frozen=True)
-class Cell:
-    suite: str
-    dataset: str
-    dataset_options: dict[str, Any]
-    backbone: str
-    weights: str
-    strategy: str
-    label: str  # row name in leaderboards: the strategy name, or the suite's label for it
-    params: dict[str, Any]  # resolved, defaults included
-    source: str
-    target: str
-    seed: int
-    recipe: dict[str, Any]
-    shift_seed: int = 0
-    teacher: Cell | None = field(default=None, compare=False)
-    #: the leaderboard row of its backbone (the suite's ``label``, default the name); not in the id
-    backbone_label: str = field(default="", compare=False)
-    #: a point of a sweep: ``values`` (the swept keys, recipe keys as ``recipe.<key>``), ``default``
-    #: (every swept value is its default) and ``order`` (0: every first value); None outside a sweep
-    sweep: dict[str, Any] | None = field(default=None, compare=False)
-    protocol: str = "uda"
-    budget: str = ""  # finetune: the label budget ('10%', '5-shot')
-    score_on: str = "test"  # finetune: the split scored (test, or validation carved from the training split)
-
-    @property
-    def finetune(self) -> bool:
-        return self.protocol == "finetune"
-
-    @property
-    def task(self) -> str:
-        """A finetune cell's task (its source and target); empty for uda cells."""
-        return self.source if self.finetune else ""
-
-    @property
-    def row_backbone(self) -> str:
-        """The backbone column of this cell's record and leaderboard row."""
-        return self.backbone_label or self.backbone
-
-    def config(self) -> dict[str, Any]:
-        """What determines the result (the suite's name and the data root's location do not)."""
-        return {
-            "dataset": self.dataset,
-            "dataset_options": self.dataset_options,
-            "backbone": self.backbone,
-            "weights": self.weights,
-            "strategy": self.strategy,
-            "params": self.params,
-            "source": self.source,
-            "target": self.target,
-            "seed": self.seed,
-            "recipe": self.recipe,
-            "shift_seed": self.shift_seed,
-            "teacher": self.teacher.id if self.teacher else None,
-            **({"derived_split": "stratified"} if self.derived_pair else {}),
-            **(
-                {
-                    "protocol": self.protocol,
-                    "budget": self.budget,
-                    "score_on": self.score_on,
-                    "test_split": _test_split_rule(),
-                }
-                if self.finetune
-                else {}
-            ),
-        }
-
-    @property
-    def derived_pair(self) -> bool:
-        """Source and target derive from one base domain (``digits->digits+invert``): the engine
-        splits its images between them, class by class (the split is part of the cell's id)."""
-        from tlbench.data.domains import DomainSpec
-
-        return not self.finetune and DomainSpec.parse(self.source).base == DomainSpec.parse(self.target).base
-
-    @property
-    def id(self) -> str:
-        blob = json.dumps(self.config(), sort_keys=True, default=str)
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-    @property
-    def pair(self) -> str:
-        """The leaderboard column: ``source->target``, or ``task budget`` under finetune."""
-        return column_label(self.protocol, self.source, self.target, self.budget)
-
-    def describe(self) -> str:
-        return f"{self.backbone} {self.label} {self.pair} seed={self.seed}"
-
-
-def _test_split_rule() -> str:
-    """How a task without an official split is divided (its change would change every finetune result)."""
-    from tlbench.data.splits import SPLIT_SEED, TEST_FRACTION, VALIDATION_FRACTION
-
-    return f"official, else stratified test={TEST_FRACTION} seed={SPLIT_SEED}; validation={VALIDATION_FRACTION}"
-
-
-def backbone_pairs(suite, dataset, pairs: list[tuple[str, str]]) -> dict[str, list[tuple[str, str]]]:
+def backbone_pairs(suite: Suite, dataset: Any, pairs: list[Pair]) -> dict[str, list[Pair]]:
     """The pairs each backbone of the suite runs: those of the run's ``pairs`` that its own ``pairs``
     names (each checked to be a pair of the dataset), or all of them. A run narrowed with ``--pairs``
     simply leaves a backbone out of the pairs it does not run."""
-    out: dict[str, list[tuple[str, str]]] = {}
+    out: dict[str, list[Pair]] = {}
     for b in suite.backbones:
         if b.pairs is None:
             out[b.name] = list(pairs)
@@ -130,27 +31,8 @@ def backbone_pairs(suite, dataset, pairs: list[tuple[str, str]]) -> dict[str, li
     return out
 
 
-@dataclass
-class CellTask:
-    """Everything a worker needs to train one cell; picklable, so any launcher can ship it."""
-
-    cell: Cell
-    out_dir: str
-    data_root: str | None
-    cache_dir: str | None
-    device: str = "auto"
-    save_model: bool = False
-    teacher_model: str | None = None  # path of the teacher's saved weights, for kd cells
-    show_progress: bool = True
-    strict_plugins: bool = False
-    debug: bool = False
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
 def expand_cells(
-    suite, registry, domains: list[tuple[str, str]], pairs_of: dict[str, list[tuple[str, str]]] | None = None
+    suite: Suite, registry: Any, domains: list[Pair], pairs_of: dict[str, list[Pair]] | None = None
 ) -> list[Cell]:
     """The matrix backbones × strategies × pairs × seeds, plus the teacher cells it depends on.
 
@@ -158,10 +40,9 @@ def expand_cells(
     them per backbone (:func:`backbone_pairs`). Teachers come first in the returned list; a
     teacher that is also a cell of the matrix appears once.
     """
-    from tlbench.matrix.sweep import strategy_points
 
-    def recipes_of(backbone) -> list[tuple[dict, dict]]:
-        return [(values, r.cell_config()) for values, r in suite.recipe_points(backbone)]
+    def recipes_of(backbone: BackboneEntry | None) -> list[tuple[dict[str, Any], Recipe]]:
+        return suite.recipe_points(backbone)
 
     recipes = recipes_of(None)
     cells: dict[str, Cell] = {}
@@ -175,22 +56,22 @@ def expand_cells(
             ordered[ordered.index(cells[cell.id])] = cells[cell.id] = cell
         return cells[cell.id]
 
-    protocol = getattr(suite, "protocol", "uda")
-    finetune = {"protocol": protocol, "score_on": suite.score_on} if protocol == "finetune" else {}
+    protocol = suite.protocol
+    finetune: dict[str, Any] = {"protocol": protocol, "score_on": suite.score_on} if protocol == "finetune" else {}
     budgets = suite.budgets if finetune else [""]
 
     def make(
-        backbone,
-        strategy_name,
-        label,
-        raw_params,
-        src,
-        tgt,
-        seed,
-        teacher=None,
-        recipe=recipes[0][1],
-        sweep=None,
-        budget="",
+        backbone: BackboneEntry,
+        strategy_name: str,
+        label: str,
+        raw_params: dict[str, Any],
+        src: str,
+        tgt: str,
+        seed: int,
+        teacher: Cell | None = None,
+        recipe: Recipe = recipes[0][1],
+        sweep: SweepPoint | None = None,
+        budget: str = "",
     ) -> Cell:
         cls = registry.get("strategy", strategy_name)
         check_protocol(cls, protocol, registry, f"{suite.name}: strategies.{label}")
@@ -242,9 +123,7 @@ def expand_cells(
     return ordered
 
 
-def _teacher_cell(suite, registry, backbone, student: Cell, make) -> Cell:
-    from tlbench.matrix.suite import BackboneEntry
-
+def _teacher_cell(suite: Suite, registry: Any, backbone: BackboneEntry, student: Cell, make: Any) -> Cell:
     p = student.params
     t_backbone = p.get("teacher_backbone") or backbone.name
     t_strategy = p.get("teacher_strategy")
@@ -253,7 +132,7 @@ def _teacher_cell(suite, registry, backbone, student: Cell, make) -> Cell:
     t_cls = registry.get("strategy", t_strategy)
     check_protocol(
         t_cls,
-        getattr(suite, "protocol", "uda"),
+        suite.protocol,
         registry,
         f"{suite.name}: strategies.{student.label}.params.teacher_strategy",
     )
@@ -263,8 +142,6 @@ def _teacher_cell(suite, registry, backbone, student: Cell, make) -> Cell:
     weights = entry.weights if entry else (backbone.weights if t_backbone == backbone.name else "auto")
     label = entry.label if entry else None
     # A teacher named like a matrix row (same backbone, strategy and params) is that row's cell.
-    from tlbench.matrix.sweep import param_points
-
     wanted = asdict(t_cls.parse_params(p.get("teacher_params") or {}))
     row = next(
         (
@@ -288,7 +165,7 @@ def _teacher_cell(suite, registry, backbone, student: Cell, make) -> Cell:
     )
 
 
-def check_protocol(cls, protocol: str, registry, where: str) -> None:
+def check_protocol(cls: Any, protocol: str, registry: Any, where: str) -> None:
     """A strategy paired with a protocol it does not declare (``Strategy.protocols``) is one line
     naming both, the protocols it supports and the strategies that support this one."""
     supported = tuple(getattr(cls, "protocols", ("uda",)))
@@ -304,13 +181,12 @@ def check_protocol(cls, protocol: str, registry, where: str) -> None:
     )
 
 
-def resolve_tasks(suite, dataset) -> list[tuple[str, str]]:
+def resolve_tasks(suite: Suite, dataset: Any) -> list[Pair]:
     """A finetune suite's tasks as (task, task) "pairs" with canonical names: each task is its own
     source (the labelled training split) and target (its test split)."""
-    from tlbench.data.domains import DomainSpec
-
-    names = dataset.domains() if suite.tasks == "all" else list(suite.tasks)
-    out: list[tuple[str, str]] = []
+    # a finetune suite always names its tasks (Suite's validation)
+    names = dataset.domains() if suite.tasks == "all" else list(cast("list[str]", suite.tasks))
+    out: list[Pair] = []
     for text in names:
         spec = DomainSpec.parse(text)
         task = str(type(spec)(dataset.resolve(spec.base), spec.shifts))
@@ -320,11 +196,12 @@ def resolve_tasks(suite, dataset) -> list[tuple[str, str]]:
     return out
 
 
-def resolve_pairs(suite, dataset) -> list[tuple[str, str]]:
+def resolve_pairs(suite: Suite, dataset: Any) -> list[Pair]:
     """The suite's pairs as (source, target) domain specs with canonical base names (a finetune
     suite's tasks, each as its own pair: :func:`resolve_tasks`)."""
-    if getattr(suite, "protocol", "uda") == "finetune":
+    if suite.protocol == "finetune":
         return resolve_tasks(suite, dataset)
+    assert suite.pairs is not None  # protocol uda requires pairs (Suite validation)
     if suite.pairs == "all":
         names = dataset.domains()
         for name in names:
@@ -343,7 +220,7 @@ def resolve_pairs(suite, dataset) -> list[tuple[str, str]]:
     return [canonical_pair(text, dataset) for text in suite.pairs]
 
 
-def _check_domain_name(dataset, name: str) -> None:
+def _check_domain_name(dataset: Any, name: str) -> None:
     """A domain named like a domain spec (``amazon+invert``) would be read as another domain, shifted."""
     if "+" in name:
         base = name.split("+")[0]
@@ -359,10 +236,8 @@ def _check_domain_name(dataset, name: str) -> None:
             )
 
 
-def canonical_pair(text: str, dataset) -> tuple[str, str]:
+def canonical_pair(text: str, dataset: Any) -> Pair:
     """``'A->W'`` -> ``('amazon', 'webcam')``: aliases resolved, shifts kept as written."""
-    from tlbench.data.domains import DomainSpec
-
     src, tgt = parse_pair(text)
     specs = []
     for d in (src, tgt):

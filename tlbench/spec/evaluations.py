@@ -2,9 +2,9 @@
 
 At each of a cell's ``recipe.eval_points`` checkpoints the engine stores the model's outputs on the
 target's checkpoint images (every one up to ``recipe.eval_points_images``, else a fixed random subset:
-:func:`tlbench.training.checkpoints.checkpoint_subset`) and on the source's held-out split: logits, and embeddings (the classifier's input)
-projected to at most :data:`STORED_EMBED_DIM` dimensions by a fixed random projection (Johnson and
-Lindenstrauss: distances and angles are kept up to a small distortion), in float16. Office-31's
+:func:`tlbench.training.checkpoints.checkpoint_subset`) and on the source's held-out split: logits, and
+embeddings (the classifier's input) projected to at most :data:`STORED_EMBED_DIM` dimensions by a fixed random
+projection (Johnson and Lindenstrauss: distances and angles are kept up to a small distortion), in float16. Office-31's
 largest domain (2,817 images) at five points is about 3 MB. The source labels of the held-out split
 are kept; the target labels are **not**: the only trace of them is ``target_acc``, the accuracy at each
 point, the oracle that validator tables measure against (for reference, never for selection).

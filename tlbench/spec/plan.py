@@ -1,19 +1,71 @@
 """Planning a run: every name, weight and reference of a suite checked, and the cells expanded, before any work.
 
 Nothing here reads images or trains: :func:`plan` finds what is misspelt or unavailable in one
-line (exit 2), then :func:`tlbench.matrix.cells.expand_cells` gives the cells, teachers first.
+line (exit 2) and returns the :class:`Plan` that everything after it shares: preflight, the runner,
+``tlbench data prepare`` and ``tlbench run --dry-run`` read the same cells, pairs and dataset.
 """
 
 from __future__ import annotations
 
+import difflib
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 from tlbench.data.domains import DomainSpec
-from tlbench.errors import UserError
-from tlbench.matrix.cells import Cell, backbone_pairs, canonical_pair, expand_cells, resolve_pairs
+from tlbench.errors import UserError, WeightsUnavailableError
+from tlbench.models.backbones import find_provider
+from tlbench.models.weights import check_pretrained_exists
+from tlbench.spec.cell import Cell, column_label
+from tlbench.spec.expand import Pair, backbone_pairs, canonical_pair, expand_cells, resolve_pairs
+from tlbench.spec.recipe import Recipe
+from tlbench.spec.suite import BackboneEntry, Suite
+from tlbench.spec.summary import SuiteSummary
 
 
-def open_dataset(suite, registry):
+@dataclass
+class Plan:
+    """A validated suite, its dataset (opened, nothing decoded) and its cells, teachers first."""
+
+    suite: Suite
+    dataset: Any
+    #: the suite's pairs as canonical (source, target) specs; under finetune, (task, task)
+    pairs: list[Pair]
+    cells: list[Cell]
+
+    @cached_property
+    def teacher_ids(self) -> frozenset[str]:
+        """The ids of the cells whose trained weights another cell (a kd student) loads."""
+        return frozenset(c.teacher.id for c in self.cells if c.teacher is not None)
+
+    def waves(self) -> list[list[Cell]]:
+        """Teachers first, then everything else: a student never starts before its teacher ends."""
+        first = [c for c in self.cells if c.id in self.teacher_ids]
+        rest = [c for c in self.cells if c.id not in self.teacher_ids]
+        return [w for w in (first, rest) if w]
+
+    @property
+    def columns(self) -> list[str]:
+        """The leaderboard's columns: the pairs, or task × budget under finetune."""
+        budgets = self.suite.budgets if self.suite.protocol == "finetune" else [""]
+        return [column_label(self.suite.protocol, s, t, b) for s, t in self.pairs for b in budgets]
+
+    def summary(self) -> SuiteSummary:
+        """What reports need to know about the suite (``<out>/suite.json``), references in canonical names."""
+        return SuiteSummary.of(self.suite, self.columns, [s for s, _ in self.pairs], self._references())
+
+    def _references(self) -> list[dict[str, Any]]:
+        out = []
+        for ref in self.suite.reference:
+            row = ref.model_dump()
+            if self.suite.protocol != "finetune":  # finetune references name their columns ('amazon 10%') as written
+                row["acc"] = {"->".join(canonical_pair(k, self.dataset)): v for k, v in ref.acc.items()}
+            out.append(row)
+        return out
+
+
+def open_dataset(suite: Suite, registry: Any) -> Any:
     """The suite's dataset plugin, instantiated on its data root and options (reads nothing yet)."""
     if suite.data_root and Path(suite.data_root).exists() and not Path(suite.data_root).is_dir():
         raise UserError(
@@ -25,18 +77,32 @@ def open_dataset(suite, registry):
     )
 
 
-def plan(suite, registry, *, check_data: bool = True) -> tuple[list[Cell], list[tuple[str, str]]]:
-    """Check every name and the data before any work; return the cells (teachers first)."""
+def plan(suite: Suite, registry: Any, *, check_data: bool = True) -> Plan:
+    """Check every name and the data before any work; the plan of the run (cells: teachers first)."""
     dataset = open_dataset(suite, registry)
     if check_data:
         dataset.check()
     pairs = resolve_pairs(suite, dataset)
+    _check_references(suite, dataset, pairs)
+    _check_shifts(pairs, registry)
+    _check_names(suite, registry)
+    cells = expand_cells(suite, registry, pairs, backbone_pairs(suite, dataset, pairs))
+    _check_weights(cells, registry)
+    return Plan(suite, dataset, pairs, cells)
+
+
+def _check_references(suite: Suite, dataset: Any, pairs: list[Pair]) -> None:
+    """Every column a published reference names is one of the suite's."""
     for i, ref in enumerate(suite.reference):
         for key in ref.acc:
             try:
                 _check_reference_column(key, suite, dataset, pairs)
             except UserError as exc:
                 raise UserError(f"{suite.name}: reference.{i}.acc: {exc}") from None
+
+
+def _check_shifts(pairs: list[Pair], registry: Any) -> None:
+    """Every shift a domain names is installed, and takes a severity only where it has one."""
     for src, tgt in pairs:
         for spec in (DomainSpec.parse(src), DomainSpec.parse(tgt)):
             for name, severity in spec.shifts:
@@ -46,6 +112,10 @@ def plan(suite, registry, *, check_data: bool = True) -> tuple[list[Cell], list[
                         f"domain {str(spec)!r}: shift {name!r} takes no severity; write "
                         f"'{name}', not '{name}:{severity}'"
                     )
+
+
+def _check_names(suite: Suite, registry: Any) -> None:
+    """Strategies, backbones (at every recipe they run), the validator, launcher, reporters and trackers exist."""
     for entry in suite.strategies:
         registry.get("strategy", entry.name)
     for b in suite.backbones:
@@ -58,12 +128,9 @@ def plan(suite, registry, *, check_data: bool = True) -> tuple[list[Cell], list[
         registry.get("reporter", fmt)
     for tracker in suite.trackers:
         registry.get("tracker", tracker.name)
-    cells = expand_cells(suite, registry, pairs, backbone_pairs(suite, dataset, pairs))
-    _check_weights(cells, registry)
-    return cells, pairs
 
 
-def _check_reference_column(key: str, suite, dataset, pairs: list[tuple[str, str]]) -> None:
+def _check_reference_column(key: str, suite: Suite, dataset: Any, pairs: list[Pair]) -> None:
     """A reference names a pair (uda) or one of the columns ``task budget`` (finetune)."""
     if suite.protocol != "finetune":
         canonical_pair(key, dataset)
@@ -73,11 +140,8 @@ def _check_reference_column(key: str, suite, dataset, pairs: list[tuple[str, str
         raise UserError(f"{key!r} is not a column of this suite; columns: {', '.join(columns)}")
 
 
-def _check_backbone(entry, recipe, registry) -> None:
+def _check_backbone(entry: BackboneEntry, recipe: Recipe, registry: Any) -> None:
     """A backbone some provider creates, at a size it accepts, with weights that exist (or random)."""
-    from tlbench.models.backbones import find_provider
-    from tlbench.models.weights import check_pretrained_exists
-
     provider = find_provider(entry.name, registry)
     check_pretrained_exists(entry.name, entry.weights, provider)
     size = provider.input_size(entry.name)
@@ -88,10 +152,8 @@ def _check_backbone(entry, recipe, registry) -> None:
         )
 
 
-def _check_weights(cells: list[Cell], registry) -> None:
+def _check_weights(cells: list[Cell], registry: Any) -> None:
     """Weights that cannot be had are found before the first cell trains."""
-    from tlbench.errors import WeightsUnavailableError
-
     seen = set()
     sources = [registry.get("weight_source", n)() for n in registry.names("weight_source")]
     for cell in cells:
@@ -115,8 +177,6 @@ def _check_weights(cells: list[Cell], registry) -> None:
 def _check_weights_name(cell: Cell, source_names: list[str]) -> None:
     """``weights:`` is auto, random, a source's name or a file: a typo of a name gets a suggestion, a
     path that is not there is called a missing file (not "no source could provide it")."""
-    import difflib
-
     spec = cell.weights
     if spec in ("auto", "random", *source_names):
         return
@@ -139,11 +199,3 @@ def _check_weights_name(cell: Cell, source_names: list[str]) -> None:
             else f"valid: auto, random, {', '.join(source_names)} or a path to a weights file"
         )
         raise UserError(f"backbone {cell.backbone!r}: unknown weights {spec!r}; {hint}")
-
-
-def waves(cells: list[Cell]) -> list[list[Cell]]:
-    """Teachers first, then everything else: a student never starts before its teacher ends."""
-    teacher_ids = {c.teacher.id for c in cells if c.teacher is not None}
-    first = [c for c in cells if c.id in teacher_ids]
-    rest = [c for c in cells if c.id not in teacher_ids]
-    return [w for w in (first, rest) if w]
