@@ -227,6 +227,38 @@ def test_weights_file_that_is_corrupt_is_found_before_training(capsys, tmp_path)
     assert f"cannot load weights file {bad}" in line
 
 
+# -- environment variables ----------------------------------------------------------------------------
+MEMORY_CACHE_ERROR = (
+    "tlbench: error: TLBENCH_MEMORY_CACHE_MB={value!r} is not a number of megabytes; set it to 0 or more (e.g. "
+    "2048; 0 keeps no decoded domain in memory) or unset it for the default, 4096"
+)
+
+
+@pytest.mark.parametrize("value", ["abc", "-1", "nan", "inf", "1e400"])
+def test_a_bad_memory_cache_size_is_one_line_naming_the_variable(capsys, tmp_path, monkeypatch, value):
+    monkeypatch.setenv("TLBENCH_MEMORY_CACHE_MB", value)
+    assert run_bad(capsys, tmp_path, tiny(tmp_path)) == MEMORY_CACHE_ERROR.format(value=value)
+
+
+def test_a_bad_memory_cache_size_stops_data_prepare_in_one_line(capsys, tmp_path, monkeypatch):
+    from tlbench.data.cache import clear_memory_cache
+
+    clear_memory_cache()  # this process starts with no domain in memory, as the command does
+    monkeypatch.setenv("TLBENCH_MEMORY_CACHE_MB", "abc")
+    code = main(["data", "prepare", str(tiny(tmp_path)), "--cache", str(tmp_path / "cache")])
+    captured = capsys.readouterr()
+    assert code == 2 and captured.err == MEMORY_CACHE_ERROR.format(value="abc") + "\n"
+    assert "Traceback" not in captured.err + captured.out
+
+
+def test_a_memory_cache_size_in_megabytes_is_kept(monkeypatch):
+    from tlbench.data.cache import DEFAULT_MEMORY_BYTES, memory_cache_bytes
+
+    for value, expected in [("", DEFAULT_MEMORY_BYTES), ("0", 0), ("1.5", 3 << 19), (" 2048 ", 2048 << 20)]:
+        monkeypatch.setenv("TLBENCH_MEMORY_CACHE_MB", value)
+        assert memory_cache_bytes() == expected
+
+
 # -- --debug ----------------------------------------------------------------------------------------
 def test_debug_raises_with_the_traceback(tmp_path):
     with pytest.raises(UserError, match="unknown strategy 'dnan'"):

@@ -148,3 +148,17 @@ def test_eval_points_overhead_trains_each_cell_in_both_arms(tmp_path, tiny_suite
     assert len(rows) == 1
     assert rows[0]["same_final_accuracy"] is True  # checkpoint evaluations do not change training
     assert rows[0]["evaluations_bytes"] > 0
+
+
+@pytest.mark.parametrize(
+    "script",
+    sorted(
+        p.relative_to(ROOT).as_posix() for folder in ("benchmarks", "scripts") for p in (ROOT / folder).glob("*.sh")
+    ),
+)
+def test_shell_scripts_run_directly_are_executable(script):
+    """Every ``*.sh`` starts with a shebang and its usage line runs it directly (``benchmarks/gpu_office31.sh
+    --budget ...``): without its executable bit that is "Permission denied" at the start of a GPU window."""
+    path = ROOT / script
+    assert path.read_text(encoding="utf-8").startswith("#!"), f"{script} has no shebang"
+    assert path.stat().st_mode & 0o111 == 0o111, f"{script} is not executable: chmod +x {script} (git keeps the mode)"

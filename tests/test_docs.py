@@ -164,3 +164,21 @@ def test_recipe_keys_table_matches_the_recipe_model():
         "docs/recipe.md's table is stale: regenerate it with tlbench.spec.recipe.recipe_keys_markdown()"
     )
     assert [ln.split("`")[1] for ln in table.group(1).splitlines()[2:]] == list(Recipe.model_fields)
+
+
+def test_no_doc_says_a_failed_cell_must_be_deleted_to_be_retried():
+    """The runner retries a failed cell by itself (only ok and diverged records mark a cell done), so a
+    sentence telling users to delete a failed cell's folder to retry it is stale."""
+    from tlbench.spec.record import DONE_STATUSES
+
+    assert "failed" not in DONE_STATUSES
+    root = DOC.parents[1]
+    stale = []
+    for path in [root / "README.md", *sorted((root / "docs").rglob("*.md"))]:
+        text = " ".join(path.read_text(encoding="utf-8").split())
+        for sentence in re.split(r"(?<=\.)\s", text):
+            if all(re.search(word, sentence, re.I) for word in ("fail", "delet|remov", "retr|again")):
+                stale.append(f"{path.relative_to(root)}: {sentence}")
+    assert not stale, stale
+    scaling = " ".join((root / "docs" / "scaling.md").read_text(encoding="utf-8").split())
+    assert "a failed cell is run again by the next run" in scaling

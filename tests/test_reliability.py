@@ -161,6 +161,7 @@ def test_a_record_that_does_not_validate_is_named_and_its_cell_runs_again(capsys
     warning, error = capsys.readouterr().err.splitlines()
     assert code == 2 and error.startswith("tlbench: error: no finished cells in")
     assert warning.startswith(f"tlbench: warning: record {record} is not a valid cell record (")
+    assert warning.endswith(REPORT_LEAVES_OUT)  # a report runs nothing
 
     code, stdout, err = run_ok(capsys, suite, out, *ONE_CELL)
     assert code == 0
@@ -170,6 +171,39 @@ def test_a_record_that_does_not_validate_is_named_and_its_cell_runs_again(capsys
     assert "1 cells: 1 run, 0 already done, 0 failed" in stdout
     rerun = json.loads(record.read_text())
     assert rerun["status"] == "ok" and rerun["target_acc"] == good["target_acc"]  # same cell, same result
+
+
+REPORT_LEAVES_OUT = "); it is left out of the report ('tlbench run' with the same suite and --out runs its cell again)"
+
+
+def test_a_report_says_a_damaged_record_is_left_out_not_run_again(capsys, tmp_path):
+    from test_leaderboard import make_records, write_results
+
+    out = write_results(tmp_path / "run", make_records())
+    record = next(out.glob("cells/*/record.json"))
+    record.write_text("not json {")
+    assert main(["report", str(out), "--formats", "csv"]) == 0
+    captured = capsys.readouterr()
+    (warning,) = warnings_in(captured.err)
+    assert warning.startswith(f"tlbench: warning: record {record} is not a valid cell record (")
+    assert warning.endswith(REPORT_LEAVES_OUT) and "is run again" not in warning
+    assert main(["curves", str(out)]) == 2  # these records have no curves; the damaged one is named the same way
+    (warning,) = warnings_in(capsys.readouterr().err)
+    assert warning.endswith(REPORT_LEAVES_OUT.replace("the report", "the curves"))
+
+
+def test_a_run_says_a_damaged_record_has_its_cell_run_again(tmp_path):
+    from tlbench.spec.store import ResultsDir
+
+    record = tmp_path / "cells" / "abc" / "record.json"
+    record.parent.mkdir(parents=True)
+    record.write_text("[]")
+    with pytest.warns(UserWarning) as caught:
+        assert not ResultsDir(tmp_path).is_done("abc")
+    (message,) = [str(w.message) for w in caught]
+    assert message == (
+        f"record {record} is not a valid cell record (expected a JSON object, got list); its cell is run again"
+    )
 
 
 def test_a_suite_json_that_is_a_list_is_reported_without(capsys, tmp_path, finished_run):
@@ -236,6 +270,42 @@ def test_out_under_a_file_is_one_line(capsys, tmp_path):
     assert code == 2 and capsys.readouterr().err == (
         f"tlbench: error: --out {out}: {blocker} is a file, so no folder can be made under it; choose another --out\n"
     )
+
+
+@pytest.mark.parametrize("extra", [["--quiet"], ["--dry-run"]], ids=["run", "dry-run"])
+@pytest.mark.parametrize("empty", ["", " "], ids=["empty", "blank"])
+def test_an_empty_out_is_refused_not_the_current_folder(capsys, tmp_path, monkeypatch, extra, empty):
+    suite = tiny(tmp_path)
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)  # --out "$OUT" with OUT unset: '' would be this folder
+    code = main(["run", str(suite), "--out", empty, *extra])
+    captured = capsys.readouterr()
+    assert (
+        code == 2
+        and captured.out == ""
+        and captured.err
+        == (
+            'tlbench: error: --out is empty (an unset variable in --out "$OUT"?); give a folder, or leave --out out '
+            "to write to runs/<suite name>\n"
+        )
+    )
+    assert list(cwd.iterdir()) == []
+
+
+def test_report_into_an_empty_out_is_refused_not_the_current_folder(capsys, tmp_path, monkeypatch):
+    from test_leaderboard import make_records, write_results
+
+    results = write_results(tmp_path / "run", make_records())
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    assert main(["report", str(results), "--out", ""]) == 2
+    assert capsys.readouterr().err == (
+        'tlbench: error: --out is empty (an unset variable in --out "$OUT"?); give a folder, or leave --out out '
+        "to write to the first directory\n"
+    )
+    assert list(cwd.iterdir()) == [] and not (results / "leaderboard.csv").exists()
 
 
 def test_out_that_cannot_be_written_is_one_line(capsys, tmp_path):

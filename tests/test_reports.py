@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import re
 import shutil
@@ -24,6 +25,7 @@ from tlbench.errors import UnknownNameError
 from tlbench.plugins.registry import Registry
 from tlbench.reporting.leaderboard import build_leaderboard
 from tlbench.reporting.write import report_dirs, write_reports
+from tlbench.spec.store import ResultsDir
 
 PLUGINS = {
     "markdown": markdown_plugin,
@@ -133,6 +135,66 @@ def test_csv_round_trips_through_pandas(report):
     failures = pd.read_csv(out / "failures.csv")
     assert failures.loc[0, "error"] == f"Traceback ...\nRuntimeError: {XSS}"
     assert failures["footnote"].tolist() == [1, 2, 2, 2]
+
+
+#: text a spreadsheet would run as a formula (OWASP "CSV Injection"), as a label or a domain name could be
+FORMULAS = ["=cmd|' /C calc'!A0", "+1", "-1+1", "@SUM(1)", "\tx", "\rx"]
+
+
+def formula_records() -> list:
+    """Records whose backbone, strategy, label, domains and error text start like formulas; one with a
+    negative accuracy (a number, never text to neutralise)."""
+    f = FORMULAS
+    return [
+        record(f[0], f[1], f"{f[2]}->{f[3]}", 0, label=f[1], target_acc=-5.0, error=f[4], cell_id="c0"),
+        record(f[0], f[1], f"{f[2]}->{f[3]}", 1, label=f[1], status="failed", error=f[0], cell_id="c1"),
+        record("bb", "s", f"{f[3]}->{f[2]}", 0, target_acc=40.0, error="@x", cell_id="c2"),
+    ]
+
+
+def is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def csv_cells(path: Path) -> list[str]:
+    with path.open(newline="", encoding="utf-8") as fh:
+        return [cell for row in csv.reader(fh) for cell in row]
+
+
+def test_csv_cells_that_start_like_formulas_are_neutralised_and_numbers_stay_numbers(tmp_path, registry):
+    out = write_results(tmp_path / "run", formula_records())
+    ResultsDir(out).write_tables()
+    paths = report_dirs([out], None, ["csv"], registry=registry)
+    for path in [out / "results.csv", *paths]:
+        cells = csv_cells(path)
+        bad = [c for c in cells if c.startswith(("=", "+", "-", "@", "\t", "\r")) and not is_number(c)]
+        assert not bad, f"{path.name}: {bad}"
+    results = pd.read_csv(out / "results.csv")
+    assert set(results["backbone"]) == {"'=cmd|' /C calc'!A0", "bb"}
+    assert set(results["strategy"]) == {"'+1", "s"} and set(results["source"]) == {"'-1+1", "'@SUM(1)"}
+    assert set(results["error"].dropna()) == {"'\tx", "'=cmd|' /C calc'!A0", "'@x"}
+    assert results["target_acc"].dtype == "float64" and -5.0 in results["target_acc"].tolist()
+    board = pd.read_csv(out / "leaderboard.csv")
+    assert "'-1+1->@SUM(1) mean" in board.columns and "'@SUM(1)->-1+1 mean" in board.columns
+    assert set(board["strategy"]) == {"'+1", "s"}
+    assert board["'-1+1->@SUM(1) mean"].dtype == "float64"
+    assert -5.0 in board["'-1+1->@SUM(1) mean"].tolist()
+    failures = pd.read_csv(out / "failures.csv")
+    assert failures["error"].tolist() == ["'=cmd|' /C calc'!A0"] and failures["footnote"].tolist() == [1]
+    costs = pd.read_csv(out / "costs.csv")
+    assert set(costs["backbone"]) == {"'=cmd|' /C calc'!A0", "bb"}
+
+
+def test_csv_safe_touches_only_text_that_starts_like_a_formula():
+    from tlbench import csv_safe
+
+    assert [csv_safe(f) for f in FORMULAS] == ["'" + f for f in FORMULAS]
+    for kept in ("dann", "A->W", "a=b", "", " =1", -1.5, -3, float("nan"), None, True):
+        assert csv_safe(kept) is kept
 
 
 # -- HTML ---------------------------------------------------------------------------------------------

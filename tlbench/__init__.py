@@ -60,7 +60,7 @@ _LAZY: dict[str, str] = {
     "Cell": "tlbench.spec.cell",
     "CellRecord": "tlbench.spec.record",
     **dict.fromkeys(("Leaderboard", "Footnote"), "tlbench.reporting.leaderboard"),
-    **dict.fromkeys(("atomic_write_text", "atomic_write_bytes"), "tlbench.data.files"),
+    **dict.fromkeys(("atomic_write_text", "atomic_write_bytes", "csv_safe"), "tlbench.data.files"),
 }
 
 __all__ = ["__version__", "hookimpl", *_LAZY, "TlbenchError", "UserError", "WeightsUnavailableError"]
@@ -94,7 +94,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
         resize_uint8,
         split_folders,
     )
-    from tlbench.data.files import atomic_write_bytes, atomic_write_text
+    from tlbench.data.files import atomic_write_bytes, atomic_write_text, csv_safe
     from tlbench.matrix.launcher import Launcher
     from tlbench.models.backbones import IMAGENET_MEAN, IMAGENET_STD, Backbone, BackboneProvider, filter_names
     from tlbench.models.transfer import Outputs, TransferModel

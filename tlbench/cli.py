@@ -74,9 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run (or resume) a suite", parents=[common])
     run.add_argument("suite", type=Path, help="a suite file, or a shipped suite's name (tlbench list suites)")
-    run.add_argument(
-        "--out", type=Path, help="output directory (default runs/<suite name>: yours, never the committed results/)"
-    )
+    run.add_argument("--out", help="output directory (default runs/<suite name>: yours, never the committed results/)")
     run.add_argument("--data-root", help="data root (default: the suite's, then $TLBENCH_DATA_ROOT)")
     run.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     run.add_argument("--launcher", help="launcher name (default: the suite's, else local)")
@@ -112,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     rep = sub.add_parser("report", help="write leaderboards from one or more results directories", parents=[common])
     rep.add_argument("dirs", type=Path, nargs="+")
-    rep.add_argument("--out", type=Path, help="where to write (default: the first directory)")
+    rep.add_argument("--out", help="where to write (default: the first directory)")
     rep.add_argument("--formats", type=_csv, help="report formats (default: all registered)")
     rep.add_argument(
         "--selection",
@@ -143,6 +141,19 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--cache", type=Path)
     prep.add_argument("--pairs", type=_csv)
     return p
+
+
+def given_out(text: str | None, default: str) -> Path | None:
+    """The folder ``--out`` names; None when not given. An empty one (``--out "$OUT"`` with ``OUT`` unset) is
+    refused: as a path it would be the current folder, and everything would be written there."""
+    if text is None:
+        return None
+    if not text.strip():
+        raise UserError(
+            f'--out is empty (an unset variable in --out "$OUT"?); give a folder, or leave --out out to write to '
+            f"{default}"
+        )
+    return Path(text)
 
 
 def subcommand(argv: list[str]) -> str | None:
@@ -229,7 +240,8 @@ def _dispatch(args) -> int:
     if args.command == "report":
         from tlbench.reporting.write import report_dirs
 
-        files = report_dirs(args.dirs, args.out, args.formats, selection=args.selection)
+        out = given_out(args.out, "the first directory")
+        files = report_dirs(args.dirs, out, args.formats, selection=args.selection)
         for f in files:
             print(f)
         return 0
@@ -249,6 +261,7 @@ def _run(args, registry) -> int:
     from tlbench.spec.loading import load_suite
     from tlbench.spec.shipped import resolve_suite
 
+    given = given_out(args.out, "runs/<suite name>")
     suite = load_suite(
         resolve_suite(args.suite),
         overrides=args.overrides,
@@ -259,7 +272,7 @@ def _run(args, registry) -> int:
         seeds=args.seeds,
         data_root=args.data_root,
     )
-    out = args.out or DEFAULT_RUNS / suite.name
+    out = given or DEFAULT_RUNS / suite.name
     if args.dry_run:
         from tlbench.matrix.estimate import estimate
         from tlbench.spec.plan import plan

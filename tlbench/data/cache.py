@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 import warnings
@@ -63,6 +64,24 @@ def usable_cache_dir(path: Path, what: str = "the cache folder") -> Path:
     return path
 
 
+def memory_cache_bytes() -> int:
+    """The in-process LRU's byte budget: ``$TLBENCH_MEMORY_CACHE_MB`` megabytes, else the default; a value
+    that is no number of megabytes (0 or more) is a one-line :class:`UserError` naming the variable."""
+    env = os.environ.get("TLBENCH_MEMORY_CACHE_MB")
+    if not env or not env.strip():
+        return DEFAULT_MEMORY_BYTES
+    try:
+        megabytes = float(env)
+    except ValueError:
+        megabytes = math.nan
+    if not math.isfinite(megabytes) or megabytes < 0:
+        raise UserError(
+            f"TLBENCH_MEMORY_CACHE_MB={env!r} is not a number of megabytes; set it to 0 or more (e.g. 2048; 0 "
+            f"keeps no decoded domain in memory) or unset it for the default, {DEFAULT_MEMORY_BYTES >> 20}"
+        )
+    return int(megabytes * (1 << 20))
+
+
 class _MemoryLRU:
     """Domains decoded in this process, least recently used dropped first beyond a byte budget."""
 
@@ -71,8 +90,7 @@ class _MemoryLRU:
 
     @staticmethod
     def _budget() -> int:
-        env = os.environ.get("TLBENCH_MEMORY_CACHE_MB")
-        return int(float(env) * (1 << 20)) if env else DEFAULT_MEMORY_BYTES
+        return memory_cache_bytes()
 
     def get(self, key: str) -> Domain | None:
         domain = self._items.get(key)

@@ -7,6 +7,8 @@ Checked files: every cache and checkpoint tlbench writes (decoded domains, froze
 teachers' weights) goes through here. Reading checks the digest before ``torch.load`` (with
 ``weights_only=True``: tensors and plain containers only, never code), so a truncated or
 tampered file is detected, reported once, and rebuilt by the caller instead of being trusted.
+
+CSV cells: :func:`csv_safe` is the one guard against formula injection for every CSV tlbench writes.
 """
 
 from __future__ import annotations
@@ -49,6 +51,20 @@ def atomic_write_bytes(path: Path, data: bytes | memoryview) -> None:
 def atomic_write_text(path: Path, text: str) -> None:
     """Write ``text`` (UTF-8) to ``path`` atomically."""
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+#: what a spreadsheet reads as the start of a formula in a CSV cell (OWASP, "CSV Injection")
+CSV_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_safe(value: Any) -> Any:
+    """A CSV cell that no spreadsheet runs as a formula: text starting with ``=``, ``+``, ``-``, ``@``, a tab
+    or a carriage return gets a single quote in front (as OWASP recommends); anything else, numbers
+    included (a negative accuracy, a NaN), is returned unchanged. Apply it to every text cell and header
+    that comes from data (labels, domain names, error texts) before writing a CSV."""
+    if isinstance(value, str) and value.startswith(CSV_FORMULA_STARTS):
+        return "'" + value
+    return value
 
 
 def sidecar(path: Path) -> Path:

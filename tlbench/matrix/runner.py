@@ -22,7 +22,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from tlbench.data.cache import default_cache_dir, usable_cache_dir
+from tlbench.data.cache import default_cache_dir, memory_cache_bytes, usable_cache_dir
 from tlbench.errors import RunLockedError, UserError
 from tlbench.matrix.preflight import check_device, check_output_dir, preflight
 from tlbench.matrix.resume import check_stale, failed_teacher_record, is_skipped, killed_cells
@@ -106,6 +106,7 @@ def run_suite(suite: Suite, options: RunOptions, registry: Any) -> RunSummary:
     check_output_dir(out, suite.data_root, [c.id for c in run_plan.cells])
     check_stale(run_plan.cells, out, registry, force=options.force, keep=options.keep_stale)
     cache_dir = usable_cache_dir(options.cache_dir or default_cache_dir())
+    memory_cache_bytes()  # a bad TLBENCH_MEMORY_CACHE_MB: one line now, not at the first domain decoded
     to_run = [c for c in run_plan.cells if options.force or c.id in run_plan.teacher_ids or not out.is_done(c.id)]
     preflight(run_plan, to_run, registry, cache_dir, options.device)
     launcher_opts = {**suite.launcher.options, **options.launcher_options}

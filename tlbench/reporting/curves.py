@@ -47,7 +47,7 @@ def select_cells(dirs: list[Path], pattern: str | None) -> list[CellRecord]:
     for d in dirs:
         if not Path(d).is_dir():
             raise UserError(f"{d}: no such results directory (expected the --out folder of a tlbench run)")
-    records = [r for r in load_records(dirs, curves=True) if isinstance(r.curves, dict)]
+    records = [r for r in load_records(dirs, curves=True, reader="the curves") if isinstance(r.curves, dict)]
     if pattern:
         records = [
             r for r in records if fnmatch.fnmatchcase(describe(r), pattern) or fnmatch.fnmatchcase(r.cell_id, pattern)

@@ -8,7 +8,8 @@ Layout of an output directory (DomainBed-style)::
                                            (tlbench.spec.evaluations)
     <out>/cells/<cell_id>/running.json     while the cell runs: who runs it, how many runs died on it before
     <out>/cells/<cell_id>/model.pt         trained weights, only for cells another cell needs (kd teachers)
-    <out>/results.csv                      every cell once, exactly RESULT_COLUMNS
+    <out>/results.csv                      every cell once, exactly RESULT_COLUMNS (text cells made
+                                           formula-safe: tlbench.data.files.csv_safe)
     <out>/results.jsonl                    every record, strategy extras included
     <out>/suite.json                       the suite summary (tlbench.spec.summary)
 
@@ -30,17 +31,29 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from tlbench.data.files import atomic_write_bytes, atomic_write_text
+from tlbench.data.files import atomic_write_bytes, atomic_write_text, csv_safe
 from tlbench.spec.evaluations import CheckpointEvaluations
 from tlbench.spec.record import DONE_STATUSES, RESULT_COLUMNS, CellRecord, json_finite
 from tlbench.spec.summary import SuiteSummary
 
+#: what a record that does not validate means, said in its warning: to a run, which runs its cell again
+RUN_AGAIN = "its cell is run again"
+
+
+def left_out_of(what: str) -> str:
+    """What a record that does not validate means to a reader of results (``tlbench report``, ``curves``)."""
+    return f"it is left out of {what} ('tlbench run' with the same suite and --out runs its cell again)"
+
 
 class ResultsDir:
-    """Reads and writes one output directory."""
+    """Reads and writes one output directory.
 
-    def __init__(self, root: Path):
+    ``damaged`` ends the warning about a record that does not validate: what the caller does about it
+    (a run runs the cell again, the default; a report leaves it out: :func:`left_out_of`)."""
+
+    def __init__(self, root: Path, *, damaged: str = RUN_AGAIN):
         self.root = Path(root)
+        self.damaged = damaged
         self._warned: set[Path] = set()
         #: every record of the folder by cell id, once the tables were first written: later writes
         #: update it, so the tables never read every record again after each cell
@@ -136,7 +149,7 @@ class ResultsDir:
             if path not in self._warned:
                 self._warned.add(path)
                 warnings.warn(
-                    f"record {path} is not a valid cell record ({_reason(exc)}); its cell is run again", stacklevel=3
+                    f"record {path} is not a valid cell record ({_reason(exc)}); {self.damaged}", stacklevel=3
                 )
             return None
 
@@ -152,7 +165,7 @@ class ResultsDir:
         writer = csv.DictWriter(buf, fieldnames=list(RESULT_COLUMNS), lineterminator="\n")
         writer.writeheader()
         for r in records:
-            writer.writerow({k: ("" if v is None else v) for k, v in r.row().items()})
+            writer.writerow({k: ("" if v is None else csv_safe(v)) for k, v in r.row().items()})
         atomic_write_text(self.root / "results.csv", buf.getvalue())
         atomic_write_text(self.root / "results.jsonl", "".join(r.to_json() + "\n" for r in records))
 
@@ -181,11 +194,12 @@ def _reason(exc: Exception) -> str:
     return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
-def load_records(dirs: Iterable[Path], *, curves: bool = False) -> list[CellRecord]:
-    """Records of several results directories merged; the same cell id counts once (newest wins)."""
+def load_records(dirs: Iterable[Path], *, curves: bool = False, reader: str = "the report") -> list[CellRecord]:
+    """Records of several results directories merged; the same cell id counts once (newest wins). A record
+    that does not validate is named in a warning as left out of ``reader`` (nothing is run here)."""
     by_id: dict[str, CellRecord] = {}
     for d in dirs:
-        for r in ResultsDir(d).records(curves=curves):
+        for r in ResultsDir(d, damaged=left_out_of(reader)).records(curves=curves):
             old = by_id.get(r.cell_id)
             if old is None or r.started_at >= old.started_at:
                 by_id[r.cell_id] = r

@@ -12,7 +12,9 @@
 * ``checkpoints.csv`` — every candidate checkpoint with its target accuracy and each validator's score
   (what ``validators.csv`` is computed from).
 
-Every file is written even when it has no rows, so a later report never leaves a stale one.
+Every file is written even when it has no rows, so a later report never leaves a stale one. Every text
+cell and header is passed through ``csv_safe``: a label or domain name such as ``=cmd|' /C calc'!A0`` is
+written as ``'=cmd|' /C calc'!A0``, never as a formula a spreadsheet would run; numbers stay numbers.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from tlbench import Leaderboard, Reporter, atomic_write_text, hookimpl
+from tlbench import Leaderboard, Reporter, atomic_write_text, csv_safe, hookimpl
 
 
 def leaderboard_frame(board: Leaderboard) -> pd.DataFrame:
@@ -29,6 +31,18 @@ def leaderboard_frame(board: Leaderboard) -> pd.DataFrame:
     for c in board.columns:
         df[board.col(c, "notes")] = [" ".join(map(str, notes)) for notes in df[board.col(c, "notes")]]
     df["missing"] = [";".join(m) for m in df["missing"]]
+    return df
+
+
+def safe_frame(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` with every text cell and column name made formula-safe (``csv_safe``); numeric and boolean
+    columns untouched, so they are written exactly as before."""
+    df = df.rename(columns=csv_safe)
+    text = [c for c in df.columns if not pd.api.types.is_numeric_dtype(df[c])]
+    if text:
+        df = df.copy()
+        for c in text:
+            df[c] = df[c].map(csv_safe)
     return df
 
 
@@ -50,7 +64,7 @@ class CsvReporter(Reporter):
         paths = []
         for name, df in tables.items():
             path = out_dir / name
-            atomic_write_text(path, df.to_csv(index=False, lineterminator="\n"))
+            atomic_write_text(path, safe_frame(df).to_csv(index=False, lineterminator="\n"))
             paths.append(path)
         return paths
 
