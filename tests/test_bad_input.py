@@ -108,6 +108,52 @@ def test_missing_suite_file(capsys, tmp_path):
     assert "absent.yaml: no such suite file" in line
 
 
+# -- labels: a row of every report, so printable text on one line --------------------------------------
+@pytest.mark.parametrize(
+    "entry, key, expected",
+    [
+        ('strategies: [{name: source_only, label: "a\\0b"}]', "strategies.0.label", "control character U+0000"),
+        ('strategies: [{name: source_only, label: "a\\nb"}]', "strategies.0.label", "control character U+000A"),
+        ('strategies: [{name: source_only, label: "a\\tb"}]', "strategies.0.label", "control character U+0009"),
+        ('strategies: [{name: source_only, label: "a\\u2028b"}]', "strategies.0.label", "control character U+2028"),
+        (
+            "strategies: [{name: source_only, label: " + "x" * 201 + "}]",
+            "strategies.0.label",
+            "the label is 201 characters long; at most 200 are allowed",
+        ),
+        (
+            'backbones: [{name: test_efficientnet, weights: random, label: "net\\0"}]',
+            "backbones.0.label",
+            "control character U+0000",
+        ),
+        (
+            "backbones: [{name: test_efficientnet, weights: random, label: " + "y" * 10_000 + "}]",
+            "backbones.0.label",
+            "the label is 10000 characters long",
+        ),
+    ],
+    ids=["nul", "newline", "tab", "line-separator", "long", "backbone-nul", "backbone-10000"],
+)
+def test_a_label_with_control_characters_or_too_long_is_one_line(capsys, tmp_path, entry, key, expected):
+    text = TINY_SUITE.replace("strategies: [source_only, dann]", "")
+    if entry.startswith("backbones"):
+        text = text.replace("backbones:\n  - name: test_efficientnet\n    weights: random\n", "")
+        text += "strategies: [source_only]\n"
+    text += entry + "\n"
+    line = run_bad(capsys, tmp_path, tiny(tmp_path, text))
+    assert f"tiny.yaml: {key}: " in line and expected in line
+    assert len(line) < 500  # a 10,000-character label is not repeated whole
+
+
+def test_a_plain_label_of_200_characters_with_unicode_is_fine(capsys, tmp_path):
+    text = TINY_SUITE.replace(
+        "strategies: [source_only, dann]", "strategies: [{name: source_only, label: 'é→ " + "z" * 197 + "'}]"
+    )
+    code = main(["run", str(tiny(tmp_path, text)), "--out", str(tmp_path / "out"), "--dry-run"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+
+
 # -- names ------------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     "args, expected",

@@ -93,3 +93,62 @@ def test_strict_plugins_makes_a_broken_plugin_fatal(broken_plugins, tmp_path, ca
     assert len(lines) == 1 and lines[0].startswith(f"tlbench: error: plugin '{MISSING}': failed to import")
     assert "Traceback" not in captured.err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "raise SystemExit(0)\n",  # at import
+        "import sys\nimport tlbench\n\n\n@tlbench.hookimpl\ndef register_strategies(register):\n    sys.exit(0)\n",
+    ],
+    ids=["import", "hook"],
+)
+def test_a_plugin_that_exits_zero_is_skipped_not_the_commands_exit(source, monkeypatch, tmp_path, capsys):
+    (tmp_path / "tlbench_test_exiting_plugin.py").write_text(source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv(PLUGINS_ENV_VAR, "tlbench_test_exiting_plugin")
+    monkeypatch.delitem(__import__("sys").modules, "tlbench_test_exiting_plugin", raising=False)
+    set_registry(None)
+    try:
+        bad = tmp_path / "bad.yaml"
+        bad.write_text("name: bad\nno_such_key: 1\n")
+        code = main(["run", str(bad), "--out", str(tmp_path / "out"), "--quiet"])
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert code == 2  # the bad suite is still bad input, not a silent success
+        assert lines[0].startswith("tlbench: warning: plugin 'tlbench_test_exiting_plugin' skipped: ")
+        assert "SystemExit: 0" in lines[0]
+        assert len(lines) == 2 and lines[1].startswith("tlbench: error: ")
+
+        set_registry(None)
+        code = main(["--strict-plugins", "list", "strategies"])
+        captured = capsys.readouterr()
+        lines = captured.err.strip().splitlines()
+        assert code == 2
+        assert len(lines) == 1 and lines[0].startswith("tlbench: error: plugin 'tlbench_test_exiting_plugin': ")
+        assert "Traceback" not in captured.err
+    finally:
+        set_registry(None)
+
+
+def test_a_name_that_is_not_one_plain_word_is_skipped_and_list_still_works(monkeypatch, tmp_path, capsys):
+    (tmp_path / "tlbench_test_odd_names.py").write_text(
+        "import tlbench\n\n\n"
+        "class Odd(tlbench.Strategy):\n    name = 'a->b c'\n\n\n"
+        "class Fine(tlbench.Strategy):\n    name = 'odd_fine'\n\n\n"
+        "@tlbench.hookimpl\ndef register_strategies(register):\n    register(Odd)\n    register(Fine)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv(PLUGINS_ENV_VAR, "tlbench_test_odd_names")
+    monkeypatch.delitem(__import__("sys").modules, "tlbench_test_odd_names", raising=False)
+    set_registry(None)
+    try:
+        code = main(["list", "strategies"])
+        captured = capsys.readouterr()
+        assert code == 0
+        (warning,) = captured.err.strip().splitlines()
+        assert warning.startswith("tlbench: warning: plugin 'tlbench_test_odd_names' skipped: ")
+        assert "strategy name 'a->b c' is not allowed" in warning
+        names = [line.split()[0] for line in captured.out.splitlines() if line.strip()]
+        assert "odd_fine" in names and "source_only" in names and "a->b" not in names
+    finally:
+        set_registry(None)

@@ -8,7 +8,7 @@ import pytest
 
 import tlbench
 from tlbench.errors import UnknownNameError, UserError
-from tlbench.plugins.registry import PluginLoadError, Registry, get_registry
+from tlbench.plugins.registry import KINDS, NAME_PATTERN, NAME_RULE, PluginLoadError, Registry, get_registry
 
 
 def _plugin(**hooks):
@@ -93,7 +93,8 @@ def test_broken_entry_point_is_named_and_skipped(monkeypatch):
 
     good = md.EntryPoint("good", "tlbench_builtins.launchers.local", "tlbench")
     broken = md.EntryPoint("broken", "no_such_module_for_tlbench", "tlbench")
-    monkeypatch.setattr(md, "entry_points", lambda group: [broken, good])
+    # only tlbench's group: torch, if first imported here, asks for its own group
+    monkeypatch.setattr(md, "entry_points", lambda group: [broken, good] if group == "tlbench" else [])
     reg = Registry()
     assert reg.names("launcher") == ["local"]
     assert reg.failures() == [("broken", reg.plugins["broken"].errors[0])]
@@ -109,3 +110,99 @@ def test_builtins_load_through_entry_points():
         assert name in reg.names(kind)
         entry = reg.entry(kind, name)
         assert reg.plugins[entry.plugin].distribution == "tlbench"
+
+
+# -- a plugin's sys.exit() is that plugin's failure, never the command's exit ------------------------------
+def _exit_zero(register):
+    raise SystemExit(0)
+
+
+@pytest.mark.parametrize("exc", [SystemExit(0), SystemExit("bye"), GeneratorExit()])
+def test_a_register_hook_that_exits_is_named_and_skipped(exc):
+    def leave(register):
+        register(Beta)
+        raise exc
+
+    reg = Registry(
+        entry_points=False,
+        plugins={
+            "exits": _plugin(register_strategies=leave),
+            "good": _plugin(register_strategies=lambda register: register(Alpha)),
+        },
+    )
+    assert reg.names("strategy") == ["alpha", "beta"]
+    ((plugin, error),) = reg.failures()
+    assert plugin == "exits" and error.startswith(f"register_strategies raised {type(exc).__name__}")
+    with pytest.raises(PluginLoadError, match=f"plugin 'exits': register_strategies raised {type(exc).__name__}"):
+        Registry(entry_points=False, strict=True, plugins={"exits": _plugin(register_strategies=leave)})
+
+
+def test_a_register_hook_interrupted_by_ctrl_c_is_not_swallowed():
+    def interrupted(register):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        Registry(entry_points=False, plugins={"p": _plugin(register_strategies=interrupted)})
+
+
+def test_an_entry_point_module_that_exits_at_import_is_named_and_skipped(monkeypatch, tmp_path):
+    import importlib.metadata as md
+
+    (tmp_path / "tlbench_test_exits_at_import.py").write_text("raise SystemExit(0)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    good = md.EntryPoint("good", "tlbench_builtins.launchers.local", "tlbench")
+    exits = md.EntryPoint("exits", "tlbench_test_exits_at_import", "tlbench")
+    # only tlbench's group: torch, if first imported here, asks for its own group
+    monkeypatch.setattr(md, "entry_points", lambda group: [exits, good] if group == "tlbench" else [])
+    reg = Registry()
+    assert reg.names("launcher") == ["local"]
+    assert reg.failures() == [("exits", "failed to import tlbench_test_exits_at_import: SystemExit: 0")]
+    with pytest.raises(PluginLoadError, match="plugin 'exits': failed to import tlbench_test_exits_at_import"):
+        Registry(strict=True)
+
+
+# -- a registered name is one plain word --------------------------------------------------------------
+@pytest.mark.parametrize(
+    "bad, shown",
+    [
+        ("two words", "'two words'"),
+        ("line\nbreak", "'line\\nbreak'"),
+        ("nul\0", "'nul\\x00'"),
+        ("a->b", "'a->b'"),
+        ("blur:3", "'blur:3'"),
+        ("-dash", "'-dash'"),
+        ("_under", "'_under'"),
+        ("x" * 10_000, "... (10000 characters)"),
+    ],
+)
+def test_a_name_that_is_not_one_plain_word_fails_its_plugin(bad, shown):
+    Bad = type("Bad", (tlbench.Strategy,), {"name": bad})
+
+    def reg_both(register):
+        register(Bad)
+        register(Beta)
+
+    reg = Registry(entry_points=False, plugins={"odd": _plugin(register_strategies=reg_both)})
+    assert reg.names("strategy") == ["beta"]  # the plugin's other names still register
+    ((plugin, error),) = reg.failures()
+    assert plugin == "odd"
+    assert error.startswith("register_strategies: ValueError: strategy name ")
+    assert shown in error and error.endswith("is not allowed: " + NAME_RULE)
+    assert len(error) < 300
+    with pytest.raises(PluginLoadError, match="plugin 'odd': register_strategies: ValueError: strategy name "):
+        Registry(entry_points=False, strict=True, plugins={"odd": _plugin(register_strategies=reg_both)})
+
+
+@pytest.mark.parametrize("good", ["a", "9lives", "resnet50.tv_in1k", "tlbench-coral", "x" * 100, "A_B.c-d"])
+def test_plain_names_register(good):
+    Good = type("Good", (tlbench.Strategy,), {"name": good})
+    reg = Registry(entry_points=False, plugins={"p": _plugin(register_strategies=lambda register: register(Good))})
+    assert reg.names("strategy") == [good] and not reg.failures()
+
+
+def test_every_builtin_name_is_a_plain_word():
+    reg = get_registry(reload=True)
+    assert not reg.failures(), reg.failures()
+    for kind in KINDS:
+        for name in reg.names(kind):
+            assert NAME_PATTERN.fullmatch(name), (kind, name)

@@ -162,3 +162,65 @@ def test_sigkill_loses_nothing_and_resumes_to_the_same_leaderboard(tmp_path, cap
     # the same numbers as the uninterrupted run (accuracies are deterministic on CPU)
     pd.testing.assert_frame_equal(_comparable(killed), _comparable(baseline))
     pd.testing.assert_frame_equal(pd.read_csv(killed / "leaderboard.csv"), pd.read_csv(baseline / "leaderboard.csv"))
+
+
+# -- SIGTERM: what kill, systemd, Slurm's time limit and CI runners send ----------------------------------
+@pytest.mark.slow
+def test_sigterm_interrupts_like_ctrl_c_and_the_next_run_trains_the_cell(tmp_path, started):
+    suite = tmp_path / "resume.yaml"
+    suite.write_text(SUITE)
+    out, hold = tmp_path / "out", tmp_path / "hold"
+    hold.mkdir()
+    (hold / "hold").write_text("")
+    proc = _start(suite, out, hold)
+    started.append(proc)
+    in_flight = _wait_for_one_done_one_held(proc, out, hold)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert err.strip().splitlines()[-1] == (
+        "tlbench: stopped by SIGTERM; finished cells are recorded, run the same command to resume"
+    )
+    assert "Traceback" not in err
+    # interrupted, not died: no running mark left to be counted as a death (out of memory?) next time
+    assert not list(out.glob("cells/*/running.json"))
+    assert not (out / "cells" / in_flight / "record.json").exists()
+
+    resumed = _start(suite, out, None)
+    started.append(resumed)
+    stdout, stderr = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, stderr
+    assert f"{CELLS} cells: {CELLS - 1} run, 1 already done, 0 failed" in stdout
+    assert "was running when an earlier run died" not in stderr
+    assert json.loads((out / "cells" / in_flight / "record.json").read_text())["status"] == "ok"
+
+
+def test_sigterm_handler_is_the_runs_only_and_restored_after(tmp_path, capsys, monkeypatch):
+    import tlbench.matrix.runner as runner
+
+    seen: list[object] = []
+
+    def terminated_run(*args, **kwargs):
+        seen.append(signal.getsignal(signal.SIGTERM))
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(2)  # the handler raises before this ends
+
+    monkeypatch.setattr(runner, "run_suite", terminated_run)
+    suite = tmp_path / "resume.yaml"
+    suite.write_text(SUITE)
+
+    def before(signum, frame):  # the process's own handler: what SIGTERM reaches without the run's
+        seen.append("the previous handler")
+
+    saved = signal.signal(signal.SIGTERM, before)
+    try:
+        code = main(["run", str(suite), "--out", str(tmp_path / "out"), "--quiet"])
+        assert signal.getsignal(signal.SIGTERM) is before
+    finally:
+        signal.signal(signal.SIGTERM, saved)
+    captured = capsys.readouterr()
+    assert code == 143
+    assert captured.err.strip().splitlines() == [
+        "tlbench: stopped by SIGTERM; finished cells are recorded, run the same command to resume"
+    ]
+    assert len(seen) == 1 and seen[0] is not before

@@ -1,7 +1,7 @@
 """The ``tlbench`` command line.
 
 Exit codes: 0 every cell ok, 1 some cell failed or diverged, 2 bad input (one clear line; the
-traceback only with ``--debug``), 130 interrupted.
+traceback only with ``--debug``), 130 interrupted (Ctrl-C), 143 stopped by SIGTERM (which takes Ctrl-C's path).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import cast
 
-from tlbench.errors import UserError
+from tlbench.errors import Terminated, UserError
 
 KIND_ALIASES = {
     "strategies": "strategy",
@@ -187,6 +187,11 @@ def main(argv: list[str] | None = None) -> int:
         first = (str(exc).strip().splitlines() or [""])[0]  # a message quoting a library's may span lines
         print(f"tlbench: error: {first}", file=sys.stderr)
         return 2
+    except Terminated:
+        print(
+            "tlbench: stopped by SIGTERM; finished cells are recorded, run the same command to resume", file=sys.stderr
+        )
+        return 143
     except KeyboardInterrupt:
         print("tlbench: interrupted; finished cells are recorded, run the same command to resume", file=sys.stderr)
         return 130
@@ -257,7 +262,7 @@ def _dispatch(args) -> int:
 
 
 def _run(args, registry) -> int:
-    from tlbench.matrix.runner import RunOptions, run_suite
+    from tlbench.matrix.runner import RunOptions, run_suite, stop_on_sigterm
     from tlbench.spec.loading import load_suite
     from tlbench.spec.shipped import resolve_suite
 
@@ -296,7 +301,8 @@ def _run(args, registry) -> int:
         keep_stale=args.keep_stale,
     )
     _hint_missing_allocator(args.device)
-    summary = run_suite(suite, options, registry)
+    with stop_on_sigterm():
+        summary = run_suite(suite, options, registry)
     ran = len(summary.records)
     print(f"{summary.total} cells: {ran} run, {summary.skipped} already done, {len(summary.failures)} failed")
     for r in summary.failures:

@@ -51,3 +51,8 @@ class DivergedError(TlbenchError):
 
 class RunLockedError(UserError):
     """Another tlbench process holds the output directory."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, systemd, a batch system's time limit) during ``tlbench run``: it takes Ctrl-C's
+    path (the cells in flight are interrupted, not taken for deaths) and the command exits 143."""

@@ -23,7 +23,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from tlbench.data.cache import default_cache_dir, memory_cache_bytes, usable_cache_dir
-from tlbench.errors import RunLockedError, UserError
+from tlbench.errors import RunLockedError, Terminated, UserError
 from tlbench.matrix.preflight import check_device, check_output_dir, preflight
 from tlbench.matrix.resume import check_stale, failed_teacher_record, is_skipped, killed_cells
 from tlbench.matrix.tracking import TrackerFeed, tracker_entries
@@ -94,6 +94,34 @@ def run_lock(out_dir: Path) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # closing releases the lock, also when the process is killed
+
+
+@contextlib.contextmanager
+def stop_on_sigterm() -> Iterator[None]:
+    """While the driver runs (the ``tlbench run`` command), SIGTERM raises :class:`Terminated`, the path
+    Ctrl-C takes: the cells in flight lose their running marks instead of counting as deaths (out of
+    memory?) next time. Only in the driver's own process (a launcher's workers keep their own handling),
+    from the main thread, and once: a second SIGTERM while the first unwinds is ignored. The previous
+    handler comes back after."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread
+        return
+    raised = False
+
+    def stop(signum, frame) -> None:
+        nonlocal raised
+        if not raised:
+            raised = True
+            raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
 def run_suite(suite: Suite, options: RunOptions, registry: Any) -> RunSummary:

@@ -4,7 +4,8 @@ One idea used everywhere (as in timm): ``register`` adds a name, ``names(kind, p
 them with shell-style wildcards, ``get(kind, name)`` returns the class. Plugins are found through
 the ``tlbench`` entry-point group; built-ins load exactly like third-party packages. A plugin that
 fails to import or to register is recorded with its error and skipped (``strict=True`` makes it
-fatal), so one broken package never stops the others.
+fatal), so one broken package never stops the others; a ``sys.exit()`` (any ``BaseException`` but
+``KeyboardInterrupt``) in its module or a register hook is such a failure, never the command's exit.
 
 Extra plugin modules can also be named, comma-separated, in the environment variable
 ``TLBENCH_PLUGINS`` (e.g. ``TLBENCH_PLUGINS=my_hooks,lab.strategies``): they are imported after
@@ -19,6 +20,7 @@ import fnmatch
 import importlib
 import importlib.metadata as md
 import os
+import re
 import traceback
 from dataclasses import dataclass, field
 from types import ModuleType
@@ -88,6 +90,12 @@ class Entry:
     plugin: str
 
 
+#: what a registered name may be: suites, ``--strategies``, pairs (``a->b+shift``) and every report
+#: write it as one plain word, so no spaces, control characters, ``->``, ``+`` or ``:``
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}")
+NAME_RULE = "a name is 1 to 100 letters, digits, '_', '.' or '-', starting with a letter or a digit"
+
+
 class PluginLoadError(UserError):
     """Raised in strict mode when a plugin fails to import or register."""
 
@@ -127,7 +135,9 @@ class Registry:
             )
             try:
                 module = ep.load()
-            except Exception as exc:  # noqa: BLE001 - a broken plugin is named and skipped
+            except KeyboardInterrupt:
+                raise
+            except BaseException as exc:  # noqa: BLE001 - a broken plugin (sys.exit() too) is named and skipped
                 self._fail(info, f"failed to import {ep.value}: {type(exc).__name__}: {exc}", exc)
                 self.plugins[ep.name] = info
                 continue
@@ -141,7 +151,9 @@ class Registry:
             info = PluginInfo(name=module_name, module=module_name)
             try:
                 module = importlib.import_module(module_name)
-            except Exception as exc:  # noqa: BLE001 - a broken plugin is named and skipped
+            except KeyboardInterrupt:
+                raise
+            except BaseException as exc:  # noqa: BLE001 - a broken plugin (sys.exit() too) is named and skipped
                 self._fail(
                     info,
                     f"failed to import {module_name} (named in ${PLUGINS_ENV_VAR}): {type(exc).__name__}: {exc}",
@@ -157,7 +169,9 @@ class Registry:
         self.plugins[name] = info
         try:
             self.pm.register(module, name=name)
-        except Exception as exc:  # noqa: BLE001 - a broken plugin is named and skipped
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - a broken plugin (sys.exit() too) is named and skipped
             self._fail(info, f"failed to register: {type(exc).__name__}: {exc}", exc)
             return
         for kind in KINDS.values():
@@ -166,19 +180,20 @@ class Registry:
                     continue
                 try:
                     impl.function(register=self._registrar(kind, name, info))
-                except PluginLoadError:
+                except (PluginLoadError, KeyboardInterrupt):
                     raise
-                except Exception as exc:  # noqa: BLE001 - a broken plugin is named and skipped
+                except BaseException as exc:  # noqa: BLE001 - a broken plugin (sys.exit() too) is named and skipped
                     self._fail(info, f"{kind.hook} raised {type(exc).__name__}: {exc}", exc)
 
     def _registrar(self, kind: Kind, plugin: str, info: PluginInfo):
-        """The ``register`` callback a hook gets: a name that is taken or an object of the wrong
-        type is reported and skipped, and the plugin's other names still register."""
+        """The ``register`` callback a hook gets: a name that is taken or not allowed
+        (:data:`NAME_PATTERN`) or an object of the wrong type is reported and skipped, and the
+        plugin's other names still register."""
 
         def register(obj: Any) -> None:
             try:
                 self._register(kind, obj, plugin)
-            except (DuplicateNameError, TypeError) as exc:
+            except (DuplicateNameError, TypeError, ValueError) as exc:
                 self._fail(info, f"{kind.hook}: {type(exc).__name__}: {exc}", exc)
 
         return register
@@ -190,6 +205,9 @@ class Registry:
         key = getattr(obj, "name", None)
         if not isinstance(key, str) or not key:
             raise TypeError(f"{obj!r} has no 'name' attribute")
+        if not NAME_PATTERN.fullmatch(key):
+            shown = repr(key) if len(key) <= 60 else f"{key[:40]!r}... ({len(key)} characters)"
+            raise ValueError(f"{kind.name} name {shown} is not allowed: {NAME_RULE}")
         taken = self._entries[kind.name].get(key)
         if taken is not None:
             self._clashes.setdefault((kind.name, key), [taken.plugin]).append(plugin)

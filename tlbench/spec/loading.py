@@ -63,7 +63,8 @@ def validate(data: dict[str, Any], *, origin: str, overrides: Sequence[str] = ()
         elif err["type"] == "missing":
             msg = "required key is missing"
         elif "input" in err and not isinstance(err["input"], (dict, list)):
-            msg = f"{msg} (got {err['input']!r})"
+            shown = repr(err["input"])  # a 10,000-character value is not repeated whole
+            msg = f"{msg} (got {shown if len(shown) <= 80 else shown[:76] + '...'})"
         more = f" (and {exc.error_count() - 1} more problem(s))" if exc.error_count() > 1 else ""
         if err["type"] == "suite_key":  # a whole-suite rule: the message names its key itself
             raise UserError(f"{origin}: {msg}{more}") from None

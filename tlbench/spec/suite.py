@@ -8,6 +8,7 @@ path and, for names, the closest valid ones. Reading a file, ``--set`` and comma
 
 from __future__ import annotations
 
+import unicodedata
 from typing import Annotated, Any, Literal, cast
 
 from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
@@ -18,6 +19,25 @@ from tlbench.errors import UserError
 from tlbench.spec.base import MAX_SEED, StrictModel
 from tlbench.spec.recipe import RECIPE_SEQUENCE_KEYS, Recipe
 from tlbench.spec.sweep import split_sweep, sweep_points
+
+#: the longest row label a suite may give (a label is a leaderboard row and a column of every report)
+MAX_LABEL_CHARS = 200
+
+
+def check_label(v: str | None) -> str | None:
+    """A row label every report can show on one line: no control character (NUL, newline, tab, a line
+    or paragraph separator), at most :data:`MAX_LABEL_CHARS` characters."""
+    if v is None:
+        return v
+    bad = next((c for c in v if unicodedata.category(c) in ("Cc", "Zl", "Zp")), None)
+    if bad is not None:
+        raise ValueError(
+            f"the label contains the control character U+{ord(bad):04X}; a label is a row of every report "
+            "and must be printable text on one line"
+        )
+    if len(v) > MAX_LABEL_CHARS:
+        raise ValueError(f"the label is {len(v)} characters long; at most {MAX_LABEL_CHARS} are allowed")
+    return v
 
 
 class BackboneEntry(StrictModel):
@@ -40,11 +60,15 @@ class BackboneEntry(StrictModel):
         "otherwise than the suite's recipe (e.g. the input normalisation its paper used)",
     )
 
+    _label = field_validator("label")(check_label)
+
 
 class StrategyEntry(StrictModel):
     name: str
     params: dict[str, Any] = Field(default_factory=dict)
     label: str | None = Field(default=None, description="row name when one strategy appears twice with other params")
+
+    _label = field_validator("label")(check_label)
 
 
 class Reference(StrictModel):
