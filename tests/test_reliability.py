@@ -9,12 +9,15 @@ process registry (as in ``test_faults.py``); a cell that kills its own process i
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+import threading
+import time
 import types
 from pathlib import Path
 
@@ -206,6 +209,74 @@ def test_a_run_says_a_damaged_record_has_its_cell_run_again(tmp_path):
     )
 
 
+def make_unreadable(path: Path, how: str, mib: int = 64) -> str:
+    """Replace ``path`` with a FIFO, a link to /dev/zero, or a sparse file just over ``mib`` MiB; the
+    reason a reader gives for refusing it."""
+    if path.exists() or path.is_symlink():
+        path.unlink()
+    if how == "fifo":
+        os.mkfifo(path)
+    elif how == "/dev/zero":
+        path.symlink_to("/dev/zero")
+    else:
+        with path.open("wb") as f:
+            f.seek(mib * 2**20)
+            f.write(b"\n")
+        return f"larger than {mib} MiB"
+    return "not a regular file"
+
+
+@pytest.mark.parametrize("how", ["fifo", "/dev/zero", "large"])
+def test_a_record_that_is_not_a_regular_file_is_damaged_not_read(tmp_path, how):
+    from tlbench.spec.store import ResultsDir
+
+    record = tmp_path / "cells" / "abc" / "record.json"
+    record.parent.mkdir(parents=True)
+    reason = make_unreadable(record, how)
+    with fifo_writer(record) if how == "fifo" else contextlib.nullcontext():
+        with pytest.warns(UserWarning) as caught:
+            assert not ResultsDir(tmp_path).is_done("abc")
+    (message,) = [str(w.message) for w in caught]
+    assert message == f"record {record} is not a valid cell record ({reason}); its cell is run again"
+
+
+@pytest.mark.parametrize("how", ["fifo", "large"])
+def test_results_files_that_are_not_regular_are_left_out_of_a_report(capsys, tmp_path, how):
+    from test_leaderboard import make_records, write_results
+
+    out = write_results(tmp_path / "run", make_records())
+    record, other = sorted(out.glob("cells/*/record.json"))[:2]
+    reason = make_unreadable(record, how)
+    make_unreadable(out / "suite.json", how)
+    make_unreadable(other.parent / "curves.json", how, mib=256)
+    with contextlib.ExitStack() as stack:
+        if how == "fifo":
+            for path in (record, out / "suite.json", other.parent / "curves.json"):
+                stack.enter_context(fifo_writer(path))
+        assert main(["report", str(out), "--formats", "csv"]) == 0
+    assert warnings_in(capsys.readouterr().err) == [
+        f"tlbench: warning: record {record} is not a valid cell record ({reason}{REPORT_LEAVES_OUT}",
+        f"tlbench: warning: {out / 'suite.json'} is not a suite description ({reason}); reporting without it",
+    ]
+
+
+def test_a_record_that_is_a_fifo_has_its_cell_run_again(capsys, tmp_path, finished_run):
+    suite, out, record = copy_run(finished_run, tmp_path)
+    good = json.loads(record.read_text())
+    make_unreadable(record, "fifo")
+    make_unreadable(record.parent / "curves.json", "fifo")
+    make_unreadable(record.parent / "running.json", "fifo")
+    with fifo_writer(record), fifo_writer(record.parent / "curves.json"), fifo_writer(record.parent / "running.json"):
+        code, stdout, err = run_ok(capsys, suite, out, *ONE_CELL)
+    assert code == 0
+    assert warnings_in(err) == [
+        f"tlbench: warning: record {record} is not a valid cell record (not a regular file); its cell is run again"
+    ]
+    assert "1 cells: 1 run, 0 already done, 0 failed" in stdout
+    rerun = json.loads(record.read_text())
+    assert rerun["status"] == "ok" and rerun["target_acc"] == good["target_acc"]
+
+
 def test_a_suite_json_that_is_a_list_is_reported_without(capsys, tmp_path, finished_run):
     _, out, _ = copy_run(finished_run, tmp_path)
     (out / "suite.json").write_text("[1, 2]\n")
@@ -237,6 +308,25 @@ def test_a_results_file_of_the_wrong_kind_is_one_line(capsys, tmp_path, finished
     assert err[0] == (
         f"tlbench: error: {target} should be a {kind} but is not; remove it (tlbench writes it) and run again"
     )
+
+
+@pytest.mark.parametrize("what", ["cells", "cells/<id>"])
+def test_a_symlinked_cells_folder_is_refused_not_followed(capsys, tmp_path, finished_run, what):
+    suite, out, record = copy_run(finished_run, tmp_path)
+    outside = tmp_path / "elsewhere"
+    link = out / "cells" if what == "cells" else record.parent
+    shutil.move(link, outside)
+    shutil.rmtree(outside)
+    outside.mkdir()
+    link.symlink_to(outside, target_is_directory=True)
+    code = main(["run", str(suite), "--out", str(out), "--quiet", *ONE_CELL])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert err[0] == (
+        f"tlbench: error: {link} is a symbolic link, and tlbench writes only inside --out {out}; "
+        "remove the link (tlbench makes the folder) and run again"
+    )
+    assert list(outside.iterdir()) == []  # nothing was written through the link
 
 
 def test_report_into_a_file_is_one_line(capsys, tmp_path, finished_run):
@@ -572,6 +662,59 @@ def test_a_yaml_alias_bomb_is_refused_without_expanding_it(capsys, tmp_path):
         "once its YAML aliases (*name) are followed; write the values out, or use fewer aliases"
     )
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 200_000  # KiB: far from a GB
+
+
+@contextlib.contextmanager
+def fifo_writer(fifo: Path):
+    """Opens ``fifo`` for writing (and closes it) as soon as a reader opens it, so a read that should
+    never have started ends at once, with nothing, instead of hanging the test."""
+    stop = threading.Event()
+
+    def unblock() -> None:
+        while not stop.is_set():
+            try:
+                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+                return
+            except OSError:  # ENXIO: no reader yet
+                time.sleep(0.02)
+
+    thread = threading.Thread(target=unblock, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+SUITE_NOT_REGULAR = "not a regular file; a suite must be a regular YAML file of at most 4 MiB"
+
+
+def test_a_suite_that_is_a_fifo_is_refused_without_opening_it(capsys, tmp_path):
+    fifo = tmp_path / "suite.yaml"
+    os.mkfifo(fifo)
+    with fifo_writer(fifo):
+        line = run_bad(capsys, tmp_path, fifo)
+    assert line == f"tlbench: error: {fifo}: {SUITE_NOT_REGULAR}"
+
+
+@pytest.mark.parametrize("how", ["device", "link"])
+def test_a_suite_that_is_a_device_is_refused_without_reading_it(capsys, tmp_path, how):
+    suite = Path("/dev/zero")
+    if how == "link":
+        suite = tmp_path / "zero.yaml"
+        suite.symlink_to("/dev/zero")
+    assert run_bad(capsys, tmp_path, suite) == f"tlbench: error: {suite}: {SUITE_NOT_REGULAR}"
+
+
+def test_a_suite_file_over_4_mib_is_refused_without_reading_it(capsys, tmp_path):
+    suite = tmp_path / "huge.yaml"
+    with suite.open("wb") as f:  # sparse: 5 MiB long, one byte written
+        f.seek(5 * 2**20)
+        f.write(b"\n")
+    assert run_bad(capsys, tmp_path, suite) == (
+        f"tlbench: error: {suite}: larger than 4 MiB; a suite must be a regular YAML file of at most 4 MiB"
+    )
 
 
 def test_a_key_given_twice_is_an_error_not_the_last_one_wins(capsys, tmp_path):

@@ -19,6 +19,7 @@ import os
 import tempfile
 import warnings
 from pathlib import Path
+from stat import S_ISREG
 from typing import Any
 
 
@@ -120,6 +121,35 @@ def checked_file_ok(path: Path) -> bool:
         return hashlib.sha256(path.read_bytes()).hexdigest() == sidecar(path).read_text().split()[0]
     except (OSError, IndexError):
         return False
+
+
+class RefusedFile(ValueError):
+    """A file :func:`read_regular` will not read: its message is the reason, a short clause."""
+
+
+def read_regular(path: Path, limit: int) -> bytes:
+    """The bytes of ``path``, read only when it is a regular file of at most ``limit`` bytes.
+
+    A FIFO would block the read forever and ``/dev/zero`` (or a link to it) would fill memory, so
+    anything else is :class:`RefusedFile` ("not a regular file", "larger than N MiB"), found with
+    ``stat`` before any ``open``; a missing file is :class:`FileNotFoundError` as usual. The file is
+    opened without blocking and read at most ``limit + 1`` bytes, so one swapped in after the check
+    is refused the same way.
+    """
+    info = os.stat(path)  # follows links; never blocks, unlike open() on a FIFO
+    if not S_ISREG(info.st_mode):
+        raise RefusedFile("not a regular file")
+    too_large = RefusedFile(f"larger than {limit / 2**20:g} MiB")
+    if info.st_size > limit:
+        raise too_large
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    with os.fdopen(fd, "rb") as f:
+        if not S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise RefusedFile("not a regular file")
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise too_large
+    return data
 
 
 #: sha256 of files read but not written by tlbench (weights files), by (path, mtime, size)

@@ -242,6 +242,12 @@ def check_output_dir(out: ResultsDir, data_root: str | None, cell_ids: list[str]
     existing = next(p for p in (root.absolute(), *root.absolute().parents) if p.exists())
     if not os.access(existing, os.W_OK | os.X_OK):
         raise UserError(f"{given}: {existing} is not writable; choose another --out or fix its permissions")
+    for path in (root / "cells", *(out.cell_dir(i) for i in cell_ids)):
+        if path.is_symlink():  # records written through it would land outside the output folder
+            raise UserError(
+                f"{path} is a symbolic link, and tlbench writes only inside {given}; "
+                "remove the link (tlbench makes the folder) and run again"
+            )
     for path, kind in [
         (root / ".lock", "file"),
         (root / "cells", "folder"),

@@ -31,13 +31,21 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from tlbench.data.files import atomic_write_bytes, atomic_write_text, csv_safe
+from tlbench.data.files import atomic_write_bytes, atomic_write_text, csv_safe, read_regular
 from tlbench.spec.evaluations import CheckpointEvaluations
 from tlbench.spec.record import DONE_STATUSES, RESULT_COLUMNS, CellRecord, json_finite
 from tlbench.spec.summary import SuiteSummary
 
 #: what a record that does not validate means, said in its warning: to a run, which runs its cell again
 RUN_AGAIN = "its cell is run again"
+
+#: the largest record.json or suite.json read (far above any real one): a FIFO in their place would
+#: hang the read and a link to /dev/zero fill memory, so only regular files up to this size are read
+MAX_JSON_BYTES = 64 * 2**20
+#: the largest curves.json read (a long run logged often writes more than a record)
+MAX_CURVES_BYTES = 256 * 2**20
+#: the largest running.json read (a few numbers)
+MAX_RUNNING_BYTES = 2**20
 
 
 def left_out_of(what: str) -> str:
@@ -90,7 +98,7 @@ class ResultsDir:
     def read_deaths(self, cell_id: str) -> int:
         """How many runs have died while this cell ran (0 without a readable ``running.json``)."""
         try:
-            deaths = json.loads(self.running_path(cell_id).read_text()).get("deaths", 0)
+            deaths = json.loads(read_regular(self.running_path(cell_id), MAX_RUNNING_BYTES)).get("deaths", 0)
         except (OSError, ValueError, AttributeError):
             return 0
         return deaths if isinstance(deaths, int) and not isinstance(deaths, bool) else 0
@@ -117,7 +125,7 @@ class ResultsDir:
     def read_curves(self, cell_id: str) -> dict[str, Any] | None:
         """A cell's curves as written, or None when it has none (or they cannot be read)."""
         try:
-            curves = json.loads(self.curves_path(cell_id).read_text())
+            curves = json.loads(read_regular(self.curves_path(cell_id), MAX_CURVES_BYTES))
         except (OSError, ValueError):
             return None
         return curves if isinstance(curves, dict) else None
@@ -144,8 +152,8 @@ class ResultsDir:
         if not path.exists():
             return None
         try:
-            return CellRecord.from_dict(json.loads(path.read_text(encoding="utf-8")))
-        except (OSError, ValueError) as exc:  # not JSON, the wrong shape, a folder: not a result
+            return CellRecord.from_dict(json.loads(read_regular(path, MAX_JSON_BYTES).decode("utf-8")))
+        except (OSError, ValueError) as exc:  # not JSON, the wrong shape, a folder, a FIFO: not a result
             if path not in self._warned:
                 self._warned.add(path)
                 warnings.warn(
@@ -178,7 +186,7 @@ class ResultsDir:
         if not path.exists():
             return SuiteSummary()
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = json.loads(read_regular(path, MAX_JSON_BYTES).decode("utf-8"))
             if not isinstance(data, dict):
                 raise ValueError(f"expected a JSON object, got {type(data).__name__}")
         except (OSError, ValueError) as exc:

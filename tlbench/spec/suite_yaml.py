@@ -12,20 +12,27 @@ from typing import Any
 
 import yaml
 
+from tlbench.data.files import RefusedFile, read_regular
 from tlbench.errors import UserError
 
 #: the most nodes (mappings, lists, scalars) a suite may expand to, aliases followed: a few hundred
 #: bytes of YAML aliases can otherwise expand to millions of leaves and gigabytes of memory
 MAX_SUITE_NODES = 100_000
 
+#: the largest suite file read: far above any real suite, and a bound on what ``/dev/zero`` can cost
+MAX_SUITE_BYTES = 4 * 2**20
+
 
 def read_yaml(path: Path) -> dict[str, Any]:
     """Parse a suite file with the safe loader; a syntax error names the line."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_regular(path, MAX_SUITE_BYTES).decode("utf-8")
     except FileNotFoundError:
         raise UserError(f"{path}: no such suite file") from None
+    except RefusedFile as exc:  # a FIFO would hang the read, /dev/zero would fill memory
+        limit = f"of at most {MAX_SUITE_BYTES // 2**20} MiB"
+        raise UserError(f"{path}: {exc}; a suite must be a regular YAML file {limit}") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise UserError(f"{path}: cannot read suite file ({exc})") from None
     try:
