@@ -121,3 +121,12 @@ def test_the_kit_fails_a_strategy_whose_own_module_never_trains():
         r"discriminator.weight\) is in no parameter group",
     ):
         check_strategy(ForgetsItsDiscriminator)
+
+
+@pytest.mark.parametrize("bad", ["a->b", "two words", "x" * 101, "-dash-first"])
+def test_the_kit_holds_a_strategy_name_to_the_registrys_rule(bad):
+    """A name the kit passes is one the registry accepts: 'a->b' (a pair's arrow) used to pass the kit
+    and be refused at registration."""
+    named = type("Named", (ForgetsItsDiscriminator,), {"name": bad, "__doc__": "A strategy with a bad name."})
+    with pytest.raises(AssertionError, match=r"the registry's rule holds for it: a name is 1 to 100 letters"):
+        check_strategy(named)

@@ -383,6 +383,22 @@ def test_an_empty_out_is_refused_not_the_current_folder(capsys, tmp_path, monkey
     assert list(cwd.iterdir()) == []
 
 
+@pytest.mark.parametrize("command", [["run"], ["data", "prepare"]])
+def test_an_empty_cache_is_refused_not_the_current_folder(capsys, tmp_path, monkeypatch, command):
+    suite = tiny(tmp_path)
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)  # --cache "$CACHE" with CACHE unset: '' would be this folder
+    code = main([*command, str(suite), "--cache", ""])
+    captured = capsys.readouterr()
+    assert code == 2 and captured.out == ""
+    assert captured.err == (
+        'tlbench: error: --cache is empty (an unset variable in --cache "$CACHE"?); give a folder, or leave '
+        "--cache out to use $TLBENCH_CACHE or ~/.cache/tlbench\n"
+    )
+    assert list(cwd.iterdir()) == []
+
+
 def test_report_into_an_empty_out_is_refused_not_the_current_folder(capsys, tmp_path, monkeypatch):
     from test_leaderboard import make_records, write_results
 

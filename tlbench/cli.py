@@ -85,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--tasks", type=_csv, help="protocol finetune: e.g. 'amazon,webcam'")
     run.add_argument("--seeds", type=_seeds)
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE")
-    run.add_argument("--cache", type=Path, help="decoded-image cache (default $TLBENCH_CACHE or ~/.cache/tlbench)")
+    run.add_argument("--cache", help="decoded-image cache (default $TLBENCH_CACHE or ~/.cache/tlbench)")
     run.add_argument("--force", action="store_true", help="rerun cells that are already done")
     run.add_argument(
         "--dry-run",
@@ -138,20 +138,25 @@ def build_parser() -> argparse.ArgumentParser:
     prep = dsub.add_parser("prepare", help="decode a suite's domains into the cache ahead of a run", parents=[common])
     prep.add_argument("suite", type=Path, help="a suite file, or a shipped suite's name")
     prep.add_argument("--data-root")
-    prep.add_argument("--cache", type=Path)
+    prep.add_argument("--cache")
     prep.add_argument("--pairs", type=_csv)
     return p
 
 
 def given_out(text: str | None, default: str) -> Path | None:
-    """The folder ``--out`` names; None when not given. An empty one (``--out "$OUT"`` with ``OUT`` unset) is
+    """The folder ``--out`` names; None when not given (an empty one refused: :func:`given_folder`)."""
+    return given_folder(text, "--out", "OUT", f"write to {default}")
+
+
+def given_folder(text: str | None, flag: str, variable: str, otherwise: str) -> Path | None:
+    """The folder ``flag`` names; None when not given. An empty one (``--out "$OUT"`` with ``OUT`` unset) is
     refused: as a path it would be the current folder, and everything would be written there."""
     if text is None:
         return None
     if not text.strip():
         raise UserError(
-            f'--out is empty (an unset variable in --out "$OUT"?); give a folder, or leave --out out to write to '
-            f"{default}"
+            f'{flag} is empty (an unset variable in {flag} "${variable}"?); give a folder, or leave {flag} out '
+            f"to {otherwise}"
         )
     return Path(text)
 
@@ -178,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     debug = bool(getattr(args, "debug", False))
     try:
+        if getattr(args, "cache", None) is not None:  # an empty --cache would be the current folder
+            args.cache = given_folder(args.cache, "--cache", "CACHE", "use $TLBENCH_CACHE or ~/.cache/tlbench")
         _keep_writes_in_cache(args)
         with _one_line_warnings():
             return _dispatch(args)

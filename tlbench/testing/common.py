@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from tlbench.errors import UserError
+from tlbench.plugins.registry import NAME_PATTERN, NAME_RULE
 
 
 def _require(condition: bool, message: str) -> None:
@@ -22,8 +23,8 @@ def _call(where: str, call: Callable[[], Any]) -> Any:
 
 def _check_plugin_name(who: str, name: Any) -> None:
     _require(
-        isinstance(name, str) and bool(name) and not any(c.isspace() for c in name),
-        f"{who}.name must be a non-empty string without spaces (the name suites use), got {name!r}",
+        isinstance(name, str) and NAME_PATTERN.fullmatch(name) is not None,
+        f"{who}.name must be the name suites use, and the registry's rule holds for it: {NAME_RULE}; got {name!r}",
     )
 
 

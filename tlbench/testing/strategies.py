@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from tlbench.models.transfer import TransferModel, set_batchnorm_eval_where_frozen
+from tlbench.plugins.registry import NAME_PATTERN, NAME_RULE
 from tlbench.testing.common import _check_summary_line, _require
 from tlbench.testing.tiny import make_tiny_batch, make_tiny_model
 from tlbench.training.strategy import Batch, ParamGroup, SetupContext, StepContext, StepOutput, Strategy
@@ -83,8 +84,8 @@ def _check_metadata(cls: type[Strategy]) -> None:
     _require(isinstance(cls, type) and issubclass(cls, Strategy), f"{cls!r} must be a subclass of tlbench.Strategy")
     who = cls.__name__
     _require(
-        isinstance(cls.name, str) and bool(cls.name) and not any(c.isspace() for c in cls.name),
-        f"{who}.name must be a non-empty string without spaces (the name suites use), got {cls.name!r}",
+        isinstance(cls.name, str) and NAME_PATTERN.fullmatch(cls.name) is not None,
+        f"{who}.name must be the name suites use, and the registry's rule holds for it: {NAME_RULE}; got {cls.name!r}",
     )
     _require(
         bool((cls.__doc__ or "").strip()),
