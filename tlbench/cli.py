@@ -143,11 +143,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def given_out(text: str | None, default: str) -> Path | None:
-    """The folder ``--out`` names; None when not given (an empty one refused: :func:`given_folder`)."""
-    return given_folder(text, "--out", "OUT", f"write to {default}")
-
-
 def given_folder(text: str | None, flag: str, variable: str, otherwise: str) -> Path | None:
     """The folder ``flag`` names; None when not given. An empty one (``--out "$OUT"`` with ``OUT`` unset) is
     refused: as a path it would be the current folder, and everything would be written there."""
@@ -183,8 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     debug = bool(getattr(args, "debug", False))
     try:
-        if getattr(args, "cache", None) is not None:  # an empty --cache would be the current folder
-            args.cache = given_folder(args.cache, "--cache", "CACHE", "use $TLBENCH_CACHE or ~/.cache/tlbench")
+        _folder_flags(args)
         _keep_writes_in_cache(args)
         with _one_line_warnings():
             return _dispatch(args)
@@ -202,6 +196,15 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("tlbench: interrupted; finished cells are recorded, run the same command to resume", file=sys.stderr)
         return 130
+
+
+def _folder_flags(args) -> None:
+    """``--out`` and ``--cache`` as paths, an empty one refused first (:func:`given_folder`)."""
+    if getattr(args, "out", None) is not None:
+        where = "the first directory" if args.command == "report" else "runs/<suite name>"
+        args.out = given_folder(args.out, "--out", "OUT", f"write to {where}")
+    if getattr(args, "cache", None) is not None:
+        args.cache = given_folder(args.cache, "--cache", "CACHE", "use $TLBENCH_CACHE or ~/.cache/tlbench")
 
 
 def _keep_writes_in_cache(args) -> None:
@@ -252,8 +255,7 @@ def _dispatch(args) -> int:
     if args.command == "report":
         from tlbench.reporting.write import report_dirs
 
-        out = given_out(args.out, "the first directory")
-        files = report_dirs(args.dirs, out, args.formats, selection=args.selection)
+        files = report_dirs(args.dirs, args.out, args.formats, selection=args.selection)
         for f in files:
             print(f)
         return 0
@@ -273,7 +275,6 @@ def _run(args, registry) -> int:
     from tlbench.spec.loading import load_suite
     from tlbench.spec.shipped import resolve_suite
 
-    given = given_out(args.out, "runs/<suite name>")
     suite = load_suite(
         resolve_suite(args.suite),
         overrides=args.overrides,
@@ -284,7 +285,7 @@ def _run(args, registry) -> int:
         seeds=args.seeds,
         data_root=args.data_root,
     )
-    out = given or DEFAULT_RUNS / suite.name
+    out = args.out or DEFAULT_RUNS / suite.name
     if args.dry_run:
         from tlbench.matrix.estimate import estimate
         from tlbench.spec.plan import plan

@@ -27,7 +27,6 @@ import os
 import socket
 import warnings
 from collections.abc import Iterable
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -118,9 +117,10 @@ class ResultsDir:
             atomic_write_bytes(self.evaluations_path(record.cell_id), record.evaluations.to_bytes())
         if record.curves is not None:
             atomic_write_text(self.curves_path(record.cell_id), json.dumps(json_finite(record.curves)) + "\n")
-        atomic_write_text(self.record_path(record.cell_id), record.to_json() + "\n")
+        text = record.to_json()
+        atomic_write_text(self.record_path(record.cell_id), text + "\n")
         if self._table is not None:  # as a reader would see it, without its curves and evaluations
-            self._table[record.cell_id] = CellRecord.from_dict(json.loads(record.to_json()))
+            self._table[record.cell_id] = CellRecord.from_dict(json.loads(text))
 
     def read_curves(self, cell_id: str) -> dict[str, Any] | None:
         """A cell's curves as written, or None when it has none (or they cannot be read)."""
@@ -167,7 +167,7 @@ class ResultsDir:
         The folder's records are read once, at the first call; after that the records this object
         wrote keep the tables current (a run holds the folder's lock, so nothing else writes there)."""
         if self._table is None:
-            self._table = {r.cell_id: replace(r, curves=None) for r in self.records()}
+            self._table = {r.cell_id: r for r in self.records()}  # read without their curves
         records = sorted(self._table.values(), key=lambda r: (r.started_at, r.cell_id))
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=list(RESULT_COLUMNS), lineterminator="\n")

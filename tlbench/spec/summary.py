@@ -9,6 +9,7 @@ which are shown as numbers and so must be whole.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -130,7 +131,7 @@ class SuiteSummary:
 def merge_summaries(summaries: list[SuiteSummary]) -> SuiteSummary:
     """Several folders reported as one: the first known summary, with the reference rows of all (each once)."""
     known = [s for s in summaries if s.name]
-    merged = SuiteSummary(**{**known[0].__dict__}) if known else SuiteSummary()
+    merged = dataclasses.replace(known[0]) if known else SuiteSummary()
     references: list[Reference] = []
     for s in summaries:
         references.extend(r for r in s.references if r not in references)
