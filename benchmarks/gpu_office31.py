@@ -1,7 +1,9 @@
 """The Office-31 GPU plan, run in pieces that fit one GPU window (issue 17); called by gpu_office31.sh.
 
 The plan is fixed (``PLAN``): seed 0 of source_only, dann, mmd, self_training; then seed 0 of freeze,
-unfreeze, dlr, kd (a tf_efficientnet_lite2 dann teacher); then seeds 1 and 2 of all eight, each on
+unfreeze, dlr, kd (a tf_efficientnet_lite2 dann teacher); then seed 0 of the standard baselines (cdan,
+bsp, jan, mcc, mdd, afn, mcd, adda; issue 34); then seeds 1 and 2 of the first eight, then of the
+baselines, each on
 the six pairs of ``benchmarks/office31_gpu.yaml`` with tf_efficientnet_lite0. Every call skips the
 cells already in the results folder (tlbench's resume) and runs the next ones, one ``tlbench run``
 per strategy and seed, as long as their estimated time fits what is left of ``--budget``; it stops
@@ -44,13 +46,20 @@ PAIRS = [
 ]
 SHORT = {"amazon": "A", "dslr": "D", "webcam": "W"}
 #: (name, strategies, seed), in the order they run
-PLAN = [
-    ("seed 0, adaptation", ["source_only", "dann", "mmd", "self_training"], 0),
-    ("seed 0, fine-tuning and kd", ["freeze", "unfreeze", "dlr", "kd"], 0),
-] + [
-    (f"seed {s}, all eight", ["source_only", "dann", "mmd", "self_training", "freeze", "unfreeze", "dlr", "kd"], s)
-    for s in (1, 2)
-]
+#: the field's standard baselines (issue 34), each with TLlib's Office-31 defaults
+BASELINES = ["cdan", "bsp", "jan", "mcc", "mdd", "afn", "mcd", "adda"]
+PLAN = (
+    [
+        ("seed 0, adaptation", ["source_only", "dann", "mmd", "self_training"], 0),
+        ("seed 0, fine-tuning and kd", ["freeze", "unfreeze", "dlr", "kd"], 0),
+        ("seed 0, the standard baselines", BASELINES, 0),
+    ]
+    + [
+        (f"seed {s}, all eight", ["source_only", "dann", "mmd", "self_training", "freeze", "unfreeze", "dlr", "kd"], s)
+        for s in (1, 2)
+    ]
+    + [(f"seed {s}, the standard baselines", BASELINES, s) for s in (1, 2)]
+)
 #: seconds a cell takes before any has been recorded: guesses for one H200 (2,000 steps of 32 + 32 at 224 px)
 GUESS_S = {
     "source_only": 60,
@@ -62,6 +71,14 @@ GUESS_S = {
     "self_training": 75,
     "kd": 90,
     "teacher": 110,
+    "cdan": 80,
+    "bsp": 85,
+    "jan": 80,
+    "mcc": 75,
+    "mdd": 80,
+    "afn": 75,
+    "mcd": 240,  # six forward-backward passes a step (num_k 4)
+    "adda": 70,  # its source model is the source_only cell of the same pair and seed
 }
 SMOKE_GUESS_S = 15
 #: how the carried folder is made (benchmarks/gpu_office31.sh's header, benchmarks/RESULTS.md)

@@ -1,5 +1,6 @@
-"""A test plugin (loaded through ``$TLBENCH_PLUGINS``) that registers a name another plugin already
-took, ``source_only``, next to a name of its own: the clash is reported, its own name still works."""
+"""A test plugin (loaded through ``$TLBENCH_PLUGINS``) that registers a name a built-in already took,
+``source_only``, next to a name of its own: both registrations are kept (the bare name means this
+plugin's, ``tlbench:source_only`` the built-in), the clash is reported, its own name works."""
 
 from __future__ import annotations
 

@@ -158,7 +158,7 @@ def test_a_plain_label_of_200_characters_with_unicode_is_fine(capsys, tmp_path):
 @pytest.mark.parametrize(
     "args, expected",
     [
-        (["--strategies", "dnan"], "unknown strategy 'dnan'; did you mean dann?"),
+        (["--strategies", "dnan"], "unknown strategy 'dnan'; did you mean dann, cdan?"),
         (
             ["--backbones", "test_efficientnett"],
             "unknown backbone 'test_efficientnett'; did you mean test_efficientnet",

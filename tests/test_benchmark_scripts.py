@@ -162,3 +162,22 @@ def test_shell_scripts_run_directly_are_executable(script):
     path = ROOT / script
     assert path.read_text(encoding="utf-8").startswith("#!"), f"{script} has no shebang"
     assert path.stat().st_mode & 0o111 == 0o111, f"{script} is not executable: chmod +x {script} (git keeps the mode)"
+
+
+def test_peer_tllib_digits_takes_each_methods_own_digits_line_and_sets_seed_log_and_epochs(tmp_path):
+    peer = _benchmark_module("peer_tllib_digits")
+    (tmp_path / "mcd.sh").write_text(
+        "# Digits\n"
+        "CUDA_VISIBLE_DEVICES=0 python mcd.py data/digits -d Digits -s MNIST -t USPS --lr 0.01 \\\n"
+        "  --trade-off 0.3 -b 128 -i 2500 --scratch --seed 0 --log logs/mcd/MNIST2USPS\n"
+        "CUDA_VISIBLE_DEVICES=0 python mcd.py data/digits -d Digits -s USPS -t MNIST --lr 0.1 \\\n"
+        "  --trade-off 0.3 -b 128 -i 2500 --scratch --seed 0 --log logs/mcd/USPS2MNIST\n"
+    )
+    args = peer.digits_line(tmp_path, "mcd", "usps->mnist")
+    assert args[:7] == ["-d", "Digits", "-s", "USPS", "-t", "MNIST", "--lr"] and args[7] == "0.1"
+    run = peer.with_run_args(args, 2, tmp_path / "log", 1)
+    assert run[-6:] == ["--seed", "2", "--log", str(tmp_path / "log"), "--epochs", "1"]
+    assert run.count("--seed") == 1 and "logs/mcd/USPS2MNIST" not in run
+    (tmp_path / "jan.sh").write_text("# Office31\nCUDA_VISIBLE_DEVICES=0 python jan.py data/office31 -d Office31\n")
+    with pytest.raises(SystemExit, match="jan.sh has no '# Digits' line for MNIST -> USPS"):
+        peer.digits_line(tmp_path, "jan", "mnist->usps")

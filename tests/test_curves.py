@@ -17,14 +17,14 @@ from tlbench.spec.store import ResultsDir
 from tlbench.training.curves import CurveRecorder, Curves
 from tlbench.training.loop import run_steps
 from tlbench.training.schedule import ParamSchedule
-from tlbench.training.strategy import Batch, ParamGroup, StepContext, StepOutput
+from tlbench.training.strategy import Batch, ParamGroup, StepContext, StepOutput, Strategy
 
 RECIPE = Recipe(
     steps=4, lr=0.1, lr_gamma=0.0, lr_decay=0.75, optimizer="sgd", momentum=0.0, nesterov=False, weight_decay=0.0
 )
 
 
-class _Square(nn.Module):
+class _Square(Strategy):
     """Loss w² (SGD with lr 0.1 multiplies w by 0.8 each step); reports w and a host number."""
 
     def __init__(self):

@@ -116,7 +116,7 @@ def test_bad_input_is_exit_2_with_one_line(tiny_suite, tmp_path, capsys):
     code = main(["run", str(tiny_suite), "--out", str(tmp_path / "o"), "--strategies", "dnan"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2
-    assert err[-1] == "tlbench: error: unknown strategy 'dnan'; did you mean dann?"
+    assert err[-1] == "tlbench: error: unknown strategy 'dnan'; did you mean dann, cdan?"
 
 
 def test_data_prepare_fills_the_cache(tiny_suite, tmp_path, capsys):

@@ -27,7 +27,7 @@ from tlbench.training.loop import NonFiniteCheck, StepObserver, run_steps
 from tlbench.training.measure import Stopwatch
 from tlbench.training.schedule import ParamSchedule
 from tlbench.training.setup import set_up_cell
-from tlbench.training.strategy import Batch, ParamGroup, StepContext, StepOutput
+from tlbench.training.strategy import Batch, ParamGroup, StepContext, StepOutput, Strategy, Update
 
 RECIPE = Recipe(
     steps=10,
@@ -238,7 +238,7 @@ def test_domain_images_without_frozen_outputs_is_an_augmented_view():
 
 
 # -- loop and observers --------------------------------------------------------------------------
-class _Constant(nn.Module):
+class _Constant(Strategy):
     """A 'strategy' whose loss is ``w²`` (or NaN from ``nan_at`` on): the loop's arithmetic by hand."""
 
     def __init__(self, nan_at: int | None = None):
@@ -319,6 +319,69 @@ def test_a_non_finite_loss_raises_at_the_next_logging_point_naming_its_step():
         _loop(_Constant(nan_at=2), [NonFiniteCheck(torch.device("cpu")), log], steps=8, log_every=3)
     assert err.value.step == 2
     assert log.after == [0, 1, 2] and log.closed  # stopped at the logging point right after step 2
+
+
+class _TwoPlayers(Strategy):
+    """Two updates a step, each over its own group: ``a`` minimises a² + b², then ``b`` minimises (b - a)²."""
+
+    def __init__(self, second_groups: tuple[str, ...] = ("b",)):
+        super().__init__()
+        self.a, self.b = nn.Parameter(torch.tensor(1.0)), nn.Parameter(torch.tensor(1.0))
+        self.second_groups = second_groups
+
+    def training_updates(self, batch, ctx):
+        yield Update("first", self.a**2 + self.b**2, ("a",), {"a_seen": self.a.detach().clone()})
+        yield Update("second", (self.b - self.a) ** 2, self.second_groups, {"a_seen_second": self.a.detach().clone()})
+
+
+def _two_player_step(strategy: _TwoPlayers, observers: list[StepObserver]):
+    schedule = ParamSchedule(
+        [ParamGroup("a", [strategy.a]), ParamGroup("b", [strategy.b])],
+        [strategy],
+        strategy,
+        RECIPE.model_copy(update={"steps": 1}),
+        torch.device("cpu"),
+        "two_players",
+    )
+    ctx = StepContext(step=0, total_steps=1, model=None, device=torch.device("cpu"), num_classes=1)
+    return run_steps(
+        strategy,
+        schedule,
+        _Batches(),
+        ctx,
+        contextlib.nullcontext,
+        observers,
+        total_steps=1,
+        log_every=1,
+        warmup_steps=0,
+        device=torch.device("cpu"),
+    )
+
+
+class _Outputs(StepObserver):
+    def __init__(self):
+        self.seen = []
+
+    def after_step(self, step, loss, out):
+        self.seen.append((loss.item(), {k: float(v) for k, v in out.metrics.items()}))
+
+
+def test_each_update_of_a_step_moves_only_its_groups_and_the_next_sees_the_move():
+    strategy, outputs = _TwoPlayers(), _Outputs()
+    _two_player_step(strategy, [outputs])
+    # SGD, lr 0.1: update 1 moves a only: a = 1 - 0.1 * 2a = 0.8 (b's gradient 2b is dropped);
+    # update 2 is computed on a = 0.8 and moves b only: b = 1 - 0.1 * 2(b - a) = 0.96 (a's -0.4 dropped)
+    assert strategy.a.item() == pytest.approx(0.8) and strategy.b.item() == pytest.approx(0.96)
+    loss, metrics = outputs.seen[0]
+    assert loss == pytest.approx(2.0 + 0.2**2)  # observers see the sum of the updates' losses
+    assert metrics == pytest.approx({"a_seen": 1.0, "a_seen_second": 0.8, "loss/first": 2.0, "loss/second": 0.04})
+
+
+def test_an_update_naming_an_undeclared_group_says_which_groups_exist():
+    with pytest.raises(
+        ValueError, match=r"names group\(s\) 'c' that param_groups does not declare; declared: 'a', 'b'"
+    ):
+        _two_player_step(_TwoPlayers(second_groups=("c",)), [])
 
 
 # -- evaluation ----------------------------------------------------------------------------------

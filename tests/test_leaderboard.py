@@ -142,10 +142,13 @@ def test_rows_are_ranked_by_avg_with_unaveraged_rows_last(board):
         ("bbA", "kd"),
         ("bbB", "mmd"),
     ]
-    # 2 pairs x 3 seeds: the exact paired test's smallest p is 2/2^6 = 0.031, and Holm's correction over
-    # the 10 pairs of rows lifts it to 0.31, so no row is told apart: all share rank 1, in Avg order
-    assert board.accuracy["rank"].tolist()[:5] == [1, 1, 1, 1, 1]
-    assert board.rank_text.startswith("Rank: 1 + the number of rows significantly better")
+    # the rank is the position by Avg (88.5, 87.5, 83, 80, 70); 2 pairs x 3 seeds: the exact paired test's
+    # smallest p is 2/2^6 = 0.031, and Holm's correction over the 10 pairs of rows lifts it to 0.31, so no
+    # row is told apart: all share the group letter a
+    assert board.accuracy["rank"].tolist()[:5] == [1, 2, 3, 4, 5]
+    assert board.accuracy["group"].tolist()[:5] == ["a"] * 5 and board.accuracy["group"][5:].isna().all()
+    assert not board.accuracy["reversal"].any()
+    assert board.rank_text.startswith("Rank: position by Avg (1 = highest")
     assert board.accuracy["rank"].isna().tolist() == [False] * 5 + [True] * 2
     assert board.pairs == PAIRS and board.columns == [*PAIRS, "Avg"]
 

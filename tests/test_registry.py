@@ -1,4 +1,4 @@
-"""The plugin registry: names, wildcards, provenance, broken plugins, duplicates."""
+"""The plugin registry: names, wildcards, provenance, broken plugins, clashes and qualified names."""
 
 from __future__ import annotations
 
@@ -7,8 +7,17 @@ import types
 import pytest
 
 import tlbench
-from tlbench.errors import UnknownNameError, UserError
-from tlbench.plugins.registry import KINDS, NAME_PATTERN, NAME_RULE, PluginLoadError, Registry, get_registry
+from tlbench.errors import UnknownNameError
+from tlbench.plugins.registry import (
+    KINDS,
+    NAME_PATTERN,
+    NAME_RULE,
+    AmbiguousNameError,
+    PluginInfo,
+    PluginLoadError,
+    Registry,
+    get_registry,
+)
 
 
 def _plugin(**hooks):
@@ -45,7 +54,7 @@ def test_wildcards():
     assert reg.names("strategy", "*") == ["alpha", "beta"]
 
 
-def test_duplicate_name_names_both_plugins_and_keeps_the_others():
+def test_a_name_two_third_parties_registered_is_ambiguous_bare_and_reachable_qualified():
     reg = Registry(
         entry_points=False,
         plugins={
@@ -54,26 +63,71 @@ def test_duplicate_name_names_both_plugins_and_keeps_the_others():
         },
     )
     with pytest.raises(
-        UserError,
-        match=r"strategy 'alpha' is registered by 2 plugins: 'first', 'second'; "
-        "tlbench will not choose",
+        AmbiguousNameError,
+        match=r"^strategy 'alpha' is registered by 2 plugins: 'first', 'second'; tlbench will not choose between "
+        r"them: write first:alpha or second:alpha \(see 'tlbench plugins'\)$",
     ):
         reg.get("strategy", "alpha")  # never a silent choice of one of them
-    assert reg.get("strategy", "beta") is Beta and reg.entry("strategy", "alpha").plugin == "first"
+    assert reg.get("strategy", "first:alpha") is Alpha and reg.get("strategy", "second:alpha") is Alpha2
+    assert reg.entry("strategy", "second:alpha").plugin == "second" and reg.get("strategy", "beta") is Beta
+    assert reg.failures() == []  # both kept: a clash is no plugin's failure
+    assert reg.names("strategy") == ["alpha", "beta"] and reg.resolvable("strategy") == ["beta"]
+    assert reg.qualified_names("strategy") == ["first:alpha", "second:alpha", "second:beta"]
+    assert reg.objects("strategy") == [Alpha, Alpha2, Beta]
+    assert reg.clashes() == ["strategy 'alpha': ambiguous: use first:alpha or second:alpha"]
+
+
+def _builtin(reg: Registry, name: str, module) -> None:
+    """``module`` added as a built-in plugin would be (distribution tlbench, package tlbench_builtins)."""
+    info = PluginInfo(name=name, module=f"tlbench_builtins.{name}", distribution="tlbench", version="0.1.0")
+    reg.add_plugin(name, module, info=info)
+
+
+def test_a_third_party_keeps_a_bare_name_the_builtin_took_later():
+    reg = Registry(entry_points=False, plugins={"lab": _plugin(register_strategies=lambda register: register(Alpha))})
+    _builtin(reg, "strategies.alpha", _plugin(register_strategies=lambda register: register(Alpha2)))
+    assert reg.get("strategy", "alpha") is Alpha and reg.get("strategy", "tlbench:alpha") is Alpha2
+    assert reg.get("strategy", "lab:alpha") is Alpha and reg.get("strategy", "strategies.alpha:alpha") is Alpha2
+    assert reg.is_builtin("strategies.alpha") and not reg.is_builtin("lab")
+    assert reg.failures() == []
+    assert reg.clashes() == [
+        "strategy 'alpha': bare name resolves to lab:alpha (a third-party plugin takes precedence over the "
+        "built-in; the built-in is tlbench:alpha)"
+    ]
+    # a second third party makes it ambiguous again: tlbench never picks one of two third parties
+    reg.add_plugin("other", _plugin(register_strategies=lambda register: register(Alpha2)))
+    with pytest.raises(AmbiguousNameError, match="write lab:alpha or tlbench:alpha or other:alpha"):
+        reg.get("strategy", "alpha")
+
+
+def test_an_unknown_qualifier_names_the_registrations():
+    reg = Registry(entry_points=False, plugins={"p": _plugin(register_strategies=lambda register: register(Alpha))})
+    with pytest.raises(UnknownNameError, match=r"^unknown strategy 'q:alpha': no plugin or distribution is named 'q'"):
+        reg.get("strategy", "q:alpha")
+    with pytest.raises(UnknownNameError, match=r"^unknown strategy 'p:alpah'; did you mean p:alpha\?$"):
+        reg.get("strategy", "p:alpah")
+
+
+def test_a_plugin_that_registers_one_name_twice_fails_and_strict_makes_it_fatal():
+    twice = _plugin(register_strategies=lambda register: (register(Alpha), register(Alpha2)))
+    reg = Registry(entry_points=False, plugins={"twice": twice})
     ((plugin, error),) = reg.failures()
-    assert plugin == "second" and "'first'" in error and "'second'" in error and "alpha" in error
+    assert plugin == "twice" and "strategy 'alpha' is registered twice by plugin 'twice'" in error
+    assert reg.get("strategy", "alpha") is Alpha  # its first registration stays
+    with pytest.raises(PluginLoadError, match="registered twice by plugin 'twice'"):
+        Registry(entry_points=False, strict=True, plugins={"twice": twice})
 
 
-def test_duplicate_is_fatal_in_strict_mode():
-    with pytest.raises(PluginLoadError, match="registered by both plugin 'first' and plugin 'second'"):
-        Registry(
-            entry_points=False,
-            strict=True,
-            plugins={
-                "first": _plugin(register_strategies=lambda register: register(Alpha)),
-                "second": _plugin(register_strategies=lambda register: register(Alpha2)),
-            },
-        )
+def test_a_clash_is_not_fatal_in_strict_mode():
+    reg = Registry(
+        entry_points=False,
+        strict=True,
+        plugins={
+            "first": _plugin(register_strategies=lambda register: register(Alpha)),
+            "second": _plugin(register_strategies=lambda register: register(Alpha2)),
+        },
+    )
+    assert reg.get("strategy", "second:alpha") is Alpha2
 
 
 def test_wrong_base_class_is_reported():

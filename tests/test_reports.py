@@ -40,6 +40,7 @@ FILES = [
     "accuracy_vs_eval_throughput.png",
     "pair_accuracy.png",
     "leaderboard.csv",
+    "leaderboard_oracle.csv",
     "costs.csv",
     "references.csv",
     "failures.csv",
@@ -105,11 +106,19 @@ def test_markdown_tables_bold_best_footnotes_and_references(report):
     text = (report[0] / "leaderboard.md").read_text()
     acc = text.split("## Target accuracy (%)")[1].split("##")[0]
     lines = [ln for ln in acc.splitlines() if ln.startswith("|")]
-    assert [c.strip() for c in lines[0].strip("|").split("|")] == ["Rank", "Backbone", "Strategy", "A→W", "D→W", "Avg"]
+    assert [c.strip() for c in lines[0].strip("|").split("|")] == [
+        "Rank",
+        "Group",
+        "Backbone",
+        "Strategy",
+        "A→W",
+        "D→W",
+        "Avg",
+    ]
     assert len({ln.count("|") for ln in lines}) == 1 and len(lines) == 2 + 7
     first = [c.strip() for c in lines[2].strip("|").split("|")]
-    assert first == ["1", "bbB", "dann", "**80.0 ± 2.8** (n=2)¹", "97.0 ± 1.0", "**88.5**"]
-    assert [c.strip() for c in lines[-1].strip("|").split("|")][3] == "diverged²"
+    assert first == ["1", "a", "bbB", "dann", "**80.0 ± 2.8** (n=2)¹", "97.0 ± 1.0", "**88.5**"]
+    assert [c.strip() for c in lines[-1].strip("|").split("|")][4] == "diverged²"
     assert "ResNet-50" not in acc and "CDAN" in text.split("## Published reference numbers")[1]
     assert "bbA / kd: Avg not computed, missing: A→W" in text
     assert "¹ **failed** (bbB / dann / A→W, seed 1): ` RuntimeError: <script>alert(1)</script> `" in text
@@ -312,14 +321,14 @@ def test_latex_is_booktabs_escaped_balanced_and_compiles(report, tmp_path):
     check_latex_balanced(tex)
     for rule in (r"\toprule", r"\midrule", r"\bottomrule"):
         assert rule in tex
-    assert r"Rank & Backbone & Strategy & A$\rightarrow$W & D$\rightarrow$W & Avg \\" in tex
-    assert r"1 & bbB & dann & \textbf{80.0{\scriptsize$\pm$2.8}}{\scriptsize\,(n=2)}$^{1}$" in tex
+    assert r"Rank & Group & Backbone & Strategy & A$\rightarrow$W & D$\rightarrow$W & Avg \\" in tex
+    assert r"1 & a & bbB & dann & \textbf{80.0{\scriptsize$\pm$2.8}}{\scriptsize\,(n=2)}$^{1}$" in tex
     assert r"source\_only" in tex and r"100\% \& more" in tex and r"diverged$^{2}$" in tex
     lines = tex.splitlines()
-    at = next(i for i, ln in enumerate(lines) if ln.startswith(r"\multicolumn{6}{l}{\emph{Published reference"))
+    at = next(i for i, ln in enumerate(lines) if ln.startswith(r"\multicolumn{7}{l}{\emph{Published reference"))
     assert lines[at - 1] == r"\midrule" and lines[at + 1].startswith(r"ref.\,1 & ")
     measured, refs = "\n".join(lines[:at]), "\n".join(lines[at:])
-    assert "ResNet-50" not in measured and r"ref.\,1 & ResNet-50 & DANN" in refs
+    assert "ResNet-50" not in measured and r"ref.\,1 &  & ResNet-50 & DANN" in refs
     if shutil.which("pdflatex") is None:
         pytest.skip("pdflatex is not on PATH: the .tex was checked for balance only")
     compile_latex(report[0], tmp_path)

@@ -175,3 +175,78 @@ def test_reading_a_recipe_or_sweep_point_as_a_dict_still_works_with_a_deprecatio
         assert cell.recipe["resize_size"] == 18  # the stored size, as the dict held it
     with pytest.warns(DeprecationWarning, match=r"read sweep\.default"):
         assert cell.sweep["default"] is True
+
+
+def test_a_strategy_entry_sets_its_own_recipe_keys_for_its_cells_only(tmp_path):
+    text = TINY_SUITE.replace(
+        "strategies: [source_only, dann]",
+        "strategies: [source_only, {name: dann, recipe: {momentum: 0.0, nesterov: false}}]",
+    )
+    cells = {c.strategy: c for c in _plan(tmp_path, text).cells}
+    assert (cells["dann"].recipe.momentum, cells["dann"].recipe.nesterov) == (0.0, False)
+    assert cells["source_only"].recipe.momentum == Recipe().momentum  # the suite's recipe (its default)
+    assert cells["dann"].recipe.steps == 6  # the rest is the suite's
+    plain = {c.strategy: c for c in _plan(tmp_path).cells}
+    assert cells["dann"].id != plain["dann"].id and cells["source_only"].id == plain["source_only"].id
+
+
+def test_a_strategy_recipe_key_wins_over_the_backbones_and_the_backbones_other_keys_stay(tmp_path):
+    text = TINY_SUITE.replace(
+        "    weights: random", "    weights: random\n    recipe: {momentum: 0.5, lr: 0.2}"
+    ).replace("strategies: [source_only, dann]", "strategies: [source_only, {name: dann, recipe: {momentum: 0.0}}]")
+    cells = {c.strategy: c for c in _plan(tmp_path, text).cells}
+    assert (cells["dann"].recipe.momentum, cells["dann"].recipe.lr) == (0.0, 0.2)
+    assert (cells["source_only"].recipe.momentum, cells["source_only"].recipe.lr) == (0.5, 0.2)
+
+
+def test_an_unknown_key_in_a_strategy_recipe_names_where_it_is(tmp_path):
+    text = TINY_SUITE.replace("strategies: [source_only, dann]", "strategies: [{name: dann, recipe: {momentun: 0.0}}]")
+    path = tmp_path / "suite.yaml"
+    path.write_text(text)
+    with pytest.raises(UserError, match=r"strategies.dann.recipe: unknown key\(s\) momentun"):
+        load_suite(path)
+
+
+TWO_PAIRS = """\
+name: m
+dataset: sklearn_digits
+pairs: [digits->digits+invert, digits->digits+rotate:2]
+backbones:
+{backbones}
+strategies: [source_only]
+seeds: [0]
+recipe: {{steps: 6}}
+"""
+
+
+def test_a_network_listed_once_a_pair_runs_each_pair_with_its_entrys_recipe(tmp_path):
+    entries = (
+        "  - {name: test_efficientnet, weights: random, pairs: [digits->digits+invert], label: net}\n"
+        "  - {name: test_efficientnet, weights: random, pairs: ['digits->digits+rotate:2'], label: net,"
+        " recipe: {lr: 0.1}}"
+    )
+    cells = _plan(tmp_path, TWO_PAIRS.format(backbones=entries)).cells
+    assert sorted((c.target, c.recipe.lr) for c in cells) == [("digits+invert", 0.01), ("digits+rotate:2", 0.1)]
+    assert {c.backbone_label for c in cells} == {"net"}  # one leaderboard row
+
+
+@pytest.mark.parametrize(
+    ("entries", "message"),
+    [
+        (
+            "  - {name: test_efficientnet, weights: random, pairs: [digits->digits+invert]}\n"
+            "  - {name: test_efficientnet, weights: random}",
+            "listed twice: test_efficientnet \\(list a network more than once only with its own pairs",
+        ),
+        (
+            "  - {name: test_efficientnet, weights: random, pairs: [digits->digits+invert]}\n"
+            "  - {name: test_efficientnet, weights: random, pairs: [digits->digits+invert]}",
+            "test_efficientnet: pair\\(s\\) digits->digits\\+invert in two of its entries",
+        ),
+    ],
+)
+def test_a_network_listed_twice_must_give_each_pair_to_one_entry(tmp_path, entries, message):
+    path = tmp_path / "suite.yaml"
+    path.write_text(TWO_PAIRS.format(backbones=entries))
+    with pytest.raises(UserError, match=message):
+        load_suite(path)

@@ -90,8 +90,10 @@ def test_the_board_ties_strategies_no_test_separates():
             ]
     board = build_leaderboard(records, {"name": "s"})
     ranks = dict(zip(board.accuracy["strategy"], board.accuracy["rank"]))
-    assert ranks == {"best": 1, "close": 1, "worse": 3}
-    assert board.rank_text.startswith("Rank: 1 + the number of rows significantly better")
+    assert ranks == {"best": 1, "close": 1, "worse": 3}  # best and close: the same Avg, 82
+    groups = dict(zip(board.accuracy["strategy"], board.accuracy["group"]))
+    assert groups == {"best": "a", "close": "a", "worse": "b"}
+    assert board.rank_text.startswith("Rank: position by Avg (1 = highest")
     ci = board.accuracy.set_index("strategy").loc["best", "Avg ci95"]
     assert ci == pytest.approx(stats.ci95_halfwidth(1.0, 3))  # per-seed averages 81, 82, 83
 
@@ -106,3 +108,91 @@ def test_the_critical_difference_summary_needs_enough_pairs():
     assert "Nemenyi CD = 1.35" in board.cd_text
     few = build_leaderboard([r for r in records if r.source in ("d0", "d1")], {"name": "s"})
     assert few.critical_difference.empty and few.cd_text == ""
+
+
+# -- groups (compact letter display) and the Avg order ----------------------------------------------------
+def test_letter_display_by_hand():
+    assert stats.letter_display(3, []) == ["a", "a", "a"]
+    assert stats.letter_display(3, [(0, 1)]) == ["a", "b", "ab"]  # only the first two differ
+    assert stats.letter_display(3, [(0, 1), (1, 2), (0, 2)]) == ["a", "b", "c"]
+    # today's digits board in Avg order (self_training, kd, dann, mmd, source_only): kd beats dann, and
+    # every row beats source_only
+    assert stats.letter_display(5, [(1, 2), (0, 4), (1, 4), (2, 4), (3, 4)]) == ["ab", "a", "b", "ab", "c"]
+    assert stats.letter_display(4, [(0, 2), (0, 3), (1, 3)]) == ["a", "ab", "bc", "c"]
+
+
+def test_letters_are_shared_exactly_by_the_rows_no_test_separates():
+    import itertools
+    import random
+
+    rng = random.Random(0)
+    for _ in range(300):
+        n = rng.randint(1, 7)
+        different = {p for p in itertools.combinations(range(n), 2) if rng.random() < 0.4}
+        letters = stats.letter_display(n, different)
+        assert all(letters)  # every row has a letter
+        for i, j in itertools.combinations(range(n), 2):
+            assert bool(set(letters[i]) & set(letters[j])) == ((i, j) not in different), (n, different, letters)
+
+
+#: the digits situation: kd (Avg 76.0) beats dann (75.4) by 0.6 on each of their nine matched results;
+#: mmd (71.2) interleaves with both. Per pair, the three seeds.
+DANN = {"a->b": [84.0, 84.5, 83.5], "b->a": [88.0, 89.0, 89.1], "a->c": [53.0, 54.0, 53.2]}
+MMD_MINUS_DANN = [3, -10, 2, -12, 4, -9, 1, -11, -8]
+
+
+def _digits_records():
+    records = []
+    for i, (pair, seeds) in enumerate(DANN.items()):
+        for seed, acc in enumerate(seeds):
+            records += [
+                _record("dann", pair, seed, acc),
+                _record("kd", pair, seed, acc + 0.6),
+                _record("mmd", pair, seed, acc + MMD_MINUS_DANN[3 * i + seed]),
+            ]
+    return records
+
+
+def test_rows_follow_avg_and_groups_show_what_the_tests_separate():
+    board = build_leaderboard(_digits_records(), {"name": "s"})
+    acc = board.accuracy
+    # before: rank = 1 + rows significantly better put mmd (rank 1, lowest Avg) above dann (rank 2)
+    assert stats.significance_ranks([_results_of(s) for s in ("kd", "dann", "mmd")]) == [1, 2, 1]
+    assert acc["strategy"].tolist() == ["kd", "dann", "mmd"]
+    assert acc["Avg mean"].is_monotonic_decreasing
+    assert acc["rank"].tolist() == [1, 2, 3]
+    assert acc["group"].tolist() == ["a", "b", "ab"]  # kd and dann differ; mmd differs from neither
+    assert not acc["reversal"].any() and not [n for n in board.notes if n.startswith("†")]
+    assert "Group: rows that share a letter are not told apart" in board.stats_text
+
+
+def _results_of(strategy):
+    """A row's results by (pair, seed), from the digits plan: what the paired test compares."""
+    shift = {"dann": [0.0] * 9, "kd": [0.6] * 9, "mmd": MMD_MINUS_DANN}[strategy]
+    return {
+        (pair, seed): acc + shift[3 * i + seed]
+        for i, (pair, seeds) in enumerate(DANN.items())
+        for seed, acc in enumerate(seeds)
+    }
+
+
+def test_a_lower_avg_that_is_significantly_better_is_named_in_a_note():
+    # "upper" has a fourth seed that "lower" lacks, at 100 on every pair: it lifts upper's Avg, while on
+    # their nine matched results lower is 1 point better every time (exact p = 2/2^9)
+    records = []
+    for i, pair in enumerate(PAIRS):
+        for seed in range(3):
+            records += [_record("upper", pair, seed, 70.0 + i + seed), _record("lower", pair, seed, 71.0 + i + seed)]
+        records.append(_record("upper", pair, 3, 100.0))
+    board = build_leaderboard(records, {"name": "s"})
+    acc = board.accuracy
+    assert acc["strategy"].tolist() == ["upper", "lower"]  # Avg 79.0 before 73.0
+    assert acc["Avg mean"].tolist() == [pytest.approx(79.0), pytest.approx(73.0)]
+    assert acc["rank"].tolist() == [1, 2] and acc["group"].tolist() == ["a", "b"]
+    assert acc["reversal"].tolist() == [True, True]
+    (note,) = [n for n in board.notes if n.startswith("†")]
+    assert note.startswith(
+        "† net / lower is significantly better than net / upper on their 9 matched pair × seed results "
+        "(mean difference +1.00 points, Holm-adjusted Wilcoxon p = 0.00391) although its Avg is lower "
+        "(73.0 vs 79.0)"
+    )

@@ -6,14 +6,18 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pytest
+import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tlbench import Batch, ParamGroup, StepContext, StepOutput, Strategy
+from tlbench import Batch, ParamGroup, StepContext, StepOutput, Strategy, Update
 from tlbench.plugins.registry import get_registry
 from tlbench.testing import check_strategy
 
-BUILTINS = {"source_only", "freeze", "unfreeze", "dlr", "dann", "mmd", "self_training", "kd"}
+BUILTINS = {
+    *("source_only", "freeze", "unfreeze", "dlr", "dann", "mmd", "self_training", "kd"),
+    *("cdan", "bsp", "mcc", "afn", "mdd", "jan", "mcd", "adda"),
+}
 
 
 def builtin_strategy_names() -> list[str]:
@@ -25,7 +29,7 @@ def builtin_strategy_names() -> list[str]:
     ]
 
 
-def test_all_eight_builtin_strategies_are_registered_without_errors():
+def test_every_builtin_strategy_is_registered_without_errors():
     registry = get_registry()
     failures = [(p, e) for p, e in registry.failures() if p.startswith("strategies.")]
     assert not failures
@@ -168,9 +172,66 @@ class WrappedDoc(Good):
     name = "wrapped_doc"
 
 
+class TwoUpdates(Good):
+    """Two updates a step: the head on the source, then the backbone on the same loss."""
+
+    name = "two_updates"
+
+    def training_updates(self, batch, ctx):
+        yield Update("head", F.cross_entropy(ctx.model(batch.source), batch.source_labels), ("head",))
+        yield Update("backbone", F.cross_entropy(ctx.model(batch.source), batch.source_labels), ("backbone",))
+
+
+def test_a_correct_multi_update_strategy_passes():
+    check_strategy(TwoUpdates)
+
+
+class UpdateMissesItsGroup(TwoUpdates):
+    """Its second update names the backbone but its loss only reaches the classifier."""
+
+    name = "update_misses_its_group"
+
+    def training_updates(self, batch, ctx):
+        yield from super().training_updates(batch, ctx)
+        with torch.no_grad():
+            embedding = ctx.model.bottleneck(ctx.model.features(batch.source))
+        yield Update("late", F.cross_entropy(ctx.model.classifier(embedding), batch.source_labels), ("backbone",))
+
+
+class UpdateNamesUnknownGroup(TwoUpdates):
+    """An update names a group param_groups does not declare."""
+
+    name = "update_names_unknown_group"
+
+    def training_updates(self, batch, ctx):
+        yield Update("x", F.cross_entropy(ctx.model(batch.source), batch.source_labels), ("discriminator",))
+
+
+class YieldsStepOutput(TwoUpdates):
+    """Yields a StepOutput where an Update belongs."""
+
+    name = "yields_step_output"
+
+    def training_updates(self, batch, ctx):
+        yield StepOutput(F.cross_entropy(ctx.model(batch.source), batch.source_labels))
+
+
+class UpdatesNothing(TwoUpdates):
+    """Yields no update at all."""
+
+    name = "updates_nothing"
+
+    def training_updates(self, batch, ctx):
+        yield from ()
+
+
 @pytest.mark.parametrize(
     "cls, message",
     [
+        (UpdateMissesItsGroup, r"update 2 \('late'\) names group\(s\) \['backbone'\] but no gradient reaches them"),
+        (UpdateNamesUnknownGroup, r"groups must be None or a tuple of declared group names \['backbone', 'head'\]"),
+        (YieldsStepOutput, "yield tlbench.Update objects, got StepOutput"),
+        (UpdatesNothing, "yielded no update"),
         (CallsBackward, "computed gradients itself"),
         (UnusedModule, "no gradient reached .*strategy.extra"),
         (Unseeded, "two runs with seed 0 differ"),

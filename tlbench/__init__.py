@@ -25,7 +25,7 @@ from tlbench.plugins.hookspecs import hookimpl
 _LAZY: dict[str, str] = {
     # strategies
     **dict.fromkeys(
-        ("Strategy", "ParamGroup", "Batch", "StepContext", "StepOutput", "SetupContext", "SupervisedParams"),
+        ("Strategy", "ParamGroup", "Batch", "StepContext", "StepOutput", "SetupContext", "SupervisedParams", "Update"),
         "tlbench.training.strategy",
     ),
     **dict.fromkeys(("TransferModel", "Outputs"), "tlbench.models.transfer"),
@@ -113,4 +113,5 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
         StepOutput,
         Strategy,
         SupervisedParams,
+        Update,
     )

@@ -247,9 +247,11 @@ def _dispatch(args) -> int:
 
     registry = get_registry(strict=args.strict_plugins)
     failures = registry.failures()
-    if failures and args.command != "plugins":
+    if args.command != "plugins":  # ``tlbench plugins`` shows them itself
         for plugin, error in failures:
             print(f"tlbench: warning: plugin {plugin!r} skipped: {error}", file=sys.stderr)
+        for clash in registry.clashes():  # a name two plugins registered: which one a bare name means
+            print(f"tlbench: warning: {clash}", file=sys.stderr)
     if args.command == "run":
         return _run(args, registry)
     if args.command == "report":
@@ -369,11 +371,14 @@ def _list(args, registry) -> int:
         return 0
     kind = KIND_ALIASES[args.kind]
     names = registry.names(kind, args.pattern)
+    entries = [registry.resolve(kind, n) for n in names]  # None: a bare name several third parties registered
     width = max([NAME_WIDTH, *map(len, names)])
-    plugin_width = max([PLUGIN_WIDTH, *(len(registry.entry(kind, n).plugin) for n in names)])
-    for name in names:
-        entry = registry.entry(kind, name)
-        print(f"{name:{width}s} {entry.plugin:{plugin_width}s} {_summary(entry.obj)}")
+    plugin_width = max([PLUGIN_WIDTH, *(len(e.plugin) for e in entries if e)])
+    for name, e in zip(names, entries):
+        plugin, summary = (
+            (e.plugin, _summary(e.obj)) if e else ("(ambiguous)", f"use {registry.alternatives(kind, name)}")
+        )
+        print(f"{name:{width}s} {plugin:{plugin_width}s} {summary}")
     return 0
 
 
@@ -407,6 +412,9 @@ def _plugins(registry) -> int:
         print(f"{info.name:{width}s} {status:6s} {dist:22s} {names}")
         for e in info.errors:
             print(f"{'':{width}s} error: {e}")
+    clashes = registry.clashes()
+    if clashes:  # not failures: every registration is kept, each reachable as qualifier:name
+        print("\nnames several plugins register (write qualifier:name for another one):", *clashes, sep="\n  ")
     return 1 if registry.failures() else 0
 
 

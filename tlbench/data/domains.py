@@ -151,7 +151,8 @@ class Shift(Plugin):
 
 # -- domain specs -------------------------------------------------------------------------------
 DEFAULT_SEVERITY = 3
-_SHIFT_RE = re.compile(r"^(?P<name>[A-Za-z_][\w\-]*)(?::(?P<sev>\d+))?$")
+#: a shift, bare or qualified by its plugin (``tlbench:rotate:3``), with an optional severity
+_SHIFT_RE = re.compile(r"^(?P<name>(?:[A-Za-z0-9][\w.\-]*:)?[A-Za-z_][\w\-]*)(?::(?P<sev>\d+))?$")
 
 
 @dataclass(frozen=True)

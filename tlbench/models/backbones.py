@@ -90,7 +90,7 @@ def filter_names(names: list[str], pattern: str | None) -> list[str]:
 
 def providers(registry) -> list[BackboneProvider]:
     """Every registered provider, in the order they are asked (ascending priority, then name)."""
-    found = [registry.get("backbone", n)() for n in registry.names("backbone")]
+    found = [cls() for cls in registry.objects("backbone")]  # a provider's name clashing takes none away
     return sorted(found, key=lambda p: (p.priority, p.name))
 
 

@@ -77,13 +77,9 @@ def load_backbone(model_name: str, weights: str = "auto", *, registry=None) -> t
         return backbone, "random"
     check_pretrained_exists(model_name, weights, provider)
     model = backbone.network
-    sources = sorted(
-        (registry.get("weight_source", n)() for n in registry.names("weight_source")),
-        key=lambda s: (s.priority, s.name),
-    )
+    sources = sorted((cls() for cls in registry.objects("weight_source")), key=lambda s: (s.priority, s.name))
     if weights != "auto":
-        named = [s for s in sources if s.name == weights]
-        sources = named or [s for s in sources if s.name == "local_file"]
+        sources = named_source(registry, weights) or [s for s in sources if s.name == "local_file"]
     tried = []
     for source in sources:
         if not source.available(model_name, weights):
@@ -165,3 +161,14 @@ def model_data_config(model: nn.Module) -> dict:
     """The normalisation constants the backbone was trained with."""
     cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", {}) or {}
     return {"mean": tuple(cfg.get("mean", (0.485, 0.456, 0.406))), "std": tuple(cfg.get("std", (0.229, 0.224, 0.225)))}
+
+
+def named_source(registry, weights: str) -> list[WeightSource]:
+    """The weight source ``weights`` names, bare or qualified (``tlbench:torchvision``); [] when it
+    names none (a path). A bare name several third-party sources registered is an error naming them."""
+    from tlbench.errors import UnknownNameError
+
+    try:
+        return [registry.get("weight_source", weights)()]
+    except UnknownNameError:
+        return []

@@ -12,10 +12,22 @@ Extra plugin modules can also be named, comma-separated, in the environment vari
 the entry points, in every process that builds a registry (launcher workers included, since they
 inherit the environment), and reported by ``tlbench plugins`` like entry points, under their
 module name. Handy for a lab's private hooks or a test's ``before_cell`` without packaging them.
+
+Two plugins may register one name (issue 34): both are kept, each reachable by its *qualified name*
+``<qualifier>:<name>``, the qualifier being the plugin's distribution (``tlbench:cdan`` for the
+built-in, ``tlbench-mcc:mcc`` for a package named tlbench-mcc) or, for a plugin not from a
+distribution (``$TLBENCH_PLUGINS``), its plugin name (``lab_hooks:mcc``); a plugin's own name is
+accepted as qualifier too. A bare name registered once means that registration. When the built-in
+and exactly one third-party plugin register it, the bare name keeps meaning the third party's (it
+was there first for its users: a tlbench release never swaps the code under an existing suite) and
+the built-in is ``tlbench:<name>``; two or more third parties leave the bare name ambiguous, and
+asking for it names the qualified names to use. Either way ``clashes()`` says so (a warning, not a
+plugin failure) and ``tlbench plugins`` shows which registration each clashed name resolves to.
 """
 
 from __future__ import annotations
 
+import difflib
 import fnmatch
 import importlib
 import importlib.metadata as md
@@ -84,14 +96,23 @@ class PluginInfo:
 
 @dataclass(frozen=True)
 class Entry:
+    """One registration: a name, its object and the plugin that registered it."""
+
     kind: str
     name: str
     obj: Any
     plugin: str
+    #: what a qualified name starts with: the plugin's distribution, else the plugin's name
+    qualifier: str = ""
+
+    @property
+    def qualified_name(self) -> str:
+        return f"{self.qualifier or self.plugin}:{self.name}"
 
 
 #: what a registered name may be: suites, ``--strategies``, pairs (``a->b+shift``) and every report
-#: write it as one plain word, so no spaces, control characters, ``->``, ``+`` or ``:``
+#: write it as one plain word, so no spaces, control characters, ``->``, ``+`` or ``:`` (``:`` joins
+#: a qualifier to a name: ``tlbench:cdan``)
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}")
 NAME_RULE = "a name is 1 to 100 letters, digits, '_', '.' or '-', starting with a letter or a digit"
 
@@ -101,7 +122,20 @@ class PluginLoadError(UserError):
 
 
 class AmbiguousNameError(UserError):
-    """A name that several plugins registered was asked for."""
+    """A bare name that several third-party plugins registered was asked for."""
+
+
+class UnknownQualifierError(UnknownNameError):
+    """A qualified name whose qualifier registers no such name: says which qualifiers do."""
+
+    def __init__(self, kind: str, name: str, message: str):
+        self.kind, self.name = kind, name
+        super(UnknownNameError, self).__init__(message)  # the message is ours, not UnknownNameError's
+
+
+#: the distribution that ships the built-ins, and their package
+BUILTIN_DISTRIBUTION = "tlbench"
+BUILTIN_PACKAGE = "tlbench_builtins"
 
 
 class Registry:
@@ -114,9 +148,8 @@ class Registry:
         self.pm = pluggy.PluginManager(hookspecs.PROJECT)
         self.pm.add_hookspecs(hookspecs)
         self.plugins: dict[str, PluginInfo] = {}
-        self._entries: dict[str, dict[str, Entry]] = {kind: {} for kind in KINDS}
-        #: (kind, name) -> every plugin that registered it, when more than one did
-        self._clashes: dict[tuple[str, str], list[str]] = {}
+        #: kind -> name -> every registration of it, in the order they came
+        self._entries: dict[str, dict[str, list[Entry]]] = {kind: {} for kind in KINDS}
         if entry_points:
             self._load_entry_points()
             self._load_env_plugins()
@@ -186,9 +219,9 @@ class Registry:
                     self._fail(info, f"{kind.hook} raised {type(exc).__name__}: {exc}", exc)
 
     def _registrar(self, kind: Kind, plugin: str, info: PluginInfo):
-        """The ``register`` callback a hook gets: a name that is taken or not allowed
-        (:data:`NAME_PATTERN`) or an object of the wrong type is reported and skipped, and the
-        plugin's other names still register."""
+        """The ``register`` callback a hook gets: a name that is not allowed (:data:`NAME_PATTERN`),
+        one the plugin already registered, or an object of the wrong type is reported and skipped,
+        and the plugin's other names still register. A name another plugin took is kept beside it."""
 
         def register(obj: Any) -> None:
             try:
@@ -208,13 +241,11 @@ class Registry:
         if not NAME_PATTERN.fullmatch(key):
             shown = repr(key) if len(key) <= 60 else f"{key[:40]!r}... ({len(key)} characters)"
             raise ValueError(f"{kind.name} name {shown} is not allowed: {NAME_RULE}")
-        taken = self._entries[kind.name].get(key)
-        if taken is not None:
-            self._clashes.setdefault((kind.name, key), [taken.plugin]).append(plugin)
-            raise DuplicateNameError(
-                f"{kind.name} {key!r} is registered by both plugin {taken.plugin!r} and plugin {plugin!r}"
-            )
-        self._entries[kind.name][key] = Entry(kind.name, key, obj, plugin)
+        taken = self._entries[kind.name].setdefault(key, [])
+        if any(e.plugin == plugin for e in taken):
+            raise DuplicateNameError(f"{kind.name} {key!r} is registered twice by plugin {plugin!r}")
+        qualifier = self.plugins[plugin].distribution or plugin
+        taken.append(Entry(kind.name, key, obj, plugin, qualifier))
         self.plugins[plugin].registered.setdefault(kind.name, []).append(key)
 
     def _fail(self, info: PluginInfo, message: str, exc: BaseException) -> None:
@@ -224,28 +255,131 @@ class Registry:
 
     # -- lookup ----------------------------------------------------------------------------
     def names(self, kind: str, pattern: str | None = None) -> list[str]:
-        """Registered names of ``kind``, sorted, filtered by a shell-style wildcard."""
+        """Registered names of ``kind``, sorted, filtered by a shell-style wildcard: bare names (a
+        name several plugins registered, once), or every qualified name for a pattern with a ``:``
+        (``tlbench:*``, ``*:mcc``)."""
+        if pattern is not None and ":" in pattern:
+            return sorted(n for n in self.qualified_names(kind) if fnmatch.fnmatchcase(n, pattern))
         names = sorted(self._entries[_check_kind(kind)])
         return [n for n in names if pattern is None or fnmatch.fnmatchcase(n, pattern)]
 
+    def qualified_names(self, kind: str) -> list[str]:
+        """Every registration's qualified name (``tlbench:dann``), sorted."""
+        return sorted(self.qualified(e) for e in self.registrations(kind))
+
+    def registrations(self, kind: str, name: str | None = None) -> list[Entry]:
+        """Every registration of ``kind`` (of bare ``name`` only, when given), clashes included."""
+        table = self._entries[_check_kind(kind)]
+        return list(table.get(name, [])) if name is not None else [e for n in sorted(table) for e in table[n]]
+
+    def resolvable(self, kind: str) -> list[str]:
+        """The bare names of ``kind`` that mean one registration (an ambiguous one left out), sorted."""
+        return [n for n, entries in sorted(self._entries[_check_kind(kind)].items()) if self._choose(entries)]
+
+    def objects(self, kind: str) -> list[Any]:
+        """Every registered object of ``kind``, by name, clashes included: for kinds asked in turn
+        (backbone providers, weight sources), where a clash takes nothing away."""
+        return [e.obj for e in self.registrations(kind)]
+
     def get(self, kind: str, name: str) -> Any:
-        """The registered class (or object) for ``name``; an error with close names otherwise, and
-        an error naming every plugin when several registered it (tlbench never picks one of them)."""
-        clash = self._clashes.get((kind, name))
-        if clash:
-            raise AmbiguousNameError(
-                f"{kind.replace('_', ' ')} {name!r} is registered by {len(clash)} plugins: "
-                f"{', '.join(repr(p) for p in clash)}; tlbench will not choose between them: uninstall or "
-                "rename one (see 'tlbench plugins')"
-            )
+        """The registered class (or object) for ``name``, bare or qualified; an error with close
+        names otherwise, and one naming the qualified names when the bare name is ambiguous."""
         return self.entry(kind, name).obj
 
     def entry(self, kind: str, name: str) -> Entry:
-        """The registration of ``name``: its object and the plugin that registered it first."""
+        """The registration ``name`` (bare or qualified) means: its object and its plugin."""
+        if ":" in name:
+            return self._qualified_entry(_check_kind(kind), name)
+        entries = self.registrations(kind, name)
+        if not entries:
+            raise UnknownNameError(kind.replace("_", " "), name, self._entries[kind])
+        chosen = self._choose(entries)
+        if chosen is None:
+            shown = ", ".join(repr(e.plugin) for e in entries)
+            raise AmbiguousNameError(
+                f"{kind.replace('_', ' ')} {name!r} is registered by {len(entries)} plugins: {shown}; tlbench "
+                f"will not choose between them: write {_alternatives(self, entries)} (see 'tlbench plugins')"
+            )
+        return chosen
+
+    def resolve(self, kind: str, name: str) -> Entry | None:
+        """What ``name`` means, as :meth:`entry`, but None for a bare name that is ambiguous."""
         try:
-            return self._entries[_check_kind(kind)][name]
-        except KeyError:
-            raise UnknownNameError(kind.replace("_", " "), name, self._entries[kind]) from None
+            return self.entry(kind, name)
+        except AmbiguousNameError:
+            return None
+
+    def alternatives(self, kind: str, name: str) -> str:
+        """``a:x or b:x``: the qualified names of every registration of bare ``name``."""
+        return _alternatives(self, self.registrations(kind, name))
+
+    def _qualified_entry(self, kind: str, text: str) -> Entry:
+        qualifier, _, name = text.rpartition(":")
+        entries = self.registrations(kind, name)
+        found = [e for e in entries if qualifier == e.plugin or _normalize(qualifier) == _normalize(e.qualifier)]
+        if len(found) == 1:
+            return found[0]
+        shown = kind.replace("_", " ")
+        if found:  # two plugins of one distribution: their plugin names tell them apart
+            raise AmbiguousNameError(
+                f"{shown} {text!r} is registered by {len(found)} plugins of {qualifier!r}: write "
+                f"{' or '.join(f'{e.plugin}:{name}' for e in found)}"
+            )
+        if not entries:  # suggest by the bare name: every qualified name of one qualifier looks alike
+            close = difflib.get_close_matches(name, list(self._entries[kind]), n=3, cutoff=0.6)
+            like = [self.qualified(e) for n in close for e in self._entries[kind][n]]
+            hint = f"did you mean {', '.join(like)}?" if like else f"known: {', '.join(self.qualified_names(kind))}"
+            raise UnknownQualifierError(shown, text, f"unknown {shown} {text!r}; {hint}")
+        known = any(
+            qualifier == i.name or _normalize(qualifier) == _normalize(i.distribution or "")
+            for i in self.plugins.values()
+        )
+        why = (
+            f"{qualifier!r} registers no {shown} {name!r}"
+            if known
+            else f"no plugin or distribution is named {qualifier!r}"
+        )
+        raise UnknownQualifierError(
+            shown, text, f"unknown {shown} {text!r}: {why}; {name!r} is registered as {_alternatives(self, entries)}"
+        )
+
+    def _choose(self, entries: list[Entry]) -> Entry | None:
+        """What a bare name means: its only registration; the third party's, when the built-in and
+        exactly one third-party plugin registered it; None (ambiguous) otherwise."""
+        if len(entries) == 1:
+            return entries[0]
+        third = [e for e in entries if not self.is_builtin(e.plugin)]
+        return third[0] if len(third) == 1 else None
+
+    def is_builtin(self, plugin: str) -> bool:
+        """Whether ``plugin`` is one of tlbench's own (distribution tlbench, package tlbench_builtins)."""
+        info = self.plugins.get(plugin)
+        return bool(info and info.distribution == BUILTIN_DISTRIBUTION and info.module.startswith(BUILTIN_PACKAGE))
+
+    def qualified(self, entry: Entry) -> str:
+        """``entry``'s qualified name: by its distribution, or by its plugin's name where two plugins
+        of one distribution registered the name."""
+        twins = [e for e in self.registrations(entry.kind, entry.name) if e.qualifier == entry.qualifier]
+        return entry.qualified_name if len(twins) <= 1 else f"{entry.plugin}:{entry.name}"
+
+    def clashes(self) -> list[str]:
+        """One line per name that several plugins registered: what its bare name resolves to, and why."""
+        lines = []
+        for kind in KINDS:
+            for name, entries in sorted(self._entries[kind].items()):
+                if len(entries) > 1:
+                    lines.append(f"{kind.replace('_', ' ')} {name!r}: {self._resolution(entries)}")
+        return lines
+
+    def _resolution(self, entries: list[Entry]) -> str:
+        chosen = self._choose(entries)
+        if chosen is None:
+            return f"ambiguous: use {_alternatives(self, entries)}"
+        builtins = " and ".join(self.qualified(e) for e in entries if e is not chosen)
+        return (
+            f"bare name resolves to {self.qualified(chosen)} (a third-party plugin takes precedence over the "
+            f"built-in; the built-in is {builtins})"
+        )
 
     def failures(self) -> list[tuple[str, str]]:
         return [(p.name, e) for p in self.plugins.values() for e in p.errors]
@@ -253,6 +387,16 @@ class Registry:
     @property
     def hook(self) -> Any:
         return self.pm.hook
+
+
+def _alternatives(registry: Registry, entries: list[Entry]) -> str:
+    """``a:x or b:x``: the qualified names of ``entries``."""
+    return " or ".join(registry.qualified(e) for e in entries)
+
+
+def _normalize(name: str) -> str:
+    """A distribution's name as pip compares them (PEP 503): ``TLBench_MCC`` is ``tlbench-mcc``."""
+    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 def _check_kind(kind: str) -> str:

@@ -114,9 +114,11 @@ def accuracy_frame(data: list[dict[str, Any]], pairs: list[str]) -> pd.DataFrame
     cols = ["rank", "backbone", "strategy"]
     for c in [*pairs, AVG]:
         cols += [f"{c} {f}" for f in COLUMN_FIELDS]
-    cols.append("missing")
-    df = pd.DataFrame(data, columns=[c for c in cols if c != "rank"])
+    cols += ["missing", "group", "reversal"]  # group, reversal: added later, so last (CSV readers by position)
+    df = pd.DataFrame(data, columns=[c for c in cols if c not in ("rank", "group", "reversal")])
     df.insert(0, "rank", pd.array([pd.NA] * len(df), dtype="Int64"))
+    df["group"] = pd.array([pd.NA] * len(df), dtype="object")
+    df["reversal"] = False
     for c in [*pairs, AVG]:
         df[f"{c} mean"] = df[f"{c} mean"].astype("float64")
         df[f"{c} std"] = df[f"{c} std"].astype("float64")

@@ -12,7 +12,12 @@ Rules a reader of any report can rely on:
   (a row with a missing pair says which, never averages what it has); its std is the std over
   seeds of the per-seed average, given only when every seed of the row has every pair;
 * failed and diverged cells are never dropped: each gets a footnote with its status and error;
-* published reference numbers stay in their own table, outside ranks and best marks.
+* rows are listed by Avg and ``rank`` is that position; significance is shown beside it as groups
+  (letters), and a pair whose significantly better row has the lower Avg is named in a note
+  (:mod:`tlbench.reporting.ranking`);
+* published reference numbers stay in their own table, outside ranks and best marks;
+* the oracle track (:mod:`tlbench.reporting.oracle_track`), the table as published tables select
+  (best checkpoint by target accuracy), stands beside the honest table, marked as using target labels.
 
 The accuracy table is built in :mod:`tlbench.reporting.accuracy`, the costs, references and environment
 in :mod:`tlbench.reporting.side_tables`; writing the tables out is :mod:`tlbench.reporting.write`.
@@ -36,6 +41,7 @@ from tlbench.reporting.accuracy import (
 )
 from tlbench.reporting.curves import CURVE_COLUMNS, curve_frame
 from tlbench.reporting.mixing import mixed_origins
+from tlbench.reporting.oracle_track import ORACLE_HEADING, oracle_track
 from tlbench.reporting.ranking import AVG, critical_difference_summary, matched_results, rank_rows
 from tlbench.reporting.selection import (
     CHECKPOINT_COLUMNS,
@@ -81,11 +87,18 @@ VALIDATOR_TEXT = (
 class Leaderboard:
     """Everything a reporter writes; numbers stay numbers (NaN / <NA> where there is none).
 
-    ``accuracy``: one row per backbone × strategy in rank order, with columns ``rank`` (nullable
-    int; <NA> for rows without Avg), ``backbone``, ``strategy``, for every ``c`` in :attr:`columns`
-    the fields ``f"{c} mean"``, ``f"{c} std"``, ``f"{c} n"``, ``f"{c} best"`` (bool),
-    ``f"{c} status"`` (one of :data:`tlbench.reporting.accuracy.CELL_STATUSES`) and ``f"{c} notes"`` (tuple of footnote
-    numbers), and ``missing`` (the pairs without a value, in order).
+    ``accuracy``: one row per backbone × strategy in Avg order (highest first; rows without Avg last),
+    with columns ``rank`` (nullable int: the position by Avg, equal Avgs share it; <NA> for rows
+    without Avg), ``backbone``, ``strategy``, for every ``c`` in :attr:`columns` the fields
+    ``f"{c} mean"``, ``f"{c} std"``, ``f"{c} n"``, ``f"{c} best"`` (bool), ``f"{c} status"`` (one of
+    :data:`tlbench.reporting.accuracy.CELL_STATUSES`) and ``f"{c} notes"`` (tuple of footnote
+    numbers), ``missing`` (the pairs without a value, in order), ``group`` (significance letters:
+    rows sharing one are not told apart; <NA> where untested) and ``reversal`` (bool: the row is in a
+    pair whose significantly better row has the lower Avg, named in :attr:`notes`).
+
+    ``oracle``: the oracle track, one row per accuracy row, same order and per-column fields (no
+    ``rank``, ``group``, ``reversal``), plus ``regret`` (oracle Avg minus the main table's Avg,
+    points); empty when there is no track (:attr:`notes` says why).
 
     ``costs``: one row per accuracy row, same order: ``backbone``, ``strategy``, ``cells_ok``,
     ``cells_failed``, ``cells_diverged``, ``train_img_per_s`` and ``eval_img_per_s`` (means over ok
@@ -146,6 +159,19 @@ class Leaderboard:
     validators: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=list(VALIDATOR_COLUMNS)))
     #: every candidate checkpoint with each validator's score (``tlbench.reporting.selection.checkpoint_table``)
     checkpoints: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=list(CHECKPOINT_COLUMNS)))
+    #: the oracle track (see the class docstring); empty when there is none
+    oracle: pd.DataFrame = field(default_factory=pd.DataFrame)
+    #: what the oracle track is, stated with it ("" when there is none)
+    oracle_text: str = ""
+
+    @property
+    def oracle_heading(self) -> str:
+        """The oracle track's heading: it says that the track uses target labels."""
+        return ORACLE_HEADING
+
+    @property
+    def has_oracle(self) -> bool:
+        return bool(len(self.oracle))
 
     @property
     def validator_text(self) -> str:
@@ -195,7 +221,8 @@ def build_leaderboard(
 
     data = [row_stats(b, s, pairs, by_cell) for b, s in rows]
     acc = accuracy_frame(data, pairs)
-    acc, rank_text = rank_rows(acc, matched_results(by_cell), len({r.seed for r in records}))
+    acc, rank_text, reversals = rank_rows(acc, matched_results(by_cell), len({r.seed for r in records}))
+    notes += reversals
     cd, cd_text = critical_difference_summary(acc, pairs)
     mark_best(acc, [*pairs, AVG])
     footnotes, failures = number_footnotes(acc, pairs, by_cell)
@@ -207,6 +234,10 @@ def build_leaderboard(
     expected = suite.expected_cells()
     if expected is not None and len(records) < expected:
         notes.append(f"{len(records)} of {expected} cells have finished; the others are not shown.")
+
+    has_choices = selection is not None and bool((selection.chosen["candidates"] > 1).any())
+    oracle, oracle_text, oracle_notes = oracle_track(acc, selection, pairs, has_choices)
+    notes += oracle_notes
 
     name = suite.name or common(r.suite for r in records) or "tlbench"
     dataset = suite.dataset or common(r.dataset for r in records) or ""
@@ -230,6 +261,8 @@ def build_leaderboard(
         environment=environment(records, date),
         curves=curve_frame(records),
         mixed=mixed_origins(records),
+        oracle=oracle,
+        oracle_text=oracle_text,
         **(
             {
                 "selection": selection.rule,

@@ -1,6 +1,14 @@
-"""Ranking a leaderboard's rows honestly: significance ranks and the critical-difference summary.
+"""Ranking a leaderboard's rows honestly and readably: Avg order, significance groups, and the
+critical-difference summary.
 
-The statistics themselves (and the rules, in words) are in :mod:`tlbench.reporting.stats`.
+Rows are always listed by Avg (highest first) and ``rank`` is that position (equal Avgs share it), so
+the order never contradicts the means. Significance is shown beside it, not folded into it: the
+``group`` letters (a compact letter display of the paired tests) say which rows no test separates.
+Paired tests on matched results can find the row with the *lower* Avg significantly better (the Avg
+also averages results only one row has, and weights pairs equally); every such pair is named in a
+note (``†``), with the direction and p. Before this, ``rank`` was 1 + the number of rows significantly
+better, and rows were listed in that order (a row no test separated from anything could lead rows with
+higher Avgs). The statistics themselves (and the rules, in words) are in :mod:`tlbench.reporting.stats`.
 """
 
 from __future__ import annotations
@@ -15,12 +23,23 @@ from tlbench.spec.record import CellRecord
 #: the name of the leaderboard's average column (``tlbench.reporting.leaderboard.AVG``)
 AVG = "Avg"
 RANK_TESTED = (
-    "Rank: 1 + the number of rows significantly better (two-sided Wilcoxon signed-rank test on the "
-    "matched pair × seed results, Holm-corrected over all pairs of rows, p < 0.05); rows that no test "
-    "separates share a rank."
+    "Rank: position by Avg (1 = highest; equal Avgs share a rank); rows are listed in that order. Group: "
+    "rows that share a letter are not told apart by a two-sided Wilcoxon signed-rank test on their matched "
+    "pair × seed results (Holm-corrected over all pairs of rows, p < 0.05); rows without a common letter "
+    "differ significantly (compact letter display, Piepho 2004). Where the significantly better of two "
+    "rows has the lower Avg, a † note names both."
 )
 RANK_UNTESTED = (
-    "Ranks follow Avg and are not tested for significance ({why}): a difference within the seeds' spread may be noise."
+    "Rank: position by Avg (1 = highest; equal Avgs share a rank), not tested for significance ({why}): "
+    "a difference within the seeds' spread may be noise."
+)
+#: a pair of rows whose significance contradicts their Avg order (the mark, in the group cell, is REVERSAL_MARK)
+REVERSAL_MARK = "†"
+REVERSAL_TEXT = (
+    REVERSAL_MARK + " {better} is significantly better than {worse} on their {n} matched pair × seed results "
+    "(mean difference +{diff:.2f} points, Holm-adjusted Wilcoxon p = {p:.3g}) although its Avg is lower "
+    "({better_avg:.1f} vs {worse_avg:.1f}): Avg weights every pair equally over each row's own seeds, the "
+    "test compares only the results both rows have."
 )
 CD_TEXT = (
     "Critical difference (Demšar, JMLR 2006): each strategy's rank on each pair (1 = best), averaged over "
@@ -39,25 +58,53 @@ def matched_results(by_cell: dict[tuple[str, str, str], list[CellRecord]]) -> di
     return out
 
 
-def rank_rows(df: pd.DataFrame, matched: dict[tuple[str, str], dict], n_seeds: int) -> tuple[pd.DataFrame, str]:
-    """Rows with an Avg ranked (see :mod:`tlbench.reporting.stats`), in rank then Avg order, then
-    the others; ties and unranked rows by backbone and strategy, so the order never depends on the
-    order of the records. Returns the frame and the sentence saying how ranks were decided."""
+def rank_rows(
+    df: pd.DataFrame, matched: dict[tuple[str, str], dict], n_seeds: int
+) -> tuple[pd.DataFrame, str, list[str]]:
+    """Rows with an Avg in Avg order (ties by backbone and strategy, so the order never depends on the
+    order of the records), then the others; ``rank`` is the position by Avg, ``group`` the letters of
+    :func:`tlbench.reporting.stats.letter_display` (<NA> when untested), ``reversal`` whether the row is
+    in a pair whose significantly better row has the lower Avg. Returns the frame, the sentence saying
+    how ranks and groups were decided, and one note per such pair (:data:`REVERSAL_TEXT`)."""
     df = df.sort_values(["backbone", "strategy"], kind="stable")
     has = df[f"{AVG} mean"].notna()
-    ranked = df[has].sort_values(f"{AVG} mean", ascending=False, kind="stable")
+    ranked = df[has].sort_values(f"{AVG} mean", ascending=False, kind="stable").reset_index(drop=True)
+    ranked["rank"] = ranked[f"{AVG} mean"].rank(method="min", ascending=False)
+    ranked["reversal"] = False
     results = [matched.get(key, {}) for key in zip(ranked["backbone"], ranked["strategy"])]
+    notes: list[str] = []
     if len(results) > 1 and stats.testable(results):
-        ranked["rank"] = stats.significance_ranks(results)
-        ranked = ranked.sort_values("rank", kind="stable")
+        differences = stats.significant_differences(results)
+        ranked["group"] = pd.array(
+            stats.letter_display(len(results), [(d.better, d.worse) for d in differences]), dtype="object"
+        )
+        avg = ranked[f"{AVG} mean"].tolist()
+        for d in differences:
+            if avg[d.better] < avg[d.worse]:
+                ranked.loc[[d.better, d.worse], "reversal"] = True
+                notes.append(
+                    REVERSAL_TEXT.format(
+                        better=_name(ranked, d.better),
+                        worse=_name(ranked, d.worse),
+                        n=d.matched,
+                        diff=d.mean_diff,
+                        p=d.p,
+                        better_avg=avg[d.better],
+                        worse_avg=avg[d.worse],
+                    )
+                )
         text = RANK_TESTED
     else:
-        ranked["rank"] = ranked[f"{AVG} mean"].rank(method="min", ascending=False)
         why = "one seed" if n_seeds <= 1 else f"fewer than {stats.MIN_MATCHED} matched pair × seed results"
         text = RANK_UNTESTED.format(why=why)
     out = pd.concat([ranked, df[~has]]) if len(ranked) else df[~has].copy()
     out["rank"] = out["rank"].astype("Int64")
-    return out.reset_index(drop=True), text
+    out["reversal"] = out["reversal"].astype(bool)
+    return out.reset_index(drop=True), text, notes
+
+
+def _name(df: pd.DataFrame, i: int) -> str:
+    return f"{df.at[i, 'backbone']} / {df.at[i, 'strategy']}"
 
 
 def critical_difference_summary(acc: pd.DataFrame, pairs: list[str]) -> tuple[pd.DataFrame, str]:

@@ -93,6 +93,9 @@ class Selection:
     #: every candidate with every validator's score (CHECKPOINT_COLUMNS, then one column per validator):
     #: what the validator table is computed from, small enough to commit beside it
     checkpoints: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=list(CHECKPOINT_COLUMNS)))
+    #: the oracle's choice for each strategy, pair and seed (its best candidate by target accuracy; the
+    #: newest failure where none finished): the leaderboard's oracle track, whatever ``rule`` is
+    oracle: list[CellRecord] = field(default_factory=list)
 
 
 def score_checkpoint(validator: Validator, evaluations: CheckpointEvaluations, k: int) -> float:
@@ -142,13 +145,14 @@ def select(
     for r in records:
         groups.setdefault((r.backbone, r.label, r.column, r.seed), []).append(r)
     failing: set[str] = set()
-    out, chosen_rows, fallback = [], [], 0
+    out, chosen_rows, fallback, oracle = [], [], 0, []
     per_group: list[list[Candidate]] = []
     for key, recs in groups.items():
         recs.sort(key=_sweep_order)
         ok = [r for r in recs if r.scored]
         if not ok:  # nothing to choose: the newest failure keeps its footnote
             out.append(max(recs, key=lambda r: r.started_at))
+            oracle.append(out[-1])
             continue
         candidates = [c for r in ok for c in _candidates(r, validators, load, failing, stored or {})]
         per_group.append(candidates)
@@ -157,6 +161,7 @@ def select(
             fallback += 1
             pick = cast(Candidate, _choose(candidates, LAST))  # last always picks one
         out.append(_chosen_record(pick, rule))
+        oracle.append(_chosen_record(_best(candidates), ORACLE))
         chosen_rows.append(
             {
                 "backbone": key[0],
@@ -191,6 +196,7 @@ def select(
         validator_table(per_group, names, validators, rule),
         notes,
         checkpoint_table(per_group, names),
+        oracle,
     )
 
 
@@ -290,6 +296,11 @@ def _choose(candidates: list[Candidate], rule: str) -> Candidate | None:
         if math.isfinite(s) and s > best_score:
             best, best_score = c, s
     return best
+
+
+def _best(candidates: list[Candidate]) -> Candidate:
+    """The candidate with the highest target accuracy (ties: the earlier one), as the oracle validator picks."""
+    return max(candidates, key=lambda c: c.target_acc)  # max keeps the first of equal ones
 
 
 def _swept(records: Iterable[CellRecord]) -> bool:

@@ -3,12 +3,19 @@
 Ranks people can cite must not turn noise into wins. The rules, stated under every table:
 
 * **Confidence interval** of a mean over seeds: Student's t, ``mean ± t(0.975, n−1) · std / √n``.
-* **Significance rank** (the ``rank`` column): a row's rank is one plus the number of rows that are
-  *significantly better* than it. Row A is significantly better than row B when A's mean over their
+* **Significantly better**: row A is significantly better than row B when A's mean over their
   matched (pair, seed) results is higher and a two-sided Wilcoxon signed-rank test on the matched
-  differences gives p < 0.05 after Holm's correction over every pair of rows. Rows no test separates
-  share a rank. A single-seed board on fewer than 6 matched results cannot separate anything (the
-  exact test's smallest p is 2/2ⁿ), so it says that its ranks are not tested.
+  differences gives p < 0.05 after Holm's correction over every pair of rows
+  (:func:`significant_differences`). A single-seed board on fewer than 6 matched results cannot
+  separate anything (the exact test's smallest p is 2/2ⁿ), so it says that it is not tested.
+* **Groups** (the ``group`` column): a compact letter display (Piepho, "An algorithm for a
+  letter-based representation of all-pairwise comparisons", J. Comput. Graph. Stat. 13, 2004;
+  insert-and-absorb, then sweep) of those tests over the rows in Avg order: two rows share a letter
+  exactly when no test separates them (:func:`letter_display`). Letters say *whether* two rows
+  differ, never which is better: the leaderboard lists rows by Avg and names any pair whose
+  significantly better row has the lower Avg (:mod:`tlbench.reporting.ranking`).
+* **Significance rank** (:func:`significance_ranks`, no longer the leaderboard's ``rank``): one plus
+  the number of rows significantly better.
 * **Critical difference** (Demšar, JMLR 7, 2006): strategies ranked per domain pair (1 = best,
   ties averaged), their average ranks, the Friedman test over pairs, and Nemenyi's critical
   difference ``CD = q_α √(k(k+1) / 6N)``: two strategies whose average ranks differ by less than CD
@@ -19,7 +26,9 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Mapping, Sequence
+import string
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import TypeGuard
 
 ALPHA = 0.05
@@ -68,21 +77,92 @@ def holm(p_values: Sequence[float]) -> list[float]:
     return adjusted
 
 
-def significance_ranks(rows: Sequence[Matched]) -> list[int]:
-    """Each row's rank: 1 + the number of rows significantly better than it (see the module's rules)."""
+@dataclass(frozen=True)
+class Difference:
+    """Two rows (indices) told apart by the paired test: ``better`` has the higher matched mean."""
+
+    better: int
+    worse: int
+    #: Holm-adjusted p-value of the two-sided Wilcoxon signed-rank test
+    p: float
+    #: mean of ``better − worse`` over their matched results (points, > 0)
+    mean_diff: float
+    #: how many matched (pair, seed) results the test compared
+    matched: int
+
+
+def significant_differences(rows: Sequence[Matched]) -> list[Difference]:
+    """Every pair of rows the paired test separates (see the module's rules), in index order. A
+    significant pair whose matched mean difference is exactly zero has no better row and is left out."""
     pairs = list(itertools.combinations(range(len(rows)), 2))
-    raw = [paired_p_value(rows[i], rows[j])[0] for i, j in pairs]
-    better = [0] * len(rows)
-    for (i, j), p in zip(pairs, holm(raw)):
+    tested = [paired_p_value(rows[i], rows[j]) for i, j in pairs]
+    out = []
+    for (i, j), (_, n), p in zip(pairs, tested, holm([p for p, _ in tested])):
         if p >= ALPHA:
             continue
         keys = set(rows[i]) & set(rows[j])
         diff = sum(rows[i][k] - rows[j][k] for k in keys)
-        if diff > 0:
-            better[j] += 1
-        elif diff < 0:
-            better[i] += 1
+        if diff != 0:
+            better, worse = (i, j) if diff > 0 else (j, i)
+            out.append(Difference(better, worse, p, abs(diff) / len(keys), n))
+    return out
+
+
+def significance_ranks(rows: Sequence[Matched]) -> list[int]:
+    """Each row's rank: 1 + the number of rows significantly better than it (see the module's rules)."""
+    better = [0] * len(rows)
+    for d in significant_differences(rows):
+        better[d.worse] += 1
     return [1 + b for b in better]
+
+
+def letter_display(n: int, different: Iterable[tuple[int, int]]) -> list[str]:
+    """A compact letter display of ``n`` rows (in display order) where the pairs in ``different`` differ
+    significantly: two rows share a letter exactly when their pair is not in ``different``.
+
+    Piepho (2004): start from one letter holding every row; for each differing pair, split every letter
+    holding both into a copy without the one and a copy without the other, and absorb letters whose rows
+    another letter holds too; then sweep out a row from a letter when each of its partners there shares
+    another letter with it. Letters are named a, b, … in the order of their first row."""
+    columns: list[frozenset[int]] = [frozenset(range(n))] if n else []
+    for i, j in sorted({(min(p), max(p)) for p in different}):
+        split: list[frozenset[int]] = []
+        for col in columns:
+            split += [col - {i}, col - {j}] if i in col and j in col else [col]
+        columns = _absorb(split)
+    columns = _sweep(columns)
+    columns.sort(key=sorted)
+    names = [_letter(k) for k in range(len(columns))]
+    sep = "" if len(columns) <= 52 else ","
+    return [sep.join(name for name, col in zip(names, columns) if row in col) for row in range(n)]
+
+
+def _absorb(columns: list[frozenset[int]]) -> list[frozenset[int]]:
+    """The columns that no other column contains (of equal ones, the first)."""
+    return [
+        c
+        for k, c in enumerate(columns)
+        if not any(c < d or (c == d and m < k) for m, d in enumerate(columns) if m != k)
+    ]
+
+
+def _sweep(columns: list[frozenset[int]]) -> list[frozenset[int]]:
+    """Remove a row from a letter where every pair it makes there is also held by another letter (and
+    the row keeps a letter); then absorb again."""
+    columns = list(columns)
+    for k in range(len(columns)):
+        for row in sorted(columns[k]):
+            others = [c for m, c in enumerate(columns) if m != k]
+            if not any(row in c for c in others):
+                continue
+            if all(any(row in c and j in c for c in others) for j in columns[k] - {row}):
+                columns[k] = columns[k] - {row}
+    return _absorb([c for c in columns if c])
+
+
+def _letter(k: int) -> str:
+    letters = string.ascii_lowercase + string.ascii_uppercase
+    return letters[k % 52] + (str(k // 52) if k >= 52 else "")
 
 
 def testable(rows: Sequence[Matched]) -> bool:

@@ -37,15 +37,18 @@ def write_reports(
         from tlbench.plugins.registry import get_registry
 
         registry = get_registry()
-    names = list(dict.fromkeys(formats)) if formats else registry.names("reporter")
+    names = list(dict.fromkeys(formats)) if formats else registry.resolvable("reporter")
     reporters = [registry.get("reporter", n) for n in names]  # an unknown name fails before any work
     reporters = sorted(zip(names, reporters), key=lambda nr: (getattr(nr[1], "order", 0), nr[0]))
-    validators = {n: registry.get("validator", n)() for n in registry.names("validator")}
     files = evaluations or {}
     suite = suite if isinstance(suite, SuiteSummary) else SuiteSummary.from_dict(dict(suite or {}))
+    rule = selection or suite.selection or LAST
+    # every validator by its bare name, and the rule's own when it is qualified (tlbench:entropy)
+    qualified = [rule] if ":" in rule else []
+    validators = {n: registry.get("validator", n)() for n in registry.resolvable("validator") + qualified}
     chosen = select(
         records,
-        selection or suite.selection or LAST,
+        rule,
         validators,
         lambda cell_id: read_evaluations(files[cell_id]) if cell_id in files else None,
         stored_checkpoints,

@@ -130,7 +130,8 @@ class CellTask:
     cache_dir: str | None
     device: str = "auto"
     save_model: bool = False
-    teacher_model: str | None = None  # path of the teacher's saved weights, for kd cells
+    #: path of the teacher's saved weights, for cells whose strategy needs_teacher (kd, adda)
+    teacher_model: str | None = None
     show_progress: bool = True
     strict_plugins: bool = False
     debug: bool = False

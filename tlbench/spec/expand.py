@@ -17,22 +17,27 @@ from tlbench.spec.sweep import SweepPoint, param_points, strategy_points
 Pair = tuple[str, str]
 
 
-def backbone_pairs(suite: Suite, dataset: Any, pairs: list[Pair]) -> dict[str, list[Pair]]:
-    """The pairs each backbone of the suite runs: those of the run's ``pairs`` that its own ``pairs``
-    names (each checked to be a pair of the dataset), or all of them. A run narrowed with ``--pairs``
-    simply leaves a backbone out of the pairs it does not run."""
-    out: dict[str, list[Pair]] = {}
-    for b in suite.backbones:
+def backbone_pairs(suite: Suite, dataset: Any, pairs: list[Pair]) -> dict[int, list[Pair]]:
+    """The pairs each backbone entry of the suite runs (by its position in ``backbones``): those of
+    the run's ``pairs`` that its own ``pairs`` names (each checked to be a pair of the dataset), or
+    all of them. A run narrowed with ``--pairs`` simply leaves an entry out of the pairs it does not
+    run. Entries of one network never share a pair (told apart once the names are canonical)."""
+    out: dict[int, list[Pair]] = {}
+    taken: dict[tuple[str, Pair], int] = {}
+    for i, b in enumerate(suite.backbones):
         if b.pairs is None:
-            out[b.name] = list(pairs)
+            out[i] = list(pairs)
             continue
         own = {canonical_pair(text, dataset) for text in b.pairs}
-        out[b.name] = [p for p in pairs if p in own]
+        for pair in own:
+            if taken.setdefault((b.name, pair), i) != i:
+                raise UserError(f"{suite.name}: backbones: {b.name} runs {pair[0]}->{pair[1]} in two of its entries")
+        out[i] = [p for p in pairs if p in own]
     return out
 
 
 def expand_cells(
-    suite: Suite, registry: Any, domains: list[Pair], pairs_of: dict[str, list[Pair]] | None = None
+    suite: Suite, registry: Any, domains: list[Pair], pairs_of: dict[int, list[Pair]] | None = None
 ) -> list[Cell]:
     """The matrix backbones × strategies × pairs × seeds, plus the teacher cells it depends on.
 
@@ -41,10 +46,7 @@ def expand_cells(
     teacher that is also a cell of the matrix appears once.
     """
 
-    def recipes_of(backbone: BackboneEntry | None) -> list[tuple[dict[str, Any], Recipe]]:
-        return suite.recipe_points(backbone)
-
-    recipes = recipes_of(None)
+    recipes = suite.recipe_points()
     cells: dict[str, Cell] = {}
     ordered: list[Cell] = []
 
@@ -101,14 +103,17 @@ def expand_cells(
         )
 
     students: list[Cell] = []
-    for backbone in suite.backbones:
+    for index, backbone in enumerate(suite.backbones):
         for entry in suite.strategies:
             cls = registry.get("strategy", entry.name)
             label = entry.label or entry.name
             points = strategy_points(
-                cls, entry.params, recipes_of(backbone), where=f"{suite.name}: strategies.{label}.params"
+                cls,
+                entry.params,
+                suite.recipe_points(backbone, entry),
+                where=f"{suite.name}: strategies.{label}.params",
             )
-            for src, tgt in (pairs_of or {}).get(backbone.name, domains):
+            for src, tgt in (pairs_of or {}).get(index, domains):
                 for budget in budgets:
                     for seed in suite.seeds:
                         for params, recipe, sweep in points:
@@ -171,9 +176,9 @@ def check_protocol(cls: Any, protocol: str, registry: Any, where: str) -> None:
     supported = tuple(getattr(cls, "protocols", ("uda",)))
     if protocol in supported:
         return
-    others = [
-        n for n in registry.names("strategy") if protocol in getattr(registry.get("strategy", n), "protocols", ("uda",))
-    ]
+    others = sorted(
+        {e.name for e in registry.registrations("strategy") if protocol in getattr(e.obj, "protocols", ("uda",))}
+    )
     raise UserError(
         f"{where}: strategy {cls.name!r} does not support protocol {protocol!r} (it supports "
         f"{', '.join(supported) or 'none'}); strategies that support {protocol}: "

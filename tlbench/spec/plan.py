@@ -16,7 +16,7 @@ from typing import Any
 from tlbench.data.domains import DomainSpec
 from tlbench.errors import UserError, WeightsUnavailableError
 from tlbench.models.backbones import find_provider
-from tlbench.models.weights import check_pretrained_exists
+from tlbench.models.weights import check_pretrained_exists, named_source
 from tlbench.spec.cell import Cell, column_label
 from tlbench.spec.expand import Pair, backbone_pairs, canonical_pair, expand_cells, resolve_pairs
 from tlbench.spec.recipe import Recipe
@@ -155,16 +155,16 @@ def _check_backbone(entry: BackboneEntry, recipe: Recipe, registry: Any) -> None
 def _check_weights(cells: list[Cell], registry: Any) -> None:
     """Weights that cannot be had are found before the first cell trains."""
     seen = set()
-    sources = [registry.get("weight_source", n)() for n in registry.names("weight_source")]
+    sources = [cls() for cls in registry.objects("weight_source")]
     for cell in cells:
         key = (cell.backbone, cell.weights)
         if key in seen or cell.weights == "random":
             continue
         seen.add(key)
-        _check_weights_name(cell, [s.name for s in sources])
-        candidates = [s for s in sources if cell.weights in ("auto", s.name)] or [
-            s for s in sources if s.name == "local_file"
-        ]
+        named = named_source(registry, cell.weights) if cell.weights != "auto" else sources
+        if not named:
+            _check_weights_name(cell, [s.name for s in sources])
+        candidates = named or [s for s in sources if s.name == "local_file"]
         if not any(s.available(cell.backbone, cell.weights) for s in candidates):
             hints = "; ".join(f"{s.name}: {s.hint(cell.backbone) or 'not available'}" for s in candidates)
             raise WeightsUnavailableError(

@@ -67,6 +67,11 @@ class StrategyEntry(StrictModel):
     name: str
     params: dict[str, Any] = Field(default_factory=dict)
     label: str | None = Field(default=None, description="row name when one strategy appears twice with other params")
+    recipe: dict[str, Any] = Field(
+        default_factory=dict,
+        description="recipe keys this strategy's cells set otherwise than the suite's recipe "
+        "(e.g. the optimiser its reference implementation trains with)",
+    )
 
     _label = field_validator("label")(check_label)
 
@@ -173,16 +178,22 @@ class Suite(StrictModel):
         for entry in self.backbones:
             if entry.recipe:
                 self.recipe_points(entry)
+        for strategy in self.strategies:
+            if strategy.recipe:
+                for entry in self.backbones:
+                    self.recipe_points(entry, strategy)
         return self
 
-    def recipe_points(self, backbone: BackboneEntry | None = None) -> list[tuple[dict[str, Any], Recipe]]:
+    def recipe_points(
+        self, backbone: BackboneEntry | None = None, strategy: StrategyEntry | None = None
+    ) -> list[tuple[dict[str, Any], Recipe]]:
         """Every recipe of the suite's sweep with the values that make it (``[({}, recipe)]`` without one),
-        with ``backbone``'s own recipe keys (``backbones[].recipe``) over the suite's."""
+        with ``backbone``'s and ``strategy``'s own recipe keys (``backbones[].recipe``,
+        ``strategies[].recipe``) over the suite's, the strategy's over the backbone's."""
         unknown = sorted(set(self.recipe_sweep) - set(Recipe.model_fields))
         if unknown:
             raise ValueError(f"recipe: unknown key(s) {', '.join(unknown)}; valid: {', '.join(Recipe.model_fields)}")
-        overrides = dict(backbone.recipe) if backbone is not None else {}
-        where = f"backbones.{backbone.name}.recipe" if backbone is not None and overrides else "recipe"
+        overrides, where = _entry_overrides(backbone, strategy)
         unknown = sorted(set(overrides) - set(Recipe.model_fields))
         if unknown:
             raise ValueError(f"{where}: unknown key(s) {', '.join(unknown)}; valid: {', '.join(Recipe.model_fields)}")
@@ -245,16 +256,33 @@ class Suite(StrictModel):
     def _launcher(cls, v: Any) -> Any:
         return {"name": v} if isinstance(v, str) else v
 
-    @field_validator("seeds", "backbones", "strategies")
+    @field_validator("seeds", "strategies")
     @classmethod
     def _unique(cls, v: list) -> list:
-        # a strategy's row is its label; backbones may share a label (one row over different pairs)
-        keys = [
-            (None if isinstance(x, BackboneEntry) else getattr(x, "label", None)) or getattr(x, "name", x) for x in v
-        ]
+        # a strategy's row is its label
+        keys = [getattr(x, "label", None) or getattr(x, "name", x) for x in v]
         dupes = sorted({str(k) for k in keys if keys.count(k) > 1})
         if dupes:
             raise ValueError(f"listed twice: {', '.join(dupes)}")
+        return v
+
+    @field_validator("backbones")
+    @classmethod
+    def _backbones_once_a_pair(cls, v: list[BackboneEntry]) -> list[BackboneEntry]:
+        """A network may be listed more than once only with other pairs each time (its recipe for one
+        pair, e.g. TLlib's learning rate for USPS->MNIST, may differ from the other's); backbones may
+        share a label too: one row over different pairs."""
+        names = [b.name for b in v]
+        for name in sorted({n for n in names if names.count(n) > 1}):
+            entries = [b for b in v if b.name == name]
+            if any(b.pairs is None for b in entries):
+                raise ValueError(
+                    f"listed twice: {name} (list a network more than once only with its own pairs in each entry)"
+                )
+            written = [p for b in entries for p in b.pairs or []]
+            both = sorted({p for p in written if written.count(p) > 1})
+            if both:
+                raise ValueError(f"{name}: pair(s) {', '.join(both)} in two of its entries; give each pair to one")
         return v
 
     @field_validator("pairs", "tasks")
@@ -324,3 +352,17 @@ def _as_list(v: Any) -> Any:
     if isinstance(v, str):
         return [s.strip() for s in v.split(",") if s.strip()]
     return v
+
+
+def _entry_overrides(backbone: BackboneEntry | None, strategy: StrategyEntry | None) -> tuple[dict[str, Any], str]:
+    """The recipe keys a backbone entry and a strategy entry set, the strategy's over the backbone's
+    (a method's reference recipe, e.g. MDD's learning rate, holds on every network it runs), and
+    where to point an error."""
+    own_b = dict(backbone.recipe) if backbone is not None else {}
+    own_s = dict(strategy.recipe) if strategy is not None else {}
+    where = (
+        f"strategies.{strategy.label or strategy.name}.recipe"
+        if strategy is not None and own_s
+        else (f"backbones.{backbone.name}.recipe" if backbone is not None and own_b else "recipe")
+    )
+    return {**own_b, **own_s}, where

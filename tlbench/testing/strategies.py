@@ -15,7 +15,7 @@ from tlbench.models.transfer import TransferModel, set_batchnorm_eval_where_froz
 from tlbench.plugins.registry import NAME_PATTERN, NAME_RULE
 from tlbench.testing.common import _check_summary_line, _require
 from tlbench.testing.tiny import make_tiny_batch, make_tiny_model
-from tlbench.training.strategy import Batch, ParamGroup, SetupContext, StepContext, StepOutput, Strategy
+from tlbench.training.strategy import Batch, ParamGroup, SetupContext, StepContext, StepOutput, Strategy, Update
 
 VALID_TARGET_VIEWS: tuple[tuple[str, ...], ...] = ((), ("weak",), ("weak", "strong"))
 
@@ -131,7 +131,9 @@ def _resolve_params(cls: type[Strategy], params: Any) -> Any:
     return params
 
 
-def _new_strategy(cls: type[Strategy], params: Any, model: TransferModel, total_steps: int, seed: int) -> Strategy:
+def _new_strategy(
+    cls: type[Strategy], params: Any, model: TransferModel, total_steps: int, seed: int, teacher: Any = None
+) -> Strategy:
     strategy = cls(copy.deepcopy(params))
     ctx = SetupContext(
         num_classes=model.num_classes,
@@ -140,6 +142,7 @@ def _new_strategy(cls: type[Strategy], params: Any, model: TransferModel, total_
         total_steps=total_steps,
         device=torch.device("cpu"),
         seed=seed,
+        teacher=teacher,
     )
     try:
         strategy.setup(model, ctx)
@@ -239,7 +242,7 @@ def _run(cls: type[Strategy], params: Any, seed: int, total_steps: int) -> dict[
         teacher = None
         if cls.needs_teacher:
             teacher = make_tiny_model(seed + 100).eval()  # its parameters keep requires_grad: a missing no_grad shows
-        strategy = _new_strategy(cls, params, model, total_steps, seed)
+        strategy = _new_strategy(cls, params, model, total_steps, seed, teacher)
         groups = strategy.param_groups(model)
         _check_groups(cls, groups, model, strategy)
 
@@ -270,44 +273,15 @@ def _run(cls: type[Strategy], params: Any, seed: int, total_steps: int) -> dict[
                 for p in by_id.values():
                     p.grad = None
                 where = f"{who}.training_step at step {step}/{total_steps} on {kind}"
-                try:
-                    out = strategy.training_step(batch, ctx)
-                except AssertionError:
-                    raise
-                except Exception as exc:
-                    raise AssertionError(f"{where} raised {type(exc).__name__}: {exc}") from exc
-                _check_output(where, out, bool(enabled))
-                grads = [n for pid, n in named.items() if by_id[pid].grad is not None]
-                _require(
-                    not grads,
-                    f"{where} computed gradients itself ({grads[:3]}...): return the loss, the engine calls backward()",
-                )
-                out.loss.backward()
-                for pid, n in named.items():
-                    p = by_id[pid]
-                    if pid in enabled:
-                        reached[pid] = reached.get(pid, False) or p.grad is not None
-                    else:
-                        _require(
-                            p.grad is None,
-                            f"{where}: gradient reached {n}, which does not train at "
-                            "this step (in no group, or its group has not joined yet)",
-                        )
-                    _require(
-                        p.requires_grad == (pid in enabled),
-                        f"{where} changed requires_grad of {n}; declare what trains in param_groups instead",
-                    )
-                if teacher is not None:
-                    _require(
-                        all(p.grad is None for p in teacher.parameters()),
-                        f"{where}: gradient reached the teacher; call it under torch.no_grad()",
-                    )
-                record[f"loss[{step},{kind}]"] = out.loss.detach().clone()
+                checked = _StepCheck(who, where, named, by_id, enabled, reached, teacher, groups)
+                if type(strategy).training_updates is Strategy.training_updates:
+                    losses = [checked.single_update(strategy, batch, ctx)]
+                else:
+                    losses = checked.updates(strategy, batch, ctx)
+                for i, loss in enumerate(losses):
+                    record[f"loss[{step},{kind},{i}]"] = loss
                 record[f"pseudo-label scoring calls[{step},{kind}]"] = len(calls)
-                for pid, n in named.items():
-                    g = by_id[pid].grad
-                    if g is not None:
-                        record[f"grad of {n}[{step},{kind}]"] = g.detach().clone()
+                record.update({f"{k}[{step},{kind}]": v for k, v in checked.grads.items()})
         missing = [named[pid] for pid, ok in reached.items() if not ok]
         _require(
             not missing,
@@ -319,6 +293,101 @@ def _run(cls: type[Strategy], params: Any, seed: int, total_steps: int) -> dict[
         for k, v in strategy.state_dict().items():
             record[f"state {k}"] = v.detach().clone() if isinstance(v, Tensor) else v
     return record
+
+
+class _StepCheck:
+    """One step of the check: the strategy's update(s), each checked as the engine would run it."""
+
+    def __init__(self, who, where, named, by_id, enabled, reached, teacher, groups: list[ParamGroup]):
+        self.who, self.where, self.named, self.by_id = who, where, named, by_id
+        self.enabled, self.reached, self.teacher = enabled, reached, teacher
+        self.group_of = {id(p): g.name for g in groups for p in g.params}
+        self.group_names = [g.name for g in groups]
+        self.grads: dict[str, Tensor] = {}
+
+    def single_update(self, strategy: Strategy, batch: Batch, ctx: StepContext) -> Tensor:
+        """``training_step``'s one update: one backward, no optimizer step needed after it."""
+        try:
+            out = strategy.training_step(batch, ctx)
+        except AssertionError:
+            raise
+        except Exception as exc:
+            raise AssertionError(f"{self.where} raised {type(exc).__name__}: {exc}") from exc
+        _check_output(self.where, out, bool(self.enabled))
+        self._backward(self.where, out.loss, None)
+        return out.loss.detach().clone()
+
+    def updates(self, strategy: Strategy, batch: Batch, ctx: StepContext) -> list[Tensor]:
+        """``training_updates``: each update checked, then applied (plain SGD over its groups) so
+        the next one is computed on moved parameters, as in the engine."""
+        where = self.where.replace("training_step", "training_updates")
+        stream = iter(strategy.training_updates(batch, ctx))
+        losses: list[Tensor] = []
+        while True:
+            try:
+                update = next(stream, None)
+            except AssertionError:
+                raise
+            except Exception as exc:
+                raise AssertionError(f"{where} raised {type(exc).__name__}: {exc}") from exc
+            if update is None:
+                break
+            here = f"{where}, update {len(losses)}" + (f" ({update.name!r})" if getattr(update, "name", "") else "")
+            _require(isinstance(update, Update), f"{here}: yield tlbench.Update objects, got {type(update).__name__}")
+            _require(
+                update.groups is None
+                or (isinstance(update.groups, tuple) and set(update.groups) <= set(self.group_names)),
+                f"{here}: groups must be None or a tuple of declared group names "
+                f"{self.group_names}, got {update.groups!r}",
+            )
+            _check_output(here, StepOutput(update.loss, update.metrics), bool(self.enabled))
+            self._backward(here, update.loss, update.groups)
+            with torch.no_grad():
+                for pid, p in self.by_id.items():
+                    if p.grad is not None and (update.groups is None or self.group_of.get(pid) in update.groups):
+                        p.add_(p.grad, alpha=-0.01)
+                    p.grad = None
+            losses.append(update.loss.detach().clone())
+        _require(bool(losses), f"{where} yielded no update: a step must train something")
+        return losses
+
+    def _backward(self, where: str, loss: Tensor, groups: tuple[str, ...] | None) -> None:
+        computed = [n for pid, n in self.named.items() if self.by_id[pid].grad is not None]
+        _require(
+            not computed,
+            f"{where} computed gradients itself ({computed[:3]}...): return the loss, the engine calls backward()",
+        )
+        loss.backward()
+        moved: set[str] = set()
+        for pid, n in self.named.items():
+            p = self.by_id[pid]
+            if pid in self.enabled:
+                counts = groups is None or self.group_of.get(pid) in groups
+                if counts and p.grad is not None:
+                    self.reached[pid] = True
+                    moved.add(self.group_of.get(pid, ""))
+                else:
+                    self.reached.setdefault(pid, False)
+            else:
+                _require(
+                    p.grad is None,
+                    f"{where}: gradient reached {n}, which does not train at "
+                    "this step (in no group, or its group has not joined yet)",
+                )
+            _require(
+                p.requires_grad == (pid in self.enabled),
+                f"{where} changed requires_grad of {n}; declare what trains in param_groups instead",
+            )
+            if p.grad is not None:
+                self.grads[f"grad of {n}"] = p.grad.detach().clone()
+        joined = {self.group_of[pid] for pid in self.enabled if pid in self.group_of}
+        idle = sorted(g for g in (groups or ()) if g in joined and g not in moved)
+        _require(not idle, f"{where} names group(s) {idle} but no gradient reaches them")
+        if self.teacher is not None:
+            _require(
+                all(p.grad is None for p in self.teacher.parameters()),
+                f"{where}: gradient reached the teacher; call it under torch.no_grad()",
+            )
 
 
 def _check_output(where: str, out: Any, expects_grad: bool) -> None:
@@ -346,7 +415,8 @@ def _check_state_roundtrip(cls: type[Strategy], params: Any, strategy: Strategy,
     who = cls.__name__
     state = strategy.state_dict()
     torch.manual_seed(seed + 12345)  # a fresh instance initialised differently
-    fresh = _new_strategy(cls, params, make_tiny_model(seed + 7), total_steps, seed)
+    teacher = make_tiny_model(seed + 100).eval() if cls.needs_teacher else None
+    fresh = _new_strategy(cls, params, make_tiny_model(seed + 7), total_steps, seed, teacher)
     try:
         fresh.load_state_dict(copy.deepcopy(state), strict=True)
     except Exception as exc:

@@ -1,7 +1,9 @@
 """The step loop, the engine's third phase, and its step observers.
 
 One step: the schedule lets due groups join and sets learning rates, the batch source serves the
-batch, the strategy returns its loss (under autocast), the engine steps the optimizer. Everything
+batch, the strategy returns its loss (under autocast), the engine steps the optimizer; a strategy
+with several updates a step (MCD, ADDA) yields them one by one, and each gets its own backward and
+optimizer step over the groups it names. Everything
 that watches training is a :class:`StepObserver`: it sees every step's output without forcing a
 host synchronisation, and is asked at logging points (every ``log_every`` steps and the last),
 the only places the loop waits on the device. New observers (curves, checkpoint evaluations) go
@@ -10,6 +12,7 @@ here and nowhere else.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +23,7 @@ from tlbench.errors import DivergedError
 from tlbench.training.batches import BatchSource
 from tlbench.training.measure import Stopwatch
 from tlbench.training.schedule import ParamSchedule
-from tlbench.training.strategy import StepContext, StepOutput, Strategy
+from tlbench.training.strategy import StepContext, StepOutput, Strategy, Update
 
 
 class StepObserver:
@@ -75,6 +78,38 @@ class ProgressBar(StepObserver):
         self.bar.close()
 
 
+def apply_updates(updates: Iterator[Update], schedule: ParamSchedule, autocast: Any) -> tuple[Tensor, StepOutput]:
+    """Run one step's updates, each its own backward and optimizer step over the groups it names.
+
+    The strategy's code runs under autocast, the backward outside it (float32 loss). Returns what
+    the observers see: the float32 sum of the updates' losses (non-finite when any is) and one
+    :class:`StepOutput` carrying every update's metrics, plus ``loss/<name>`` per named update when
+    there are several (a later update's metric replaces an earlier one of the same name).
+    """
+    losses: list[Tensor] = []
+    metrics: dict[str, Tensor | float] = {}
+    named: dict[str, Tensor] = {}
+    while True:
+        with autocast():
+            update = next(updates, None)
+        if update is None:
+            break
+        loss = update.loss.float()
+        schedule.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        schedule.step(update.groups)
+        losses.append(loss)
+        metrics.update(update.metrics)
+        if update.name:
+            named[f"loss/{update.name}"] = loss.detach()
+    if not losses:
+        raise RuntimeError(f"strategy {schedule.strategy_name!r}: training_updates yielded no update")
+    total = losses[0] if len(losses) == 1 else torch.stack(losses).sum()
+    if len(losses) > 1:
+        metrics.update(named)
+    return total, StepOutput(total, metrics)
+
+
 @dataclass
 class LoopTiming:
     """Training time of the steps after the warm-up, device synchronised."""
@@ -104,7 +139,6 @@ def run_steps(
     """Train ``total_steps`` steps; the clock starts after ``warmup_steps`` (at most all but one)."""
     warmup = min(warmup_steps, max(0, total_steps - 1))
     watch = Stopwatch(device)
-    optimizer = schedule.optimizer
     try:
         for step in range(total_steps):
             if step == warmup:
@@ -112,12 +146,7 @@ def run_steps(
             schedule.before_step(step)
             ctx.step = step
             batch = batches.batch(step)
-            with autocast():
-                out = strategy.training_step(batch, ctx)
-            loss = out.loss.float()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            loss, out = apply_updates(strategy.training_updates(batch, ctx), schedule, autocast)
             for observer in observers:
                 if observer.untimed_at(step):
                     with watch.paused():

@@ -34,6 +34,8 @@ class ParamSchedule:
     ):
         check_groups(groups, strategy_name)
         self.groups, self.model, self.recipe = groups, model, recipe
+        self.strategy_name = strategy_name
+        self._group_names = [g.name for g in groups]
         self.total_steps = int(recipe.steps)
         for module in modules:
             for p in module.parameters():
@@ -67,6 +69,26 @@ class ParamSchedule:
         factor = (1.0 + self.recipe.lr_gamma * step / self.total_steps) ** (-self.recipe.lr_decay)
         for pg in self.optimizer.param_groups:
             pg["lr"] = pg["base_lr"] * factor
+
+    def step(self, groups: tuple[str, ...] | None = None) -> None:
+        """Step the optimizer over the parameter groups named (None: all that have joined).
+
+        The gradients of every other group are dropped first, so those parameters keep their values
+        and their optimizer state (momentum, weight decay) waits too: as if each update had its own
+        optimizer over its groups, which is how MCD's and ADDA's reference code trains.
+        """
+        if groups is not None:
+            unknown = sorted(set(groups) - set(self._group_names))
+            if unknown:
+                raise ValueError(
+                    f"strategy {self.strategy_name!r}: an update names group(s) {', '.join(map(repr, unknown))} "
+                    f"that param_groups does not declare; declared: {', '.join(map(repr, self._group_names))}"
+                )
+            for pg in self.optimizer.param_groups:
+                if pg["name"] not in groups:
+                    for p in pg["params"]:
+                        p.grad = None
+        self.optimizer.step()
 
 
 def make_optimizer(groups: list[dict], recipe: Recipe, device: torch.device) -> torch.optim.Optimizer:

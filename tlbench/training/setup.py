@@ -110,11 +110,16 @@ def set_up_cell(task: CellTask, registry, device: torch.device) -> CellSetup:
     data = load_cell_data(cell, task, registry)
     model, weights_used, backbone = build_model(cell.backbone, cell.weights, data.num_classes, recipe, registry)
     strategy = build_strategy(cell, registry)
+    precision = choose_precision(recipe, device)
+    teacher = None
+    if type(strategy).needs_teacher:
+        teacher = load_teacher(task, data.num_classes, registry, device, precision.memory_format)
     strategy.setup(
         model,
-        SetupContext(data.num_classes, model.feature_dim, model.embed_dim, int(recipe.steps), device, cell.seed),
+        SetupContext(
+            data.num_classes, model.feature_dim, model.embed_dim, int(recipe.steps), device, cell.seed, teacher
+        ),
     )
-    precision = choose_precision(recipe, device)
     model.to(device, memory_format=precision.memory_format)  # type: ignore[call-overload]  # torch stubs lack it
     if recipe.compile:
         # Compile the backbone in place: parameter names (and so checkpoints) stay unchanged,
@@ -122,9 +127,6 @@ def set_up_cell(task: CellTask, registry, device: torch.device) -> CellSetup:
         # compiler's kernel cache into tlbench's cache.)
         model.backbone.compile()
     strategy.to(device)
-    teacher = None
-    if type(strategy).needs_teacher:
-        teacher = load_teacher(task, data.num_classes, registry, device, precision.memory_format)
     own_mean = input_mean(recipe, data, backbone)
     normalizer = Normalizer(
         own_mean or backbone.mean, backbone.std, device, backbone.in_chans, from_backbone=own_mean is None
@@ -279,15 +281,16 @@ def build_strategy(cell: Cell, registry) -> Strategy:
 def load_teacher(
     task: CellTask, num_classes: int, registry, device: torch.device, memory_format: torch.memory_format
 ) -> TransferModel:
-    """A kd cell's trained teacher, frozen, in eval mode, from its checked weights file."""
+    """The trained teacher of a cell whose strategy ``needs_teacher`` (kd, adda): frozen, in eval
+    mode, from its checked weights file."""
     teacher_cell = task.cell.teacher
     if teacher_cell is None or not task.teacher_model or not Path(task.teacher_model).is_file():
-        raise RuntimeError(f"kd cell {task.cell.id}: the teacher's trained weights are missing")
+        raise RuntimeError(f"{task.cell.strategy} cell {task.cell.id}: the teacher's trained weights are missing")
     model, _, _ = build_model(teacher_cell.backbone, "random", num_classes, teacher_cell.recipe, registry)
     state = load_checked(Path(task.teacher_model))
     if not isinstance(state, dict):
         raise RuntimeError(
-            f"kd cell {task.cell.id}: the teacher's weights {task.teacher_model} are damaged "
+            f"{task.cell.strategy} cell {task.cell.id}: the teacher's weights {task.teacher_model} are damaged "
             f"(checksum mismatch); run the same command again to retrain the teacher"
         )
     model.load_state_dict(state)

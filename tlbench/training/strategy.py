@@ -14,7 +14,7 @@ import dataclasses
 import math
 import types
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -72,6 +72,25 @@ class StepOutput:
 
 
 @dataclass
+class Update:
+    """One optimizer update inside a step: minimise ``loss`` over the parameter groups named in
+    ``groups`` (None: every group that has joined); the other groups keep their values.
+
+    A strategy whose step is one update (most) returns a :class:`StepOutput` from
+    ``training_step``. A method that alternates objectives within a step (MCD's three updates,
+    ADDA's discriminator and encoder updates, a GAN's two players) yields several ``Update``s from
+    ``training_updates`` instead; the engine runs backward and steps the optimizer after each, so
+    the next update is computed with the parameters the previous one moved. ``name`` labels the
+    update's loss in the curves (``loss/<name>``).
+    """
+
+    name: str
+    loss: Tensor
+    groups: tuple[str, ...] | None = None
+    metrics: dict[str, Tensor | float] = field(default_factory=dict)
+
+
+@dataclass
 class StepContext:
     """Progress and shared objects a strategy may read during a step."""
 
@@ -99,6 +118,9 @@ class SetupContext:
     total_steps: int
     device: torch.device
     seed: int
+    #: the trained teacher (``needs_teacher``), frozen and on the device; a strategy that starts from
+    #: it (ADDA's target encoder starts as the trained source model) copies its weights here
+    teacher: nn.Module | None = None
 
 
 @dataclass
@@ -240,7 +262,20 @@ class Strategy(Plugin, nn.Module):
 
     def training_step(self, batch: Batch, ctx: StepContext) -> StepOutput:
         """The loss of one batch. No ``backward()``, no optimizer step: the engine does those."""
-        raise NotImplementedError
+        raise NotImplementedError(
+            f"strategy {self.name!r} implements neither training_step (one update a step) nor "
+            "training_updates (several)"
+        )
+
+    def training_updates(self, batch: Batch, ctx: StepContext) -> Iterator[Update]:
+        """The updates of one step, in order; the engine applies each before asking for the next.
+
+        Override this, instead of ``training_step``, for a method with several updates a step; each
+        ``Update`` names the parameter groups it moves. The default is one update of every group,
+        the loss of ``training_step``.
+        """
+        out = self.training_step(batch, ctx)
+        yield Update("", out.loss, None, out.metrics)
 
     @staticmethod
     def supervised_step(batch: Batch, ctx: StepContext, label_smoothing: float = 0.0) -> StepOutput:

@@ -1,9 +1,18 @@
 """``csv`` reporter: the leaderboard's tables as numbers, for pandas, spreadsheets and plots.
 
-* ``leaderboard.csv`` — one row per backbone × strategy in rank order (wide): ``rank``,
-  ``backbone``, ``strategy``, then per pair and ``Avg`` the columns ``<pair> mean``, ``<pair> std``,
-  ``<pair> n``, ``<pair> best``, ``<pair> status``, ``<pair> notes`` (footnote numbers, space
-  separated), and ``missing`` (pairs without a value, ``;`` separated);
+* ``leaderboard.csv`` — one row per backbone × strategy in Avg order (wide): ``rank`` (the position by
+  Avg, equal Avgs sharing it; formerly 1 + the number of rows significantly better,
+  which could list a row above others with higher Avgs), ``backbone``, ``strategy``, then per pair and
+  ``Avg`` the columns ``<pair> mean``, ``<pair> std``, ``<pair> ci95``, ``<pair> n``, ``<pair> best``,
+  ``<pair> status``, ``<pair> notes`` (footnote numbers, space separated), ``missing`` (pairs without
+  a value, ``;`` separated), then ``group`` (significance letters: rows sharing one are not told apart;
+  empty where untested) and ``reversal`` (the row's significance contradicts Avg order; the report's
+  notes name the pair). The new columns come last, so readers by position keep working;
+* ``leaderboard_oracle.csv`` — the oracle track (best checkpoint by target accuracy, as published
+  tables select; it USES TARGET LABELS): the same rows and per-column fields as ``leaderboard.csv``
+  (no ``rank``, ``group``, ``reversal``) and ``regret`` (oracle Avg minus the main table's Avg,
+  points); headers only when the report has no oracle track. A file of its own, not rows of
+  ``leaderboard.csv``, so every row there stays an honest result and one row per backbone × strategy;
 * ``costs.csv`` — throughput, memory, wall time and parameters per row;
 * ``references.csv`` — published numbers (never mixed into the leaderboard);
 * ``failures.csv`` — every failed or diverged cell with its error text and footnote number;
@@ -26,11 +35,14 @@ import pandas as pd
 from tlbench import Leaderboard, Reporter, atomic_write_text, csv_safe, hookimpl
 
 
-def leaderboard_frame(board: Leaderboard) -> pd.DataFrame:
-    df = board.accuracy.copy()
+def leaderboard_frame(board: Leaderboard, table: pd.DataFrame | None = None) -> pd.DataFrame:
+    """``table`` (default: the accuracy table) with its tuples written as text."""
+    df = (board.accuracy if table is None else table).copy()
     for c in board.columns:
-        df[board.col(c, "notes")] = [" ".join(map(str, notes)) for notes in df[board.col(c, "notes")]]
-    df["missing"] = [";".join(m) for m in df["missing"]]
+        if board.col(c, "notes") in df:
+            df[board.col(c, "notes")] = [" ".join(map(str, notes)) for notes in df[board.col(c, "notes")]]
+    if "missing" in df:
+        df["missing"] = [";".join(m) for m in df["missing"]]
     return df
 
 
@@ -54,6 +66,7 @@ class CsvReporter(Reporter):
         out_dir = Path(out_dir)
         tables = {
             "leaderboard.csv": leaderboard_frame(board),
+            "leaderboard_oracle.csv": leaderboard_frame(board, board.oracle),
             "costs.csv": board.costs,
             "references.csv": board.references,
             "failures.csv": board.failures,

@@ -29,8 +29,8 @@ table{border-collapse:collapse;margin:.6rem 0;font-variant-numeric:tabular-nums}
 th,td{padding:.3rem .65rem;border-bottom:1px solid #e3e3e3;white-space:nowrap}
 th{background:#f4f5f7;text-align:left;vertical-align:bottom}
 #costs th{white-space:normal;min-width:4.5rem}#costs th:nth-child(-n+2){white-space:nowrap}
-#costs th:nth-child(n+3),#accuracy th:first-child,#accuracy th:nth-child(n+4),#references th:nth-child(n+3){
-  text-align:right}#references th:last-child{text-align:left}
+#costs th:nth-child(n+3),#accuracy th:first-child,#accuracy th.num,#oracle th:nth-child(n+3),
+#references th:nth-child(n+3){text-align:right}#references th:last-child{text-align:left}
 .scroll{overflow-x:auto;max-width:100%}
 th.sortable{cursor:pointer;user-select:none}th.sortable:hover{background:#e6e9ee}
 th.sortable::after{content:" \\2195";color:#aaa;font-size:.8em}
@@ -46,6 +46,7 @@ table.ref td,table.ref th{color:#555;font-style:italic}table.ref{border-left:4px
 figure{margin:1rem 0}figure img{max-width:100%;border:1px solid #eee}
 figcaption{color:#666;font-size:.9em}
 .mixed{background:#fff4e0;border-left:4px solid #e0a030;padding:.4rem .7rem;font-weight:600}
+table.oracle{border-left:4px solid #a61b1b}h2.oracle{color:#a61b1b}
 """
 
 #: click a header to sort its table; a cell's data-v (a number) sorts before its text; empty cells go last
@@ -115,9 +116,23 @@ def _cell(board: Leaderboard, row: pd.Series, column: str) -> str:
     return f'<td class="{cls}" data-v="{float(mean)!r}">{text}{_marks(notes)}</td>'
 
 
+def _groups(board: Leaderboard) -> bool:
+    return "group" in board.accuracy and bool(board.accuracy["group"].notna().any())
+
+
+def _group_cell(row: pd.Series) -> str:
+    letters = "" if _missing(row["group"]) else str(row["group"])
+    mark = ' <span title="see the † note under the table">†</span>' if row.get("reversal", False) else ""
+    return f'<td data-v="{esc(letters)}">{esc(letters or "—")}{mark}</td>'
+
+
 def accuracy_table(board: Leaderboard) -> str:
-    head = "".join(
-        f"<th>{esc(h)}</th>" for h in ["Rank", "Backbone", "Strategy", *[pair_label(c) for c in board.columns]]
+    groups = _groups(board)
+    head = (
+        "<th>Rank</th>"
+        + ("<th>Group</th>" if groups else "")
+        + "<th>Backbone</th><th>Strategy</th>"
+        + "".join(f'<th class="num">{esc(pair_label(c))}</th>' for c in board.columns)
     )
     body = []
     for _, row in board.accuracy.iterrows():
@@ -126,10 +141,28 @@ def accuracy_table(board: Leaderboard) -> str:
             if _missing(row["rank"])
             else f'<td class="num" data-v="{int(row["rank"])}">{int(row["rank"])}</td>'
         )
+        group = _group_cell(row) if groups else ""
         cells = "".join(_cell(board, row, c) for c in board.columns)
-        body.append(f"<tr>{rank}<td>{esc(row['backbone'])}</td><td>{esc(row['strategy'])}</td>{cells}</tr>")
+        body.append(f"<tr>{rank}{group}<td>{esc(row['backbone'])}</td><td>{esc(row['strategy'])}</td>{cells}</tr>")
     return (
         f'<div class="scroll"><table class="sortable" id="accuracy"><thead><tr>{head}</tr></thead>'
+        f"<tbody>{''.join(body)}</tbody></table></div>"
+    )
+
+
+def oracle_table(board: Leaderboard) -> str:
+    """The oracle track (it uses target labels): mean ± std per pair and Avg, and the regret per row."""
+    head = "".join(
+        f"<th>{esc(h)}</th>"
+        for h in ["Backbone", "Strategy", *[pair_label(c) for c in board.columns], "Regret (points)"]
+    )
+    body = []
+    for _, row in board.oracle.iterrows():
+        cells = "".join(_cell(board, row, c) for c in board.columns)
+        regret = _td_number(row["regret"], "+.1f")
+        body.append(f"<tr><td>{esc(row['backbone'])}</td><td>{esc(row['strategy'])}</td>{cells}{regret}</tr>")
+    return (
+        f'<div class="scroll"><table class="sortable oracle" id="oracle"><thead><tr>{head}</tr></thead>'
         f"<tbody>{''.join(body)}</tbody></table></div>"
     )
 
@@ -260,6 +293,12 @@ def render(board: Leaderboard, out_dir: Path) -> str:
     ]
     if board.notes:
         parts.append('<ul class="notes">' + "".join(f"<li>{esc(pair_label(n))}</li>" for n in board.notes) + "</ul>")
+    if board.has_oracle:
+        parts += [
+            f'<h2 class="oracle">{esc(board.oracle_heading)}</h2>',
+            f'<p class="notes"><strong>{esc(board.oracle_text)}</strong></p>',
+            oracle_table(board),
+        ]
     if len(board.references):
         parts += ["<h2>Published reference numbers (not measured here, not ranked)</h2>", reference_table(board)]
     if len(board.critical_difference):

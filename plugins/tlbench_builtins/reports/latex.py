@@ -45,6 +45,7 @@ _UNICODE = {
     "’": "'",
     "“": "``",
     "”": "''",
+    "†": r"$^{\dagger}$",
 }
 ARROW = r"$\rightarrow$"
 
@@ -99,9 +100,19 @@ def _label(board: Leaderboard, what: str) -> str:
     return "tab:tlbench-" + re.sub(r"[^A-Za-z0-9.-]+", "-", board.suite).strip("-") + "-" + what
 
 
+def _groups(board: Leaderboard) -> bool:
+    return "group" in board.accuracy and bool(board.accuracy["group"].notna().any())
+
+
+def _group(row: pd.Series) -> str:
+    text = "--" if _missing(row["group"]) else tex_escape(row["group"])
+    return text + (r"$^{\dagger}$" if row.get("reversal", False) else "")
+
+
 def accuracy_table(board: Leaderboard) -> str:
     cols = board.columns
-    ncols = 3 + len(cols)
+    groups = _groups(board)
+    ncols = 3 + int(groups) + len(cols)
     lines = [
         r"\begin{table}[t]",
         r"\centering",
@@ -109,16 +120,23 @@ def accuracy_table(board: Leaderboard) -> str:
         rf"\caption{{Target accuracy (\%) on {tex_escape(board.dataset or board.suite)}: mean$\pm$std over "
         rf"seeds (n={board.n_seeds} unless shown). Protocol: {tex_escape(board.protocol)}.}}",
         rf"\label{{{_label(board, 'accuracy')}}}",
-        rf"\begin{{tabular}}{{rll{'r' * len(cols)}}}",
+        rf"\begin{{tabular}}{{r{'l' * groups}ll{'r' * len(cols)}}}",
         r"\toprule",
-        " & ".join(["Rank", "Backbone", "Strategy", *[tex_escape(c) for c in cols]]) + r" \\",
+        " & ".join(["Rank", *(["Group"] if groups else []), "Backbone", "Strategy", *[tex_escape(c) for c in cols]])
+        + r" \\",
         r"\midrule",
     ]
     for _, row in board.accuracy.iterrows():
         rank = "--" if _missing(row["rank"]) else str(int(row["rank"]))
         lines.append(
             " & ".join(
-                [rank, tex_escape(row["backbone"]), tex_escape(row["strategy"]), *[cell(board, row, c) for c in cols]]
+                [
+                    rank,
+                    *([_group(row)] if groups else []),
+                    tex_escape(row["backbone"]),
+                    tex_escape(row["strategy"]),
+                    *[cell(board, row, c) for c in cols],
+                ]
             )
             + r" \\"
         )
@@ -137,11 +155,19 @@ def accuracy_table(board: Leaderboard) -> str:
             if not _missing(ref[board.col("Avg", "mean")]) and not ref["avg_published"]:
                 values[-1] += r"$^{*}$"
             lines.append(
-                " & ".join([f"ref.\\,{i + 1}", tex_escape(ref["backbone"]), tex_escape(ref["strategy"]), *values])
+                " & ".join(
+                    [
+                        f"ref.\\,{i + 1}",
+                        *([""] if groups else []),
+                        tex_escape(ref["backbone"]),
+                        tex_escape(ref["strategy"]),
+                    ]
+                    + values
+                )
                 + r" \\"
             )
     lines += [r"\bottomrule", r"\end{tabular}"]
-    notes = []
+    notes = [tex_escape(board.rank_text)] if board.rank_text else []
     if len(refs):
         cites = "; ".join(f"ref.\\,{i + 1}: {tex_escape(r['source'])}" for i, (_, r) in enumerate(refs.iterrows()))
         star = (
@@ -159,6 +185,37 @@ def accuracy_table(board: Leaderboard) -> str:
         lines += [n + r"\par" for n in notes]
         lines.append(r"\end{minipage}")
     lines.append(r"\end{table}")
+    return "\n".join(lines)
+
+
+def oracle_table(board: Leaderboard) -> str:
+    """The oracle track, its own table: the caption says that it uses target labels."""
+    cols = board.columns
+    lines = [
+        r"\begin{table}[t]",
+        r"\centering",
+        r"\small",
+        rf"\caption{{{tex_escape(board.oracle_heading)}, on {tex_escape(board.dataset or board.suite)}: "
+        rf"target accuracy (\%), mean$\pm$std over seeds. {tex_escape(board.oracle_text)}}}",
+        rf"\label{{{_label(board, 'oracle')}}}",
+        rf"\begin{{tabular}}{{ll{'r' * len(cols)}r}}",
+        r"\toprule",
+        " & ".join(["Backbone", "Strategy", *[tex_escape(c) for c in cols], "Regret"]) + r" \\",
+        r"\midrule",
+    ]
+    for _, row in board.oracle.iterrows():
+        lines.append(
+            " & ".join(
+                [
+                    tex_escape(row["backbone"]),
+                    tex_escape(row["strategy"]),
+                    *[cell(board, row, c) for c in cols],
+                    _num(row["regret"], "+.1f"),
+                ]
+            )
+            + r" \\"
+        )
+    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
     return "\n".join(lines)
 
 
@@ -228,7 +285,12 @@ def render(board: Leaderboard) -> str:
         f"% {tex_escape(env)}",
         r"% Needs \usepackage{booktabs} in the preamble.",
     ]
-    tables = [accuracy_table(board), *([validator_table(board)] if board.has_choices else []), cost_table(board)]
+    tables = [
+        accuracy_table(board),
+        *([oracle_table(board)] if board.has_oracle else []),
+        *([validator_table(board)] if board.has_choices else []),
+        cost_table(board),
+    ]
     return "\n".join(header) + "\n\n" + "\n\n".join(tables) + "\n"
 
 

@@ -55,20 +55,49 @@ def number(x: Any, fmt: str) -> str:
     return "—" if _missing(x) else format(x, fmt)
 
 
+def has_groups(board: Leaderboard) -> bool:
+    """Whether the rows were tested for significance (then the tables show the group letters)."""
+    return "group" in board.accuracy and bool(board.accuracy["group"].notna().any())
+
+
+def group_text(row: pd.Series, mark: str = "†") -> str:
+    """The row's significance letters, marked where a note names it (its significance contradicts Avg)."""
+    text = "—" if _missing(row["group"]) else str(row["group"])
+    return text + (mark if row.get("reversal", False) else "")
+
+
 def accuracy_table(board: Leaderboard) -> str:
-    headers = ["Rank", "Backbone", "Strategy", *[pair_label(c) for c in board.columns]]
+    groups = has_groups(board)
+    headers = ["Rank", *(["Group"] if groups else []), "Backbone", "Strategy", *[pair_label(c) for c in board.columns]]
     rows = []
     for _, row in board.accuracy.iterrows():
         rank = "—" if _missing(row["rank"]) else str(int(row["rank"]))
         rows.append(
             [
                 rank,
+                *([group_text(row)] if groups else []),
                 md_escape(row["backbone"]),
                 md_escape(row["strategy"]),
                 *[cell_text(board, row, c) for c in board.columns],
             ]
         )
-    return _table(rows, headers, ["right", "left", "left", *["right"] * len(board.columns)])
+    align = ["right", *(["left"] if groups else []), "left", "left", *["right"] * len(board.columns)]
+    return _table(rows, headers, align)
+
+
+def oracle_table(board: Leaderboard) -> str:
+    """The oracle track: mean ± std per pair and Avg of the oracle's choices, and the regret per row."""
+    headers = ["Backbone", "Strategy", *[pair_label(c) for c in board.columns], "Regret (points)"]
+    rows = [
+        [
+            md_escape(row["backbone"]),
+            md_escape(row["strategy"]),
+            *[cell_text(board, row, c) for c in board.columns],
+            number(row["regret"], "+.1f"),
+        ]
+        for _, row in board.oracle.iterrows()
+    ]
+    return _table(rows, headers, ["left", "left", *["right"] * (len(board.columns) + 1)])
 
 
 def critical_difference_table(board: Leaderboard) -> str:
@@ -200,6 +229,8 @@ def render(board: Leaderboard) -> str:
         out.append(f"- {pair_label(note)}")
     if board.notes:
         out.append("")
+    if board.has_oracle:
+        out += [f"## {board.oracle_heading}", "", board.oracle_text, "", oracle_table(board), ""]
     if len(board.references):
         out += ["## Published reference numbers (not measured here, not ranked)", "", reference_table(board), ""]
     if len(board.critical_difference):
