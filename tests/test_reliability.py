@@ -110,6 +110,16 @@ def test_a_cache_that_cannot_be_written_is_one_line(capsys, tmp_path, monkeypatc
     assert "MPLCONFIGDIR" not in os.environ  # matplotlib was not sent to a folder it would fall back from
 
 
+def test_a_refused_suite_leaves_no_cache_folder_behind(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TLBENCH_CACHE", "relative-cache")  # would appear in the current folder
+    monkeypatch.delenv("MPLCONFIGDIR", raising=False)
+    bad = tiny(tmp_path, TINY_SUITE.replace("strategies: [source_only, dann]", "strategies: [no_such_strategy]"))
+    assert "unknown strategy 'no_such_strategy'" in run_bad(capsys, tmp_path, bad)
+    assert not (tmp_path / "relative-cache").exists()
+    assert "MPLCONFIGDIR" not in os.environ
+
+
 def test_matplotlib_and_torch_write_into_the_cache(capsys, tmp_path, monkeypatch):
     for var in ("MPLCONFIGDIR", "TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR"):
         monkeypatch.delenv(var, raising=False)

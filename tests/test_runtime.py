@@ -165,3 +165,35 @@ def test_jemalloc_is_loaded_into_the_process_when_installed(tmp_path):
 def test_the_switch_turns_everything_off(tmp_path):
     described = _run_command(tmp_path, TLBENCH_CPU_RUNTIME="off")
     assert described == {"allocator": "glibc", "allocator_settings": "defaults", "omp_wait_policy": "default"}
+
+
+def _hint_on(monkeypatch):
+    """As on a machine without jemalloc or tcmalloc, under the ``tlbench`` command (settings applied)."""
+    monkeypatch.setenv(runtime.APPLIED, "1")
+    monkeypatch.setattr(runtime, "missing_allocator_hint", lambda environ=None: "no caching allocator found")
+
+
+def test_the_allocator_hint_is_never_printed_on_bad_input(capsys, tmp_path, monkeypatch):
+    from tlbench.cli import main
+
+    _hint_on(monkeypatch)
+    suite = tmp_path / "bad.yaml"
+    suite.write_text(TINY_SUITE.replace("strategies: [source_only, dann]", "strategies: [no_such_strategy]"))
+    assert main(["run", str(suite), "--out", str(tmp_path / "o"), "--device", "cpu", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("tlbench: error: unknown strategy 'no_such_strategy'")
+
+
+def test_the_allocator_hint_comes_once_for_a_run_that_trains_and_not_for_one_that_has_nothing_to_do(
+    capsys, tmp_path, monkeypatch
+):
+    from tlbench.cli import main
+
+    _hint_on(monkeypatch)
+    suite = tmp_path / "tiny.yaml"
+    suite.write_text(TINY_SUITE.replace("strategies: [source_only, dann]", "strategies: [source_only]"))
+    run = ["run", str(suite), "--out", str(tmp_path / "o"), "--device", "cpu", "--quiet"]
+    assert main(run) == 0
+    assert capsys.readouterr().err.count("tlbench: warning: no caching allocator found") == 1
+    assert main(run) == 0  # every cell done: nothing trains
+    assert "no caching allocator" not in capsys.readouterr().err

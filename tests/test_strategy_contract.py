@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tlbench import Batch, ParamGroup, StepContext, StepOutput, Strategy, Update
+from tlbench import Batch, ParamGroup, StepContext, StepOutput, Strategy, Update, UserError
 from tlbench.plugins.registry import get_registry
 from tlbench.testing import check_strategy
 
@@ -258,3 +258,17 @@ def test_fixtures_give_a_tiny_backbone_model_and_batches(tiny_backbone, tiny_mod
     assert batch.source_labels.tolist() == [0, 1, 2, 0] and batch.target_index.tolist() == [0, 1, 2, 3]
     assert tiny_model(batch.source).shape == (4, 3)
     assert tiny_batch_factory(()).target is None
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ({"entropy": "yes"}, "entropy: expected true or false, got 'yes'"),
+        ({"entropie": True}, "unknown parameter\\(s\\) entropie for strategy 'cdan'; valid: trade_off"),
+    ],
+)
+def test_bad_parameters_reach_a_plugins_tests_as_the_documented_user_error(raw, message):
+    cdan = get_registry().get("strategy", "tlbench:cdan")
+    with pytest.raises(UserError, match=message) as err:
+        cdan.parse_params(raw)
+    assert isinstance(err.value, ValueError)  # what callers caught before: still caught

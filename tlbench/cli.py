@@ -208,22 +208,19 @@ def _folder_flags(args) -> None:
 
 
 def _keep_writes_in_cache(args) -> None:
-    """tlbench writes only to the output directory and its cache: matplotlib (imported by the plots
-    reporter) would keep its font cache under $HOME, and torch's compiler (whose cache folder timm
-    creates as soon as it builds a model) under the temporary folder: point both into tlbench's cache."""
-    from tlbench.data.cache import default_cache_dir, usable_cache_dir
+    """Point the libraries' caches into tlbench's (:func:`tlbench.data.cache.point_tool_caches_into`),
+    the cache folder created now. Not for ``run``: the runner does it once the suite is valid, so a
+    refused suite leaves no cache folder behind."""
+    from tlbench.data.cache import default_cache_dir, point_tool_caches_into, usable_cache_dir
 
+    if args.command == "run":
+        return
     given = getattr(args, "cache", None)
-    cache = usable_cache_dir(
-        Path(given).expanduser() if given else default_cache_dir(), "--cache" if given else "the cache folder"
+    point_tool_caches_into(
+        usable_cache_dir(
+            Path(given).expanduser() if given else default_cache_dir(), "--cache" if given else "the cache folder"
+        )
     )
-    for var, sub in (
-        ("MPLCONFIGDIR", "matplotlib"),
-        ("TORCHINDUCTOR_CACHE_DIR", "inductor"),
-        ("TRITON_CACHE_DIR", "triton"),
-    ):
-        if var not in os.environ:
-            os.environ[var] = str(cache / sub)
 
 
 @contextlib.contextmanager
@@ -309,8 +306,8 @@ def _run(args, registry) -> int:
         launcher_options=launcher_options,
         trackers=args.trackers,
         keep_stale=args.keep_stale,
+        before_training=lambda: _hint_missing_allocator(args.device),
     )
-    _hint_missing_allocator(args.device)
     with stop_on_sigterm():
         summary = run_suite(suite, options, registry)
     ran = len(summary.records)
@@ -326,7 +323,8 @@ def _run(args, registry) -> int:
 
 
 def _hint_missing_allocator(device: str) -> None:
-    """The ``tlbench`` command on a CPU without jemalloc or tcmalloc: one warning saying what to install."""
+    """The ``tlbench`` command on a CPU without jemalloc or tcmalloc: one warning saying what to install,
+    once the suite is valid and cells are about to train (bad input gets its one error line only)."""
     from tlbench import runtime
 
     if not os.environ.get(runtime.APPLIED) or device == "cuda":

@@ -19,6 +19,12 @@ class UserError(TlbenchError):
     """Bad input: a one-line message that says what was wrong and what would be valid."""
 
 
+class ParamsError(UserError, ValueError):
+    """A strategy's parameters that do not fit its ``Params`` (an unknown key, a value of the wrong
+    type): the ``UserError`` docs/plugins.md promises a plugin's tests, and a ``ValueError`` for the
+    callers that caught that before."""
+
+
 class UnknownNameError(UserError, KeyError):
     """A plugin name (strategy, dataset, ...) that nobody registered."""
 

@@ -64,6 +64,20 @@ def usable_cache_dir(path: Path, what: str = "the cache folder") -> Path:
     return path
 
 
+#: the caches of libraries tlbench runs, pointed into tlbench's own cache (environment variable, subfolder)
+TOOL_CACHES = (("MPLCONFIGDIR", "matplotlib"), ("TORCHINDUCTOR_CACHE_DIR", "inductor"), ("TRITON_CACHE_DIR", "triton"))
+
+
+def point_tool_caches_into(cache: Path) -> None:
+    """tlbench writes only to the output directory and its cache: matplotlib (imported by the plots
+    reporter) would keep its font cache under $HOME, and torch's compiler (whose cache folder timm
+    creates as soon as it builds a model) under the temporary folder: point both into ``cache``
+    (a variable the user set is kept)."""
+    for var, sub in TOOL_CACHES:
+        if var not in os.environ:
+            os.environ[var] = str(Path(cache) / sub)
+
+
 def memory_cache_bytes() -> int:
     """The in-process LRU's byte budget: ``$TLBENCH_MEMORY_CACHE_MB`` megabytes, else the default; a value
     that is no number of megabytes (0 or more) is a one-line :class:`UserError` naming the variable."""

@@ -15,14 +15,14 @@ import fcntl
 import inspect
 import os
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
 
-from tlbench.data.cache import default_cache_dir, memory_cache_bytes, usable_cache_dir
+from tlbench.data.cache import default_cache_dir, memory_cache_bytes, point_tool_caches_into, usable_cache_dir
 from tlbench.errors import RunLockedError, Terminated, UserError
 from tlbench.matrix.preflight import check_device, check_output_dir, preflight
 from tlbench.matrix.resume import check_stale, failed_teacher_record, is_skipped, killed_cells
@@ -51,6 +51,8 @@ class RunOptions:
     reports: bool = True
     trackers: list[str] = field(default_factory=list)  # --tracker NAME, beside the suite's own
     keep_stale: bool = False  # keep finished cells whose code has changed since (else: refuse, exit 2)
+    #: called once, when the suite is valid and at least one cell is about to train (the CLI's allocator hint)
+    before_training: Callable[[], None] | None = None
 
 
 @dataclass
@@ -133,10 +135,16 @@ def run_suite(suite: Suite, options: RunOptions, registry: Any) -> RunSummary:
     out = ResultsDir(options.out_dir)
     check_output_dir(out, suite.data_root, [c.id for c in run_plan.cells])
     check_stale(run_plan.cells, out, registry, force=options.force, keep=options.keep_stale)
-    cache_dir = usable_cache_dir(options.cache_dir or default_cache_dir())
+    cache_dir = usable_cache_dir(  # created only now: a refused suite leaves no cache folder behind
+        Path(options.cache_dir).expanduser() if options.cache_dir else default_cache_dir(),
+        "--cache" if options.cache_dir else "the cache folder",
+    )
+    point_tool_caches_into(cache_dir)
     memory_cache_bytes()  # a bad TLBENCH_MEMORY_CACHE_MB: one line now, not at the first domain decoded
     to_run = [c for c in run_plan.cells if options.force or c.id in run_plan.teacher_ids or not out.is_done(c.id)]
     preflight(run_plan, to_run, registry, cache_dir, options.device)
+    if to_run and options.before_training is not None:
+        options.before_training()
     launcher_opts = {**suite.launcher.options, **options.launcher_options}
     launcher = registry.get("launcher", options.launcher or suite.launcher.name)(**launcher_opts)
 

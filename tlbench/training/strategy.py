@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from tlbench.errors import ParamsError
 from tlbench.plugins.registry import Plugin
 
 if TYPE_CHECKING:
@@ -221,12 +222,13 @@ class Strategy(Plugin, nn.Module):
     # -- parameters ------------------------------------------------------------------------
     @classmethod
     def parse_params(cls, raw: dict[str, Any] | None) -> Any:
-        """Build ``Params`` from a suite's mapping; unknown keys are a ``ValueError`` naming the valid ones."""
+        """Build ``Params`` from a suite's mapping; an unknown key or a value of the wrong type is a
+        :class:`tlbench.UserError` (also a ``ValueError``) naming the valid keys or the type expected."""
         raw = dict(raw or {})
         fields = {f.name: f for f in dataclasses.fields(cls.Params)}
         unknown = sorted(set(raw) - set(fields))
         if unknown:
-            raise ValueError(
+            raise ParamsError(
                 f"unknown parameter(s) {', '.join(unknown)} for strategy {cls.name!r}; "
                 f"valid: {', '.join(fields) or 'none'}"
             )
@@ -237,7 +239,7 @@ class Strategy(Plugin, nn.Module):
         for key, value in raw.items():
             problem = type_problem(value, hints.get(key, Any))
             if problem:
-                raise ValueError(f"{key}: {problem}")
+                raise ParamsError(f"{key}: {problem}")
         return cls.Params(**raw)
 
     @classmethod
