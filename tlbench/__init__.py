@@ -25,7 +25,17 @@ from tlbench.plugins.hookspecs import hookimpl
 _LAZY: dict[str, str] = {
     # strategies
     **dict.fromkeys(
-        ("Strategy", "ParamGroup", "Batch", "StepContext", "StepOutput", "SetupContext", "SupervisedParams", "Update"),
+        (
+            "Strategy",
+            "ParamGroup",
+            "Batch",
+            "StepContext",
+            "StepOutput",
+            "SetupContext",
+            "SupervisedParams",
+            "Update",
+            "JointPass",
+        ),
         "tlbench.training.strategy",
     ),
     **dict.fromkeys(("TransferModel", "Outputs"), "tlbench.models.transfer"),
@@ -107,6 +117,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from tlbench.spec.record import CellRecord
     from tlbench.training.strategy import (
         Batch,
+        JointPass,
         ParamGroup,
         SetupContext,
         StepContext,

@@ -25,7 +25,7 @@ from tlbench.errors import ParamsError
 from tlbench.plugins.registry import Plugin
 
 if TYPE_CHECKING:
-    from tlbench.models.transfer import TransferModel
+    from tlbench.models.transfer import Outputs, TransferModel
 
 
 @dataclass
@@ -70,6 +70,37 @@ class StepOutput:
 
     loss: Tensor
     metrics: dict[str, Tensor | float] = field(default_factory=dict)
+
+
+@dataclass
+class JointPass:
+    """The source and the target images through the model as one batch, and the source's cross-entropy.
+
+    One forward pass over both domains is how the domain-alignment methods' reference code (TLlib's
+    ``dann.py``, ``cdan.py``, ``mcc.py``, ...) feeds its model, so BatchNorm normalises over both;
+    ``outputs`` holds the source rows first, then the target rows.
+    """
+
+    outputs: Outputs
+    n_source: int
+    source_ce: Tensor
+    source_acc: Tensor
+
+    @property
+    def source_logits(self) -> Tensor:
+        return self.outputs.logits[: self.n_source]
+
+    @property
+    def target_logits(self) -> Tensor:
+        return self.outputs.logits[self.n_source :]
+
+    @property
+    def source_embedding(self) -> Tensor:
+        return self.outputs.embedding[: self.n_source]
+
+    @property
+    def target_embedding(self) -> Tensor:
+        return self.outputs.embedding[self.n_source :]
 
 
 @dataclass
@@ -278,6 +309,18 @@ class Strategy(Plugin, nn.Module):
         """
         out = self.training_step(batch, ctx)
         yield Update("", out.loss, None, out.metrics)
+
+    def joint_pass(self, batch: Batch, ctx: StepContext) -> JointPass:
+        """Source and weak target images through ``ctx.model`` as one batch (:class:`JointPass`),
+        with the source's cross-entropy and accuracy: the start of every domain-alignment step."""
+        if batch.target is None:
+            raise ValueError(f"{self.name} needs target images: the batch has no 'weak' target view")
+        n_source = len(batch.source)
+        outputs = ctx.model.forward_all(torch.cat([batch.source, batch.target]))
+        logits_s = outputs.logits[:n_source]
+        source_ce = nn.functional.cross_entropy(logits_s, batch.source_labels)
+        source_acc = (logits_s.detach().argmax(1) == batch.source_labels).float().mean()
+        return JointPass(outputs, n_source, source_ce, source_acc)
 
     @staticmethod
     def supervised_step(batch: Batch, ctx: StepContext, label_smoothing: float = 0.0) -> StepOutput:

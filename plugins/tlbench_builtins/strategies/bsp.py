@@ -6,7 +6,6 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from tlbench import Batch, SetupContext, StepContext, StepOutput, Strategy, TransferModel, UserError, hookimpl
@@ -121,12 +120,8 @@ class Bsp(Strategy):
             self.discriminator = DomainDiscriminator(ctx.embed_dim, self.params.hidden, self.params.dropout)
 
     def training_step(self, batch: Batch, ctx: StepContext) -> StepOutput:
-        if batch.target is None:
-            raise ValueError("bsp needs target images: the batch has no 'weak' target view")
-        n_source = len(batch.source)
-        out = ctx.model.forward_all(torch.cat([batch.source, batch.target]))
-        logits_s = out.logits[:n_source]
-        cls_loss = F.cross_entropy(logits_s, batch.source_labels)
+        joint = self.joint_pass(batch, ctx)
+        out, n_source = joint.outputs, joint.n_source
 
         coeff = reversal_coefficient(ctx.progress, self.params.gamma)
         if self.params.base == "cdan":
@@ -134,14 +129,13 @@ class Bsp(Strategy):
         else:
             domain_loss, domain_acc = domain_adversarial_loss(self.discriminator, out.embedding, n_source, coeff)
         penalty = batch_spectral_penalty(out.embedding[:n_source], out.embedding[n_source:], self.params.k)
-        loss = cls_loss + self.params.trade_off * domain_loss + self.params.trade_off_bsp * penalty
+        loss = joint.source_ce + self.params.trade_off * domain_loss + self.params.trade_off_bsp * penalty
 
-        source_acc = (logits_s.detach().argmax(1) == batch.source_labels).float().mean()
         return StepOutput(
             loss,
             {
-                "source_ce": cls_loss.detach(),
-                "source_acc": source_acc,
+                "source_ce": joint.source_ce.detach(),
+                "source_acc": joint.source_acc,
                 "domain_loss": domain_loss.detach(),
                 "domain_acc": domain_acc,
                 "grl_coeff": coeff,

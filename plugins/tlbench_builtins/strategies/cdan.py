@@ -188,21 +188,16 @@ class Cdan(Strategy):
         self.adversary = make_conditional_adversary(self.params, ctx)
 
     def training_step(self, batch: Batch, ctx: StepContext) -> StepOutput:
-        if batch.target is None:
-            raise ValueError("cdan needs target images: the batch has no 'weak' target view")
-        n_source = len(batch.source)
-        out = ctx.model.forward_all(torch.cat([batch.source, batch.target]))
-        logits_s = out.logits[:n_source]
-        cls_loss = F.cross_entropy(logits_s, batch.source_labels)
+        joint = self.joint_pass(batch, ctx)
+        out, n_source = joint.outputs, joint.n_source
         coeff = reversal_coefficient(ctx.progress, self.params.gamma)
         domain_loss, domain_acc = self.adversary(out.embedding, out.logits, n_source, coeff)
-        loss = cls_loss + self.params.trade_off * domain_loss
-        source_acc = (logits_s.detach().argmax(1) == batch.source_labels).float().mean()
+        loss = joint.source_ce + self.params.trade_off * domain_loss
         return StepOutput(
             loss,
             {
-                "source_ce": cls_loss.detach(),
-                "source_acc": source_acc,
+                "source_ce": joint.source_ce.detach(),
+                "source_acc": joint.source_acc,
                 "domain_loss": domain_loss.detach(),
                 "domain_acc": domain_acc,
                 "grl_coeff": coeff,

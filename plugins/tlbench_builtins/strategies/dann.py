@@ -96,12 +96,8 @@ class Dann(Strategy):
         self.discriminator = DomainDiscriminator(ctx.embed_dim, self.params.hidden, self.params.dropout)
 
     def training_step(self, batch: Batch, ctx: StepContext) -> StepOutput:
-        if batch.target is None:
-            raise ValueError("dann needs target images: the batch has no 'weak' target view")
-        n_source = len(batch.source)
-        out = ctx.model.forward_all(torch.cat([batch.source, batch.target]))
-        logits_s = out.logits[:n_source]
-        cls_loss = F.cross_entropy(logits_s, batch.source_labels)
+        joint = self.joint_pass(batch, ctx)
+        out, n_source = joint.outputs, joint.n_source
 
         coeff = reversal_coefficient(ctx.progress, self.params.gamma)
         domain_logits = self.discriminator(reverse_gradient(out.embedding, coeff)).squeeze(1)
@@ -112,16 +108,15 @@ class Dann(Strategy):
             F.binary_cross_entropy_with_logits(d_s, is_source[:n_source])
             + F.binary_cross_entropy_with_logits(d_t, is_source[n_source:])
         )
-        loss = cls_loss + self.params.trade_off * domain_loss
+        loss = joint.source_ce + self.params.trade_off * domain_loss
 
         with torch.no_grad():
             domain_acc = ((domain_logits > 0).float() == is_source).float().mean()
-            source_acc = (logits_s.argmax(1) == batch.source_labels).float().mean()
         return StepOutput(
             loss,
             {
-                "source_ce": cls_loss.detach(),
-                "source_acc": source_acc,
+                "source_ce": joint.source_ce.detach(),
+                "source_acc": joint.source_acc,
                 "domain_loss": domain_loss.detach(),
                 "domain_acc": domain_acc,
                 "grl_coeff": coeff,

@@ -146,12 +146,8 @@ class Jan(Strategy):
     trains_backbone = True
 
     def training_step(self, batch: Batch, ctx: StepContext) -> StepOutput:
-        if batch.target is None:
-            raise ValueError("jan needs target images: the batch has no 'weak' target view")
-        n_source = len(batch.source)
-        out = ctx.model.forward_all(torch.cat([batch.source, batch.target]))
-        logits_s = out.logits[:n_source]
-        cls_loss = F.cross_entropy(logits_s, batch.source_labels)
+        joint = self.joint_pass(batch, ctx)
+        out, n_source = joint.outputs, joint.n_source
         prob = F.softmax(out.logits.float(), dim=1)
         transfer = jmmd(
             out.embedding[:n_source],
@@ -163,13 +159,12 @@ class Jan(Strategy):
             linear=self.params.linear,
         )
         weight = self.params.trade_off * (progressive_weight(ctx.progress) if self.params.ramp else 1.0)
-        loss = cls_loss + weight * transfer
-        source_acc = (logits_s.detach().argmax(1) == batch.source_labels).float().mean()
+        loss = joint.source_ce + weight * transfer
         return StepOutput(
             loss,
             {
-                "source_ce": cls_loss.detach(),
-                "source_acc": source_acc,
+                "source_ce": joint.source_ce.detach(),
+                "source_acc": joint.source_acc,
                 "jmmd": transfer.detach(),
                 "jmmd_weight": weight,
             },

@@ -89,16 +89,12 @@ class Mcc(Strategy):
     trains_backbone = True
 
     def training_step(self, batch: Batch, ctx: StepContext) -> StepOutput:
-        if batch.target is None:
-            raise ValueError("mcc needs target images: the batch has no 'weak' target view")
-        n_source = len(batch.source)
-        logits = ctx.model(torch.cat([batch.source, batch.target]))
-        logits_s, logits_t = logits[:n_source], logits[n_source:]
-        cls_loss = F.cross_entropy(logits_s, batch.source_labels)
-        transfer = class_confusion_loss(logits_t, self.params.temperature)
-        loss = cls_loss + self.params.trade_off * transfer
-        source_acc = (logits_s.detach().argmax(1) == batch.source_labels).float().mean()
-        return StepOutput(loss, {"source_ce": cls_loss.detach(), "source_acc": source_acc, "mcc": transfer.detach()})
+        joint = self.joint_pass(batch, ctx)
+        transfer = class_confusion_loss(joint.target_logits, self.params.temperature)
+        loss = joint.source_ce + self.params.trade_off * transfer
+        return StepOutput(
+            loss, {"source_ce": joint.source_ce.detach(), "source_acc": joint.source_acc, "mcc": transfer.detach()}
+        )
 
 
 @hookimpl

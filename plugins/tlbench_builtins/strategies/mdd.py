@@ -140,12 +140,9 @@ class Mdd(Strategy):
         self.adv_head = AdversarialHead(ctx.embed_dim, ctx.num_classes, self.params.hidden, self.params.dropout)
 
     def training_step(self, batch: Batch, ctx: StepContext) -> StepOutput:
-        if batch.target is None:
-            raise ValueError("mdd needs target images: the batch has no 'weak' target view")
-        n_source = len(batch.source)
-        out = ctx.model.forward_all(torch.cat([batch.source, batch.target]))
-        logits_s, logits_t = out.logits[:n_source], out.logits[n_source:]
-        cls_loss = F.cross_entropy(logits_s, batch.source_labels)
+        joint = self.joint_pass(batch, ctx)
+        out, n_source = joint.outputs, joint.n_source
+        logits_s, logits_t = joint.source_logits, joint.target_logits
 
         coeff = warm_start_coefficient(ctx.progress, self.params.grl_hi, self.params.gamma)
         adv_logits = self.adv_head(reverse_gradient(out.embedding, coeff))
@@ -153,16 +150,15 @@ class Mdd(Strategy):
             logits_s, adv_logits[:n_source], logits_t, adv_logits[n_source:]
         )
         transfer = self.params.margin * source_term + target_term
-        loss = cls_loss + self.params.trade_off * transfer
+        loss = joint.source_ce + self.params.trade_off * transfer
 
         with torch.no_grad():
-            source_acc = (logits_s.argmax(1) == batch.source_labels).float().mean()
             agree_t = (adv_logits[n_source:].argmax(1) == logits_t.argmax(1)).float().mean()
         return StepOutput(
             loss,
             {
-                "source_ce": cls_loss.detach(),
-                "source_acc": source_acc,
+                "source_ce": joint.source_ce.detach(),
+                "source_acc": joint.source_acc,
                 "transfer_loss": transfer.detach(),
                 "source_disparity": source_term.detach(),
                 "target_disparity": target_term.detach(),

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from typing import cast
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from tlbench import Batch, StepContext, StepOutput, Strategy, UserError, hookimpl
@@ -113,21 +112,18 @@ class Mmd(Strategy):
     trains_backbone = True
 
     def training_step(self, batch: Batch, ctx: StepContext) -> StepOutput:
-        if batch.target is None:
-            raise ValueError("mmd needs target images: the batch has no 'weak' target view")
-        n_source = len(batch.source)
-        out = ctx.model.forward_all(torch.cat([batch.source, batch.target]))
-        logits_s = out.logits[:n_source]
-        cls_loss = F.cross_entropy(logits_s, batch.source_labels)
-        transfer = mk_mmd(
-            out.embedding[:n_source], out.embedding[n_source:], self.params.alphas, linear=self.params.linear
-        )
+        joint = self.joint_pass(batch, ctx)
+        transfer = mk_mmd(joint.source_embedding, joint.target_embedding, self.params.alphas, linear=self.params.linear)
         weight = self.params.trade_off * (progressive_weight(ctx.progress) if self.params.ramp else 1.0)
-        loss = cls_loss + weight * transfer
-        source_acc = (logits_s.detach().argmax(1) == batch.source_labels).float().mean()
+        loss = joint.source_ce + weight * transfer
         return StepOutput(
             loss,
-            {"source_ce": cls_loss.detach(), "source_acc": source_acc, "mmd": transfer.detach(), "mmd_weight": weight},
+            {
+                "source_ce": joint.source_ce.detach(),
+                "source_acc": joint.source_acc,
+                "mmd": transfer.detach(),
+                "mmd_weight": weight,
+            },
         )
 
 
