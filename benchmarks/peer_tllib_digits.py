@@ -129,25 +129,32 @@ def run_one(example: Path, root: Path, method: str, pair: str, seed: int, epochs
     args = with_run_args(digits_line(example, method, pair), seed, log, epochs)
     cmd = [sys.executable, "tlbench_peer_boot.py", f"{method}.py", str(root), *args]
     t0 = time.perf_counter()
-    proc = subprocess.run(
-        cmd, cwd=example, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(example.parents[2])}
-    )
+    env = {**os.environ, "PYTHONPATH": str(example.parents[2])}
+    proc = subprocess.run(cmd, cwd=example, capture_output=True, text=True, env=env)
     wall = time.perf_counter() - t0
-    out = proc.stdout + proc.stderr
-    test = TEST_ACC.findall(out)
-    epochs_acc = [float(a) for a in EPOCH_ACC.findall(out)]
-    if proc.returncode != 0 or not test:
-        tail = "\n".join(out.splitlines()[-15:])
-        return {"method": method, "pair": pair, "seed": seed, "status": "failed", "wall_s": wall, "error": tail}
+    result = result_from_log(log, method, pair, seed, proc.stdout + proc.stderr)
+    command = shlex.join(["python", f"{method}.py", "<root>", *args])
+    result.update(wall_s=round(wall, 1), exit_code=proc.returncode, command=command)
+    return result
+
+
+def result_from_log(log: Path, method: str, pair: str, seed: int, output: str = "") -> dict:
+    """A run's accuracies from TLlib's own log (``<log>/train-*.txt``, which its logger writes as it
+    prints: the process's stdout lost its last lines, and its exit code was non-zero, after a
+    finished run on 2026-12-07), else from its output."""
+    text = "\n".join(p.read_text(errors="replace") for p in sorted(log.glob("train-*.txt"))) or output
+    test = TEST_ACC.findall(text)
+    if not test:
+        tail = "\n".join((output or text).splitlines()[-15:])
+        return {"method": method, "pair": pair, "seed": seed, "status": "failed", "error": tail}
+    epoch_acc = [float(a) for a in EPOCH_ACC.findall(text)]
     return {
         "method": method,
         "pair": pair,
         "seed": seed,
         "status": "ok",
         "test_acc1": float(test[-1]),
-        "epoch_acc1": epochs_acc,
-        "wall_s": round(wall, 1),
-        "command": shlex.join(["python", f"{method}.py", "<root>", *args]),
+        "epoch_acc1": epoch_acc,
     }
 
 

@@ -17,14 +17,24 @@ import io
 import math
 import re
 from pathlib import Path
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-from matplotlib.patches import Patch
 from PIL import Image
 
 from tlbench import Leaderboard, Reporter, atomic_write_bytes, hookimpl
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+
+def _new_figure(**kwargs) -> Figure:
+    """A figure; matplotlib is imported here, when a report is drawn, never when the plugin loads:
+    its configuration folder is fixed at import, and the runner points it into tlbench's cache only
+    once the suite is valid (a refused suite leaves nothing behind, and nothing goes under $HOME)."""
+    from matplotlib.figure import Figure
+
+    return Figure(**kwargs)
+
 
 COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*", "<", ">"]
@@ -54,6 +64,8 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
 
 def _png(fig: Figure) -> bytes:
     """The figure as a PNG with a 256-colour palette (median cut: deterministic, so reports rebuild byte for byte)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
     FigureCanvasAgg(fig)
     rgba = io.BytesIO()
     fig.savefig(rgba, format="png", dpi=110, bbox_inches="tight", metadata={"Software": None})
@@ -82,7 +94,7 @@ def accuracy_vs_eval_throughput(board: Leaderboard) -> bytes:
 def _accuracy_vs(board: Leaderboard, cost: str, kind: str) -> bytes:
     merged = board.accuracy.merge(board.costs, on=["backbone", "strategy"], how="left")
     rows = [r for _, r in merged.iterrows() if _finite(r["Avg mean"]) and _finite(r[cost])]
-    fig = Figure(figsize=(8.0, 5.5))
+    fig = _new_figure(figsize=(8.0, 5.5))
     ax = fig.add_subplot()
     if not rows:
         _no_data(ax, f"no row has both an Avg accuracy and an {kind} throughput yet")
@@ -116,6 +128,8 @@ def _accuracy_vs(board: Leaderboard, cost: str, kind: str) -> bytes:
             color="#333",
         )
     handles, _ = ax.get_legend_handles_labels()
+    from matplotlib.patches import Patch
+
     handles += [Patch(color=COLORS[i % len(COLORS)], label=f"strategy: {name}") for i, name in enumerate(strategies)]
     handles += [
         ax.scatter([], [], color="#888", marker=MARKERS[i % len(MARKERS)], label=f"backbone: {name}")
@@ -139,7 +153,7 @@ def pair_accuracy(board: Leaderboard) -> bytes:
     pairs = board.pairs
     strategies = list(dict.fromkeys(acc["strategy"]))
     width = max(6.0, 1.0 + 0.45 * max(1, len(strategies)) * (len(pairs) + 1))
-    fig = Figure(figsize=(min(width, 24.0), 3.2 * max(1, len(backbones)) + 0.6))
+    fig = _new_figure(figsize=(min(width, 24.0), 3.2 * max(1, len(backbones)) + 0.6))
     if acc.empty or not pairs:
         _no_data(fig.add_subplot(), "no finished cells yet")
         return _png(fig)
@@ -217,7 +231,7 @@ def strategy_curves(board: Leaderboard, backbone: str, strategy: str, rows) -> b
     step, with the band from the lowest to the highest seed."""
     metrics = sorted(rows["metric"].unique(), key=lambda m: (m != "loss", m))
     pairs = [p for p in board.pairs if p in set(rows["pair"])]
-    fig = Figure(figsize=(3.0 * len(pairs) + 0.6, 1.9 * len(metrics) + 0.6), layout="constrained")
+    fig = _new_figure(figsize=(3.0 * len(pairs) + 0.6, 1.9 * len(metrics) + 0.6), layout="constrained")
     axes = fig.subplots(len(metrics), len(pairs), squeeze=False)
     for i, metric in enumerate(metrics):
         for j, pair in enumerate(pairs):
