@@ -151,7 +151,7 @@ def linked_train_eval_folders(class_folder: Path, work_dir: Path, eval_per_class
     root = work_dir / f"linked-{class_folder.name}-{digest}"
     if (root / ".complete").exists():
         return root
-    from tlbench.data.domains import class_folder_files
+    from tlbench.data.class_folders import class_folder_files
 
     for cls, files in class_folder_files(class_folder).items():
         for split, chosen in (("train", files), ("eval", files[:eval_per_class])):

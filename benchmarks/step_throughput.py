@@ -307,7 +307,8 @@ def measure_jpeg_baseline(args, linked: Path, device: torch.device, images_per_s
 def measure_memory_baseline(
     args, linked: Path, device: torch.device, images_per_step: int, engine: dict, registry
 ) -> dict:
-    from tlbench.data.domains import class_folder_files, decode_image_files
+    from tlbench.data.class_folders import class_folder_files
+    from tlbench.data.domains import decode_image_files
     from tlbench.models.weights import model_data_config
     from tlbench.training.augment import Normalizer, center_crop
     from tlbench.training.schedule import make_optimizer as _make_optimizer

@@ -72,3 +72,24 @@ def run_tiny_suite(root: Path, *args: str) -> tuple[Path, Path, int]:
     suite.write_text(TINY_SUITE)
     out = root / "out"
     return suite, out, main(["run", str(suite), "--out", str(out), "--quiet", *args])
+
+
+def train_few_steps(strategy, model, steps: int = 3, lr: float = 0.5) -> None:
+    """A few plain-SGD steps of a one-update, source-only strategy as the engine takes them: only the
+    declared groups train, frozen BatchNorms in eval mode (for tests of what a strategy lets move)."""
+    from tlbench import StepContext
+    from tlbench.models.transfer import set_batchnorm_eval_where_frozen
+    from tlbench.testing import apply_engine_trainability, make_tiny_batch
+
+    groups = strategy.param_groups(model)
+    apply_engine_trainability([model, strategy], groups, 0, steps)
+    model.train()
+    set_batchnorm_eval_where_frozen(model)
+    optimizer = torch.optim.SGD([p for g in groups for p in g.params], lr=lr)
+    for step in range(steps):
+        ctx = StepContext(
+            step=step, total_steps=steps, model=model, device=torch.device("cpu"), num_classes=model.num_classes
+        )
+        optimizer.zero_grad()
+        strategy.training_step(make_tiny_batch((), seed=step), ctx).loss.backward()
+        optimizer.step()

@@ -150,6 +150,19 @@ def test_eval_points_overhead_trains_each_cell_in_both_arms(tmp_path, tiny_suite
     assert rows[0]["evaluations_bytes"] > 0
 
 
+def test_tiers_measures_each_tier_on_the_path_it_names(tmp_path):
+    tiers = _benchmark_module("tiers")
+    out = tmp_path / "tiers.json"
+    arms = "head (cached features),head (recomputed),top1,all"
+    assert tiers.main(["--steps", "2", "--warmup", "1", "--arms", arms, "--json", str(out)]) == 0
+    result = json.loads(out.read_text())["arms"]
+    names = arms.split(",")
+    assert set(result) == set(names)
+    assert [result[a]["feature_cache"] for a in names] == [True, False, False, False]
+    trainable = [result[a]["trainable_params"] for a in names]
+    assert trainable[0] == trainable[1] < trainable[2] < trainable[3] == result["all"]["total_params"]
+
+
 @pytest.mark.parametrize(
     "script",
     sorted(

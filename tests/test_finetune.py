@@ -285,7 +285,7 @@ def test_an_unsupported_strategy_and_protocol_is_one_line(capsys, tmp_path, stra
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and expected in err[0]
     if "support finetune" in expected:
-        assert err[0].endswith("dlr, freeze, kd, self_training, source_only, unfreeze")
+        assert err[0].endswith("bitfit, dlr, freeze, kd, lora, self_training, source_only, unfreeze")
     assert not (tmp_path / "o").exists()
 
 

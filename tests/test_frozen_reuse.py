@@ -98,13 +98,14 @@ def test_unfreeze_trains_on_cached_features_until_the_first_stage_joins(tmp_path
     assert [len(shapes[s]) for s in range(steps)] == [2] * joins + [4] * (steps - joins)  # features, then images
     assert len(list((tmp_path / "cache" / "features").glob("*.pt"))) == 1
 
-    # the same features serve freeze (no recomputation: the file is reused, not rewritten)
+    # the same features serve freeze (no recomputation: the file is reused, not rewritten); freeze,
+    # whose backbone never trains, adds the target's, on which it is scored
     (feature_file,) = (tmp_path / "cache" / "features").glob("*.pt")
     stamp = feature_file.stat().st_mtime_ns
     freeze_cells, _ = _cells(tmp_path, "strategies: [freeze]\n")
     assert _train(freeze_cells[0], registry, tmp_path).extra["feature_cache"] is True
     assert feature_file.stat().st_mtime_ns == stamp
-    assert len(list((tmp_path / "cache" / "features").glob("*.pt"))) == 1
+    assert len(list((tmp_path / "cache" / "features").glob("*.pt"))) == 2
 
 
 def test_a_weights_file_replaced_under_the_same_path_gets_its_own_features(tmp_path):
@@ -127,8 +128,9 @@ def test_a_weights_file_replaced_under_the_same_path_gets_its_own_features(tmp_p
     assert first.extra["provenance"]["weights"]["sha256"] != second.extra["provenance"]["weights"]["sha256"]
     # the second file's features were computed from it, not served from the first file's cache
     files = sorted((tmp_path / "cache" / "features").glob("*.pt"))
-    assert len(files) == 2
-    assert not torch.equal(load_checked(files[0]), load_checked(files[1]))
+    assert len(files) == 4  # source and target, for each file
+    features = [load_checked(f) for f in files]
+    assert not any(torch.equal(a, b) for i, a in enumerate(features) for b in features[i + 1 :])
 
 
 def test_unfreeze_without_the_feature_cache_sees_images_throughout(tmp_path):

@@ -12,16 +12,19 @@ from __future__ import annotations
 
 import contextlib
 import io
+import types
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+import tlbench
 import tlbench.matrix.runner
 from tlbench.cli import main
+from tlbench.plugins.registry import Registry, set_registry
 
 VALID: dict[str, Any] = {
     "name": "fuzz",
@@ -291,3 +294,192 @@ def test_the_unmutated_suite_is_valid(tmp_path, no_work):
     path.write_text(yaml.safe_dump(VALID))
     with pytest.raises(StartedWork):
         main(["run", str(path), "--out", str(tmp_path / "out"), "--quiet"])
+
+
+# -- --set values and plugin names -------------------------------------------------------------------------
+# The same promise for what the command line and plugins bring: random and hostile ``--set KEY=VALUE``
+# strings, and names registered by a plugin, end in exit 0 (a valid result) or one error line and exit 2
+# (1 from ``tlbench plugins``, which reports a failed plugin so); never a traceback. ``--dry-run`` stops
+# a valid suite after planning, so each example takes milliseconds.
+
+#: six levels of ten aliases: a million values once followed
+ALIAS_BOMB = (
+    "[&a [x,x,x,x,x,x,x,x,x,x], "
+    + ", ".join(f"&{b} [{','.join([f'*{a}'] * 10)}]" for a, b in zip("abcde", "bcdef"))
+    + "]"
+)
+SET_KEYS = [
+    "name",
+    "dataset",
+    "pairs",
+    "seeds",
+    "backbones",
+    "strategies",
+    "recipe",
+    "recipe.steps",
+    "recipe.lr",
+    "recipe.crop_scale",
+    "dataset_options.path",
+    "launcher",
+    "launcher.options.x",
+    "reports",
+    "trackers",
+    "data_root",
+    "selection",
+    "strategies.0",
+    "recipe.steps.deeper",
+]
+hostile_key = st.one_of(
+    st.sampled_from(SET_KEYS),
+    st.sampled_from(["", ".", "..", "a..b", "recipe.", ".recipe", " ", "\x00", "x" * 10_000, "key\nline", "é.ü"]),
+    text,
+)
+hostile_value = st.one_of(
+    text,
+    yaml_breakers,
+    st.sampled_from(
+        [
+            "",
+            "~",
+            "null",
+            "yes",
+            "on",
+            ".nan",
+            "-.inf",
+            "0x1F",
+            "0o17",
+            "1_000",
+            "2024-13-45",
+            "2024-01-01",
+            "12:30:00",
+            "9" * 5000,
+            "1e400",
+            "!!binary aGk=",
+            "!!set {a, b}",
+            "!!omap [a: 1]",
+            "? [a]\n: b",
+            "<<: {a: 1}",
+            "{<<: *x}",
+            "&a [*a]",
+            "---\na: 1\n---\nb: 2",
+            "...",
+            "\ufeffa: 1",
+            "\u202eevil",
+            "🙂" * 100,
+            "\x00\x01\x02",
+            "a\x00b: 1",
+            ALIAS_BOMB,
+        ]
+    ),
+    st.builds(lambda n, opener: opener * n, st.integers(1, 3000), st.sampled_from(["[", "{a: ", "- ", "{"])),
+    st.builds(lambda n: "[" * n + "]" * n, st.integers(1, 3000)),
+    st.builds(lambda n: "{a: " * n + "1" + "}" * n, st.integers(1, 3000)),
+    st.builds(lambda c, n: c * n, st.sampled_from(["x", "é", "\x00", "9"]), st.integers(10_000, 50_000)),
+    st.builds(lambda v: yaml.safe_dump(v, default_flow_style=True, allow_unicode=True).strip(), junk),
+)
+assignment = st.one_of(st.builds(lambda k, v: f"{k}={v}", hostile_key, hostile_value), text)
+
+
+def one_clean_line_or_success(code: int | None, out: str, err: str, *, codes=(0, 2)) -> None:
+    """Exit 0 without an error, or one ``tlbench: error:`` line and exit 2; never a traceback."""
+    assert "Traceback" not in out + err
+    assert code in codes, (code, err[:2000])
+    errors = [line for line in err.splitlines() if not line.startswith("tlbench: warning: ")]
+    if code == 2:
+        assert len(errors) == 1 and errors[0].startswith("tlbench: error: "), err[:2000]
+    else:
+        assert errors == [], err[:2000]
+
+
+def run_quietly(argv: list[str]) -> tuple[int | None, str, str]:
+    """``tlbench ARGV``: (exit code, stdout, stderr); a usage error's exit (argparse's) is its code."""
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        try:
+            code: int | None = main(argv)
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else None
+    return code, stdout.getvalue(), stderr.getvalue()
+
+
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(assignments=st.lists(assignment, min_size=1, max_size=3))
+def test_hostile_set_values_get_one_clean_error_line(assignments, tmp_path):
+    path = tmp_path / "fuzz.yaml"
+    path.write_text(yaml.safe_dump(VALID))
+    out = tmp_path / "out"
+    sets = [f"--set={a}" for a in assignments]  # '--set -x' would be argparse's usage error
+    code, stdout, stderr = run_quietly(["run", str(path), "--out", str(out), "--quiet", "--dry-run", *sets])
+    one_clean_line_or_success(code, stdout, stderr)
+    assert not out.exists()
+
+
+hostile_name = st.one_of(
+    st.sampled_from(
+        [
+            "two words",
+            "line\nbreak",
+            "nul\x00",
+            "a->b",
+            "x" * 10_000,
+            "",
+            " ",
+            "blur:3",
+            "-dash",
+            "_under",
+            "tab\t",
+            "a,b",
+            "*",
+            "..",
+            "a/b",
+            "\u202eevil",
+            "é",
+            "dann",  # a built-in's name: a clash, kept beside it
+            "source_only",
+        ]
+    ),
+    text,
+)
+PLUGIN_KINDS = [
+    ("strategies", tlbench.Strategy, "register_strategies"),
+    ("reporters", tlbench.Reporter, "register_reporters"),
+    ("launchers", tlbench.Launcher, "register_launchers"),
+    ("validators", tlbench.Validator, "register_validators"),
+]
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    names=st.lists(hostile_name, min_size=1, max_size=3),
+    kind=st.sampled_from(PLUGIN_KINDS),
+    plugin=st.one_of(st.just("hostile"), hostile_name),
+)
+@example(names=["dann"], kind=PLUGIN_KINDS[0], plugin="line\nbreak")  # a clash names the plugin
+@example(names=["two words"], kind=PLUGIN_KINDS[0], plugin="\x1e")  # a line break to str.splitlines
+def test_hostile_plugin_names_get_warnings_not_tracebacks(names, kind, plugin, tmp_path):
+    listed, base, hook = kind
+    classes = [type(f"Hostile{i}", (base,), {"name": name}) for i, name in enumerate(names)]
+
+    def register(register):
+        for cls in classes:
+            register(cls)
+
+    registry = Registry(plugins={plugin: types.SimpleNamespace(**{hook: tlbench.hookimpl(register)})})
+    path = tmp_path / "fuzz.yaml"
+    path.write_text(yaml.safe_dump(VALID))
+    try:
+        set_registry(registry)
+        code, stdout, stderr = run_quietly(["list", listed])
+        one_clean_line_or_success(code, stdout, stderr)
+        kind_name = base.plugin_kind
+        assert len(stdout.splitlines()) == len(registry.names(kind_name))  # one line a name, whatever they are
+        code, stdout, stderr = run_quietly(["plugins"])
+        one_clean_line_or_success(code, stdout, stderr, codes=(0, 1))
+        assert len(stdout.splitlines()) == len(stdout.split("\n")) - 1  # no other line breaks than its own
+        wanted = ",".join(n for n in names if n.strip() and "," not in n) or "source_only"
+        code, stdout, stderr = run_quietly(
+            ["run", str(path), "--dry-run", "--out", str(tmp_path / "out"), f"--strategies={wanted}"]
+        )
+        one_clean_line_or_success(code, stdout, stderr)
+    finally:
+        set_registry(None)

@@ -30,6 +30,7 @@ LAYERS: dict[str, int] = {
     "reporting": 5,
     "matrix": 6,
     "cli": 7,
+    "listing": 7,
     "__main__": 8,
     "testing": 8,
 }

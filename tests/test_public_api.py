@@ -55,7 +55,7 @@ def test_every_public_name_exists():
 def test_the_scans_below_see_the_files_they_should():
     assert len(python_files(CORE)) >= 10 and CORE / "plugins" / "registry.py" in python_files(CORE)
     assert BUILTINS / "strategies" / "dann.py" in PLUGIN_FILES
-    assert EXAMPLES / "tlbench-coral" / "src" / "tlbench_coral" / "coral.py" in PLUGIN_FILES
+    assert EXAMPLES / "tlbench-minent" / "src" / "tlbench_minent" / "minent.py" in PLUGIN_FILES
     assert any(("tlbench.plugins.registry" == m) for _, m, _ in imports(CORE / "cli.py"))  # the scanner reads imports
 
 

@@ -793,7 +793,7 @@ def test_a_class_folder_that_links_to_its_parent_is_named(capsys, tmp_path):
     (data / "src" / "loop").symlink_to("..")
     (data / "tgt" / "loop").symlink_to("..")
     line = run_bad(capsys, tmp_path, folder_suite(tmp_path, data))
-    assert f"class folder {data / 'src' / 'loop'} has no images" in line
+    assert f"class folder {data / 'src' / 'loop'} is a link to " in line and "(a loop); remove the link" in line
 
 
 def test_a_fifo_named_like_an_image_does_not_hang_the_preflight(capsys, tmp_path):

@@ -16,7 +16,8 @@ from tlbench.testing import check_strategy
 
 BUILTINS = {
     *("source_only", "freeze", "unfreeze", "dlr", "dann", "mmd", "self_training", "kd"),
-    *("cdan", "bsp", "mcc", "afn", "mdd", "jan", "mcd", "adda"),
+    *("cdan", "bsp", "mcc", "afn", "mdd", "jan", "mcd", "adda", "coral"),
+    *("bitfit", "lora"),
 }
 
 

@@ -43,20 +43,18 @@ _LAZY: dict[str, str] = {
     **dict.fromkeys(
         (
             "Dataset",
-            "ClassFolderDataset",
             "Domain",
             "DomainSpec",
             "Shift",
             "array_to_images",
-            "class_folder_files",
             "decode_image_files",
             "encode_jpeg_roundtrip",
             "files_fingerprint",
             "resize_uint8",
-            "split_folders",
         ),
         "tlbench.data.domains",
     ),
+    **dict.fromkeys(("ClassFolderDataset", "class_folder_files", "split_folders"), "tlbench.data.class_folders"),
     # weights, reports, launchers
     **dict.fromkeys(("WeightSource", "load_state_dict_file"), "tlbench.models.weights"),
     **dict.fromkeys(
@@ -90,19 +88,17 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
+    from tlbench.data.class_folders import ClassFolderDataset, class_folder_files, split_folders
     from tlbench.data.domains import (
-        ClassFolderDataset,
         Dataset,
         Domain,
         DomainSpec,
         Shift,
         array_to_images,
-        class_folder_files,
         decode_image_files,
         encode_jpeg_roundtrip,
         files_fingerprint,
         resize_uint8,
-        split_folders,
     )
     from tlbench.data.files import atomic_write_bytes, atomic_write_text, csv_safe
     from tlbench.matrix.launcher import Launcher

@@ -14,24 +14,11 @@ from pathlib import Path
 from typing import cast
 
 from tlbench.errors import Terminated, UserError
+from tlbench.listing import KIND_ALIASES, list_command, one_line, plugins_command, quoted
+from tlbench.spec.write_errors import DISK_FULL, RUN_AGAIN, check_name_lengths, reported_write_errors, write_failure
 
-KIND_ALIASES = {
-    "strategies": "strategy",
-    "datasets": "dataset",
-    "shifts": "shift",
-    "weights": "weight_source",
-    "weight_sources": "weight_source",
-    "reporters": "reporter",
-    "reports": "reporter",
-    "launchers": "launcher",
-    "trackers": "tracker",
-    "validators": "validator",
-    "backbone_providers": "backbone",
-}
 #: where ``tlbench run`` writes without ``--out``: a user's own runs, never the committed ``results/``
 DEFAULT_RUNS = Path("runs")
-#: the width of the name columns of ``tlbench list`` and ``tlbench plugins`` (longer names widen it)
-NAME_WIDTH, PLUGIN_WIDTH = 20, 28
 
 
 def _csv(text: str) -> list[str]:
@@ -186,7 +173,12 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             raise
         first = (str(exc).strip().splitlines() or [""])[0]  # a message quoting a library's may span lines
-        print(f"tlbench: error: {first}", file=sys.stderr)
+        print(f"tlbench: error: {one_line(first)}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        if debug or exc.errno not in DISK_FULL:
+            raise
+        print(f"tlbench: error: {_disk_full(exc)}", file=sys.stderr)
         return 2
     except Terminated:
         print(
@@ -198,13 +190,44 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def _disk_full(exc: OSError) -> str:
+    """A full disk met by a write that did not name its place itself (:mod:`tlbench.spec.write_errors`
+    names those): the file, when the error knows it."""
+    if exc.filename:
+        return str(write_failure(exc, f"writing {exc.filename}", elsewhere=""))
+    return f"no space left on the device ({exc.strerror}); free some space, then {RUN_AGAIN}"
+
+
 def _folder_flags(args) -> None:
-    """``--out`` and ``--cache`` as paths, an empty one refused first (:func:`given_folder`)."""
+    """``--out`` and ``--cache`` as paths, an empty one refused first (:func:`given_folder`), then every
+    path given on the command line held to its file system's name lengths (:func:`_path_lengths`)."""
     if getattr(args, "out", None) is not None:
         where = "the first directory" if args.command == "report" else "runs/<suite name>"
         args.out = given_folder(args.out, "--out", "OUT", f"write to {where}")
     if getattr(args, "cache", None) is not None:
         args.cache = given_folder(args.cache, "--cache", "CACHE", "use $TLBENCH_CACHE or ~/.cache/tlbench")
+    _path_lengths(args)
+
+
+#: the command line's paths (attribute, how an error calls it); ``dirs`` is a list of them
+PATH_ARGUMENTS = (
+    ("suite", "suite file"),
+    ("dirs", "results directory"),
+    ("out", "--out"),
+    ("cache", "--cache"),
+    ("data_root", "--data-root"),
+    ("png", "--png"),
+)
+
+
+def _path_lengths(args) -> None:
+    """A path with a name longer than its file system takes is one line now: Python's checks of it
+    (``exists()``, ``is_dir()``) would raise instead of answering, as a traceback."""
+    for attribute, flag in PATH_ARGUMENTS:
+        given = getattr(args, attribute, None)
+        for path in given if isinstance(given, list) else [given]:
+            if path is not None:
+                check_name_lengths(Path(path), flag)
 
 
 def _keep_writes_in_cache(args) -> None:
@@ -229,7 +252,7 @@ def _one_line_warnings():
     import warnings
 
     def show(message, category, filename, lineno, file=None, line=None):
-        print(f"tlbench: warning: {message}", file=sys.stderr)
+        print(f"tlbench: warning: {one_line(str(message))}", file=sys.stderr)
 
     saved = warnings.showwarning
     warnings.showwarning = show
@@ -246,9 +269,9 @@ def _dispatch(args) -> int:
     failures = registry.failures()
     if args.command != "plugins":  # ``tlbench plugins`` shows them itself
         for plugin, error in failures:
-            print(f"tlbench: warning: plugin {plugin!r} skipped: {error}", file=sys.stderr)
+            print(f"tlbench: warning: plugin {quoted(plugin)} skipped: {one_line(error)}", file=sys.stderr)
         for clash in registry.clashes():  # a name two plugins registered: which one a bare name means
-            print(f"tlbench: warning: {clash}", file=sys.stderr)
+            print(f"tlbench: warning: {one_line(clash)}", file=sys.stderr)
     if args.command == "run":
         return _run(args, registry)
     if args.command == "report":
@@ -261,9 +284,9 @@ def _dispatch(args) -> int:
     if args.command == "curves":
         return _curves(args)
     if args.command == "list":
-        return _list(args, registry)
+        return list_command(args.kind, args.pattern, registry, pretrained=args.pretrained)
     if args.command == "plugins":
-        return _plugins(registry)
+        return plugins_command(registry)
     if args.command == "data":
         return _prepare(args, registry)
     raise AssertionError(args.command)
@@ -349,71 +372,13 @@ def _curves(args) -> int:
     if args.png:
         if args.png.is_dir():
             raise UserError(f"--png {args.png}: is a folder; give a file name such as curves.png")
-        atomic_write_bytes(args.png, curves_png(records, metrics))
+        image = curves_png(records, metrics)
+        with reported_write_errors(f"--png {args.png}", elsewhere="give --png a file in a folder you can write"):
+            atomic_write_bytes(args.png, image)
         print(f"{len(records)} cell(s), {len(metrics)} metric(s): {args.png}")
         return 0
     sys.stdout.write(curves_text(records, metrics))
     return 0
-
-
-def _list(args, registry) -> int:
-    if args.kind == "suites":
-        return _list_suites(args.pattern)
-    if args.kind == "backbones":
-        from tlbench.models.backbones import list_backbones
-
-        rows = list_backbones(registry, args.pattern, pretrained=args.pretrained)
-        width = max([NAME_WIDTH, *(len(n) for n, _ in rows)])
-        for name, provider in rows:
-            print(f"{name:{width}s} {provider}")
-        return 0
-    kind = KIND_ALIASES[args.kind]
-    names = registry.names(kind, args.pattern)
-    entries = [registry.resolve(kind, n) for n in names]  # None: a bare name several third parties registered
-    width = max([NAME_WIDTH, *map(len, names)])
-    plugin_width = max([PLUGIN_WIDTH, *(len(e.plugin) for e in entries if e)])
-    for name, e in zip(names, entries):
-        plugin, summary = (
-            (e.plugin, _summary(e.obj)) if e else ("(ambiguous)", f"use {registry.alternatives(kind, name)}")
-        )
-        print(f"{name:{width}s} {plugin:{plugin_width}s} {summary}")
-    return 0
-
-
-def _list_suites(pattern: str | None) -> int:
-    from tlbench.spec.shipped import describe_shipped
-
-    rows = describe_shipped(pattern)
-    width = max([NAME_WIDTH, *(len(n) for n, _ in rows)])
-    for name, description in rows:
-        print(f"{name:{width}s} {description}")
-    return 0
-
-
-def _summary(obj) -> str:
-    """What ``tlbench list`` says about a plugin: its ``description`` when set, else the first
-    docstring line."""
-    description = getattr(obj, "description", "")
-    if isinstance(description, str) and description.strip():
-        return description.strip()
-    doc = (getattr(obj, "__doc__", "") or "").strip().splitlines()
-    return doc[0] if doc else ""
-
-
-def _plugins(registry) -> int:
-    infos = sorted(registry.plugins.values(), key=lambda i: i.name)
-    width = max([PLUGIN_WIDTH, *(len(i.name) for i in infos)])
-    for info in infos:
-        dist = f"{info.distribution} {info.version}" if info.distribution else "(not from a distribution)"
-        names = "; ".join(f"{k}: {', '.join(v)}" for k, v in sorted(info.registered.items())) or "nothing"
-        status = "FAILED" if info.errors else "ok"
-        print(f"{info.name:{width}s} {status:6s} {dist:22s} {names}")
-        for e in info.errors:
-            print(f"{'':{width}s} error: {e}")
-    clashes = registry.clashes()
-    if clashes:  # not failures: every registration is kept, each reachable as qualifier:name
-        print("\nnames several plugins register (write qualifier:name for another one):", *clashes, sep="\n  ")
-    return 1 if registry.failures() else 0
 
 
 def _prepare(args, registry) -> int:
@@ -435,7 +400,15 @@ def _prepare(args, registry) -> int:
         }
     )
     for spec, size, shift_seed in wanted:
-        dom = load_domain(run_plan.dataset, spec, size, cache_dir=cache, shift_seed=shift_seed, registry=registry)
+        try:
+            dom = load_domain(run_plan.dataset, spec, size, cache_dir=cache, shift_seed=shift_seed, registry=registry)
+        except UserError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - whatever a dataset plugin raises is one line, as under run
+            first = (str(exc).splitlines() or [""])[0]
+            raise UserError(
+                f"dataset {suite.dataset!r}: domain {spec!r} cannot be loaded ({type(exc).__name__}: {first})"
+            ) from exc
         print(f"{spec}: {len(dom)} images, {len(dom.classes)} classes, {size}px -> {cache}")
     return 0
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import re
 import warnings
 from collections.abc import Sequence
@@ -21,6 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from tlbench.data import memory
 from tlbench.errors import UserError
 from tlbench.plugins.registry import Plugin
 
@@ -119,6 +121,19 @@ class Dataset(Plugin):
         """Decode the domain's images, resized to ``size``×``size``, into a :class:`Domain`."""
         raise NotImplementedError
 
+    def require_memory(self, need: int, what: str) -> None:
+        """Refuse to load what cannot fit in memory, before allocating it: a compressed file that
+        declares more than it holds (a 1.5 MB archive of 1.5 GB of zeros) would otherwise have the
+        kernel kill the process without a word. ``need`` is a lower bound in bytes of what loading
+        allocates, ``what`` says what declares it (``"x.npz declares x of shape (60000, 160, 160) uint8"``).
+        Where the free memory is unknown (not Linux), nothing is refused."""
+        available = memory.available_memory()
+        if available is not None and need > available:
+            raise UserError(
+                f"dataset {self.name!r}: {what}, which needs at least {_bytes(need)} of memory to load, and "
+                f"{_bytes(available)} are available; use a smaller file (fewer or smaller images) or free memory"
+            )
+
     def resolve(self, domain: str) -> str:
         """Canonical name for a domain name or alias, or a :class:`UserError` listing the valid ones."""
         names = self.domains()
@@ -197,27 +212,44 @@ def parse_pair(text: str) -> tuple[str, str]:
 
 
 # -- decoding helpers for dataset plugins ------------------------------------------------------
+#: images resized at once by :func:`resize_uint8`: its float32 copy stays small whatever the domain's size
+RESIZE_CHUNK = 256
+
+
 def resize_uint8(images: Tensor, size: int) -> Tensor:
-    """Resize uint8 N×3×H×W images to size×size (antialiased bilinear), staying uint8."""
+    """Resize uint8 N×3×H×W images to size×size (antialiased bilinear), staying uint8.
+
+    In chunks of :data:`RESIZE_CHUNK` images: a float32 copy of a whole domain is twelve times a grey
+    domain's bytes, and each image is resized on its own anyway."""
     if images.shape[-2:] == (size, size):
         return images.contiguous()
-    out = torch.nn.functional.interpolate(
-        images.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False
-    )
-    return out.round_().clamp_(0, 255).to(torch.uint8)
+    out = torch.empty((images.shape[0], images.shape[1], size, size), dtype=torch.uint8)
+    for start in range(0, images.shape[0], RESIZE_CHUNK):
+        chunk = images[start : start + RESIZE_CHUNK].float()
+        resized = torch.nn.functional.interpolate(
+            chunk, size=(size, size), mode="bilinear", antialias=True, align_corners=False
+        )
+        out[start : start + RESIZE_CHUNK] = resized.round_().clamp_(0, 255).to(torch.uint8)
+    return out
 
 
 def array_to_images(x: np.ndarray) -> Tensor:
-    """uint8 N×H×W (grey) or N×H×W×3 arrays -> uint8 N×3×H×W tensor (grey becomes three channels)."""
+    """uint8 N×H×W (grey) or N×H×W×3 arrays -> uint8 N×3×H×W tensor (grey becomes three channels).
+
+    One copy, the result: a grey channel is broadcast to three as it is copied."""
     if x.dtype != np.uint8:
         raise UserError(f"images must be uint8, got {x.dtype}")
     if x.ndim == 3:
-        x = np.repeat(x[:, :, :, None], 3, axis=3)
+        x = x[:, :, :, None]
     if x.ndim != 4 or x.shape[3] not in (1, 3):
         raise UserError(f"images must be N×H×W or N×H×W×3, got shape {x.shape}")
-    if x.shape[3] == 1:
-        x = np.repeat(x, 3, axis=3)
-    return torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2).contiguous()
+    images = torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2)
+    return images.expand(-1, 3, -1, -1).contiguous()
+
+
+def _bytes(n: int) -> str:
+    """A size for a message: GiB from one GiB up, else MiB."""
+    return f"{n / 2**30:,.1f} GiB" if n >= 2**30 else f"{n / 2**20:,.1f} MiB"
 
 
 def decode_image_file(path: Path, size: int) -> Tensor:
@@ -269,7 +301,8 @@ def files_fingerprint(paths: Sequence[Path]) -> str:
     h = hashlib.sha256()
     for p in paths:
         st = p.stat()
-        h.update(f"{p.as_posix()}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+        # os.fsencode: a file name that is not valid UTF-8 (an archive made on a Latin-1 system) hashes as its bytes
+        h.update(os.fsencode(f"{p.as_posix()}|{st.st_size}|{st.st_mtime_ns}\n"))
     return h.hexdigest()[:16]
 
 
@@ -282,131 +315,3 @@ def encode_jpeg_roundtrip(image: Tensor, quality: int) -> Tensor:
     buf.seek(0)
     with Image.open(buf) as im:
         return torch.from_numpy(np.asarray(im.convert("RGB"), dtype=np.uint8).copy()).permute(2, 0, 1)
-
-
-# -- datasets laid out as <domain>/<class>/<image> ----------------------------------------------
-def class_folder_files(folder: Path) -> dict[str, list[Path]]:
-    """``<folder>/<class>/<image>`` -> {class: sorted image files}; classes sorted, hidden entries ignored.
-
-    An image name that is not a regular file (a FIFO would block the decoder forever) is a
-    :class:`UserError` naming it.
-    """
-    out: dict[str, list[Path]] = {}
-    for sub in sorted(p for p in Path(folder).iterdir() if p.is_dir() and not p.name.startswith(".")):
-        files = sorted(f for f in sub.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith("."))
-        odd = next((f for f in files if not f.is_file()), None)
-        if odd is not None:
-            raise UserError(
-                f"{odd} is not a regular file (a folder, a FIFO or a device); remove it or rename it "
-                "without an image suffix"
-            )
-        out[sub.name] = files
-    return out
-
-
-def split_folders(folder: Path) -> tuple[Path, Path] | None:
-    """``(train, test)`` when ``folder`` holds its own split as ``train/`` and ``test/`` (or ``val/``)
-    folders of class folders, else None. With both ``test/`` and ``val/``, ``test/`` is the test split."""
-    train = folder / "train"
-    test = next((folder / n for n in ("test", "val") if (folder / n).is_dir()), None)
-    if not train.is_dir() or test is None:
-        return None
-    if not any(p.is_dir() and not p.name.startswith(".") for p in train.iterdir()):
-        return None  # train/ holds images: it is a class called train, not a split
-    return train, test
-
-
-class ClassFolderDataset(Dataset):
-    """A dataset whose domains are folders of class folders (Office-31, Office-Home, DomainNet, ...).
-
-    A subclass implements :meth:`domains` and :meth:`domain_folder`; this class lists the files,
-    checks that every domain has the same classes (labels are indices into the sorted class
-    names, so a class missing from one domain would silently shift every label after it) and
-    decodes. A domain folder that holds ``train/`` and ``test/`` (or ``val/``) folders of class
-    folders has that official split (:func:`split_folders`), which the fine-tuning protocol
-    honours. Option ``on_bad_image``: ``error`` (default) or ``skip``.
-    """
-
-    option_help: ClassVar[dict[str, str]] = {
-        "on_bad_image": "what to do with an unreadable image file: error (default) or skip (warn, leave it out)",
-    }
-
-    def __init__(self, root: Path | None = None, **options: Any):
-        super().__init__(root, **options)
-        if self.options.get("on_bad_image", "error") not in ("error", "skip"):
-            raise UserError(
-                f"dataset {self.name!r}: on_bad_image must be 'error' or 'skip', got {self.options['on_bad_image']!r}"
-            )
-        self._files: dict[str, dict[str, list[Path]]] = {}
-        self._test_files: dict[str, set[Path]] = {}
-
-    def domain_folder(self, domain: str) -> Path:
-        """The folder holding the class folders of a canonical domain (a :class:`UserError` if missing)."""
-        raise NotImplementedError
-
-    def class_files(self, domain: str) -> dict[str, list[Path]]:
-        """{class: image files} of one domain, listed once per dataset object."""
-        if domain not in self._files:
-            folder = self.domain_folder(domain)
-            files, self._test_files[domain] = self._split_class_files(folder)
-            if not any(files.values()):
-                raise UserError(
-                    f"dataset {self.name!r}: domain {domain!r} has no images in {folder} "
-                    f"(expected {folder}/<class>/<image>{'|'.join(IMAGE_SUFFIXES)})"
-                )
-            empty = next((c for c, fs in files.items() if not fs), None)
-            if empty is not None:  # an empty folder, or a link to a folder of folders such as ..
-                raise UserError(
-                    f"dataset {self.name!r}: class folder {folder / empty} has no images "
-                    f"({'|'.join(IMAGE_SUFFIXES)}); add images or remove the folder"
-                )
-            self._files[domain] = files
-        return self._files[domain]
-
-    def _split_class_files(self, folder: Path) -> tuple[dict[str, list[Path]], set[Path]]:
-        """{class: files} of a domain folder and which files are its official test split (none without one)."""
-        split = split_folders(folder)
-        if split is None:
-            return class_folder_files(folder), set()
-        train, test = class_folder_files(split[0]), class_folder_files(split[1])
-        for have, lack in ((train, split[1]), (test, split[0])):
-            missing = sorted(set(have) - set(class_folder_files(lack)))
-            if missing:
-                raise UserError(
-                    f"dataset {self.name!r}: class {missing[0]!r} is missing from {lack}; its train/ "
-                    f"and {split[1].name}/ folders need the same class folders"
-                )
-        return {c: train[c] + test[c] for c in train}, {f for fs in test.values() for f in fs}
-
-    def classes(self) -> list[str]:
-        """The sorted class names, the same in every domain, or a :class:`UserError` naming the odd one."""
-        per_domain = {d: set(self.class_files(d)) for d in self.domains()}
-        union = set().union(*per_domain.values())
-        for domain, present in per_domain.items():
-            missing = sorted(union - present)
-            if missing:
-                others = [d for d, p in per_domain.items() if missing[0] in p]
-                raise UserError(
-                    f"dataset {self.name!r}: class {missing[0]!r} (in {', '.join(others)}) is missing "
-                    f"from domain {domain!r} ({self.domain_folder(domain)}); every domain needs the "
-                    f"same class folders ({len(missing)} missing there)"
-                )
-        return sorted(union)
-
-    def check(self) -> None:
-        self.classes()
-
-    def fingerprint(self, domain: str) -> str:
-        return files_fingerprint([f for fs in self.class_files(domain).values() for f in fs])
-
-    def load(self, domain: str, size: int) -> Domain:
-        classes = self.classes()
-        index = {c: i for i, c in enumerate(classes)}
-        paths, labels = [], []
-        for cls, files in self.class_files(domain).items():
-            paths += files
-            labels += [index[cls]] * len(files)
-        images, kept, skipped = decode_image_files(paths, size, on_error=self.options.get("on_bad_image", "error"))
-        test = self._test_files.get(domain)
-        split = torch.tensor([TEST if p in test else TRAIN for p in paths], dtype=torch.uint8)[kept] if test else None
-        return Domain(domain, images, torch.tensor(labels, dtype=torch.int64)[kept], classes, skipped, split)

@@ -15,6 +15,7 @@ from typing import Any
 from tlbench.data.budgets import Budget
 from tlbench.data.cache import load_domain
 from tlbench.data.domains import Domain
+from tlbench.data.memory import available_memory
 from tlbench.data.tasks import split_task
 from tlbench.errors import UserError
 from tlbench.spec.cell import Cell
@@ -131,17 +132,6 @@ def _trains_on_cpu(device: str) -> bool:
     return device == "cpu" or (device == "auto" and not torch.cuda.is_available())
 
 
-def available_memory() -> int | None:
-    """Bytes of memory the kernel says are available now (``MemAvailable``), or None where unknown."""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
-
-
 def _preflight_memory(cells: list[Cell], registry, available: int | None) -> None:
     """Refuse a recipe whose training step cannot fit in memory, before the kernel kills the run for it.
 
@@ -256,6 +246,23 @@ def check_output_dir(out: ResultsDir, data_root: str | None, cell_ids: list[str]
     ]:
         if path.exists() and path.is_dir() != (kind == "folder"):
             raise UserError(f"{path} should be a {kind} but is not; remove it (tlbench writes it) and run again")
+
+
+def check_tracker_paths(
+    entries: list[tuple[str, dict[str, Any]]], out_dir: Path, data_root: str | None, registry: Any
+) -> None:
+    """No tracker may write inside the data root, which tlbench only reads (as :func:`check_output_dir`
+    refuses ``--out`` there): each tracker's :meth:`~tlbench.Tracker.local_paths` for its options,
+    checked before any is made (making one may already create its store) and before any cell trains."""
+    if not data_root:
+        return
+    for name, options in entries:
+        for path in registry.get("tracker", name).local_paths(Path(out_dir), dict(options)):
+            if _inside(path, Path(data_root)):
+                raise UserError(
+                    f"tracker {name!r} would write {path}, inside the data root {data_root}, which tlbench "
+                    "only reads; point its options (in the suite's trackers) outside it"
+                )
 
 
 def _inside(path: Path, folder: Path) -> bool:

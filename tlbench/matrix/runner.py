@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from tlbench.data.cache import default_cache_dir, memory_cache_bytes, point_tool_caches_into, usable_cache_dir
 from tlbench.errors import RunLockedError, Terminated, UserError
-from tlbench.matrix.preflight import check_device, check_output_dir, preflight
+from tlbench.matrix.preflight import check_device, check_output_dir, check_tracker_paths, preflight
 from tlbench.matrix.resume import check_stale, failed_teacher_record, is_skipped, killed_cells
 from tlbench.matrix.tracking import TrackerFeed, tracker_entries
 from tlbench.reporting.selection import read_checkpoint_tables
@@ -134,6 +134,7 @@ def run_suite(suite: Suite, options: RunOptions, registry: Any) -> RunSummary:
         registry.get("tracker", name)
     out = ResultsDir(options.out_dir)
     check_output_dir(out, suite.data_root, [c.id for c in run_plan.cells])
+    check_tracker_paths(tracker_entries(suite.trackers, options.trackers), options.out_dir, suite.data_root, registry)
     check_stale(run_plan.cells, out, registry, force=options.force, keep=options.keep_stale)
     cache_dir = usable_cache_dir(  # created only now: a refused suite leaves no cache folder behind
         Path(options.cache_dir).expanduser() if options.cache_dir else default_cache_dir(),
@@ -191,8 +192,10 @@ class _Driver:
                 tasks = [t for t in (self._task(c) for c in wave if c.id not in killed_ids) if t is not None]
                 if tasks:
                     self._launch(launcher, tasks)
-        except KeyboardInterrupt:
-            self.running.interrupted()  # Ctrl-C is not a death: the cells in flight simply run again
+        except (KeyboardInterrupt, UserError):
+            # Ctrl-C, or a run stopped by what the user must fix (a full disk), is not a death: the
+            # cells in flight simply run again, and are never blamed on the out-of-memory killer
+            self.running.interrupted()
             raise
         finally:
             self.progress.close()

@@ -9,8 +9,10 @@ code: see :class:`tlbench.matrix.tracking.TrackerFeed`.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
+from urllib.parse import unquote
 
 from tlbench.errors import UserError
 from tlbench.plugins.registry import Plugin
@@ -19,6 +21,22 @@ from tlbench.reporting.stats import finite_number
 if TYPE_CHECKING:
     from tlbench.spec.cell import Cell
     from tlbench.spec.record import CellRecord
+
+
+#: a URI's scheme (two characters at least: ``C:`` is a drive letter)
+_URI_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]+")
+
+
+def _file_uri_path(rest: str, *, keeps_slash: bool) -> Path | None:
+    """The path of a ``file:`` URI (``keeps_slash``: ``file:///abs``) or an SQLite one (``sqlite:///rel``,
+    ``sqlite:////abs``) after its scheme; None for another host or an in-memory database."""
+    if rest.startswith("//"):
+        authority, slash, path = rest[2:].partition("/")
+        if authority not in ("", "localhost"):
+            return None
+        rest = slash + path if keeps_slash else path
+    rest = rest.split("?", 1)[0]
+    return Path(unquote(rest)).absolute() if rest and rest != ":memory:" else None
 
 
 class Tracker(Plugin):
@@ -42,6 +60,26 @@ class Tracker(Plugin):
                 f"valid: {', '.join(self.option_help) or 'none'}"
             )
         self.out_dir, self.suite, self.options = Path(out_dir), suite, options
+
+    @classmethod
+    def local_paths(cls, out_dir: Path, options: dict[str, Any]) -> list[Path]:
+        """The local files and folders this tracker would write with these options, known before it is
+        made: tlbench refuses a run whose tracker would write inside the data root, as it refuses
+        ``--out`` there. Default: ``out_dir`` alone. A tracker with a location option (a folder, a
+        ``file:`` or ``sqlite:`` URI) returns where it points; :meth:`local_path` reads such a URI."""
+        return [Path(out_dir)]
+
+    @staticmethod
+    def local_path(location: str) -> Path | None:
+        """The local path a location names: a plain path, ``file:`` or a database URI on a file
+        (``sqlite:///abs/ml.db``); None for a server (``http://``, ``postgresql://host/db``...).
+        Relative paths are taken from the current folder, as the libraries that open them do."""
+        scheme, sep, rest = str(location).partition(":")
+        if not sep or not _URI_SCHEME.fullmatch(scheme):
+            return Path(location).absolute()  # a plain path
+        if scheme == "file" or scheme.startswith("sqlite"):
+            return _file_uri_path(rest, keeps_slash=scheme == "file")
+        return None
 
     def log_cell(self, cell: Cell, record: CellRecord) -> None:
         """One finished cell: its configuration (``cell.config()``), its record and ``record.curves``

@@ -12,6 +12,7 @@ from tlbench.reporting.selection import LAST, StoredCandidates, read_checkpoint_
 from tlbench.spec.record import CellRecord
 from tlbench.spec.store import ResultsDir, evaluation_files, load_records, read_evaluations
 from tlbench.spec.summary import SuiteSummary, merge_summaries
+from tlbench.spec.write_errors import PLACE_ERRORS, reported_write_errors
 
 
 def write_reports(
@@ -63,7 +64,8 @@ def write_reports(
         raise UserError(f"report folder {out_dir} cannot be created ({exc.strerror}); give another --out") from None
     for _, cls in reporters:
         reporter = cls() if isinstance(cls, type) else cls
-        board.written.extend(Path(p) for p in reporter.write(board, out_dir))
+        with reported_write_errors(f"report folder {out_dir}", elsewhere="give another --out", only=PLACE_ERRORS):
+            board.written.extend(Path(p) for p in reporter.write(board, out_dir))
     return list(board.written)
 
 

@@ -77,6 +77,7 @@ def expand_cells(
     ) -> Cell:
         cls = registry.get("strategy", strategy_name)
         check_protocol(cls, protocol, registry, f"{suite.name}: strategies.{label}")
+        check_trainable(cls, recipe, registry, f"{suite.name}: strategies.{label}")
         try:
             params = asdict(cls.parse_params(raw_params))
         except (TypeError, ValueError) as exc:
@@ -88,7 +89,7 @@ def expand_cells(
             backbone=backbone.name,
             weights=backbone.weights,
             strategy=strategy_name,
-            label=label,
+            label=tier_label(label, recipe),
             params=params,
             source=src,
             target=tgt,
@@ -184,6 +185,35 @@ def check_protocol(cls: Any, protocol: str, registry: Any, where: str) -> None:
         f"{', '.join(supported) or 'none'}); strategies that support {protocol}: "
         f"{', '.join(others) or 'none installed'}"
     )
+
+
+def check_trainable(cls: Any, recipe: Recipe, registry: Any, where: str) -> None:
+    """``recipe.trainable`` other than ``all`` needs a strategy that reaches the backbone only through
+    the model (``accepts_features``), so that freezing the backbone, or all but its top stages, is all
+    it takes; a strategy that trains no backbone (``freeze``) has no top stages to train."""
+    if recipe.trainable == "all":
+        return
+    problem = None
+    if not getattr(cls, "accepts_features", False):
+        problem = "it reaches the backbone other than through the model (it does not declare accepts_features)"
+    elif recipe.top_stages and not getattr(cls, "trains_backbone", True):
+        problem = "it trains no backbone stage"
+    if problem is None:
+        return
+    able = sorted(
+        e.name
+        for e in registry.registrations("strategy")
+        if getattr(e.obj, "accepts_features", False) and getattr(e.obj, "trains_backbone", True)
+    )
+    raise UserError(
+        f"{where}: strategy {cls.name!r} cannot honour recipe.trainable: {recipe.trainable} ({problem}); "
+        f"leave trainable at all for it; strategies that can: {', '.join(able) or 'none installed'}"
+    )
+
+
+def tier_label(label: str, recipe: Recipe) -> str:
+    """The leaderboard row of a strategy trained on part of the backbone: ``dann (head)``, ``dann (top2)``."""
+    return label if recipe.trainable == "all" else f"{label} ({recipe.trainable})"
 
 
 def resolve_tasks(suite: Suite, dataset: Any) -> list[Pair]:

@@ -17,19 +17,23 @@ from pydantic import BaseModel, ValidationError
 
 from tlbench.errors import UserError
 from tlbench.spec.suite import BackboneEntry, StrategyEntry, Suite
-from tlbench.spec.suite_yaml import read_yaml
+from tlbench.spec.suite_yaml import MAX_SUITE_NODES, TOO_MANY_VALUES, count_nodes, parse_yaml, read_yaml
+from tlbench.spec.write_errors import check_name_lengths
 
 
 def apply_override(data: dict[str, Any], assignment: str, *, origin: str = "--set") -> None:
-    """Apply ``key.path=value`` (value parsed as YAML) to the raw suite mapping."""
+    """Apply ``key.path=value`` (value parsed as YAML, by a suite file's rules and limits) to the raw
+    suite mapping."""
+    shown = in_message(assignment)
+    quoted = repr(assignment) if shown == assignment else f"'{shown}'"
     if "=" not in assignment:
-        raise UserError(f"{origin} {assignment!r}: expected key.path=value, e.g. recipe.steps=200")
+        raise UserError(f"{origin} {quoted}: expected key.path=value, e.g. recipe.steps=200")
     key, _, raw = assignment.partition("=")
     parts = [p for p in key.strip().split(".") if p]
     if not parts:
-        raise UserError(f"{origin} {assignment!r}: empty key")
+        raise UserError(f"{origin} {quoted}: empty key")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = parse_yaml(raw, f"{origin} {shown}", what="the value") if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
     node = data
@@ -38,9 +42,27 @@ def apply_override(data: dict[str, Any], assignment: str, *, origin: str = "--se
         if nxt is None:
             nxt = node[p] = {}
         if not isinstance(nxt, dict):
-            raise UserError(f"{origin} {assignment!r}: {p!r} is not a mapping")
+            raise UserError(f"{origin} {quoted}: {p!r} is not a mapping")
         node = nxt
     node[parts[-1]] = value
+
+
+def in_message(text: str, limit: int = 80) -> str:
+    """A ``--set`` assignment (or a key path) as an error line quotes it: whole when short and printable,
+    else escaped and cut, so a megabyte value or a newline in it cannot take over the message."""
+    if len(text) <= limit and text.isprintable():
+        return text
+    escaped = repr(text)[1:-1]
+    return escaped if len(escaped) <= limit else f"{escaped[: limit - 20]}... ({len(text):,} characters)"
+
+
+def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> None:
+    """Every ``--set`` in turn, then the suite's bound on its expanded size for all of them together
+    (each value is bounded on its own by :func:`apply_override`)."""
+    for assignment in overrides:
+        apply_override(data, assignment)
+    if overrides and count_nodes(data, MAX_SUITE_NODES) > MAX_SUITE_NODES:
+        raise UserError(f"--set: the suite with its --set values {TOO_MANY_VALUES}")
 
 
 def validate(data: dict[str, Any], *, origin: str, overrides: Sequence[str] = ()) -> Suite:
@@ -54,7 +76,7 @@ def validate(data: dict[str, Any], *, origin: str, overrides: Sequence[str] = ()
     except ValidationError as exc:
         err = exc.errors()[0]
         origin = _blame(err["loc"], overrides) or origin
-        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        loc = in_message(".".join(str(p) for p in err["loc"])) or "(top level)"
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
             model = _model_at(err["loc"][:-1])
@@ -78,7 +100,7 @@ def _blame(loc: tuple, overrides: Sequence[str]) -> str | None:
         parts = [p for p in assignment.partition("=")[0].strip().split(".") if p]
         n = min(len(parts), len(where))
         if n and parts[:n] == where[:n]:
-            return f"--set {assignment}"
+            return f"--set {in_message(assignment)}"
     return None
 
 
@@ -110,8 +132,7 @@ def load_suite(
     """Read, narrow and validate a suite. Command-line narrowing never edits the file."""
     data = read_yaml(path)
     data = copy.deepcopy(data)
-    for assignment in overrides:
-        apply_override(data, assignment)
+    apply_overrides(data, overrides)
     suite = validate(data, origin=str(path), overrides=overrides)
     for flag, key, value in (("--pairs", "pairs", pairs), ("--tasks", "tasks", tasks), ("--seeds", "seeds", seeds)):
         if value is not None:  # narrowing is checked like the file: the flag is blamed
@@ -134,4 +155,6 @@ def load_suite(
         suite.data_root = os.environ["TLBENCH_DATA_ROOT"]
     elif suite.data_root is not None and not Path(suite.data_root).is_absolute():
         suite.data_root = str((Path(path).resolve().parent / suite.data_root).resolve())
+    if suite.data_root:  # from the suite or $TLBENCH_DATA_ROOT: Path checks of it would raise, not answer
+        check_name_lengths(Path(suite.data_root), "the data root")
     return suite

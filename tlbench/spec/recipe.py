@@ -80,6 +80,15 @@ class Recipe(StrictModel):
     )
     compile: bool = Field(False, description="torch.compile the backbone")
     deterministic: bool = Field(True, description="deterministic algorithms on the CPU (same seed, same numbers)")
+    trainable: str = Field(
+        "all",
+        pattern=r"^(all|head|top[1-9][0-9]?)$",
+        description="what of the backbone trains: all (the strategy's own groups), head (a frozen "
+        "backbone: its features computed once and cached, the steps train the head and the strategy's "
+        "modules from them) or topK (only the backbone's K output-most stages train, e.g. top2); a "
+        "leaderboard row of its own ('dann (head)'), refused for a strategy that does not accept "
+        "features; see docs/recipe.md",
+    )
     feature_cache: bool = Field(
         True, description="serve a frozen backbone's features from a cache instead of recomputing them each step"
     )
@@ -136,6 +145,13 @@ class Recipe(StrictModel):
             raise KeyError(key)
         return self.stored_size if key == "resize_size" else getattr(self, key)
 
+    @property
+    def top_stages(self) -> int | None:
+        """K of ``trainable: topK``; 0 for ``head``; None for ``all`` (no restriction)."""
+        if self.trainable == "all":
+            return None
+        return 0 if self.trainable == "head" else int(self.trainable[3:])
+
     def id_config(self) -> dict[str, Any]:
         """The recipe as it enters a cell's id: keys added after a release enter only when they differ
         from their default (so the cells of existing suites keep their ids), and the stored size resolved."""
@@ -155,6 +171,7 @@ RECIPE_KEYS_ADDED_LATER: dict[str, Any] = {
     "input_mean": "backbone",
     "bottleneck_layers": 1,
     "bottleneck_norm": "batch",
+    "trainable": "all",
 }
 
 #: recipe keys whose value is a sequence: a sweep of one is a list of lists (tlbench.spec.sweep)

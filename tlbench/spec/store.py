@@ -34,6 +34,8 @@ from tlbench.data.files import atomic_write_bytes, atomic_write_text, csv_safe, 
 from tlbench.spec.evaluations import CheckpointEvaluations
 from tlbench.spec.record import DONE_STATUSES, RESULT_COLUMNS, CellRecord, json_finite
 from tlbench.spec.summary import SuiteSummary
+from tlbench.spec.write_errors import RUN_AGAIN as RUN_AGAIN_TO_RESUME
+from tlbench.spec.write_errors import reported_write_errors
 
 #: what a record that does not validate means, said in its warning: to a run, which runs its cell again
 RUN_AGAIN = "its cell is run again"
@@ -84,6 +86,15 @@ class ResultsDir:
     def running_path(self, cell_id: str) -> Path:
         return self.cell_dir(cell_id) / "running.json"
 
+    def _writing(self):
+        """A full disk or a folder that became unwritable while a run writes here: one line naming
+        the output folder (:mod:`tlbench.spec.write_errors`), not a traceback."""
+        return reported_write_errors(
+            f"output folder {self.root}",
+            retry=f"{RUN_AGAIN_TO_RESUME} to resume (finished cells are kept)",
+            elsewhere=f"make it writable, then {RUN_AGAIN_TO_RESUME} to resume",
+        )
+
     def write_running(self, cell_id: str, deaths: int) -> None:
         """Mark a cell as running (by this process), with how many runs have died on it before."""
         mark = {
@@ -92,7 +103,8 @@ class ResultsDir:
             "deaths": deaths,
             "since": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         }
-        atomic_write_text(self.running_path(cell_id), json.dumps(mark, sort_keys=True) + "\n")
+        with self._writing():
+            atomic_write_text(self.running_path(cell_id), json.dumps(mark, sort_keys=True) + "\n")
 
     def read_deaths(self, cell_id: str) -> int:
         """How many runs have died while this cell ran (0 without a readable ``running.json``)."""
@@ -113,12 +125,13 @@ class ResultsDir:
 
     def write_record(self, record: CellRecord) -> None:
         """The curves and evaluations first, then the record that marks the cell done."""
-        if record.evaluations is not None:
-            atomic_write_bytes(self.evaluations_path(record.cell_id), record.evaluations.to_bytes())
-        if record.curves is not None:
-            atomic_write_text(self.curves_path(record.cell_id), json.dumps(json_finite(record.curves)) + "\n")
         text = record.to_json()
-        atomic_write_text(self.record_path(record.cell_id), text + "\n")
+        with self._writing():
+            if record.evaluations is not None:
+                atomic_write_bytes(self.evaluations_path(record.cell_id), record.evaluations.to_bytes())
+            if record.curves is not None:
+                atomic_write_text(self.curves_path(record.cell_id), json.dumps(json_finite(record.curves)) + "\n")
+            atomic_write_text(self.record_path(record.cell_id), text + "\n")
         if self._table is not None:  # as a reader would see it, without its curves and evaluations
             self._table[record.cell_id] = CellRecord.from_dict(json.loads(text))
 
@@ -174,11 +187,13 @@ class ResultsDir:
         writer.writeheader()
         for r in records:
             writer.writerow({k: ("" if v is None else csv_safe(v)) for k, v in r.row().items()})
-        atomic_write_text(self.root / "results.csv", buf.getvalue())
-        atomic_write_text(self.root / "results.jsonl", "".join(r.to_json() + "\n" for r in records))
+        with self._writing():
+            atomic_write_text(self.root / "results.csv", buf.getvalue())
+            atomic_write_text(self.root / "results.jsonl", "".join(r.to_json() + "\n" for r in records))
 
     def write_suite(self, summary: SuiteSummary) -> None:
-        atomic_write_text(self.root / "suite.json", summary.to_json())
+        with self._writing():
+            atomic_write_text(self.root / "suite.json", summary.to_json())
 
     def read_suite(self) -> SuiteSummary:
         """The summary a run wrote; an empty one (with a warning) when absent, unreadable or not a JSON object."""

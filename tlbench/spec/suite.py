@@ -193,6 +193,11 @@ class Suite(StrictModel):
         unknown = sorted(set(self.recipe_sweep) - set(Recipe.model_fields))
         if unknown:
             raise ValueError(f"recipe: unknown key(s) {', '.join(unknown)}; valid: {', '.join(Recipe.model_fields)}")
+        if "trainable" in self.recipe_sweep:
+            raise ValueError(
+                "recipe.trainable is an axis of leaderboard rows, not a sweep (a sweep's points share one row): "
+                "list the strategy once per value, e.g. strategies: [{name: dann, recipe: {trainable: head}}, dann]"
+            )
         overrides, where = _entry_overrides(backbone, strategy)
         unknown = sorted(set(overrides) - set(Recipe.model_fields))
         if unknown:
@@ -259,8 +264,8 @@ class Suite(StrictModel):
     @field_validator("seeds", "strategies")
     @classmethod
     def _unique(cls, v: list) -> list:
-        # a strategy's row is its label
-        keys = [getattr(x, "label", None) or getattr(x, "name", x) for x in v]
+        # a strategy's row is its label, and the part of the backbone it trains (dann, dann (head))
+        keys = [_row_key(x) for x in v]
         dupes = sorted({str(k) for k in keys if keys.count(k) > 1})
         if dupes:
             raise ValueError(f"listed twice: {', '.join(dupes)}")
@@ -346,6 +351,15 @@ class Suite(StrictModel):
 def _suite_error(message: str) -> PydanticCustomError:
     """A suite-level error that names its own key (validation shows it without a location prefix)."""
     return PydanticCustomError("suite_key", message)
+
+
+def _row_key(entry: Any) -> Any:
+    """The leaderboard row a strategy entry (or a seed, itself) makes, for the listed-twice check."""
+    if not isinstance(entry, StrategyEntry):
+        return entry
+    name = entry.label or entry.name
+    tier = dict(entry.recipe).get("trainable", "all")
+    return name if tier == "all" else f"{name} ({tier})"
 
 
 def _as_list(v: Any) -> Any:

@@ -13,8 +13,10 @@ from torch import Tensor, nn
 
 from tlbench.models.transfer import TransferModel, set_batchnorm_eval_where_frozen
 from tlbench.plugins.registry import NAME_PATTERN, NAME_RULE
+from tlbench.spec.recipe import Recipe
 from tlbench.testing.common import _check_summary_line, _require
 from tlbench.testing.tiny import make_tiny_batch, make_tiny_model
+from tlbench.training.schedule import restrict_to_trainable
 from tlbench.training.strategy import Batch, ParamGroup, SetupContext, StepContext, StepOutput, Strategy, Update
 
 VALID_TARGET_VIEWS: tuple[tuple[str, ...], ...] = ((), ("weak",), ("weak", "strong"))
@@ -251,12 +253,15 @@ def _run(cls: type[Strategy], params: Any, seed: int, total_steps: int) -> dict[
         by_id = {id(p): p for p in list(model.parameters()) + list(strategy.parameters())}
         reached: dict[int, bool] = {}  # param id -> got a gradient at a step where it trained
         inputs = ("images", "features") if cls.accepts_features else ("images",)
+        # on features the backbone is frozen, as the engine serves them only then (recipe.trainable: head)
+        on_features = restrict_to_trainable(groups, model, Recipe.model_validate({"trainable": "head"}))
         for step in (0, total_steps - 1):
-            enabled = apply_engine_trainability((model, strategy), groups, step, total_steps)
-            model.train()
-            strategy.train()
-            set_batchnorm_eval_where_frozen(model)
             for kind in inputs:
+                trained = on_features if kind == "features" else groups
+                enabled = apply_engine_trainability((model, strategy), trained, step, total_steps)
+                model.train()
+                strategy.train()
+                set_batchnorm_eval_where_frozen(model)
                 batch = make_tiny_batch(cls.target_views, seed=seed + step)
                 if kind == "features":
                     batch = _as_features(model, batch)
@@ -273,7 +278,7 @@ def _run(cls: type[Strategy], params: Any, seed: int, total_steps: int) -> dict[
                 for p in by_id.values():
                     p.grad = None
                 where = f"{who}.training_step at step {step}/{total_steps} on {kind}"
-                checked = _StepCheck(who, where, named, by_id, enabled, reached, teacher, groups)
+                checked = _StepCheck(who, where, named, by_id, enabled, reached, teacher, groups, trained)
                 if type(strategy).training_updates is Strategy.training_updates:
                     losses = [checked.single_update(strategy, batch, ctx)]
                 else:
@@ -298,11 +303,13 @@ def _run(cls: type[Strategy], params: Any, seed: int, total_steps: int) -> dict[
 class _StepCheck:
     """One step of the check: the strategy's update(s), each checked as the engine would run it."""
 
-    def __init__(self, who, where, named, by_id, enabled, reached, teacher, groups: list[ParamGroup]):
+    def __init__(
+        self, who, where, named, by_id, enabled, reached, teacher, groups: list[ParamGroup], trained: list[ParamGroup]
+    ):
         self.who, self.where, self.named, self.by_id = who, where, named, by_id
         self.enabled, self.reached, self.teacher = enabled, reached, teacher
-        self.group_of = {id(p): g.name for g in groups for p in g.params}
-        self.group_names = [g.name for g in groups]
+        self.group_of = {id(p): g.name for g in trained for p in g.params}
+        self.group_names = [g.name for g in groups]  # declared; ``trained`` may have emptied some
         self.grads: dict[str, Tensor] = {}
 
     def single_update(self, strategy: Strategy, batch: Batch, ctx: StepContext) -> Tensor:
@@ -341,6 +348,9 @@ class _StepCheck:
                 f"{self.group_names}, got {update.groups!r}",
             )
             _check_output(here, StepOutput(update.loss, update.metrics), bool(self.enabled))
+            if update.groups is not None and not set(update.groups) & set(self.group_of.values()):
+                losses.append(update.loss.detach().clone())  # every group it names is frozen: the engine skips it
+                continue
             self._backward(here, update.loss, update.groups)
             with torch.no_grad():
                 for pid, p in self.by_id.items():

@@ -203,10 +203,17 @@ class Augmenter:
             return center_crop(images, self.size).float()
         return random_resized_crop(images, self.size, g, scale=self.scale)
 
+    def flip_draw(self, n: int, g: torch.Generator) -> Tensor | None:
+        """Which of ``n`` training views are mirrored (None without flipping): the one draw a weak view
+        makes after its crop, which a cached frozen feature's choice of view makes too, so that the
+        cached and the recomputed frozen backbone see the same views with ``train_crop: none``."""
+        return torch.rand(n, generator=g, device=g.device) < 0.5 if self.hflip else None
+
     def weak(self, images: Tensor, g: torch.Generator) -> Tensor:
         x = self._crop(images, g)
-        if self.hflip:
-            x = random_hflip(x, g)
+        flips = self.flip_draw(x.shape[0], g)
+        if flips is not None:
+            x = hflip_where(x, flips)
         return self.normalize(x).contiguous(memory_format=self.memory_format)
 
     def strong(self, images: Tensor, g: torch.Generator) -> Tensor:

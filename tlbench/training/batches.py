@@ -79,8 +79,9 @@ class DomainImages:
 
     def view(self, idx: Tensor, augmenter: Augmenter, g: torch.Generator) -> tuple[Tensor, Tensor | None]:
         """The step's input for ``images[idx]`` and, with fixed teacher views, the teacher's logits on it."""
-        if self.features is not None:  # one of the cached feature views of each image
-            choice = torch.randint(0, self.features.shape[0], (len(idx),), generator=g, device=g.device)
+        if self.features is not None:  # the cached centre view of each image, or its mirror image
+            flips = augmenter.flip_draw(len(idx), g)  # the draw a weak view of the centre crop makes
+            choice = flips.long() if flips is not None else torch.zeros(len(idx), dtype=torch.long, device=g.device)
             return self.features[choice, idx], None
         if self.fixed is None:
             return augmenter.weak(self.images[idx], g), None

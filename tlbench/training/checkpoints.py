@@ -54,12 +54,22 @@ def checkpoint_steps(total_steps: int, points: int) -> list[int]:
 class CheckpointEvaluator(StepObserver):
     """Evaluates the model at ``checkpoint_steps``; the last point comes from the final evaluation."""
 
-    def __init__(self, setup: CellSetup, target_images: Tensor, target_labels: Tensor, points: int):
+    def __init__(
+        self,
+        setup: CellSetup,
+        target_images: Tensor,
+        target_labels: Tensor,
+        points: int,
+        target_features: Tensor | None = None,
+    ):
         self.subset = checkpoint_subset(len(target_images), setup.recipe.eval_points_images)
         if self.subset is not None:
             index = self.subset.to(target_images.device)
             target_images, target_labels = target_images[index], target_labels[index]
+            if target_features is not None:
+                target_features = target_features[index.to(target_features.device)]
         self.setup, self.target_images, self.target_labels = setup, target_images, target_labels
+        self.target_features = target_features  # a frozen backbone's cached test views: only the head runs
         self.steps = checkpoint_steps(setup.total_steps, points)
         self._due = set(self.steps[:-1])  # 0-based steps after which to evaluate are step_done - 1
         self._points: list[tuple[int, float, ModelOutputs, ModelOutputs | None]] = []
@@ -71,7 +81,10 @@ class CheckpointEvaluator(StepObserver):
         if step + 1 in self._due:
             modes = _modes(self.setup.model, self.setup.strategy)
             try:
-                self._add(step + 1, evaluate_cell(self.setup, self.target_images, self.target_labels))
+                self._add(
+                    step + 1,
+                    evaluate_cell(self.setup, self.target_images, self.target_labels, self.target_features),
+                )
             finally:
                 for module, training in modes:
                     module.training = training

@@ -61,6 +61,21 @@ def model_outputs(
     )
 
 
+@torch.no_grad()
+def head_outputs(model: nn.Module, features: Tensor, batch_size: int, autocast) -> ModelOutputs:
+    """Logits and embeddings of a :class:`TransferModel`'s head on a frozen backbone's cached test-view
+    features (N×D): the backbone's share of the test pass, computed once for every cell that shares it.
+    Its ``img_per_s`` is the head's alone, not a deployment figure (NaN)."""
+    model.eval()
+    logits, embeds = [], []
+    for i in range(0, len(features), batch_size):
+        with autocast():
+            out: Any = cast(Any, model).forward_all(features[i : i + batch_size])
+            logits.append(out.logits.float())
+            embeds.append(out.embedding.float())
+    return ModelOutputs(torch.cat(logits).cpu(), torch.cat(embeds).cpu(), float("nan"))
+
+
 def accuracy(logits: Tensor, labels: Tensor) -> float:
     """Percent of rows whose arg-max is the label."""
     return 100.0 * (logits.argmax(1) == labels.to(logits.device)).sum().item() / max(len(labels), 1)
@@ -80,10 +95,20 @@ def evaluate(
     return accuracy(out.logits, labels), out.img_per_s
 
 
-def evaluate_cell(setup: CellSetup, target_images: Tensor, target_labels: Tensor) -> Evaluation:
-    """The current model on all target images (timed) and on the source's held-out split, one pass each."""
+def evaluate_cell(
+    setup: CellSetup, target_images: Tensor, target_labels: Tensor, target_features: Tensor | None = None
+) -> Evaluation:
+    """The current model on all target images (timed) and on the source's held-out split, one pass each.
+
+    With ``target_features`` (the frozen backbone's cached test-view features of ``target_images``, for
+    a cell whose backbone never trained) only the head runs on the target; the evaluation throughput is
+    then the whole model's on the held-out source, which is still computed from images.
+    """
     bs = setup.recipe.eval_batch_size
-    target = model_outputs(setup.model, target_images, setup.augmenter, bs, setup.device, setup.autocast)
+    if target_features is None or setup.data.source_holdout is None:
+        target = model_outputs(setup.model, target_images, setup.augmenter, bs, setup.device, setup.autocast)
+    else:
+        target = head_outputs(setup.model, target_features, bs, setup.autocast)
     source, source_acc = None, None
     holdout = setup.data.source_holdout
     if holdout is not None:
@@ -91,7 +116,8 @@ def evaluate_cell(setup: CellSetup, target_images: Tensor, target_labels: Tensor
             setup.model, holdout.images.to(setup.device), setup.augmenter, bs, setup.device, setup.autocast
         )
         source_acc = accuracy(source.logits, holdout.labels)
-    return Evaluation(accuracy(target.logits, target_labels), target.img_per_s, source_acc, target, source)
+    rate = source.img_per_s if source is not None and target_features is not None else target.img_per_s
+    return Evaluation(accuracy(target.logits, target_labels), rate, source_acc, target, source)
 
 
 class PseudoLabelAudit:

@@ -153,6 +153,13 @@ class FrozenOutputs:
     source_teacher: tuple[FixedViews, Tensor] | None = None  # the views and K × N × C logits
     target_teacher: tuple[FixedViews, Tensor] | None = None
 
+    def scored_features(self, total_steps: int) -> Tensor | None:
+        """The cached test-view features (N×D) of the target images, for a cell whose backbone never
+        trains: its evaluations run the head on them instead of the backbone on every image again."""
+        if self.target_features is None or self.feature_steps < total_steps:
+            return None
+        return self.target_features[0]  # view 0 is the centre crop, the test view
+
 
 def prepare_frozen_outputs(
     setup: CellSetup,
@@ -191,7 +198,8 @@ def prepare_frozen_outputs(
         )
         out.feature_steps = steps
         out.source_features = bank.features(src_images, domain_key(setup.data.source_train), setup.autocast)
-        if views:
+        scored_from_cache = steps >= setup.total_steps and setup.data.served_target is setup.data.target
+        if views or scored_from_cache:  # the target's test views also score a backbone that never trains
             out.target_features = bank.features(tgt_images, domain_key(setup.data.served_target), setup.autocast)
     if teacher is not None and strategy.teacher_views:
         # a teacher was loaded, so its weights file is set (setup.load_teacher refuses a cell without one)

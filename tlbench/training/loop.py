@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from tlbench.errors import DivergedError
+from tlbench.errors import DivergedError, UserError
 from tlbench.training.batches import BatchSource
 from tlbench.training.measure import Stopwatch
 from tlbench.training.schedule import ParamSchedule
@@ -95,6 +95,13 @@ def apply_updates(updates: Iterator[Update], schedule: ParamSchedule, autocast: 
         if update is None:
             break
         loss = update.loss.float()
+        if not schedule.trains_any(update.groups):
+            raise UserError(
+                f"strategy {schedule.strategy_name!r}: its update {update.name or '(unnamed)'!r} trains only "
+                f"{', '.join(update.groups or ())}, which recipe.trainable: {schedule.recipe.trainable} freezes, "
+                "so the method cannot run at this tier; leave trainable at all for it, or train part of the "
+                "backbone (top1, top2, ...)"
+            )
         schedule.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         schedule.step(update.groups)

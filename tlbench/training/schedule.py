@@ -8,14 +8,15 @@ schedule TLlib's scripts use).
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
 
 from tlbench.errors import UserError
-from tlbench.models.transfer import set_batchnorm_eval_where_frozen
+from tlbench.models.transfer import TransferModel, set_batchnorm_eval_where_frozen
 from tlbench.spec.recipe import Recipe
 from tlbench.training.strategy import ParamGroup
 
@@ -33,9 +34,12 @@ class ParamSchedule:
         strategy_name: str,
     ):
         check_groups(groups, strategy_name)
+        #: the names the strategy declared: an update may name a group recipe.trainable emptied
+        self._group_names = [g.name for g in groups]
+        if recipe.trainable != "all":
+            groups = restrict_to_trainable(groups, cast(TransferModel, model), recipe)
         self.groups, self.model, self.recipe = groups, model, recipe
         self.strategy_name = strategy_name
-        self._group_names = [g.name for g in groups]
         self.total_steps = int(recipe.steps)
         for module in modules:
             for p in module.parameters():
@@ -78,17 +82,56 @@ class ParamSchedule:
         optimizer over its groups, which is how MCD's and ADDA's reference code trains.
         """
         if groups is not None:
-            unknown = sorted(set(groups) - set(self._group_names))
-            if unknown:
-                raise ValueError(
-                    f"strategy {self.strategy_name!r}: an update names group(s) {', '.join(map(repr, unknown))} "
-                    f"that param_groups does not declare; declared: {', '.join(map(repr, self._group_names))}"
-                )
+            self._check_declared(groups)
             for pg in self.optimizer.param_groups:
                 if pg["name"] not in groups:
                     for p in pg["params"]:
                         p.grad = None
         self.optimizer.step()
+
+    def trains_any(self, groups: tuple[str, ...] | None) -> bool:
+        """Whether an update over ``groups`` (None: all) can move anything: False when
+        ``recipe.trainable`` emptied every group it names (MCD's generator on a frozen backbone)."""
+        if groups is None:
+            return True
+        self._check_declared(groups)
+        return any(g.name in groups for g in self.groups)
+
+    def _check_declared(self, groups: tuple[str, ...]) -> None:
+        unknown = sorted(set(groups) - set(self._group_names))
+        if unknown:
+            raise ValueError(
+                f"strategy {self.strategy_name!r}: an update names group(s) {', '.join(map(repr, unknown))} "
+                f"that param_groups does not declare; declared: {', '.join(map(repr, self._group_names))}"
+            )
+
+
+def restrict_to_trainable(groups: list[ParamGroup], model: TransferModel, recipe: Recipe) -> list[ParamGroup]:
+    """The strategy's groups less the backbone parameters ``recipe.trainable`` freezes.
+
+    ``all`` changes nothing; ``head`` takes every backbone parameter out (the engine then serves the
+    frozen backbone's cached features); ``topK`` keeps only the backbone's K output-most stages
+    (``model.backbone_stages()``). A group left empty is dropped; every other group keeps its rate
+    and start, so a strategy's own schedule holds on the part that still trains.
+    """
+    keep = recipe.top_stages
+    if keep is None:
+        return groups
+    stages = model.backbone_stages()
+    if keep >= len(stages):
+        raise UserError(
+            f"recipe.trainable: {recipe.trainable} trains every stage of a backbone of {len(stages)}; "
+            f"use trainable: all, or top1 .. top{len(stages) - 1}"
+        )
+    frozen = {id(p) for p in model.backbone.parameters()}
+    for stage in stages[len(stages) - keep :] if keep else []:
+        frozen -= {id(p) for p in stage}
+    out = []
+    for group in groups:
+        params = [p for p in group.params if id(p) not in frozen]
+        if params:
+            out.append(dataclasses.replace(group, params=params))
+    return out
 
 
 def make_optimizer(groups: list[dict], recipe: Recipe, device: torch.device) -> torch.optim.Optimizer:

@@ -225,6 +225,8 @@ class Strategy(Plugin, nn.Module):
       ``ctx.model``, so pooled features (N×D) work in place of images: for every step at which no
       backbone parameter trains (all of ``freeze``, the head-only phase of ``unfreeze``) the engine
       then serves features of the frozen backbone, computed once and cached, instead of images.
+      Such a strategy also honours ``recipe.trainable`` (``head``: the backbone frozen throughout;
+      ``topK``: only its K output-most stages train); any other is refused it at validation.
     - ``needs_teacher``: True when ``ctx.teacher`` must be a trained model (``kd``).
     - ``protocols``: the suite protocols the strategy is sound under: ``"uda"`` (a labelled source
       and an unlabelled target domain) and/or ``"finetune"`` (one labelled task; its target views

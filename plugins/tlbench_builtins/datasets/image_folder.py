@@ -38,7 +38,23 @@ class ImageFolder(ClassFolderDataset):
             path = self.root / path
         self.folder = path
 
+    def _check_usable(self) -> None:
+        """A path the OS cannot even look up (a 5,000-character one: ENAMETOOLONG) is one line, not the
+        traceback every ``exists()`` would raise."""
+        try:
+            self.folder.stat()
+        except (FileNotFoundError, NotADirectoryError):
+            return  # said below, with the expected layout
+        except OSError as exc:
+            text = str(self.folder)
+            shown = text if len(text) <= 200 else f"{text[:100]}... ({len(text)} characters)"
+            raise UserError(
+                f"dataset 'image_folder': path {shown} cannot be used ({exc.strerror}); give the folder "
+                "holding <domain>/<class>/<image>"
+            ) from None
+
     def domains(self) -> list[str]:
+        self._check_usable()
         if self.folder.exists() and not self.folder.is_dir():
             raise UserError(
                 f"dataset 'image_folder': path {self.folder} is a file, not a folder; expected "

@@ -14,12 +14,19 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import logging
 import os
 from typing import Any
 
 from tlbench import Launcher, UserError, hookimpl
 
 _POLL_S = 0.5
+
+#: ``ray.init``'s documented logging options for a driver whose stderr is tlbench's: Ray's "ray" logger
+#: at ERROR (its notices, such as "Token authentication is enabled for this Ray cluster", would be lines
+#: tlbench did not write; with ``configure_logging=False`` Python's last-resort handler printed them) and
+#: the workers' output kept in Ray's log files, not copied to the driver
+QUIET_RAY: dict[str, Any] = {"configure_logging": True, "logging_level": logging.ERROR, "log_to_driver": False}
 
 
 def import_ray():
@@ -53,8 +60,7 @@ def start_local_ray(num_cpus: int | None = None, num_gpus: int | None = None):
             num_gpus=num_gpus,
             include_dashboard=False,
             _node_ip_address="127.0.0.1",
-            configure_logging=False,
-            log_to_driver=False,
+            **QUIET_RAY,
         )
     finally:
         if saved_constant is not None:
@@ -115,7 +121,7 @@ class RayLauncher(Launcher):
             return ray
         if self.address:
             try:
-                ray.init(address=self.address, configure_logging=False, log_to_driver=False)
+                ray.init(address=self.address, **QUIET_RAY)
             except ConnectionError as exc:
                 raise UserError(
                     f"launcher ray: cannot join the Ray cluster at {self.address!r} ({exc}); "

@@ -108,6 +108,7 @@ class Afn(Strategy):
     protocols = ("uda",)  # its norm and entropy terms use an unlabelled target domain
     target_views = ("weak",)
     trains_backbone = True
+    accepts_features = True  # through ctx.model only: runs on a frozen backbone's features (trainable: head)
 
     def _features_and_logits(self, x: Tensor, ctx: StepContext) -> tuple[Tensor, Tensor]:
         """The embedding after the L2-preserving dropout, and the classifier's logits on it."""

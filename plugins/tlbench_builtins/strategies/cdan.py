@@ -183,6 +183,7 @@ class Cdan(Strategy):
     protocols = ("uda",)  # it aligns a source with a target domain: fine-tuning has one domain
     target_views = ("weak",)
     trains_backbone = True
+    accepts_features = True  # through ctx.model only: runs on a frozen backbone's features (trainable: head)
 
     def setup(self, model: TransferModel, ctx: SetupContext) -> None:
         self.adversary = make_conditional_adversary(self.params, ctx)

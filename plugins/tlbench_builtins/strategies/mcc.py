@@ -87,6 +87,7 @@ class Mcc(Strategy):
     protocols = ("uda",)  # it regularises predictions on a target domain besides the labelled source
     target_views = ("weak",)
     trains_backbone = True
+    accepts_features = True  # through ctx.model only: runs on a frozen backbone's features (trainable: head)
 
     def training_step(self, batch: Batch, ctx: StepContext) -> StepOutput:
         joint = self.joint_pass(batch, ctx)

@@ -109,6 +109,7 @@ class Mcd(Strategy):
     protocols = ("uda",)  # it needs unlabelled target images to disagree on
     target_views = ("weak",)
     trains_backbone = True
+    accepts_features = True  # through ctx.model only: runs on a frozen backbone's features (trainable: head)
 
     def setup(self, model: TransferModel, ctx: SetupContext) -> None:
         self.bottleneck2 = _reinitialised(model.bottleneck)

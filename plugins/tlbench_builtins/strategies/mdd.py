@@ -135,6 +135,7 @@ class Mdd(Strategy):
     protocols = ("uda",)  # it aligns a source with a target domain: fine-tuning has one domain
     target_views = ("weak",)
     trains_backbone = True
+    accepts_features = True  # through ctx.model only: runs on a frozen backbone's features (trainable: head)
 
     def setup(self, model: TransferModel, ctx: SetupContext) -> None:
         self.adv_head = AdversarialHead(ctx.embed_dim, ctx.num_classes, self.params.hidden, self.params.dropout)

@@ -110,6 +110,7 @@ class Mmd(Strategy):
     protocols = ("uda",)  # it aligns a source with a target domain: fine-tuning has one domain
     target_views = ("weak",)
     trains_backbone = True
+    accepts_features = True  # through ctx.model only: runs on a frozen backbone's features (trainable: head)
 
     def training_step(self, batch: Batch, ctx: StepContext) -> StepOutput:
         joint = self.joint_pass(batch, ctx)

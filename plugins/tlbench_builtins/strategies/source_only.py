@@ -24,6 +24,7 @@ class SourceOnly(Strategy):
     protocols = ("uda", "finetune")
     target_views = ()
     trains_backbone = True
+    accepts_features = True  # through ctx.model only: runs on a frozen backbone's features (trainable: head)
 
     def training_step(self, batch: Batch, ctx: StepContext) -> StepOutput:
         return self.supervised_step(batch, ctx, self.params.label_smoothing)

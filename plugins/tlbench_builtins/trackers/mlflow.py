@@ -53,6 +53,21 @@ class MlflowTracker(Tracker):
         "experiment": "experiment name (default: the suite's name)",
     }
 
+    @classmethod
+    def local_paths(cls, out_dir, options) -> list[Path]:
+        """The store a local tracking URI names (and, for a database, the ``./mlruns`` folder MLflow puts
+        its artifacts in), or ``<out>/mlflow`` by default; nothing for a server."""
+        uri = str(options.get("tracking_uri") or os.environ.get("MLFLOW_TRACKING_URI") or "")
+        if not uri:
+            return [Path(out_dir) / "mlflow"]
+        if uri.split(":", 1)[0] in ("databricks", "databricks-uc", "uc"):
+            return []
+        store = cls.local_path(uri)
+        if store is None:
+            return []
+        database = uri.partition(":")[0].startswith("sqlite")
+        return [store, Path.cwd() / "mlruns"] if database else [store]
+
     def __init__(self, out_dir, suite, **options):
         super().__init__(out_dir, suite, **options)
         try:

@@ -30,6 +30,14 @@ class TensorBoardTracker(Tracker):
     description = "TensorBoard event files, one run per cell (curves, results, configuration)"
     option_help = {"log_dir": "folder for the runs (default: <out>/tensorboard)"}
 
+    @classmethod
+    def local_paths(cls, out_dir, options) -> list[Path]:
+        """``log_dir`` (nothing local for a bucket such as ``s3://...``), else ``<out>/tensorboard``."""
+        if not options.get("log_dir"):
+            return [Path(out_dir) / "tensorboard"]
+        folder = cls.local_path(str(options["log_dir"]))
+        return [folder] if folder is not None else []
+
     def __init__(self, out_dir, suite, **options):
         super().__init__(out_dir, suite, **options)
         try:

@@ -144,9 +144,18 @@ class TimmHub(WeightSource):
         )
 
     def hint(self, model_name: str) -> str:
-        if pretrained_cfg(model_name) is None:
+        cfg = pretrained_cfg(model_name)
+        if cfg is None:
             return "timm has no pretrained weights for this model"
-        return "needs internet access to the Hugging Face Hub once (or set HF_HOME to a cache that has the file)"
+        offline = (
+            f"; offline: on a machine with internet, `hf download {cfg.hf_hub_id} model.safetensors --local-dir DIR`, "
+            "then weights: DIR/model.safetensors"
+            if cfg.hf_hub_id
+            else ""
+        )
+        return (
+            "needs internet access to the Hugging Face Hub once (or set HF_HOME to a cache that has the file)" + offline
+        )
 
 
 @hookimpl

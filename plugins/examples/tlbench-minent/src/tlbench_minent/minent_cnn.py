@@ -1,4 +1,4 @@
-"""``coral_cnn``: a small convolutional network for any image size, as a third-party backbone.
+"""``minent_cnn``: a small convolutional network for any image size, as a third-party backbone.
 
 It shows the backbone contract end to end: a provider that creates a network by name, declares
 its feature size, input channels, normalisation and stages, and says it has no pretrained weights
@@ -14,7 +14,7 @@ from torch import nn
 from tlbench import Backbone, BackboneProvider, filter_names, hookimpl
 
 #: network name -> widths of its two convolution stages
-WIDTHS = {"coral_cnn": (16, 32)}
+WIDTHS = {"minent_cnn": (16, 32)}
 
 
 def _stage(n_in: int, n_out: int, stride: int) -> nn.Sequential:
@@ -23,10 +23,10 @@ def _stage(n_in: int, n_out: int, stride: int) -> nn.Sequential:
     )
 
 
-class CoralNets(BackboneProvider):
+class MinentNets(BackboneProvider):
     """Small colour CNNs trained from scratch: two conv stages, global average pooling."""
 
-    name = "coral_nets"
+    name = "minent_nets"
 
     def names(self, pattern=None, *, pretrained=False):
         return [] if pretrained else filter_names(list(WIDTHS), pattern)
@@ -45,4 +45,4 @@ class CoralNets(BackboneProvider):
 
 @hookimpl
 def register_backbones(register):
-    register(CoralNets)
+    register(MinentNets)

@@ -12,8 +12,8 @@ from test_csv_images import write_csv, write_image
 from tlbench.testing import run_cli
 
 installed = pytest.mark.skipif(
-    not any(ep.value.startswith("tlbench_coral") for ep in md.entry_points(group="tlbench")),
-    reason="tlbench-coral is not installed (pip install -e plugins/examples/tlbench-coral): "
+    not any(ep.value.startswith("tlbench_minent") for ep in md.entry_points(group="tlbench")),
+    reason="tlbench-minent is not installed (pip install -e plugins/examples/tlbench-minent): "
     "tlbench finds plugins through installed entry points only",
 )
 
@@ -21,17 +21,17 @@ installed = pytest.mark.skipif(
 @installed
 def test_entry_points_register_every_plugin(capsys):
     for kind, name, plugin in (
-        ("strategies", "coral", "tlbench_coral.coral"),
-        ("datasets", "csv_images", "tlbench_coral.csv_images"),
+        ("strategies", "minent", "tlbench_minent.minent"),
+        ("datasets", "csv_images", "tlbench_minent.csv_images"),
     ):
         assert run_cli(["list", kind, name]) == 0
         assert capsys.readouterr().out.split()[:2] == [name, plugin]
-    assert run_cli(["list", "backbones", "coral_cnn*"]) == 0
-    assert capsys.readouterr().out.split() == ["coral_cnn", "coral_nets"]
+    assert run_cli(["list", "backbones", "minent_cnn*"]) == 0
+    assert capsys.readouterr().out.split() == ["minent_cnn", "minent_nets"]
 
 
 @installed
-def test_a_csv_suite_ranks_coral_next_to_source_only(tmp_path: Path):
+def test_a_csv_suite_ranks_minent_next_to_source_only(tmp_path: Path):
     for d, domain in enumerate(("day", "night")):
         rows = []
         for label in ("a", "b", "c"):
@@ -42,12 +42,12 @@ def test_a_csv_suite_ranks_coral_next_to_source_only(tmp_path: Path):
         write_csv(tmp_path / "data" / f"{domain}.csv", rows)
     suite = tmp_path / "suite.yaml"
     suite.write_text(f"""\
-name: csv_coral
+name: csv_minent
 dataset: csv_images
 dataset_options: {{path: {tmp_path / "data"}}}
 pairs: [day->night]
-backbones: [{{name: test_efficientnet, weights: random}}, {{name: coral_cnn, weights: random}}]
-strategies: [source_only, coral]
+backbones: [{{name: test_efficientnet, weights: random}}, {{name: minent_cnn, weights: random}}]
+strategies: [source_only, minent]
 recipe: {{steps: 4, batch_size: 6, image_size: 12, resize_size: 12, hflip: false, log_every: 2,
           timing_warmup_steps: 1, source_holdout: 0.2}}
 """)
@@ -55,9 +55,9 @@ recipe: {{steps: 4, batch_size: 6, image_size: 12, resize_size: 12, hflip: false
     code = run_cli(["run", str(suite), "--out", str(out), "--cache", str(tmp_path / "cache"), "--quiet"])
     assert code == 0
     df = pd.read_csv(out / "results.csv")
-    assert sorted(df["strategy"]) == ["coral", "coral", "source_only", "source_only"]
-    assert sorted(set(df["backbone"])) == ["coral_cnn", "test_efficientnet"]
+    assert sorted(df["strategy"]) == ["minent", "minent", "source_only", "source_only"]
+    assert sorted(set(df["backbone"])) == ["minent_cnn", "test_efficientnet"]
     assert (df["status"] == "ok").all() and (df["dataset"] == "csv_images").all()
     assert (df["source"] == "day").all() and (df["target"] == "night").all()
     assert df["target_acc"].between(0, 100).all()
-    assert "coral" in (out / "leaderboard.md").read_text()
+    assert "minent" in (out / "leaderboard.md").read_text()

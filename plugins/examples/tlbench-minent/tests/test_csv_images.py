@@ -12,7 +12,7 @@ from PIL import Image
 
 from tlbench import UserError
 from tlbench.testing import check_dataset
-from tlbench_coral import CsvImages
+from tlbench_minent import CsvImages
 
 
 def write_image(path: Path, value: int, size: int = 10) -> None:
