@@ -36,8 +36,10 @@ class ParamSchedule:
         check_groups(groups, strategy_name)
         #: the names the strategy declared: an update may name a group recipe.trainable emptied
         self._group_names = [g.name for g in groups]
+        self._declared = frozenset(self._group_names)
         if recipe.trainable != "all":
             groups = restrict_to_trainable(groups, cast(TransferModel, model), recipe)
+        self._trained = frozenset(g.name for g in groups)  # the declared groups that still hold parameters
         self.groups, self.model, self.recipe = groups, model, recipe
         self.strategy_name = strategy_name
         self.total_steps = int(recipe.steps)
@@ -95,10 +97,12 @@ class ParamSchedule:
         if groups is None:
             return True
         self._check_declared(groups)
-        return any(g.name in groups for g in self.groups)
+        return not self._trained.isdisjoint(groups)
 
     def _check_declared(self, groups: tuple[str, ...]) -> None:
-        unknown = sorted(set(groups) - set(self._group_names))
+        if self._declared.issuperset(groups):
+            return
+        unknown = sorted(set(groups) - self._declared)
         if unknown:
             raise ValueError(
                 f"strategy {self.strategy_name!r}: an update names group(s) {', '.join(map(repr, unknown))} "
