@@ -99,13 +99,13 @@ def test_unfreeze_trains_on_cached_features_until_the_first_stage_joins(tmp_path
     assert len(list((tmp_path / "cache" / "features").glob("*.pt"))) == 1
 
     # the same features serve freeze (no recomputation: the file is reused, not rewritten); freeze,
-    # whose backbone never trains, adds the target's, on which it is scored
+    # whose backbone never trains, adds the target's and the held-out source's, on which it is scored
     (feature_file,) = (tmp_path / "cache" / "features").glob("*.pt")
     stamp = feature_file.stat().st_mtime_ns
     freeze_cells, _ = _cells(tmp_path, "strategies: [freeze]\n")
     assert _train(freeze_cells[0], registry, tmp_path).extra["feature_cache"] is True
     assert feature_file.stat().st_mtime_ns == stamp
-    assert len(list((tmp_path / "cache" / "features").glob("*.pt"))) == 2
+    assert len(list((tmp_path / "cache" / "features").glob("*.pt"))) == 3
 
 
 def test_a_weights_file_replaced_under_the_same_path_gets_its_own_features(tmp_path):
@@ -128,7 +128,7 @@ def test_a_weights_file_replaced_under_the_same_path_gets_its_own_features(tmp_p
     assert first.extra["provenance"]["weights"]["sha256"] != second.extra["provenance"]["weights"]["sha256"]
     # the second file's features were computed from it, not served from the first file's cache
     files = sorted((tmp_path / "cache" / "features").glob("*.pt"))
-    assert len(files) == 4  # source and target, for each file
+    assert len(files) == 6  # source, target and held-out source, for each file
     features = [load_checked(f) for f in files]
     assert not any(torch.equal(a, b) for i, a in enumerate(features) for b in features[i + 1 :])
 

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from tlbench.spec.evaluations import CheckpointEvaluations, compact_embeddings
 from tlbench.training.evaluation import Evaluation, ModelOutputs, accuracy, evaluate_cell
+from tlbench.training.frozen import CachedTestViews
 from tlbench.training.loop import StepObserver
 from tlbench.training.setup import CellSetup
 from tlbench.training.strategy import StepOutput
@@ -60,16 +61,16 @@ class CheckpointEvaluator(StepObserver):
         target_images: Tensor,
         target_labels: Tensor,
         points: int,
-        target_features: Tensor | None = None,
+        cached: CachedTestViews | None = None,
     ):
         self.subset = checkpoint_subset(len(target_images), setup.recipe.eval_points_images)
         if self.subset is not None:
             index = self.subset.to(target_images.device)
             target_images, target_labels = target_images[index], target_labels[index]
-            if target_features is not None:
-                target_features = target_features[index.to(target_features.device)]
+            if cached is not None:
+                cached = dataclasses.replace(cached, target=cached.target[index.to(cached.target.device)])
         self.setup, self.target_images, self.target_labels = setup, target_images, target_labels
-        self.target_features = target_features  # a frozen backbone's cached test views: only the head runs
+        self.cached = cached  # a frozen backbone's cached test views: only the head runs
         self.steps = checkpoint_steps(setup.total_steps, points)
         self._due = set(self.steps[:-1])  # 0-based steps after which to evaluate are step_done - 1
         self._points: list[tuple[int, float, ModelOutputs, ModelOutputs | None]] = []
@@ -83,7 +84,7 @@ class CheckpointEvaluator(StepObserver):
             try:
                 self._add(
                     step + 1,
-                    evaluate_cell(self.setup, self.target_images, self.target_labels, self.target_features),
+                    evaluate_cell(self.setup, self.target_images, self.target_labels, self.cached),
                 )
             finally:
                 for module, training in modes:

@@ -83,13 +83,13 @@ def train_cell(task: CellTask, registry=None) -> CellRecord:
         score_pseudo_labels=audit,
     )
     curves = CurveRecorder(setup.schedule)  # the metrics' means for the record come from its sums too
-    scored_features = None
+    cached_test_views = None
     if data.served_target is data.target:  # uda: every target image, the ones it was served, is scored
         scored_images, scored_labels = pool_images, pool_labels
-        scored_features = frozen.scored_features(setup.total_steps)
+        cached_test_views = frozen.scored_features(setup.total_steps)
     else:  # finetune: the task's test (or validation) split, never served
         scored_images, scored_labels = data.target.images.to(device), data.target.labels.to(device)
-    checkpoints = CheckpointEvaluator(setup, scored_images, scored_labels, int(recipe.eval_points), scored_features)
+    checkpoints = CheckpointEvaluator(setup, scored_images, scored_labels, int(recipe.eval_points), cached_test_views)
     observers: list[StepObserver] = [NonFiniteCheck(device), curves, checkpoints]
     if task.show_progress:
         observers.append(ProgressBar(setup.total_steps, cell.describe()))
@@ -106,7 +106,7 @@ def train_cell(task: CellTask, registry=None) -> CellRecord:
         device=device,
     )
 
-    evaluation = evaluate_cell(setup, scored_images, scored_labels, scored_features)
+    evaluation = evaluate_cell(setup, scored_images, scored_labels, cached_test_views)
     evaluations = checkpoints.finish(evaluation)
     if task.save_model:  # a kd teacher: its students load these weights, checked by their digest
         save_checked(

@@ -7,7 +7,7 @@ strategy's pseudo-labels against them for the record and never feeds anything ba
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -15,6 +15,9 @@ from torch import Tensor, nn
 from tlbench.training.augment import Augmenter
 from tlbench.training.measure import Stopwatch
 from tlbench.training.setup import CellSetup
+
+if TYPE_CHECKING:
+    from tlbench.training.frozen import CachedTestViews
 
 
 @dataclass
@@ -96,19 +99,30 @@ def evaluate(
 
 
 def evaluate_cell(
-    setup: CellSetup, target_images: Tensor, target_labels: Tensor, target_features: Tensor | None = None
+    setup: CellSetup, target_images: Tensor, target_labels: Tensor, cached: CachedTestViews | None = None
 ) -> Evaluation:
     """The current model on all target images (timed) and on the source's held-out split, one pass each.
 
-    With ``target_features`` (the frozen backbone's cached test-view features of ``target_images``, for
-    a cell whose backbone never trained) only the head runs on the target; the evaluation throughput is
-    then the whole model's on the held-out source, which is still computed from images.
+    With ``cached`` (a frozen backbone's test-view features, for a cell whose backbone never trained)
+    only the head runs, on the target's and the held-out source's features; the evaluation
+    throughput is then the whole model's, timed on :data:`DEPLOYMENT_TIMING_IMAGES` held-out images.
     """
     bs = setup.recipe.eval_batch_size
-    if target_features is None or setup.data.source_holdout is None:
-        target = model_outputs(setup.model, target_images, setup.augmenter, bs, setup.device, setup.autocast)
-    else:
-        target = head_outputs(setup.model, target_features, bs, setup.autocast)
+    holdout = setup.data.source_holdout
+    if cached is None or holdout is None or cached.holdout is None:
+        return _evaluate_images(setup, target_images, target_labels)
+    target = head_outputs(setup.model, cached.target, bs, setup.autocast)
+    source = head_outputs(setup.model, cached.holdout, bs, setup.autocast)
+    rate = deployment_throughput(setup, holdout.images)
+    return Evaluation(
+        accuracy(target.logits, target_labels), rate, accuracy(source.logits, holdout.labels), target, source
+    )
+
+
+def _evaluate_images(setup: CellSetup, target_images: Tensor, target_labels: Tensor) -> Evaluation:
+    """The whole model on every target image (the evaluation throughput) and the held-out source."""
+    bs = setup.recipe.eval_batch_size
+    target = model_outputs(setup.model, target_images, setup.augmenter, bs, setup.device, setup.autocast)
     source, source_acc = None, None
     holdout = setup.data.source_holdout
     if holdout is not None:
@@ -116,8 +130,23 @@ def evaluate_cell(
             setup.model, holdout.images.to(setup.device), setup.augmenter, bs, setup.device, setup.autocast
         )
         source_acc = accuracy(source.logits, holdout.labels)
-    rate = source.img_per_s if source is not None and target_features is not None else target.img_per_s
-    return Evaluation(accuracy(target.logits, target_labels), rate, source_acc, target, source)
+    return Evaluation(accuracy(target.logits, target_labels), target.img_per_s, source_acc, target, source)
+
+
+#: images a frozen-backbone cell times its whole model on (after one warm-up batch): the deployment
+#: figure every head-tier cell of a backbone shares, at a cost that does not grow with the source
+DEPLOYMENT_TIMING_IMAGES = 64
+DEPLOYMENT_WARMUP_IMAGES = 8
+
+
+def deployment_throughput(setup: CellSetup, images: Tensor) -> float:
+    """Images per second of the whole model (backbone and head) on up to
+    :data:`DEPLOYMENT_TIMING_IMAGES` uint8 ``images`` at the test crop, after a warm-up batch."""
+    bs = setup.recipe.eval_batch_size
+    warmup = images[:DEPLOYMENT_WARMUP_IMAGES].to(setup.device)
+    model_outputs(setup.model, warmup, setup.augmenter, bs, setup.device, setup.autocast)
+    timed = images[:DEPLOYMENT_TIMING_IMAGES].to(setup.device)
+    return model_outputs(setup.model, timed, setup.augmenter, bs, setup.device, setup.autocast).img_per_s
 
 
 class PseudoLabelAudit:

@@ -149,16 +149,27 @@ class FrozenOutputs:
     feature_steps: int = 0  # steps served backbone features (0: images throughout)
     source_features: Tensor | None = None  # views × N × D
     target_features: Tensor | None = None
+    holdout_features: Tensor | None = None  # N × D: the held-out source's test view (a backbone that never trains)
     teacher_views: int = 0  # K fixed views with the teacher's logits (0: teacher runs online)
     source_teacher: tuple[FixedViews, Tensor] | None = None  # the views and K × N × C logits
     target_teacher: tuple[FixedViews, Tensor] | None = None
 
-    def scored_features(self, total_steps: int) -> Tensor | None:
-        """The cached test-view features (N×D) of the target images, for a cell whose backbone never
-        trains: its evaluations run the head on them instead of the backbone on every image again."""
+    def scored_features(self, total_steps: int) -> CachedTestViews | None:
+        """The cached test-view features of the target images and the held-out source, for a cell
+        whose backbone never trains: its evaluations run the head on them instead of the backbone
+        on every image again."""
         if self.target_features is None or self.feature_steps < total_steps:
             return None
-        return self.target_features[0]  # view 0 is the centre crop, the test view
+        return CachedTestViews(self.target_features[0], self.holdout_features)  # view 0: the centre crop
+
+
+@dataclass
+class CachedTestViews:
+    """A frozen backbone's test-view features (N×D) of what a cell scores: its target images and,
+    where the source has a held-out split, those images."""
+
+    target: Tensor
+    holdout: Tensor | None
 
 
 def prepare_frozen_outputs(
@@ -201,6 +212,12 @@ def prepare_frozen_outputs(
         scored_from_cache = steps >= setup.total_steps and setup.data.served_target is setup.data.target
         if views or scored_from_cache:  # the target's test views also score a backbone that never trains
             out.target_features = bank.features(tgt_images, domain_key(setup.data.served_target), setup.autocast)
+        holdout = setup.data.source_holdout
+        if scored_from_cache and holdout is not None:
+            bs = recipe.eval_batch_size
+            test_view = FeatureBank(setup.model, setup.augmenter, ["center"], bs, cache_dir, bank.key)
+            images = holdout.images.to(src_images.device)
+            out.holdout_features = test_view.features(images, domain_key(holdout), setup.autocast)[0]
     if teacher is not None and strategy.teacher_views:
         # a teacher was loaded, so its weights file is set (setup.load_teacher refuses a cell without one)
         teacher_model = cast(str, teacher_model)

@@ -139,7 +139,11 @@ def restrict_to_trainable(groups: list[ParamGroup], model: TransferModel, recipe
 
 
 def make_optimizer(groups: list[dict], recipe: Recipe, device: torch.device) -> torch.optim.Optimizer:
-    """SGD (momentum, optional Nesterov) or AdamW over torch parameter groups; fused on a GPU."""
+    """SGD (momentum, optional Nesterov) or AdamW over torch parameter groups; fused on a GPU.
+
+    SGD elsewhere runs its multi-tensor (``foreach``) form: the same arithmetic, element by element,
+    as torch's per-tensor loop (bit-identical, tested), without a Python loop over the parameters,
+    which cost a head-only step on cached features a quarter of its time."""
     fused: dict[str, Any] = {"fused": True} if device.type == "cuda" else {}
     if recipe.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=recipe.lr, weight_decay=recipe.weight_decay, **fused)
@@ -149,7 +153,7 @@ def make_optimizer(groups: list[dict], recipe: Recipe, device: torch.device) -> 
         momentum=recipe.momentum,
         nesterov=recipe.nesterov,
         weight_decay=recipe.weight_decay,
-        **fused,
+        **(fused or {"foreach": True}),
     )
 
 
