@@ -35,6 +35,7 @@ _LAZY: dict[str, str] = {
             "SupervisedParams",
             "Update",
             "JointPass",
+            "TargetPass",
         ),
         "tlbench.training.strategy",
     ),
@@ -120,5 +121,6 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
         StepOutput,
         Strategy,
         SupervisedParams,
+        TargetPass,
         Update,
     )

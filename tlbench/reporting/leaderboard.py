@@ -56,6 +56,12 @@ from tlbench.spec.record import CellRecord
 from tlbench.spec.summary import SuiteSummary
 
 PROTOCOL = "{selection}; target labels never used for training{or_selection}; accuracy on all target images"
+#: the header of a source-free leaderboard (suite ``protocol: source_free``)
+SOURCE_FREE_PROTOCOL = (
+    "source-free adaptation: per pair and seed a source model trained on the labelled source (the "
+    "source_only row), adapted with unlabelled target images alone, the source never loaded; "
+    "{selection}; target labels never used for training{or_selection}; accuracy on all target images"
+)
 #: the header of a finetune leaderboard: the protocol in words (suite ``protocol: finetune``)
 FINETUNE_PROTOCOL = (
     "fine-tuning on a labelled task: the pretrained backbone is the source; each column is a "
@@ -281,7 +287,7 @@ def protocol_text(rule: str, protocols: Sequence[str] = ("uda",)) -> str:
     finetune); the oracle's says that it used target labels."""
     from tlbench.reporting.selection import ORACLE
 
-    texts = {"uda": PROTOCOL, "finetune": FINETUNE_PROTOCOL}
+    texts = {"uda": PROTOCOL, "finetune": FINETUNE_PROTOCOL, "source_free": SOURCE_FREE_PROTOCOL}
     return "; and ".join(
         texts.get(p, p).format(
             selection=selection_text(rule), or_selection="" if rule == ORACLE else " or model selection"

@@ -53,6 +53,12 @@ class Cell:
         return self.protocol == "finetune"
 
     @property
+    def source_free(self) -> bool:
+        """Adapted from a trained source model (its teacher cell) with unlabelled target images alone:
+        the cell never loads the source domain."""
+        return self.protocol == "source_free"
+
+    @property
     def task(self) -> str:
         """A finetune cell's task (its source and target); empty for uda cells."""
         return self.source if self.finetune else ""
@@ -86,6 +92,8 @@ class Cell:
                     "test_split": _test_split_rule(),
                 }
                 if self.finetune
+                else {"protocol": self.protocol}
+                if self.source_free
                 else {}
             ),
         }

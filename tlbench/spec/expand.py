@@ -59,8 +59,12 @@ def expand_cells(
         return cells[cell.id]
 
     protocol = suite.protocol
-    finetune: dict[str, Any] = {"protocol": protocol, "score_on": suite.score_on} if protocol == "finetune" else {}
-    budgets = suite.budgets if finetune else [""]
+    budgets = suite.budgets if protocol == "finetune" else [""]
+
+    def protocol_fields(cell_protocol: str) -> dict[str, Any]:
+        if cell_protocol == "finetune":
+            return {"protocol": cell_protocol, "score_on": suite.score_on}
+        return {"protocol": cell_protocol} if cell_protocol == "source_free" else {}
 
     def make(
         backbone: BackboneEntry,
@@ -74,9 +78,15 @@ def expand_cells(
         recipe: Recipe = recipes[0][1],
         sweep: SweepPoint | None = None,
         budget: str = "",
+        cell_protocol: str = protocol,
     ) -> Cell:
         cls = registry.get("strategy", strategy_name)
-        check_protocol(cls, protocol, registry, f"{suite.name}: strategies.{label}")
+        check_protocol(cls, cell_protocol, registry, f"{suite.name}: strategies.{label}")
+        if cell_protocol == "source_free" and not getattr(cls, "needs_teacher", False):
+            raise UserError(
+                f"{suite.name}: strategies.{label}: strategy {cls.name!r} declares protocol source_free but no "
+                "source model to adapt (Strategy.needs_teacher); a source-free method starts from its teacher cell"
+            )
         check_trainable(cls, recipe, registry, f"{suite.name}: strategies.{label}")
         try:
             params = asdict(cls.parse_params(raw_params))
@@ -100,7 +110,7 @@ def expand_cells(
             backbone_label=backbone.label or "",
             sweep=sweep,
             budget=budget,
-            **finetune,
+            **protocol_fields(cell_protocol),
         )
 
     students: list[Cell] = []
@@ -136,9 +146,11 @@ def _teacher_cell(suite: Suite, registry: Any, backbone: BackboneEntry, student:
     if not t_strategy:
         raise UserError(f"{suite.name}: strategy {student.label!r} needs params.teacher_strategy")
     t_cls = registry.get("strategy", t_strategy)
+    # a source-free cell's teacher is its source model: trained on the labelled source, as under uda
+    t_protocol = "uda" if suite.protocol == "source_free" else suite.protocol
     check_protocol(
         t_cls,
-        suite.protocol,
+        t_protocol,
         registry,
         f"{suite.name}: strategies.{student.label}.params.teacher_strategy",
     )
@@ -168,6 +180,7 @@ def _teacher_cell(suite: Suite, registry: Any, backbone: BackboneEntry, student:
         student.seed,
         recipe=student.recipe,
         budget=student.budget,
+        cell_protocol=t_protocol,
     )
 
 

@@ -108,6 +108,8 @@ PROTOCOLS: dict[str, str] = {
     "finetune": "fine-tuning on a labelled task: the pretrained backbone is the source; a label budget of the "
     "task's training split trains, the held-back training images are unlabelled, accuracy on the "
     "task's test split",
+    "source_free": "source-free domain adaptation: a source model trained once on the labelled source (the "
+    "source_only row), then adapted with unlabelled target images alone, accuracy on all target images",
 }
 
 
@@ -120,9 +122,10 @@ class Suite(StrictModel):
     dataset_options: dict[str, Any] = Field(default_factory=dict)
     data_root: str | None = None
     shift_seed: int = 0
-    protocol: Literal["uda", "finetune"] = Field(
+    protocol: Literal["uda", "finetune", "source_free"] = Field(
         "uda",
-        description="uda: domain pairs (pairs:); finetune: labelled tasks (tasks:) under label budgets (budgets:)",
+        description="uda: domain pairs (pairs:); finetune: labelled tasks (tasks:) under label budgets (budgets:); "
+        "source_free: domain pairs, each adapted from a source model without the source data",
     )
     pairs: list[str] | Literal["all"] | None = Field(None, description="protocol uda: SOURCE->TARGET pairs, or all")
     tasks: list[str] | Literal["all"] | None = Field(
@@ -316,8 +319,8 @@ class Suite(StrictModel):
 
     @model_validator(mode="after")
     def _protocol_keys(self) -> Suite:
-        """Each protocol names its own matrix axis: pairs for uda, tasks and budgets for finetune."""
-        if self.protocol == "uda":
+        """Each protocol names its own matrix axis: pairs for uda and source_free, tasks and budgets for finetune."""
+        if self.protocol in ("uda", "source_free"):
             given = [k for k in ("tasks", "budgets", "score_on") if k in self.model_fields_set]
             if given:
                 raise _suite_error(

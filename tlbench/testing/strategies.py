@@ -17,7 +17,16 @@ from tlbench.spec.recipe import Recipe
 from tlbench.testing.common import _check_summary_line, _require
 from tlbench.testing.tiny import make_tiny_batch, make_tiny_model
 from tlbench.training.schedule import restrict_to_trainable
-from tlbench.training.strategy import Batch, ParamGroup, SetupContext, StepContext, StepOutput, Strategy, Update
+from tlbench.training.strategy import (
+    Batch,
+    ParamGroup,
+    SetupContext,
+    StepContext,
+    StepOutput,
+    Strategy,
+    TargetPass,
+    Update,
+)
 
 VALID_TARGET_VIEWS: tuple[tuple[str, ...], ...] = ((), ("weak",), ("weak", "strong"))
 
@@ -234,6 +243,22 @@ def _as_features(model: TransferModel, batch: Batch) -> Batch:
         )
 
 
+def _target_pass(model: TransferModel, batch: Batch) -> TargetPass:
+    """What the engine hands ``Strategy.refresh``: the model in eval mode, without gradient, on the
+    target images (here the batch's, which ``batch.target_index`` numbers 0..N-1)."""
+    _require(batch.target is not None, "a strategy with target_refreshes must declare target views")
+    assert batch.target is not None
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model.forward_all(batch.target)
+    finally:
+        for module, training in modes:
+            module.training = training
+    return TargetPass(out.logits, out.embedding)
+
+
 def _run(cls: type[Strategy], params: Any, seed: int, total_steps: int) -> dict[str, Any]:
     """One seeded run of the checks; returns what must be identical across runs."""
     who = cls.__name__
@@ -263,6 +288,8 @@ def _run(cls: type[Strategy], params: Any, seed: int, total_steps: int) -> dict[
                 strategy.train()
                 set_batchnorm_eval_where_frozen(model)
                 batch = make_tiny_batch(cls.target_views, seed=seed + step)
+                if not {"uda", "finetune"} & set(cls.protocols):  # source-free: batches have no source rows
+                    batch = dataclasses.replace(batch, source=batch.source[:0], source_labels=batch.source_labels[:0])
                 if kind == "features":
                     batch = _as_features(model, batch)
                 calls: list[int] = []
@@ -275,6 +302,8 @@ def _run(cls: type[Strategy], params: Any, seed: int, total_steps: int) -> dict[
                     teacher=teacher,
                     score_pseudo_labels=_score_recorder(who, batch, calls),
                 )
+                if strategy.target_refreshes:  # the engine's whole-target pass, here the batch's target
+                    strategy.refresh(_target_pass(model, batch), ctx)
                 for p in by_id.values():
                     p.grad = None
                 where = f"{who}.training_step at step {step}/{total_steps} on {kind}"

@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from tlbench.errors import UserError
 from tlbench.spec.recipe import Recipe
 from tlbench.training.augment import Augmenter, FixedViews
 from tlbench.training.frozen import FrozenOutputs
@@ -110,8 +111,12 @@ class BatchSource:
         self.views, self.augmenter, self.g = target_views, augmenter, g
         self.feature_steps = feature_steps
         device = source.images.device
-        self.source_sampler = source_sampler(source_labels, recipe, g, device)
-        self.target_sampler = Sampler(len(target.images), int(recipe.batch_size), g, device) if target_views else None
+        self.batch_size = int(recipe.batch_size)
+        # None in a source-free cell: no source image exists to sample
+        self.source_sampler = source_sampler(source_labels, recipe, g, device) if len(source_labels) else None
+        self.target_sampler = Sampler(len(target.images), self.batch_size, g, device) if target_views else None
+        if self.source_sampler is None and not target_views:
+            raise UserError("a cell without source images trains on target views: its strategy declares none")
 
     @classmethod
     def build(
@@ -139,12 +144,15 @@ class BatchSource:
 
     def batch(self, step: int) -> Batch:
         """The batch of ``step`` (called once per step, in order)."""
-        if step == self.feature_steps and self.source.features is not None:
+        if step == self.feature_steps and (self.source.features is not None or self.target.features is not None):
             # the backbone trains from here on: free the features, serve images
             self.source.features = self.target.features = None
-        si = self.source_sampler.next()
-        x, t = self.source.view(si, self.augmenter, self.g)
-        batch = Batch(source=x, source_labels=self.source_labels[si], source_teacher=t)
+        if self.source_sampler is not None:
+            si = self.source_sampler.next()
+            x, t = self.source.view(si, self.augmenter, self.g)
+            batch = Batch(source=x, source_labels=self.source_labels[si], source_teacher=t)
+        else:  # source-free: the source side stays empty (0 rows, shaped like the target view below)
+            batch = Batch(source=self.source.images, source_labels=self.source_labels)
         if self.views:
             assert self.target_sampler is not None  # made in __init__ whenever there are target views
             ti = self.target_sampler.next()
@@ -152,9 +160,11 @@ class BatchSource:
             batch.target, batch.target_teacher = self.target.view(ti, self.augmenter, self.g)
             if "strong" in self.views:
                 batch.target_strong = self.augmenter.strong(self.target.images[ti], self.g)
+            if self.source_sampler is None:
+                batch.source = batch.target[:0]
         return batch
 
     @property
     def images_per_step(self) -> int:
         """Images (or feature vectors) one step trains on: the source batch plus each target view."""
-        return self.source_sampler.bs * (1 + len(self.views))
+        return self.batch_size * ((self.source_sampler is not None) + len(self.views))

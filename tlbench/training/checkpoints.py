@@ -19,7 +19,9 @@ when reports are written, so a new validator rescores finished runs without trai
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+from collections.abc import Iterator
 from typing import cast
 
 import numpy as np
@@ -80,15 +82,11 @@ class CheckpointEvaluator(StepObserver):
 
     def after_step(self, step: int, loss: Tensor, out: StepOutput) -> None:
         if step + 1 in self._due:
-            modes = _modes(self.setup.model, self.setup.strategy)
-            try:
+            with kept_modes(self.setup.model, self.setup.strategy):
                 self._add(
                     step + 1,
                     evaluate_cell(self.setup, self.target_images, self.target_labels, self.cached),
                 )
-            finally:
-                for module, training in modes:
-                    module.training = training
 
     def finish(self, evaluation: Evaluation) -> CheckpointEvaluations:
         """The evaluations, the final ``evaluation`` (of the last step, on every target image) as the
@@ -135,6 +133,13 @@ def _embed(outputs: ModelOutputs) -> np.ndarray:
     return compact_embeddings(outputs.embedding.numpy())
 
 
-def _modes(*roots: nn.Module) -> list[tuple[nn.Module, bool]]:
-    """Every module's train/eval flag (frozen norm layers stay in eval mode during training)."""
-    return [(m, m.training) for root in roots for m in root.modules()]
+@contextlib.contextmanager
+def kept_modes(*roots: nn.Module) -> Iterator[None]:
+    """Restores every module's train/eval flag on exit (an evaluation switches the model to eval mode;
+    frozen norm layers stay in eval mode during training, so one flag for the whole model would not do)."""
+    modes = [(m, m.training) for root in roots for m in root.modules()]
+    try:
+        yield
+    finally:
+        for module, training in modes:
+            module.training = training

@@ -19,7 +19,7 @@ from typing import cast
 
 import torch
 
-from tlbench.data.files import save_checked
+from tlbench.data.files import checked_digest, save_checked
 from tlbench.errors import DivergedError
 from tlbench.spec.cell import CellTask
 from tlbench.spec.record import CellRecord, failure_record, now
@@ -32,6 +32,7 @@ from tlbench.training.frozen import prepare_frozen_outputs
 from tlbench.training.loop import NonFiniteCheck, ProgressBar, StepObserver, run_steps
 from tlbench.training.measure import PeakMemory, device_name, select_device
 from tlbench.training.record import cell_provenance, ok_record
+from tlbench.training.refresh import TargetRefresher
 from tlbench.training.setup import set_up_cell
 from tlbench.training.strategy import StepContext
 
@@ -49,7 +50,7 @@ def train_cell(task: CellTask, registry=None) -> CellRecord:
     cell, recipe, data, strategy = setup.cell, setup.recipe, setup.data, setup.strategy
 
     g = torch.Generator(device=device).manual_seed(cell.seed)
-    src_images, src_labels = data.source_train.images.to(device), data.source_train.labels.to(device)
+    src_images, src_labels = data.source_images.to(device), data.source_labels.to(device)
     # the unlabelled images target views come from: the target (uda), the held-back training images (finetune)
     pool_images = data.served_target.images.to(device)
     pool_labels = data.served_target.labels.to(device)  # for the pseudo-label audit only
@@ -91,6 +92,8 @@ def train_cell(task: CellTask, registry=None) -> CellRecord:
         scored_images, scored_labels = data.target.images.to(device), data.target.labels.to(device)
     checkpoints = CheckpointEvaluator(setup, scored_images, scored_labels, int(recipe.eval_points), cached_test_views)
     observers: list[StepObserver] = [NonFiniteCheck(device), curves, checkpoints]
+    if strategy.target_refreshes:  # SHOT's pseudo-labels: a pass over every served target image
+        observers.append(TargetRefresher(setup, ctx, pool_images, frozen.target_features, frozen.feature_steps))
     if task.show_progress:
         observers.append(ProgressBar(setup.total_steps, cell.describe()))
     timing = run_steps(
@@ -128,6 +131,7 @@ def train_cell(task: CellTask, registry=None) -> CellRecord:
         wall_s=time.perf_counter() - t_start,
         started_at=started,
         device=device_name(device),
+        teacher_sha256=checked_digest(Path(task.teacher_model)) if setup.teacher and task.teacher_model else None,
     )
 
 

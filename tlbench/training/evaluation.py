@@ -105,18 +105,21 @@ def evaluate_cell(
 
     With ``cached`` (a frozen backbone's test-view features, for a cell whose backbone never trained)
     only the head runs, on the target's and the held-out source's features; the evaluation
-    throughput is then the whole model's, timed on :data:`DEPLOYMENT_TIMING_IMAGES` held-out images.
+    throughput is then the whole model's, timed on :data:`DEPLOYMENT_TIMING_IMAGES` held-out images
+    (target images in a source-free cell, which has no source).
     """
-    bs = setup.recipe.eval_batch_size
     holdout = setup.data.source_holdout
-    if cached is None or holdout is None or cached.holdout is None:
+    if cached is None or (holdout is not None and cached.holdout is None):
         return _evaluate_images(setup, target_images, target_labels)
+    bs = setup.recipe.eval_batch_size
     target = head_outputs(setup.model, cached.target, bs, setup.autocast)
-    source = head_outputs(setup.model, cached.holdout, bs, setup.autocast)
-    rate = deployment_throughput(setup, holdout.images)
-    return Evaluation(
-        accuracy(target.logits, target_labels), rate, accuracy(source.logits, holdout.labels), target, source
-    )
+    source, source_acc = None, None
+    if holdout is not None and cached.holdout is not None:
+        source = head_outputs(setup.model, cached.holdout, bs, setup.autocast)
+        source_acc = accuracy(source.logits, holdout.labels)
+    # timed on the held-out source where there is one (a source-free cell has none: its target)
+    rate = deployment_throughput(setup, holdout.images if holdout is not None else target_images)
+    return Evaluation(accuracy(target.logits, target_labels), rate, source_acc, target, source)
 
 
 def _evaluate_images(setup: CellSetup, target_images: Tensor, target_labels: Tensor) -> Evaluation:

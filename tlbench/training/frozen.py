@@ -208,7 +208,8 @@ def prepare_frozen_outputs(
             f"{recipe.image_size}{setup.augmenter.normalize.key()}",
         )
         out.feature_steps = steps
-        out.source_features = bank.features(src_images, domain_key(setup.data.source_train), setup.autocast)
+        if setup.data.source_train is not None:  # a source-free cell has no source images
+            out.source_features = bank.features(src_images, domain_key(setup.data.source_train), setup.autocast)
         scored_from_cache = steps >= setup.total_steps and setup.data.served_target is setup.data.target
         if views or scored_from_cache:  # the target's test views also score a backbone that never trains
             out.target_features = bank.features(tgt_images, domain_key(setup.data.served_target), setup.autocast)
@@ -230,7 +231,8 @@ def prepare_frozen_outputs(
             cache_dir,
             key=f"teacher={checked_digest(Path(teacher_model))}{setup.augmenter.normalize.key()}",
         )
-        out.source_teacher = tbank.build(src_images, domain_key(setup.data.source_train), setup.autocast)
+        if setup.data.source_train is not None:
+            out.source_teacher = tbank.build(src_images, domain_key(setup.data.source_train), setup.autocast)
         if views:
             out.target_teacher = tbank.build(tgt_images, domain_key(setup.data.served_target), setup.autocast)
     return out

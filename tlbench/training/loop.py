@@ -29,6 +29,9 @@ from tlbench.training.strategy import StepContext, StepOutput, Strategy, Update
 class StepObserver:
     """Watches the loop. ``after_step`` must not synchronise with the device; ``at_log_point`` may."""
 
+    def before_step(self, step: int) -> None:
+        """Before ``step``'s batch is served (a whole-target pass a strategy asked for, ``refresh``)."""
+
     def after_step(self, step: int, loss: Tensor, out: StepOutput) -> None:
         """After the optimizer step of ``step``; ``loss`` is the float32 loss that was minimised."""
 
@@ -152,6 +155,8 @@ def run_steps(
                 watch.start()
             schedule.before_step(step)
             ctx.step = step
+            for observer in observers:
+                observer.before_step(step)
             batch = batches.batch(step)
             loss, out = apply_updates(strategy.training_updates(batch, ctx), schedule, autocast)
             for observer in observers:

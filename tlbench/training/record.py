@@ -47,8 +47,10 @@ def ok_record(
     wall_s: float,
     started_at: str,
     device: str,
+    teacher_sha256: str | None = None,
 ) -> CellRecord:
-    """The record of a cell that trained to its last step."""
+    """The record of a cell that trained to its last step; ``teacher_sha256`` names the trained
+    teacher (kd's teacher, the source model of adda or a source-free method) it started from."""
     import timm
 
     cell, recipe = setup.cell, setup.recipe
@@ -67,12 +69,14 @@ def ok_record(
             "feature_cache": frozen.feature_steps > 0,
             "feature_cache_steps": frozen.feature_steps,
             "teacher_views": frozen.teacher_views,
-            "train_images": len(setup.data.source_train),
+            "train_images": len(setup.data.source_images),
             "target_images": len(setup.data.target),
             "train_seconds": timing.seconds,
             "provenance": {**provenance, "weights": dict(setup.backbone.weights)},
         }
     )
+    if teacher_sha256:
+        extra["teacher_sha256"] = teacher_sha256
     if setup.device.type == "cpu":
         extra["cpu_runtime"] = describe_runtime()  # the allocator and OpenMP waits this process ran with
     if evaluations is not None and len(evaluations):
@@ -87,7 +91,7 @@ def ok_record(
                 "score_on": cell.score_on,
             }
         )
-    train_images = split.train_size if split is not None else len(setup.data.source_train)
+    train_images = split.train_size if split is not None else len(setup.data.source_images)
     return CellRecord(
         **cell_fields(cell),
         status="ok",

@@ -43,12 +43,21 @@ class CellData:
     the tests that hold the split to its promises).
     """
 
-    source_train: Domain
+    source_train: Domain | None  # None in a source-free cell: the source is never loaded
     source_holdout: Domain | None
     target: Domain
     num_classes: int
     unlabelled: Domain | None = None
     task_split: TaskSplit | None = None
+
+    @property
+    def source_images(self) -> torch.Tensor:
+        """The labelled source's uint8 images; none (0 rows, shaped like the target's) in a source-free cell."""
+        return self.target.images[:0] if self.source_train is None else self.source_train.images
+
+    @property
+    def source_labels(self) -> torch.Tensor:
+        return self.target.labels[:0] if self.source_train is None else self.source_train.labels
 
     @property
     def served_target(self) -> Domain:
@@ -168,7 +177,7 @@ def input_mean(recipe: Recipe, data: CellData, backbone: Backbone) -> tuple[floa
     """
     if recipe.input_mean != "domains":
         return None
-    images = [data.source_train.images, data.served_target.images]
+    images = [data.source_images, data.served_target.images]
     # exact, no float copy; images is never empty, so the sum is a tensor, not sum()'s start value 0
     total = cast(torch.Tensor, sum(x.sum(dim=(0, 2, 3), dtype=torch.int64) for x in images)).double()
     count = sum(x.shape[0] * x.shape[2] * x.shape[3] for x in images)
@@ -218,6 +227,9 @@ def load_cell_data(cell: Cell, task: CellTask, registry) -> CellData:
     )
     size = cell.recipe.stored_size
     cache = Path(task.cache_dir) if task.cache_dir else None
+    if cell.source_free:
+        tgt = load_domain(dataset, cell.target, size, cache_dir=cache, shift_seed=cell.shift_seed, registry=registry)
+        return source_free_data(tgt, cell)
     src = load_domain(dataset, cell.source, size, cache_dir=cache, shift_seed=cell.shift_seed, registry=registry)
     if cell.finetune:
         return finetune_data(src, cell)
@@ -238,6 +250,16 @@ def load_cell_data(cell: Cell, task: CellTask, registry) -> CellData:
             holdout = src.subset(perm[:n_hold], name=f"{src.name} (held out)")
             src = src.subset(perm[n_hold:])
     return CellData(src, holdout, tgt, len(src.classes))
+
+
+def source_free_data(target: Domain, cell: Cell) -> CellData:
+    """A source-free cell's data: the target alone. The source domain is never loaded; the source
+    side of every batch is empty (0 images), and what the source taught arrives as the teacher's
+    weights. A derived pair keeps the target's half of each class, as under uda."""
+    if cell.derived_pair:
+        _, target_half = stratified_split(target.labels, 0.5, seed=0)
+        target = target.subset(target_half)
+    return CellData(None, None, target, len(target.classes))
 
 
 def finetune_data(domain: Domain, cell: Cell) -> CellData:

@@ -73,6 +73,16 @@ class StepOutput:
 
 
 @dataclass
+class TargetPass:
+    """The model's outputs on every target image a cell is served (the test view, eval mode, no
+    gradient), on the training device: row ``i`` is the image that ``Batch.target_index`` calls
+    ``i``. What :meth:`Strategy.refresh` receives (SHOT's clustering pseudo-labels are made from it)."""
+
+    logits: Tensor  # N×C
+    embedding: Tensor  # N×E, the classifier's input
+
+
+@dataclass
 class JointPass:
     """The source and the target images through the model as one batch, and the source's cross-entropy.
 
@@ -340,6 +350,18 @@ class Strategy(Plugin, nn.Module):
         engine computes the teacher's logits on, once and cached, serving the student those views
         with the logits in the batch; 0 (the default) runs the teacher on every batch instead."""
         return 0
+
+    @property
+    def target_refreshes(self) -> int:
+        """How many times over training the engine hands :meth:`refresh` the model's outputs on every
+        served target image (:class:`TargetPass`): before step 0 and every ``total_steps // n``
+        steps after (SHOT relabels the target each of its 15 intervals). 0, the default: never.
+        The pass counts as training time: it is part of what the method costs."""
+        return 0
+
+    def refresh(self, target: TargetPass, ctx: StepContext) -> None:
+        """Receives a :class:`TargetPass` at the steps :attr:`target_refreshes` asks for, before that
+        step's batch (e.g. to recompute pseudo-labels over the whole target)."""
 
     def extra_metrics(self) -> dict[str, float]:
         """Metrics this strategy adds to the cell's record at the end (optional)."""
