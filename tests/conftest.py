@@ -93,3 +93,18 @@ def train_few_steps(strategy, model, steps: int = 3, lr: float = 0.5) -> None:
         optimizer.zero_grad()
         strategy.training_step(make_tiny_batch((), seed=step), ctx).loss.backward()
         optimizer.step()
+
+
+def cell_task(tmp_path: Path, cell, **kw):
+    """A CPU ``CellTask`` for ``cell`` writing under ``tmp_path`` (out/, cache/), without progress bars."""
+    from tlbench.spec.cell import CellTask
+
+    return CellTask(
+        cell=cell,
+        out_dir=str(tmp_path / "out"),
+        data_root=None,
+        cache_dir=str(tmp_path / "cache"),
+        device="cpu",
+        show_progress=False,
+        **kw,
+    )

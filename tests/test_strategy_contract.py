@@ -17,7 +17,7 @@ from tlbench.testing import check_strategy
 BUILTINS = {
     *("source_only", "freeze", "unfreeze", "dlr", "dann", "mmd", "self_training", "kd"),
     *("cdan", "bsp", "mcc", "afn", "mdd", "jan", "mcd", "adda", "coral"),
-    *("bitfit", "lora", "shot", "shot_im"),
+    *("bitfit", "lora", "shot", "shot_im", "tent", "bn_adapt"),
 }
 
 

@@ -11,13 +11,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_SUITE  # tests/ is on sys.path (pytest rootdir conftest)
+from conftest import TINY_SUITE, cell_task  # tests/ is on sys.path (pytest rootdir conftest)
 
 import tlbench
 from tlbench.data.files import checked_digest, load_checked
 from tlbench.errors import UserError
 from tlbench.plugins.registry import Registry
-from tlbench.spec.cell import CellTask
 from tlbench.spec.loading import load_suite
 from tlbench.spec.plan import plan
 from tlbench.spec.store import ResultsDir
@@ -125,16 +124,7 @@ def _plan(tmp_path: Path, strategies: str):
     return plan(load_suite(path), registry).cells, registry
 
 
-def _task(tmp_path: Path, cell, **kw) -> CellTask:
-    return CellTask(
-        cell=cell,
-        out_dir=str(tmp_path / "out"),
-        data_root=None,
-        cache_dir=str(tmp_path / "cache"),
-        device="cpu",
-        show_progress=False,
-        **kw,
-    )
+_task = cell_task
 
 
 def test_the_source_model_is_one_uda_source_only_cell_shared_by_every_source_free_cell(tmp_path):
@@ -185,3 +175,19 @@ def test_a_source_free_cell_never_loads_the_source_and_keeps_the_source_classifi
     assert torch.equal(before["classifier.weight"], after["classifier.weight"])  # the source hypothesis
     assert torch.equal(before["classifier.bias"], after["classifier.bias"])
     assert not torch.equal(before["bottleneck.0.weight"], after["bottleneck.0.weight"])  # the features adapt
+
+
+def test_on_a_frozen_backbone_a_source_free_cell_trains_from_the_cached_features(tmp_path):
+    """SHOT's teacher only initialises the cell (``teacher_in_steps = False``), so at trainable: head
+    the engine serves it the frozen backbone's cached features, as it does any strategy."""
+    path = tmp_path / "suite.yaml"
+    path.write_text(
+        SOURCE_FREE.replace("strategies: [source_only, dann]", "strategies: [shot]") + "  trainable: head\n"
+    )
+    registry = Registry(plugins={"probes": PROBES})
+    teacher, student = plan(load_suite(path), registry).cells
+    assert train_cell(_task(tmp_path, teacher, save_model=True), registry).status == "ok"
+    teacher_path = ResultsDir(tmp_path / "out").model_path(teacher.id)
+    record = train_cell(_task(tmp_path, student, teacher_model=str(teacher_path)), registry)
+    assert record.status == "ok", record.error
+    assert record.extra["feature_cache"] is True and record.extra["feature_cache_steps"] == student.recipe.steps

@@ -62,6 +62,12 @@ SOURCE_FREE_PROTOCOL = (
     "source_only row), adapted with unlabelled target images alone, the source never loaded; "
     "{selection}; target labels never used for training{or_selection}; accuracy on all target images"
 )
+#: the header of a test-time leaderboard (suite ``protocol: test_time``)
+TEST_TIME_PROTOCOL = (
+    "test-time adaptation: per pair and seed a source model trained on the labelled source (the "
+    "source_only row, scored unadapted), meeting the target as a stream of test batches in a fixed order; "
+    "accuracy of the predictions made as each batch arrived, before adapting on it; no target label used"
+)
 #: the header of a finetune leaderboard: the protocol in words (suite ``protocol: finetune``)
 FINETUNE_PROTOCOL = (
     "fine-tuning on a labelled task: the pretrained backbone is the source; each column is a "
@@ -287,7 +293,12 @@ def protocol_text(rule: str, protocols: Sequence[str] = ("uda",)) -> str:
     finetune); the oracle's says that it used target labels."""
     from tlbench.reporting.selection import ORACLE
 
-    texts = {"uda": PROTOCOL, "finetune": FINETUNE_PROTOCOL, "source_free": SOURCE_FREE_PROTOCOL}
+    texts = {
+        "uda": PROTOCOL,
+        "finetune": FINETUNE_PROTOCOL,
+        "source_free": SOURCE_FREE_PROTOCOL,
+        "test_time": TEST_TIME_PROTOCOL,
+    }
     return "; and ".join(
         texts.get(p, p).format(
             selection=selection_text(rule), or_selection="" if rule == ORACLE else " or model selection"

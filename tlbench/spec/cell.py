@@ -53,10 +53,15 @@ class Cell:
         return self.protocol == "finetune"
 
     @property
-    def source_free(self) -> bool:
-        """Adapted from a trained source model (its teacher cell) with unlabelled target images alone:
-        the cell never loads the source domain."""
-        return self.protocol == "source_free"
+    def adapts_source_model(self) -> bool:
+        """Adapted from a trained source model (its teacher cell) with unlabelled target images alone,
+        the source domain never loaded: protocols ``source_free`` and ``test_time``."""
+        return self.protocol in ("source_free", "test_time")
+
+    @property
+    def test_time(self) -> bool:
+        """Scored on predictions made online, batch by batch, as the target streams past."""
+        return self.protocol == "test_time"
 
     @property
     def task(self) -> str:
@@ -93,7 +98,7 @@ class Cell:
                 }
                 if self.finetune
                 else {"protocol": self.protocol}
-                if self.source_free
+                if self.adapts_source_model
                 else {}
             ),
         }

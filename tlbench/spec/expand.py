@@ -36,6 +36,10 @@ def backbone_pairs(suite: Suite, dataset: Any, pairs: list[Pair]) -> dict[int, l
     return out
 
 
+#: protocols whose cells adapt a trained source model (their teacher cell, a uda cell) without source data
+SOURCE_MODEL_PROTOCOLS = ("source_free", "test_time")
+
+
 def expand_cells(
     suite: Suite, registry: Any, domains: list[Pair], pairs_of: dict[int, list[Pair]] | None = None
 ) -> list[Cell]:
@@ -64,7 +68,7 @@ def expand_cells(
     def protocol_fields(cell_protocol: str) -> dict[str, Any]:
         if cell_protocol == "finetune":
             return {"protocol": cell_protocol, "score_on": suite.score_on}
-        return {"protocol": cell_protocol} if cell_protocol == "source_free" else {}
+        return {"protocol": cell_protocol} if cell_protocol in SOURCE_MODEL_PROTOCOLS else {}
 
     def make(
         backbone: BackboneEntry,
@@ -82,10 +86,10 @@ def expand_cells(
     ) -> Cell:
         cls = registry.get("strategy", strategy_name)
         check_protocol(cls, cell_protocol, registry, f"{suite.name}: strategies.{label}")
-        if cell_protocol == "source_free" and not getattr(cls, "needs_teacher", False):
+        if cell_protocol in SOURCE_MODEL_PROTOCOLS and not getattr(cls, "needs_teacher", False):
             raise UserError(
-                f"{suite.name}: strategies.{label}: strategy {cls.name!r} declares protocol source_free but no "
-                "source model to adapt (Strategy.needs_teacher); a source-free method starts from its teacher cell"
+                f"{suite.name}: strategies.{label}: strategy {cls.name!r} declares protocol {cell_protocol} but no "
+                "source model to adapt (Strategy.needs_teacher); such a method starts from its teacher cell"
             )
         check_trainable(cls, recipe, registry, f"{suite.name}: strategies.{label}")
         try:
@@ -146,8 +150,8 @@ def _teacher_cell(suite: Suite, registry: Any, backbone: BackboneEntry, student:
     if not t_strategy:
         raise UserError(f"{suite.name}: strategy {student.label!r} needs params.teacher_strategy")
     t_cls = registry.get("strategy", t_strategy)
-    # a source-free cell's teacher is its source model: trained on the labelled source, as under uda
-    t_protocol = "uda" if suite.protocol == "source_free" else suite.protocol
+    # a source-free or test-time cell's teacher is its source model: trained on the labelled source, as under uda
+    t_protocol = "uda" if suite.protocol in SOURCE_MODEL_PROTOCOLS else suite.protocol
     check_protocol(
         t_cls,
         t_protocol,

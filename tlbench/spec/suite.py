@@ -110,6 +110,9 @@ PROTOCOLS: dict[str, str] = {
     "task's test split",
     "source_free": "source-free domain adaptation: a source model trained once on the labelled source (the "
     "source_only row), then adapted with unlabelled target images alone, accuracy on all target images",
+    "test_time": "test-time adaptation: a source model trained once on the labelled source (the source_only "
+    "row) meets the target as a stream of batches in a fixed order, each predicted when it arrives and "
+    "then adapted on; accuracy of those online predictions over all target images",
 }
 
 
@@ -122,10 +125,11 @@ class Suite(StrictModel):
     dataset_options: dict[str, Any] = Field(default_factory=dict)
     data_root: str | None = None
     shift_seed: int = 0
-    protocol: Literal["uda", "finetune", "source_free"] = Field(
+    protocol: Literal["uda", "finetune", "source_free", "test_time"] = Field(
         "uda",
         description="uda: domain pairs (pairs:); finetune: labelled tasks (tasks:) under label budgets (budgets:); "
-        "source_free: domain pairs, each adapted from a source model without the source data",
+        "source_free: domain pairs, each adapted from a source model without the source data; "
+        "test_time: domain pairs, a source model adapting on the target's stream of test batches",
     )
     pairs: list[str] | Literal["all"] | None = Field(None, description="protocol uda: SOURCE->TARGET pairs, or all")
     tasks: list[str] | Literal["all"] | None = Field(
@@ -319,8 +323,8 @@ class Suite(StrictModel):
 
     @model_validator(mode="after")
     def _protocol_keys(self) -> Suite:
-        """Each protocol names its own matrix axis: pairs for uda and source_free, tasks and budgets for finetune."""
-        if self.protocol in ("uda", "source_free"):
+        """Each protocol names its own matrix axis: tasks and budgets for finetune, pairs for the others."""
+        if self.protocol != "finetune":
             given = [k for k in ("tasks", "budgets", "score_on") if k in self.model_fields_set]
             if given:
                 raise _suite_error(

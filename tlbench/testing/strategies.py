@@ -167,7 +167,11 @@ def _check_groups(cls: type[Strategy], groups: Any, model: TransferModel, strate
     if not (isinstance(groups, list) and all(isinstance(g, ParamGroup) for g in groups)):
         got = type(groups).__name__ if not isinstance(groups, list) else [type(g).__name__ for g in groups]
         raise AssertionError(f"{who}.param_groups must return a list of tlbench.ParamGroup, got {got}")
-    _require(bool(groups), f"{who}.param_groups returned no group: nothing would train")
+    # only a test-time method may train nothing (BN-adapt: it normalises each batch by its own statistics)
+    _require(
+        bool(groups) or set(cls.protocols) == {"test_time"},
+        f"{who}.param_groups returned no group: nothing would train",
+    )
     names = [g.name for g in groups]
     _require(len(set(names)) == len(names), f"{who}.param_groups: group names must be unique, got {names}")
     owned = {id(p) for p in model.parameters()} | {id(p) for p in strategy.parameters()}
@@ -197,7 +201,10 @@ def _check_groups(cls: type[Strategy], groups: Any, model: TransferModel, strate
             g.weight_decay is None or g.weight_decay >= 0,
             f"{who}: group {g.name!r} has weight_decay {g.weight_decay}; use None or a value >= 0",
         )
-    _require(any(g.start == 0 for g in groups), f"{who}: no group starts at 0, so the first step would train nothing")
+    _require(
+        not groups or any(g.start == 0 for g in groups),
+        f"{who}: no group starts at 0, so the first step would train nothing",
+    )
     _check_own_modules_train(who, strategy, seen)
 
 

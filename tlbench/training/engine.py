@@ -13,6 +13,7 @@ nothing waits on the device except at logging points.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 from typing import cast
@@ -35,6 +36,7 @@ from tlbench.training.record import cell_provenance, ok_record
 from tlbench.training.refresh import TargetRefresher
 from tlbench.training.setup import set_up_cell
 from tlbench.training.strategy import StepContext
+from tlbench.training.stream import OnlinePredictions, TestStream
 
 
 def train_cell(task: CellTask, registry=None) -> CellRecord:
@@ -62,16 +64,20 @@ def train_cell(task: CellTask, registry=None) -> CellRecord:
         Path(task.cache_dir) if task.cache_dir else None,
         task.teacher_model,
     )
-    batches = BatchSource.build(
-        src_images,
-        src_labels,
-        pool_images,
-        frozen,
-        target_views=type(strategy).target_views,
-        augmenter=setup.augmenter,
-        recipe=recipe,
-        g=g,
-    )
+    batches: BatchSource | TestStream
+    if cell.test_time:  # the target once, in a fixed order, at the test view
+        batches = TestStream(pool_images, setup.augmenter, int(recipe.batch_size), cell.seed)
+    else:
+        batches = BatchSource.build(
+            src_images,
+            src_labels,
+            pool_images,
+            frozen,
+            target_views=type(strategy).target_views,
+            augmenter=setup.augmenter,
+            recipe=recipe,
+            g=g,
+        )
 
     audit = PseudoLabelAudit(pool_labels)
     ctx = StepContext(
@@ -94,6 +100,10 @@ def train_cell(task: CellTask, registry=None) -> CellRecord:
     observers: list[StepObserver] = [NonFiniteCheck(device), curves, checkpoints]
     if strategy.target_refreshes:  # SHOT's pseudo-labels: a pass over every served target image
         observers.append(TargetRefresher(setup, ctx, pool_images, frozen.target_features, frozen.feature_steps))
+    online = None
+    if isinstance(batches, TestStream):  # test_time: the predictions made as each batch arrived
+        online = OnlinePredictions(batches, len(pool_images), cell.strategy)
+        observers.append(online)
     if task.show_progress:
         observers.append(ProgressBar(setup.total_steps, cell.describe()))
     timing = run_steps(
@@ -111,12 +121,16 @@ def train_cell(task: CellTask, registry=None) -> CellRecord:
 
     evaluation = evaluate_cell(setup, scored_images, scored_labels, cached_test_views)
     evaluations = checkpoints.finish(evaluation)
+    stream_metrics = {}
+    if online is not None:  # scored on the online predictions; the adapted model's own pass kept beside
+        stream_metrics["adapted_model_acc"] = evaluation.target_acc
+        evaluation = dataclasses.replace(evaluation, target_acc=online.accuracy(scored_labels))
     if task.save_model:  # a kd teacher: its students load these weights, checked by their digest
         save_checked(
             ResultsDir(Path(task.out_dir)).model_path(cell.id),
             {k: v.detach().cpu() for k, v in setup.model.state_dict().items()},
         )
-    metrics = {**curves.means(setup.total_steps), **audit.metrics(), **strategy.extra_metrics()}
+    metrics = {**curves.means(setup.total_steps), **audit.metrics(), **strategy.extra_metrics(), **stream_metrics}
     return ok_record(
         setup,
         evaluation=evaluation,

@@ -196,7 +196,7 @@ def prepare_frozen_outputs(
         and bool(recipe.feature_cache)
         and steps > 0
         and "strong" not in views
-        and teacher is None
+        and (teacher is None or not type(strategy).teacher_in_steps)
     ):
         bank = FeatureBank(
             setup.model,

@@ -14,16 +14,15 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
 
 from tlbench.errors import DivergedError, UserError
-from tlbench.training.batches import BatchSource
 from tlbench.training.measure import Stopwatch
 from tlbench.training.schedule import ParamSchedule
-from tlbench.training.strategy import StepContext, StepOutput, Strategy, Update
+from tlbench.training.strategy import Batch, StepContext, StepOutput, Strategy, Update
 
 
 class StepObserver:
@@ -87,17 +86,26 @@ def apply_updates(updates: Iterator[Update], schedule: ParamSchedule, autocast: 
     The strategy's code runs under autocast, the backward outside it (float32 loss). Returns what
     the observers see: the float32 sum of the updates' losses (non-finite when any is) and one
     :class:`StepOutput` carrying every update's metrics, plus ``loss/<name>`` per named update when
-    there are several (a later update's metric replaces an earlier one of the same name).
+    there are several (a later update's metric replaces an earlier one of the same name), and the
+    first update's test-time predictions. An update over no group (``groups == ()``) moves nothing:
+    its loss is logged, never backpropagated.
     """
     losses: list[Tensor] = []
     metrics: dict[str, Tensor | float] = {}
     named: dict[str, Tensor] = {}
+    predictions: Tensor | None = None
     while True:
         with autocast():
             update = next(updates, None)
         if update is None:
             break
         loss = update.loss.float()
+        if predictions is None:
+            predictions = update.predictions
+        if update.groups == ():  # moves nothing by design (BN-adapt): no backward, no optimizer step
+            losses.append(loss.detach())
+            metrics.update(update.metrics)
+            continue
         if not schedule.trains_any(update.groups):
             raise UserError(
                 f"strategy {schedule.strategy_name!r}: its update {update.name or '(unnamed)'!r} trains only "
@@ -117,7 +125,7 @@ def apply_updates(updates: Iterator[Update], schedule: ParamSchedule, autocast: 
     total = losses[0] if len(losses) == 1 else torch.stack(losses).sum()
     if len(losses) > 1:
         metrics.update(named)
-    return total, StepOutput(total, metrics)
+    return total, StepOutput(total, metrics, predictions)
 
 
 @dataclass
@@ -133,10 +141,19 @@ class LoopTiming:
         return self.measured_steps * self.images_per_step / max(self.seconds, 1e-9)
 
 
+class BatchServer(Protocol):
+    """What serves the step loop its batches: :class:`BatchSource`, or a test-time cell's stream."""
+
+    def batch(self, step: int) -> Batch: ...
+
+    @property
+    def images_per_step(self) -> int: ...
+
+
 def run_steps(
     strategy: Strategy,
     schedule: ParamSchedule,
-    batches: BatchSource,
+    batches: BatchServer,
     ctx: StepContext,
     autocast: Any,
     observers: list[StepObserver],

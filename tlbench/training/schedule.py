@@ -32,7 +32,10 @@ class ParamSchedule:
         recipe: Recipe,
         device: torch.device,
         strategy_name: str,
+        allow_untrained: bool = False,
     ):
+        """``allow_untrained``: a strategy may declare no group at all (a test-time method that only
+        normalises, BN-adapt); its optimizer then holds one empty group at rate 0."""
         check_groups(groups, strategy_name)
         #: the names the strategy declared: an update may name a group recipe.trainable emptied
         self._group_names = [g.name for g in groups]
@@ -49,12 +52,13 @@ class ParamSchedule:
         self.start_step = {id(g): int(math.ceil(g.start * self.total_steps)) for g in groups}
         active = [g for g in groups if self.start_step[id(g)] == 0]
         self._pending = sorted((g for g in groups if self.start_step[id(g)] > 0), key=lambda g: self.start_step[id(g)])
-        if not active:
+        if not active and (groups or not allow_untrained):
             raise UserError(f"strategy {strategy_name!r} trains nothing at step 0")
         for g in active:
             for p in g.params:
                 p.requires_grad_(True)
-        self.optimizer = make_optimizer([torch_group(g, recipe) for g in active], recipe, device)
+        torch_groups = [torch_group(g, recipe) for g in active] or [{"params": [], "name": "nothing", "base_lr": 0.0}]
+        self.optimizer = make_optimizer(torch_groups, recipe, device)
         for module in modules:
             module.train()
         set_batchnorm_eval_where_frozen(model)

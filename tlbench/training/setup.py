@@ -31,6 +31,7 @@ from tlbench.spec.recipe import Recipe
 from tlbench.training.augment import Augmenter, Normalizer
 from tlbench.training.schedule import ParamSchedule
 from tlbench.training.strategy import SetupContext, Strategy
+from tlbench.training.stream import stream_steps
 
 
 @dataclass
@@ -117,6 +118,8 @@ def set_up_cell(task: CellTask, registry, device: torch.device) -> CellSetup:
     seed_everything(cell.seed, deterministic, device)
 
     data = load_cell_data(cell, task, registry)
+    if cell.test_time:  # one pass over the target stream: its steps are its batches
+        recipe = recipe.model_copy(update={"steps": stream_steps(len(data.target), int(recipe.batch_size))})
     model, weights_used, backbone = build_model(cell.backbone, cell.weights, data.num_classes, recipe, registry)
     strategy = build_strategy(cell, registry)
     precision = choose_precision(recipe, device)
@@ -148,7 +151,9 @@ def set_up_cell(task: CellTask, registry, device: torch.device) -> CellSetup:
         random_crop=recipe.train_crop != "none",
         memory_format=precision.memory_format,
     )
-    schedule = ParamSchedule(strategy.param_groups(model), [model, strategy], model, recipe, device, cell.strategy)
+    schedule = ParamSchedule(
+        strategy.param_groups(model), [model, strategy], model, recipe, device, cell.strategy, cell.test_time
+    )
     return CellSetup(
         cell,
         recipe,
@@ -227,7 +232,7 @@ def load_cell_data(cell: Cell, task: CellTask, registry) -> CellData:
     )
     size = cell.recipe.stored_size
     cache = Path(task.cache_dir) if task.cache_dir else None
-    if cell.source_free:
+    if cell.adapts_source_model:
         tgt = load_domain(dataset, cell.target, size, cache_dir=cache, shift_seed=cell.shift_seed, registry=registry)
         return source_free_data(tgt, cell)
     src = load_domain(dataset, cell.source, size, cache_dir=cache, shift_seed=cell.shift_seed, registry=registry)

@@ -66,10 +66,15 @@ class Batch:
 
 @dataclass
 class StepOutput:
-    """The loss to minimise and metrics to log (tensors are fine: no host sync is forced)."""
+    """The loss to minimise and metrics to log (tensors are fine: no host sync is forced).
+
+    ``predictions``: under protocol ``test_time``, the logits on ``batch.target`` that the cell is
+    scored on, made before this step's update moved anything (a test-time method predicts a batch
+    when it arrives, then adapts on it)."""
 
     loss: Tensor
     metrics: dict[str, Tensor | float] = field(default_factory=dict)
+    predictions: Tensor | None = None
 
 
 @dataclass
@@ -123,13 +128,15 @@ class Update:
     ADDA's discriminator and encoder updates, a GAN's two players) yields several ``Update``s from
     ``training_updates`` instead; the engine runs backward and steps the optimizer after each, so
     the next update is computed with the parameters the previous one moved. ``name`` labels the
-    update's loss in the curves (``loss/<name>``).
+    update's loss in the curves (``loss/<name>``). ``groups=()`` is an update that moves nothing
+    (a test-time method that only normalises, BN-adapt): its loss is logged, never backpropagated.
     """
 
     name: str
     loss: Tensor
     groups: tuple[str, ...] | None = None
     metrics: dict[str, Tensor | float] = field(default_factory=dict)
+    predictions: Tensor | None = None  # the test-time predictions (StepOutput.predictions), from the first update
 
 
 @dataclass
@@ -252,6 +259,9 @@ class Strategy(Plugin, nn.Module):
     trains_backbone: ClassVar[bool] = True
     accepts_features: ClassVar[bool] = False
     needs_teacher: ClassVar[bool] = False
+    #: False when the teacher only initialises the model (SHOT's source model) and never runs on a batch:
+    #: the engine may then serve cached features to the strategy as to any other
+    teacher_in_steps: ClassVar[bool] = True
     protocols: ClassVar[tuple[str, ...]] = ("uda",)
 
     def __init__(self, params: Any = None, **overrides: Any):
@@ -320,7 +330,7 @@ class Strategy(Plugin, nn.Module):
         the loss of ``training_step``.
         """
         out = self.training_step(batch, ctx)
-        yield Update("", out.loss, None, out.metrics)
+        yield Update("", out.loss, None, out.metrics, out.predictions)
 
     def joint_pass(self, batch: Batch, ctx: StepContext) -> JointPass:
         """Source and weak target images through ``ctx.model`` as one batch (:class:`JointPass`),

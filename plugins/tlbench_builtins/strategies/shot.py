@@ -136,6 +136,7 @@ class Shot(Strategy):
     trains_backbone = True
     accepts_features = True  # through ctx.model only: at trainable head, the bottleneck alone adapts
     needs_teacher = True
+    teacher_in_steps = False  # the source model only initialises the cell: features can be served
 
     def setup(self, model: TransferModel, ctx: SetupContext) -> None:
         if ctx.teacher is None:
