@@ -15,6 +15,7 @@ from tlbench.models.transfer import TransferModel, set_batchnorm_eval_where_froz
 from tlbench.plugins.registry import NAME_PATTERN, NAME_RULE
 from tlbench.spec.recipe import Recipe
 from tlbench.testing.common import _check_summary_line, _require
+from tlbench.testing.step_inputs import as_features, target_pass
 from tlbench.testing.tiny import make_tiny_batch, make_tiny_model
 from tlbench.training.schedule import restrict_to_trainable
 from tlbench.training.strategy import (
@@ -24,7 +25,6 @@ from tlbench.training.strategy import (
     StepContext,
     StepOutput,
     Strategy,
-    TargetPass,
     Update,
 )
 
@@ -167,11 +167,8 @@ def _check_groups(cls: type[Strategy], groups: Any, model: TransferModel, strate
     if not (isinstance(groups, list) and all(isinstance(g, ParamGroup) for g in groups)):
         got = type(groups).__name__ if not isinstance(groups, list) else [type(g).__name__ for g in groups]
         raise AssertionError(f"{who}.param_groups must return a list of tlbench.ParamGroup, got {got}")
-    # only a test-time method may train nothing (BN-adapt: it normalises each batch by its own statistics)
-    _require(
-        bool(groups) or set(cls.protocols) == {"test_time"},
-        f"{who}.param_groups returned no group: nothing would train",
-    )
+    only_test_time = set(cls.protocols) == {"test_time"}  # may train nothing (BN-adapt: batch statistics)
+    _require(bool(groups) or only_test_time, f"{who}.param_groups returned no group: nothing would train")
     names = [g.name for g in groups]
     _require(len(set(names)) == len(names), f"{who}.param_groups: group names must be unique, got {names}")
     owned = {id(p) for p in model.parameters()} | {id(p) for p in strategy.parameters()}
@@ -241,31 +238,6 @@ def _score_recorder(who: str, batch: Batch, calls: list[int]) -> Callable[[Tenso
     return score
 
 
-def _as_features(model: TransferModel, batch: Batch) -> Batch:
-    """The batch the engine serves a frozen backbone: pooled features instead of images."""
-    with torch.no_grad():
-        f: Callable[[Tensor | None], Any] = lambda t: None if t is None else model.features(t).detach()
-        return dataclasses.replace(
-            batch, source=f(batch.source), target=f(batch.target), target_strong=f(batch.target_strong)
-        )
-
-
-def _target_pass(model: TransferModel, batch: Batch) -> TargetPass:
-    """What the engine hands ``Strategy.refresh``: the model in eval mode, without gradient, on the
-    target images (here the batch's, which ``batch.target_index`` numbers 0..N-1)."""
-    _require(batch.target is not None, "a strategy with target_refreshes must declare target views")
-    assert batch.target is not None
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        with torch.no_grad():
-            out = model.forward_all(batch.target)
-    finally:
-        for module, training in modes:
-            module.training = training
-    return TargetPass(out.logits, out.embedding)
-
-
 def _run(cls: type[Strategy], params: Any, seed: int, total_steps: int) -> dict[str, Any]:
     """One seeded run of the checks; returns what must be identical across runs."""
     who = cls.__name__
@@ -298,7 +270,7 @@ def _run(cls: type[Strategy], params: Any, seed: int, total_steps: int) -> dict[
                 if not {"uda", "finetune"} & set(cls.protocols):  # source-free: batches have no source rows
                     batch = dataclasses.replace(batch, source=batch.source[:0], source_labels=batch.source_labels[:0])
                 if kind == "features":
-                    batch = _as_features(model, batch)
+                    batch = as_features(model, batch)
                 calls: list[int] = []
                 ctx = StepContext(
                     step=step,
@@ -310,7 +282,7 @@ def _run(cls: type[Strategy], params: Any, seed: int, total_steps: int) -> dict[
                     score_pseudo_labels=_score_recorder(who, batch, calls),
                 )
                 if strategy.target_refreshes:  # the engine's whole-target pass, here the batch's target
-                    strategy.refresh(_target_pass(model, batch), ctx)
+                    strategy.refresh(target_pass(model, batch), ctx)
                 for p in by_id.values():
                     p.grad = None
                 where = f"{who}.training_step at step {step}/{total_steps} on {kind}"
