@@ -12,6 +12,7 @@ from torch import Tensor
 
 from tlbench.models.transfer import TransferModel
 from tlbench.testing.common import _require
+from tlbench.training.checkpoints import kept_modes
 from tlbench.training.strategy import Batch, TargetPass
 
 
@@ -29,12 +30,7 @@ def target_pass(model: TransferModel, batch: Batch) -> TargetPass:
     target images (here the batch's, which ``batch.target_index`` numbers 0..N-1)."""
     _require(batch.target is not None, "a strategy with target_refreshes must declare target views")
     assert batch.target is not None
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        with torch.no_grad():
-            out = model.forward_all(batch.target)
-    finally:
-        for module, training in modes:
-            module.training = training
+    with kept_modes(model), torch.no_grad():
+        model.eval()
+        out = model.forward_all(batch.target)
     return TargetPass(out.logits, out.embedding)

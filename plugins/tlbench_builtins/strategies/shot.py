@@ -125,10 +125,6 @@ class Shot(Strategy):
                 raise UserError(f"shot: params.cls_par and ent_par must be >= 0, got {self.cls_par}, {self.ent_par}")
             if self.interval < 1:
                 raise UserError(f"shot: params.interval must be a positive count, got {self.interval}")
-            if self.distance not in ("cosine", "euclidean"):
-                raise UserError(f"shot: params.distance must be 'cosine' or 'euclidean', got {self.distance!r}")
-            if not isinstance(self.teacher_params, dict):
-                raise UserError(f"shot: params.teacher_params must be a mapping, got {self.teacher_params!r}")
 
     name = "shot"
     protocols = ("source_free",)
